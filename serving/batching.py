@@ -1,0 +1,123 @@
+"""Adaptive batching: items from concurrent requests for one model are merged into one ORT call.
+
+A single worker task per model takes whatever is queued (up to `max_batch_size` items), waiting at most
+`max_wait_ms` for more only when the queue is nearly empty. While a batch runs, new requests pile up
+and form the next batch, so the batch size follows the load: 1 when idle, large under pressure.
+Each item carries its own future, so answers always go back to the request and position they came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Generic, TypeVar
+
+from serving.errors import Overloaded
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    items: int = 0
+    sizes: dict[int, int] = field(default_factory=dict)
+
+    def record(self, size: int) -> None:
+        self.batches += 1
+        self.items += size
+        self.sizes[size] = self.sizes.get(size, 0) + 1
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.items / self.batches if self.batches else 0.0
+
+
+class MicroBatcher(Generic[In, Out]):
+    def __init__(
+        self,
+        fn: Callable[[list[In]], list[Out]],
+        max_batch_size: int = 64,
+        max_wait_ms: float = 2.0,
+        max_queue: int = 4096,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.fn = fn
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self.stats = BatchStats()
+        self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        # One inference at a time per model: ORT already uses all its intra-op threads.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
+
+    def _ensure_worker(self) -> asyncio.Queue:
+        if self._queue is None or self._worker is None or self._worker.done():
+            self._queue = asyncio.Queue()
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+        return self._queue
+
+    async def submit(self, items: list[In]) -> list[Out]:
+        queue = self._ensure_worker()
+        if queue.qsize() + len(items) > self.max_queue:
+            raise Overloaded(f"server is at capacity ({queue.qsize()} items queued); retry later")
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        for item, future in zip(items, futures):
+            queue.put_nowait((item, future))
+        return list(await asyncio.gather(*futures))
+
+    async def _collect(self, queue: asyncio.Queue) -> list[tuple[In, asyncio.Future[Out]]]:
+        batch = [await queue.get()]
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            if not queue.empty():
+                batch.append(queue.get_nowait())
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        queue = self._queue
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect(queue)
+            # Requests whose client went away are dropped before they cost compute.
+            batch = [(item, fut) for item, fut in batch if not fut.done()]
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self._executor, self.fn, [item for item, _ in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"predictor returned {len(results)} results for {len(batch)} inputs")
+            except Exception as exc:  # fail this batch's requests, keep serving the next ones
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            self.stats.record(len(batch))
+            if self.on_batch is not None:
+                self.on_batch(len(batch), time.perf_counter() - started)
+            for (_, fut), result in zip(batch, results):
+                if not fut.done():
+                    fut.set_result(result)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+

@@ -1,0 +1,86 @@
+"""Serving verbs of the `tuneserve` command; torch-free, so they work in the edge container too."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from serving.errors import ManifestError, RequestError
+from serving.manifest import MANIFEST_FILE, load_manifest
+from serving.settings import PROJECT_ROOT, Settings
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from serving.runtime import Runtime
+
+    settings = Settings()
+    if args.repository:
+        settings.repository = Path(args.repository)
+    runtime = Runtime(settings)
+    try:
+        model = runtime.resolve(args.model, "text-classification")
+    except RequestError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    predictions = model.predictor(args.inputs)
+    if args.json:
+        print(json.dumps({"model": model.name, "version": model.manifest.version, "variant": model.variant, "predictions": predictions}, indent=2))
+    else:
+        for text, p in zip(args.inputs, predictions):
+            print(f"{p['label']:<24} {p['score']:.3f}  {text}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    root = Path(args.repository or Settings().repository)
+    rows = []
+    for path in sorted(root.glob(f"*/{MANIFEST_FILE}")):
+        try:
+            m = load_manifest(path.parent, verify=args.verify)
+            metric = m.metrics.get("decisive", "accuracy")
+            rows.append(f"{m.name:<20} {m.task:<22} v{m.version:<4} cpu={m.default_variant['cpu']:<5} test_{metric}={m.metrics.get('test_' + metric, float('nan')):.4f}")
+        except ManifestError as exc:
+            rows.append(f"{path.parent.name:<20} REFUSED: {exc}")
+    print("\n".join(rows) if rows else f"no models in {root}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    if args.repository:
+        env["TUNESERVE_REPOSITORY"] = str(Path(args.repository).resolve())
+    bentoml = Path(sys.executable).with_name("bentoml")
+    argv = [str(bentoml), "serve", "serving.service:TuneServe", "--host", args.host, "--port", str(args.port)]
+    os.chdir(PROJECT_ROOT)
+    os.execve(argv[0], argv, env)
+    return 0
+
+
+def add_serving_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify texts with a model from the repository, no server needed")
+    p.add_argument("model", help="model name, e.g. intent")
+    p.add_argument("inputs", nargs="+", help="texts to classify")
+    p.add_argument("--repository", help="model repository (default: exported/ or $TUNESERVE_REPOSITORY)")
+    p.add_argument("--json", action="store_true", help="print the same JSON the HTTP endpoint returns")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("models", help="list the models in the repository")
+    p.add_argument("--repository")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip sha256 checks")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("serve", help="serve the repository over HTTP with BentoML")
+    p.add_argument("--repository")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=cmd_serve)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tuneserve", description="tuneserve serving commands")
+    add_serving_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)

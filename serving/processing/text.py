@@ -1,0 +1,62 @@
+"""Tokenisation for text models with the `tokenizers` library, from the exported tokenizer.json.
+
+Training and serving both call `TextPreprocessor.encode`, so a model sees the same ids in both.
+Batches are padded to their longest item, not to a fixed length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+
+@dataclass
+class TextBatch:
+    input_ids: np.ndarray  # (batch, seq) int64
+    attention_mask: np.ndarray  # (batch, seq) int64
+    truncated: list[bool]  # True where the text was longer than max_length tokens
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+class TextPreprocessor:
+    def __init__(self, tokenizer_path: str | Path, max_length: int, lowercase: bool = False) -> None:
+        self.tokenizer_path = Path(tokenizer_path)
+        self.max_length = int(max_length)
+        self.lowercase = lowercase
+        self.tokenizer = Tokenizer.from_file(str(self.tokenizer_path))
+        # Padding is done here per batch; truncation keeps [CLS] ... [SEP] within max_length.
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=self.max_length)
+        self.pad_id = self._pad_id()
+
+    def _pad_id(self) -> int:
+        for token in ("[PAD]", "<pad>"):
+            token_id = self.tokenizer.token_to_id(token)
+            if token_id is not None:
+                return token_id
+        return 0
+
+    @classmethod
+    def from_config(cls, model_dir: Path, config: dict) -> "TextPreprocessor":
+        """Build from the `preprocessing` section of a manifest."""
+        return cls(Path(model_dir) / config["tokenizer"], config["max_length"], config.get("lowercase", False))
+
+    def config(self, tokenizer_file: str = "tokenizer.json") -> dict:
+        return {"tokenizer": tokenizer_file, "max_length": self.max_length, "lowercase": self.lowercase, "padding": "longest"}
+
+    def encode(self, texts: list[str]) -> TextBatch:
+        if self.lowercase:
+            texts = [t.lower() for t in texts]
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        longest = max((len(e.ids) for e in encodings), default=0)
+        ids = np.full((len(encodings), longest), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), longest), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            ids[row, : len(enc.ids)] = enc.ids
+            mask[row, : len(enc.ids)] = 1
+        return TextBatch(ids, mask, [bool(e.overflowing) for e in encodings])

@@ -1,0 +1,93 @@
+"""The serving runtime: every model of a repository loaded once, with its session and predictor.
+
+The HTTP service and `tuneserve predict` both go through `Runtime`, so what one can do the other can.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serving.errors import ManifestError, RequestError, UnknownModel
+from serving.manifest import MANIFEST_FILE, Manifest, load_manifest
+from serving.predictors import Predictor, make_predictor
+from serving.sessions import SessionInfo, candidate_providers, create_session
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Which model answers when a request names none, per task (else the first by name).
+DEFAULT_MODELS = {"text-classification": "intent"}
+# The route that serves each task, for error messages that point the client the right way.
+TASK_ROUTES = {"text-classification": "/v1/text/classify"}
+
+
+@dataclass
+class LoadedModel:
+    manifest: Manifest
+    directory: Path
+    variant: str
+    session_info: SessionInfo
+    predictor: Predictor
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def public(self) -> dict[str, Any]:
+        info = self.manifest.public(self.variant)
+        info["provider"] = self.session_info.provider
+        return info
+
+
+def load_model(directory: Path, settings: Settings) -> LoadedModel:
+    manifest = load_manifest(directory, verify=True)
+    providers = candidate_providers(settings.device)
+    # Variant choice depends on the device, which is known only once a session initialises: try the
+    # GPU variant on the GPU providers first, and the CPU variant on the CPU.
+    gpu_variant = manifest.variant_for("gpu", settings.variant)
+    session, info = create_session(directory / manifest.variants[gpu_variant].file, settings.intra_op_threads(), providers)
+    variant = gpu_variant
+    if info.device == "cpu":
+        cpu_variant = manifest.variant_for("cpu", settings.variant)
+        if cpu_variant != gpu_variant:
+            session, _ = create_session(directory / manifest.variants[cpu_variant].file, settings.intra_op_threads(), ["CPUExecutionProvider"])
+        variant = cpu_variant
+    return LoadedModel(manifest, directory, variant, info, make_predictor(directory, manifest, session))
+
+
+class Runtime:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.models: dict[str, LoadedModel] = {}
+        self.broken: dict[str, str] = {}  # model folder → why it was refused
+        root = Path(self.settings.repository)
+        for manifest_path in sorted(root.glob(f"*/{MANIFEST_FILE}")):
+            directory = manifest_path.parent
+            try:
+                model = load_model(directory, self.settings)
+            except (ManifestError, ValueError, OSError) as exc:
+                self.broken[directory.name] = str(exc)
+                log.error("not serving %s: %s", directory.name, exc)
+                continue
+            self.models[model.name] = model
+            log.info("loaded %s v%s (%s, %s on %s)", model.name, model.manifest.version, model.manifest.task, model.variant, model.session_info.provider)
+
+    def resolve(self, name: str | None, task: str) -> LoadedModel:
+        """The model a request asked for, or the task's default; 4xx errors name what is wrong."""
+        if name is None:
+            same_task = sorted(m for m, model in self.models.items() if model.manifest.task == task)
+            if not same_task:
+                raise UnknownModel(f"no {task} model is loaded; available models: {sorted(self.models) or 'none'}")
+            default = DEFAULT_MODELS.get(task)
+            return self.models[default if default in same_task else same_task[0]]
+        model = self.models.get(name)
+        if model is None:
+            hint = f" (refused at load: {self.broken[name]})" if name in self.broken else ""
+            raise UnknownModel(f"unknown model {name!r}{hint}; available models: {sorted(self.models) or 'none'}")
+        if model.manifest.task != task:
+            route = TASK_ROUTES.get(model.manifest.task, "its own route")
+            raise RequestError(f"model {name!r} is a {model.manifest.task} model; send it to {route}")
+        return model

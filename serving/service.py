@@ -1,0 +1,54 @@
+"""The BentoML service: loads every model of the repository once per worker and mounts the v1 routes.
+
+Run it with `bentoml serve serving.service:TuneServe` (or `make serve`). Settings come from
+TUNESERVE_* environment variables (see serving/settings.py).
+"""
+
+from __future__ import annotations
+
+import bentoml
+
+from serving.batching import MicroBatcher
+from serving.http import http_app
+from serving.runtime import Runtime
+from serving.settings import Settings
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+batch_size_histogram = bentoml.metrics.Histogram(
+    name="tuneserve_batch_size",
+    documentation="Items merged into one ONNX Runtime call, per model",
+    labelnames=["model"],
+    buckets=BATCH_BUCKETS,
+)
+batch_seconds_histogram = bentoml.metrics.Histogram(
+    name="tuneserve_batch_inference_seconds",
+    documentation="Time of one batched ONNX Runtime call including pre/post-processing, per model",
+    labelnames=["model"],
+)
+
+
+def _observer(model: str):
+    def observe(size: int, seconds: float) -> None:
+        batch_size_histogram.labels(model=model).observe(size)
+        batch_seconds_histogram.labels(model=model).observe(seconds)
+
+    return observe
+
+
+@bentoml.service(name="tuneserve", workers=1, traffic={"timeout": 60, "max_concurrency": 1024})
+@bentoml.asgi_app(http_app, path="/v1")
+class TuneServe:
+    def __init__(self) -> None:
+        settings = Settings()
+        self.runtime = Runtime(settings)
+        self.batchers = {
+            name: MicroBatcher(
+                model.predictor,
+                max_batch_size=settings.max_batch_size,
+                max_wait_ms=settings.max_wait_ms,
+                max_queue=settings.max_queue,
+                on_batch=_observer(name),
+            )
+            for name, model in self.runtime.models.items()
+        }
+        http_app.state.service = self

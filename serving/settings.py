@@ -1,0 +1,40 @@
+"""Serving settings, read from environment variables so the Bento, the CLI and tests share them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
+@dataclass
+class Settings:
+    repository: Path = field(default_factory=lambda: Path(os.environ.get("TUNESERVE_REPOSITORY", PROJECT_ROOT / "exported")))
+    # "auto" tries TensorRT, then CUDA, then the CPU; "cpu" never touches a GPU provider.
+    device: str = field(default_factory=lambda: os.environ.get("TUNESERVE_DEVICE", "auto"))
+    variant: str | None = field(default_factory=lambda: os.environ.get("TUNESERVE_VARIANT") or None)
+    workers: int = field(default_factory=lambda: _int("TUNESERVE_WORKERS", 1))
+    # ONNX Runtime intra-op threads per session; 0 = cores / workers.
+    threads: int = field(default_factory=lambda: _int("TUNESERVE_THREADS", 0))
+    max_batch_size: int = field(default_factory=lambda: _int("TUNESERVE_MAX_BATCH", 64))
+    max_wait_ms: float = field(default_factory=lambda: _float("TUNESERVE_MAX_WAIT_MS", 2.0))
+    max_queue: int = field(default_factory=lambda: _int("TUNESERVE_MAX_QUEUE", 4096))
+    max_items_per_request: int = field(default_factory=lambda: _int("TUNESERVE_MAX_ITEMS", 256))
+    max_text_chars: int = field(default_factory=lambda: _int("TUNESERVE_MAX_TEXT_CHARS", 20_000))
+
+    def intra_op_threads(self) -> int:
+        if self.threads > 0:
+            return self.threads
+        return max(1, (os.cpu_count() or 1) // max(1, self.workers))

@@ -1,0 +1,105 @@
+"""`tuneserve`: one verb per stage. Training verbs import torch only when they run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from serving.cli import add_serving_commands
+from serving.manifest import MANIFEST_FILE
+from serving.settings import Settings
+from training.recipe import RecipeError, list_recipes, load_recipe
+
+
+def _repository(args: argparse.Namespace) -> Path:
+    return Path(args.repository) if args.repository else Path(Settings().repository)
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    repo = _repository(args)
+    for name in list_recipes():
+        r = load_recipe(name)
+        built = "built" if (repo / name / MANIFEST_FILE).is_file() else "-"
+        print(f"{name:<20} {r.task:<22} {r.backbone:<12} default={'yes' if r.default else 'no':<4} {built:<6} {r.description}")
+    return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {
+        "data.source": args.data,
+        "data.limit": args.limit,
+        "train.epochs": args.epochs,
+        "train.batch_size": args.batch_size,
+        "train.lr": args.lr,
+        "train.max_steps": args.max_steps,
+        "train.seed": args.seed,
+    }
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.pipeline import build_recipe
+
+    recipe = load_recipe(args.recipe).with_overrides(_overrides(args))
+    if args.no_quantise:
+        recipe = recipe.with_overrides({"quantise.mode": "none"})
+    if args.no_gate:
+        recipe = recipe.with_overrides({"gates.min_test_metric": 0.0})
+    build_recipe(recipe, _repository(args))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    repo = _repository(args)
+    names = args.models.split(",") if args.models else [n for n in list_recipes() if load_recipe(n).default]
+    todo = [n for n in names if args.force or not (repo / n / MANIFEST_FILE).is_file()]
+    if not todo:
+        print(f"[tuneserve] all requested models are built in {repo}: {', '.join(names)}")
+        return 0
+    from training.pipeline import build_recipe
+
+    for i, name in enumerate(todo, 1):
+        print(f"[tuneserve] building {name} ({i}/{len(todo)})", flush=True)
+        build_recipe(load_recipe(name), repo)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneserve", description="Fine-tune, export, quantise and serve models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("recipes", help="list the recipes and whether each is built")
+    p.add_argument("--repository")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("train", help="fine-tune, export, quantise and write one recipe's model into the repository")
+    p.add_argument("recipe", help="recipe name (see `tuneserve recipes`) or path to a recipe YAML")
+    p.add_argument("--data", help="your own data file instead of the recipe's (CSV/JSONL with text,label)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--limit", type=int, help="use only this many examples")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-quantise", action="store_true")
+    p.add_argument("--no-gate", action="store_true", help="write the model even below the recipe's quality gate")
+    p.add_argument("--repository")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("build", help="build every default recipe that is missing from the repository")
+    p.add_argument("--models", help="comma-separated recipe names (default: every default recipe)")
+    p.add_argument("--force", action="store_true", help="rebuild even if present")
+    p.add_argument("--repository")
+    p.set_defaults(func=cmd_build)
+
+    add_serving_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RecipeError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""Datasets: shipped demo data and readers for users' own files."""

@@ -1,0 +1,106 @@
+"""Recipes are data: `training/recipes/<name>.yaml`, validated by the pydantic models below."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    # "builtin:<file>" names a dataset shipped in training/data/; anything else is a path.
+    source: str
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    seed: int = 13
+    limit: int | None = Field(None, description="use only this many examples (smoke runs)")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    head_lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+    freeze_backbone_epochs: int = Field(0, ge=0)
+    patience: int = Field(3, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    seed: int = 13
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (smoke runs)")
+
+
+class ExportConfig(_Strict):
+    opset: int = 17
+    parity_atol: float = 1e-4
+
+
+class QuantiseConfig(_Strict):
+    mode: Literal["none", "dynamic"] = "dynamic"
+    max_metric_drop: float = Field(0.01, ge=0, description="largest allowed drop of the deciding metric vs fp32")
+
+
+class Gates(_Strict):
+    min_test_metric: float = Field(0.0, ge=0, le=1, description="build fails below this on the served variant")
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    task: str
+    backbone: str
+    default: bool = Field(True, description="built by `tuneserve build` and `make serve`")
+    version: str = "1"
+    labels: list[str] | None = None
+    data: DataConfig
+    preprocessing: dict[str, Any] = Field(default_factory=dict)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    quantise: QuantiseConfig = Field(default_factory=QuantiseConfig)
+    gates: Gates = Field(default_factory=Gates)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Recipe":
+        """Apply dotted overrides such as {"train.epochs": 2, "data.source": "my.csv"}; re-validated."""
+        data = self.model_dump()
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        return Recipe.model_validate(data)
+
+
+class RecipeError(ValueError):
+    pass
+
+
+def recipe_path(name: str) -> Path:
+    return RECIPES_DIR / f"{name}.yaml"
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = recipe_path(str(name_or_path))
+    if not path.is_file():
+        raise RecipeError(f"no recipe {name_or_path!r}; known recipes: {', '.join(list_recipes()) or 'none'}")
+    try:
+        return Recipe.model_validate(yaml.safe_load(path.read_text()))
+    except ValidationError as exc:
+        raise RecipeError(f"{path}: {exc}") from None
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))

@@ -1,0 +1,20 @@
+"""Task registry: one module per task, each a `Task` subclass. The loop, export and quantise are generic."""
+
+from __future__ import annotations
+
+from training.tasks.base import Splits, Task
+from training.tasks.text_classification import TextClassificationTask
+
+TASKS: dict[str, type[Task]] = {
+    TextClassificationTask.name: TextClassificationTask,
+}
+
+
+def get_task(name: str) -> type[Task]:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}") from None
+
+
+__all__ = ["Splits", "TASKS", "Task", "get_task"]

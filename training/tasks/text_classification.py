@@ -1,0 +1,72 @@
+"""Text classification: a pretrained encoder, mean pooling over real tokens, a linear head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from serving.processing import TextPreprocessor
+from training.data.text import TextExamples, load_text_splits
+from training.evaluate import classification_metrics
+from training.tasks.base import Batch, Splits, Task
+
+DEFAULT_MAX_LENGTH = 128
+
+
+class MeanPooledClassifier(nn.Module):
+    def __init__(self, backbone: nn.Module, hidden_size: int, num_labels: int, dropout: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
+        ).last_hidden_state
+        # Mean over real tokens only: what all-MiniLM-L6-v2 was trained to produce, and independent of padding.
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return self.head(self.dropout(pooled))
+
+
+class TextClassificationTask(Task):
+    name = "text-classification"
+    modality = "text"
+    metric = "accuracy"
+    input_names = ["input_ids", "attention_mask"]
+    output_names = ["logits"]
+    dynamic_axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
+
+    def __init__(self, recipe, backbone) -> None:
+        super().__init__(recipe, backbone)
+        max_length = int(recipe.preprocessing.get("max_length", DEFAULT_MAX_LENGTH))
+        self.preprocessor = TextPreprocessor(backbone.assets()["tokenizer.json"], max_length)
+
+    def load_data(self) -> Splits:
+        d = self.recipe.data
+        s = load_text_splits(d.source, self.recipe.labels, d.val_fraction, d.test_fraction, d.seed, d.limit)
+        return Splits(s.train, s.val, s.test, s.label_names)
+
+    def build_model(self, label_names: list[str]) -> nn.Module:
+        return MeanPooledClassifier(self.backbone.load(), self.backbone.hidden_size, len(label_names), self.recipe.train.dropout)
+
+    def collate(self, items: list[tuple[str, int]]) -> Batch:
+        batch = self.preprocessor.encode([text for text, _ in items])
+        inputs = {"input_ids": torch.from_numpy(batch.input_ids), "attention_mask": torch.from_numpy(batch.attention_mask)}
+        return inputs, torch.tensor([label for _, label in items], dtype=torch.long)
+
+    def loader(self, split: TextExamples, shuffle: bool, batch_size: int | None = None) -> DataLoader:
+        items = list(zip(split.texts, split.labels))
+        generator = torch.Generator().manual_seed(self.recipe.train.seed)
+        return DataLoader(items, batch_size=batch_size or self.recipe.train.batch_size, shuffle=shuffle, collate_fn=self.collate, generator=generator)
+
+    def metrics(self, logits: np.ndarray, targets: np.ndarray, label_names: list[str]) -> dict[str, Any]:
+        return classification_metrics(logits, targets, label_names)
+
+    def preprocessing_config(self) -> dict[str, Any]:
+        return self.preprocessor.config("tokenizer.json")
