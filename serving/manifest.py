@@ -118,13 +118,25 @@ def load_manifest(model_dir: Path, verify: bool = True) -> Manifest:
     return manifest
 
 
+def serving_files(manifest: Manifest) -> set[str]:
+    """Files the server reads: every ONNX variant and the assets named in `preprocessing`."""
+    needed = {v.file for v in manifest.variants.values()}
+    needed |= {v for v in manifest.preprocessing.values() if isinstance(v, str) and v in manifest.files}
+    return needed
+
+
 def verify_files(model_dir: Path, manifest: Manifest) -> None:
-    for variant in manifest.variants.values():
-        if variant.file not in manifest.files:
-            raise ManifestError(f"{model_dir}: variant file {variant.file} is not listed in the manifest")
+    """Every listed file that is present must match its size and sha256; the files serving reads must
+    be present. Others (e.g. model.ts, which an edge image leaves out) may be absent."""
+    needed = serving_files(manifest)
+    unlisted = needed - set(manifest.files)
+    if unlisted:
+        raise ManifestError(f"{model_dir}: {sorted(unlisted)} not listed in the manifest's files")
     for rel, entry in manifest.files.items():
         path = model_dir / rel
         if not path.is_file():
-            raise ManifestError(f"{model_dir}: {rel} is listed in the manifest but missing")
+            if rel in needed:
+                raise ManifestError(f"{model_dir}: {rel} is listed in the manifest but missing")
+            continue
         if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
             raise ManifestError(f"{model_dir}: {rel} does not match its sha256 in the manifest; refusing to load")

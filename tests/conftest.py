@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny `intent` model trained in the session, and a real BentoML server over it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory) -> Path:
+    """The intent recipe trained for a few steps on a slice: real pipeline, small and fast."""
+    from training.pipeline import build_recipe
+    from training.recipe import load_recipe
+
+    repo = tmp_path_factory.mktemp("exported")
+    recipe = load_recipe("intent").with_overrides(
+        {"data.limit": 300, "train.epochs": 1, "train.max_steps": 12, "train.freeze_backbone_epochs": 0, "gates.min_test_metric": 0.0}
+    )
+    build_recipe(recipe, repo, quiet=True)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server(tiny_repository, tmp_path_factory):
+    """`bentoml serve` on a free local port, serving the tiny repository."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = dict(os.environ, TUNESERVE_REPOSITORY=str(tiny_repository), TUNESERVE_MAX_WAIT_MS="5")
+    bentoml = Path(sys.executable).with_name("bentoml")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [str(bentoml), "serve", "serving.service:TuneServe", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError(f"server not ready in 120 s:\n{log_path.read_text()[-4000:]}")
+    yield url
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)

@@ -1,0 +1,85 @@
+import csv
+import json
+import re
+from collections import Counter
+
+import pytest
+from pydantic import ValidationError
+
+from training.data.text import load_text_splits, read_labelled_texts, resolve_source
+from training.recipe import Recipe, RecipeError, list_recipes, load_recipe
+
+INTENTS = {
+    "check_balance", "transfer_money", "report_lost_card", "dispute_charge", "change_pin",
+    "open_account", "close_account", "loan_inquiry", "update_contact_details", "speak_to_agent",
+}
+
+
+def test_every_recipe_validates():
+    names = list_recipes()
+    assert "intent" in names
+    for name in names:
+        assert load_recipe(name).name == name
+
+
+def test_recipe_rejects_unknown_fields_and_bad_values():
+    data = load_recipe("intent").model_dump()
+    with pytest.raises(ValidationError):
+        Recipe.model_validate({**data, "epochz": 3})
+    with pytest.raises(ValidationError):
+        Recipe.model_validate({**data, "train": {**data["train"], "lr": -1}})
+    with pytest.raises(RecipeError, match="known recipes"):
+        load_recipe("no-such-recipe")
+
+
+def test_overrides_are_revalidated():
+    recipe = load_recipe("intent").with_overrides({"train.epochs": 2, "data.limit": None})
+    assert recipe.train.epochs == 2
+    with pytest.raises(ValidationError):
+        load_recipe("intent").with_overrides({"train.epochs": 0})
+
+
+def test_shipped_intent_dataset():
+    rows = read_labelled_texts(resolve_source(load_recipe("intent").data.source))
+    counts = Counter(label for _, label in rows)
+    assert set(counts) == INTENTS
+    assert min(counts.values()) >= 80
+    normalised = [re.sub(r"[^a-z0-9 ]", "", t.lower()).strip() for t, _ in rows]
+    assert len(set(normalised)) == len(normalised), "duplicate utterances"
+    assert all(t.strip() for t, _ in rows)
+
+
+def test_split_is_deterministic_stratified_and_disjoint():
+    recipe = load_recipe("intent")
+    d = recipe.data
+    a = load_text_splits(d.source, recipe.labels, d.val_fraction, d.test_fraction, d.seed)
+    b = load_text_splits(d.source, recipe.labels, d.val_fraction, d.test_fraction, d.seed)
+    assert a.test.texts == b.test.texts and a.train.texts == b.train.texts
+    assert not set(a.train.texts) & set(a.test.texts)
+    assert not set(a.val.texts) & set(a.test.texts)
+    assert set(a.test.labels) == set(range(10))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_users_own_data_formats(tmp_path, fmt):
+    rows = [(f"text number {i}", "yes" if i % 2 else "no") for i in range(40)]
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "csv":
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "text", "label"])
+            w.writerows([(i, t, lab) for i, (t, lab) in enumerate(rows)])
+    else:
+        path.write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in rows) + "\n")
+    splits = load_text_splits(str(path), None, 0.1, 0.2, seed=1)
+    assert splits.label_names == ["no", "yes"]
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 40
+
+
+def test_bad_user_data_is_named(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("sentence,intent\nhello,greet\n")
+    with pytest.raises(ValueError, match="lacks column"):
+        read_labelled_texts(path)
+    with pytest.raises(FileNotFoundError):
+        read_labelled_texts(tmp_path / "missing.csv")

@@ -1,0 +1,102 @@
+"""The real pipeline on a slice: fine-tune, export, parity, quantise, manifest, load and predict."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from serving.errors import ManifestError
+from serving.manifest import load_manifest
+from serving.runtime import Runtime
+from serving.settings import Settings
+
+
+def test_build_writes_a_complete_model_folder(tiny_repository):
+    folder = tiny_repository / "intent"
+    names = {p.name for p in folder.iterdir()}
+    assert {"manifest.json", "model.onnx", "model.int8.onnx", "model.ts", "tokenizer.json"} <= names
+    m = load_manifest(folder, verify=True)
+    assert m.task == "text-classification" and len(m.labels) == 10
+    assert set(m.files) == names - {"manifest.json"}
+    fp32 = m.variants["fp32"]
+    assert fp32.parity["max_abs_diff"] <= 1e-4 and fp32.parity["argmax_equal"]
+    assert m.default_variant["cpu"] in m.variants and m.default_reason
+    assert m.files["model.int8.onnx"].bytes <= 0.3 * m.files["model.onnx"].bytes
+    assert [i.name for i in m.signature.inputs] == ["input_ids", "attention_mask"]
+    assert m.signature.inputs[0].shape == ["batch", "sequence"]
+    assert m.preprocessing["max_length"] == 128 and m.preprocessing["padding"] == "longest"
+    assert "confusion_matrix" in m.metrics["pytorch_test"]
+
+
+def test_runtime_predicts_every_variant_consistently(tiny_repository):
+    texts = ["I lost my card", "what's my balance", "", "transfer 50 dollars to Anna"]
+    results = {}
+    for variant in ("fp32", "int8"):
+        settings = Settings(repository=tiny_repository, device="cpu", variant=variant, threads=1)
+        model = Runtime(settings).resolve("intent", "text-classification")
+        assert model.variant == variant
+        results[variant] = model.predictor(texts)
+        for p in results[variant]:
+            assert p["label"] in model.manifest.labels
+            assert abs(sum(p["scores"].values()) - 1) < 1e-4
+    fp32 = np.array([[p["scores"][k] for k in sorted(p["scores"])] for p in results["fp32"]])
+    int8 = np.array([[p["scores"][k] for k in sorted(p["scores"])] for p in results["int8"]])
+    assert np.abs(fp32 - int8).max() < 0.05
+
+
+def test_single_and_batched_answers_agree(tiny_repository):
+    model = Runtime(Settings(repository=tiny_repository, device="cpu", variant="fp32", threads=1)).models["intent"]
+    texts = ["hi", "please close my savings account, I am moving to another bank next month"]
+    batched = model.predictor(texts)
+    for text, b in zip(texts, batched):
+        (single,) = model.predictor([text])
+        assert single["label"] == b["label"]
+        assert single["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_tampered_model_is_refused(tiny_repository, tmp_path):
+    import shutil
+
+    copy = tmp_path / "repo"
+    shutil.copytree(tiny_repository, copy)
+    onnx_file = copy / "intent" / "model.int8.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[-10] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match="sha256"):
+        load_manifest(copy / "intent")
+    runtime = Runtime(Settings(repository=copy, device="cpu", threads=1))
+    assert "intent" not in runtime.models and "sha256" in runtime.broken["intent"]
+
+
+def test_optional_torchscript_may_be_absent_but_not_the_onnx(tiny_repository, tmp_path):
+    import shutil
+
+    copy = tmp_path / "repo"
+    shutil.copytree(tiny_repository, copy)
+    (copy / "intent" / "model.ts").unlink()
+    load_manifest(copy / "intent")
+    (copy / "intent" / "model.onnx").unlink()
+    with pytest.raises(ManifestError, match="missing"):
+        load_manifest(copy / "intent")
+
+
+def test_cli_predict_answers_without_a_server(tiny_repository):
+    out = subprocess.run(
+        [sys.executable, "-m", "training", "predict", "intent", "how much money do I have", "--json", "--repository", str(tiny_repository)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["model"] == "intent" and len(body["predictions"]) == 1
+    assert body["predictions"][0]["label"] in load_manifest(tiny_repository / "intent").labels
+
+
+def test_cli_reports_unknown_model(tiny_repository):
+    out = subprocess.run(
+        [sys.executable, "-m", "training", "predict", "nope", "hello", "--repository", str(tiny_repository)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2 and "unknown model 'nope'" in out.stderr

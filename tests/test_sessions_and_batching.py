@@ -1,0 +1,87 @@
+import asyncio
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from serving.batching import MicroBatcher
+from serving.errors import Overloaded
+from serving.sessions import CPU, GPU_PROVIDERS, candidate_providers, create_session
+
+HAS_GPU = shutil.which("nvidia-smi") is not None
+
+
+def test_candidates_follow_trt_cuda_cpu_order_from_available():
+    available = ort.get_available_providers()
+    candidates = candidate_providers("auto")
+    assert candidates[-1] == CPU
+    order = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+    assert candidates[:-1] == order
+    assert candidate_providers("cpu") == [CPU]
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the fallback on a machine without a GPU")
+def test_gpu_providers_fall_back_to_cpu_with_reasons(tiny_repository):
+    model = tiny_repository / "intent" / "model.onnx"
+    wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", CPU]
+    session, info = create_session(model, threads=1, providers=wanted)
+    assert info.provider == CPU and info.device == "cpu"
+    assert session.get_providers() == [CPU]
+    tried = [p for p in wanted[:2] if p in ort.get_available_providers()]
+    assert len(info.fallbacks) == len(tried)
+    # the session works after the fallback
+    ids = np.array([[101, 7592, 102]], dtype=np.int64)
+    (logits,) = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    assert logits.shape == (1, 10)
+    assert GPU_PROVIDERS.isdisjoint(session.get_providers())
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_batcher_merges_concurrent_requests_and_keeps_order():
+    calls = []
+
+    def fn(items):
+        calls.append(len(items))
+        return [x * 10 for x in items]
+
+    async def main():
+        b = MicroBatcher(fn, max_batch_size=64, max_wait_ms=20)
+        results = await asyncio.gather(*[b.submit([i, i + 1000]) for i in range(50)])
+        b.close()
+        return results, b.stats
+
+    results, stats = _run(main())
+    assert results == [[i * 10, (i + 1000) * 10] for i in range(50)]
+    assert sum(calls) == 100 and max(calls) > 1 and max(calls) <= 64
+    assert stats.mean_batch_size > 1
+
+
+def test_batcher_failure_affects_only_its_batch():
+    def fn(items):
+        if "boom" in items:
+            raise RuntimeError("bad batch")
+        return [s.upper() for s in items]
+
+    async def main():
+        b = MicroBatcher(fn, max_batch_size=1, max_wait_ms=0)
+        out = await asyncio.gather(b.submit(["a"]), b.submit(["boom"]), b.submit(["c"]), return_exceptions=True)
+        b.close()
+        return out
+
+    a, boom, c = _run(main())
+    assert a == ["A"] and c == ["C"] and isinstance(boom, RuntimeError)
+
+
+def test_batcher_refuses_when_queue_full():
+    async def main():
+        b = MicroBatcher(lambda items: items, max_queue=4)
+        with pytest.raises(Overloaded):
+            await b.submit(list(range(5)))
+        assert await b.submit([1, 2]) == [1, 2]
+        b.close()
+
+    _run(main())
