@@ -23,9 +23,11 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(f"request body is {int(declared)} bytes; the limit is {limit}", status=413)
-    chunks, size = [], 0
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            raise RequestError(f"request body is {int(declared)} bytes; the limit is {limit}", status=413)
+        return await request.body()
+    chunks, size = [], 0  # chunked upload: count as it arrives
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:

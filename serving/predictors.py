@@ -25,19 +25,21 @@ class TextClassifier:
 
     task = "text-classification"
 
-    def __init__(self, model_dir: Path, manifest: Manifest, session: ort.InferenceSession) -> None:
+    def __init__(self, model_dir: Path, manifest: Manifest, session: ort.InferenceSession, bucket_size: int = 16) -> None:
         self.manifest = manifest
         self.session = session
         self.preprocessor = TextPreprocessor.from_config(model_dir, manifest.preprocessing)
         self.input_names = [i.name for i in session.get_inputs()]
+        self.bucket_size = bucket_size
 
     def __call__(self, texts: list[str]) -> list[dict]:
-        batch = self.preprocessor.encode(texts)
-        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        (logits,) = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})
-        answers = top_label(softmax(logits), self.manifest.labels)
-        for answer, truncated in zip(answers, batch.truncated):
-            answer["truncated"] = truncated
+        answers: list[dict] = [{}] * len(texts)
+        for positions, batch in self.preprocessor.encode_bucketed(texts, self.bucket_size):
+            feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+            (logits,) = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})
+            for pos, answer, truncated in zip(positions, top_label(softmax(logits), self.manifest.labels), batch.truncated):
+                answer["truncated"] = truncated
+                answers[pos] = answer
         return answers
 
 

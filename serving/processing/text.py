@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 
 @dataclass
@@ -49,10 +49,12 @@ class TextPreprocessor:
     def config(self, tokenizer_file: str = "tokenizer.json") -> dict:
         return {"tokenizer": tokenizer_file, "max_length": self.max_length, "lowercase": self.lowercase, "padding": "longest"}
 
-    def encode(self, texts: list[str]) -> TextBatch:
+    def tokenize(self, texts: list[str]) -> list[Encoding]:
         if self.lowercase:
             texts = [t.lower() for t in texts]
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        return self.tokenizer.encode_batch(texts, add_special_tokens=True)
+
+    def pad(self, encodings: list[Encoding]) -> TextBatch:
         longest = max((len(e.ids) for e in encodings), default=0)
         ids = np.full((len(encodings), longest), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), longest), dtype=np.int64)
@@ -60,3 +62,17 @@ class TextPreprocessor:
             ids[row, : len(enc.ids)] = enc.ids
             mask[row, : len(enc.ids)] = 1
         return TextBatch(ids, mask, [bool(e.overflowing) for e in encodings])
+
+    def encode(self, texts: list[str]) -> TextBatch:
+        """Tokenise and pad to the longest text of the batch."""
+        return self.pad(self.tokenize(texts))
+
+    def encode_bucketed(self, texts: list[str], bucket_size: int) -> list[tuple[np.ndarray, TextBatch]]:
+        """Split a batch into sub-batches of similar length (sorted by token count), so a long text
+        does not make every short one pay for its padding. Returns (original positions, batch) pairs."""
+        encodings = self.tokenize(texts)
+        order = np.argsort([len(e.ids) for e in encodings], kind="stable")
+        return [
+            (idx, self.pad([encodings[i] for i in idx]))
+            for idx in (order[i : i + bucket_size] for i in range(0, len(order), bucket_size))
+        ]
