@@ -100,3 +100,33 @@ def test_cli_reports_unknown_model(tiny_repository):
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 2 and "unknown model 'nope'" in out.stderr
+
+
+def test_parity_gate_fails_with_a_message(tiny_repository):
+    import torch
+
+    from serving.processing import TextPreprocessor
+    from training.evaluate import run_batches
+    from training.export import ParityError, check_parity, onnx_runner
+
+    folder = tiny_repository / "intent"
+    pre = TextPreprocessor(folder / "tokenizer.json", 128)
+    batch = pre.encode(["lost card", "what is my balance right now", "talk to a human please"])
+    batches = [({"input_ids": torch.from_numpy(batch.input_ids), "attention_mask": torch.from_numpy(batch.attention_mask)}, torch.zeros(3))]
+    reference = run_batches(onnx_runner(folder / "model.onnx"), batches)
+    report = check_parity(reference, batches, folder / "model.onnx", folder / "model.ts", atol=1e-4)
+    assert report["onnx"]["max_abs_diff"] == 0.0 and report["torchscript"]["max_abs_diff"] <= 1e-4
+    with pytest.raises(ParityError, match="differs from PyTorch"):
+        check_parity(reference + 1e-3, batches, folder / "model.onnx", folder / "model.ts", atol=1e-4)
+
+
+def test_quality_gate_fails_the_build(tmp_path):
+    from training.pipeline import GateError, build_recipe
+    from training.recipe import load_recipe
+
+    recipe = load_recipe("intent").with_overrides(
+        {"data.limit": 150, "train.epochs": 1, "train.max_steps": 1, "quantise.mode": "none", "gates.min_test_metric": 0.99}
+    )
+    with pytest.raises(GateError, match="< gate 0.99"):
+        build_recipe(recipe, tmp_path, quiet=True)
+    assert list(tmp_path.iterdir()) == [], "a failed build must leave nothing behind"

@@ -103,3 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     except (RecipeError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        # failed gates (parity, quality) name the model, the number and the limit
+        from training.export import ParityError
+        from training.pipeline import GateError
+
+        if isinstance(exc, (ParityError, GateError)):
+            print(f"build failed: {exc}", file=sys.stderr)
+            return 1
+        raise

@@ -171,11 +171,13 @@ def _build_info(started: float, steps: int, train_size: int) -> dict[str, Any]:
 
 
 def summary(result: BuildResult) -> str:
+    """The one-screen table printed at the end of a build."""
     m = result.manifest
+    keys = [k for k in next(iter(m.variants.values())).metrics if k != "n"]
     lines = [f"\n{m.name} v{m.version} → {result.directory}  ({result.seconds:.0f} s)"]
-    lines.append(f"  {'variant':8} {'file':18} {'MB':>7} " + " ".join(f"{k:>9}" for k in ("accuracy", "macro_f1")))
+    lines.append(f"  {'variant':8} {'file':18} {'MB':>7} " + " ".join(f"{k:>10}" for k in keys))
     for name, v in m.variants.items():
         size = m.files[v.file].bytes / 1e6
-        lines.append(f"  {name:8} {v.file:18} {size:7.1f} " + " ".join(f"{v.metrics.get(k, float('nan')):9.4f}" for k in ("accuracy", "macro_f1")))
+        lines.append(f"  {name:8} {v.file:18} {size:7.1f} " + " ".join(f"{v.metrics.get(k, float('nan')):10.4f}" for k in keys))
     lines.append(f"  served: CPU={m.default_variant['cpu']} GPU={m.default_variant['gpu']} — {m.default_reason}")
     return "\n".join(lines)
