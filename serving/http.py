@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -63,6 +64,16 @@ async def request_error(request: Request, exc: RequestError) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.status)
 
 
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Unknown /v1 paths and wrong methods answer in the same JSON error shape as everything else."""
+    what = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+    return JSONResponse({"error": what.get(exc.status_code, str(exc.detail))}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def no_route(request: Request) -> JSONResponse:
+    raise HTTPException(404)
+
+
 async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
     return JSONResponse({"error": "client disconnected"}, status_code=499)
 
@@ -71,6 +82,7 @@ http_app = Starlette(
     routes=[
         Route("/models", list_models, methods=["GET"]),
         Route("/text/classify", classify_text, methods=["POST"]),
+        Route("/{path:path}", no_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
     ],
-    exception_handlers={RequestError: request_error, ClientDisconnect: client_gone},
+    exception_handlers={RequestError: request_error, HTTPException: http_error, ClientDisconnect: client_gone},
 )

@@ -113,3 +113,10 @@ def test_bad_requests_do_not_disturb_good_ones(server):
         assert r.status_code == 200
         assert abs(r.json()["predictions"][0]["score"] - before["score"]) < 0.02
     assert httpx.get(server + "/readyz").status_code == 200
+
+
+def test_unknown_route_and_wrong_method_answer_json(server):
+    r = httpx.get(server + ROUTE)
+    assert r.status_code == 405 and "GET" in r.json()["error"]
+    r = httpx.post(server + "/v1/text/nothing", json={"texts": ["a"]})
+    assert r.status_code == 404 and "/v1/text/nothing" in r.json()["error"]
