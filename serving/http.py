@@ -71,18 +71,20 @@ async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 async def no_route(request: Request) -> JSONResponse:
-    raise HTTPException(404)
+    """Catch-all: a known path with the wrong method is a 405, anything else a 404."""
+    path = "/" + request.path_params["path"]
+    raise HTTPException(405 if any(r.path == path for r in ROUTES) else 404)
 
 
 async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
     return JSONResponse({"error": "client disconnected"}, status_code=499)
 
 
+ROUTES = [
+    Route("/models", list_models, methods=["GET"]),
+    Route("/text/classify", classify_text, methods=["POST"]),
+]
 http_app = Starlette(
-    routes=[
-        Route("/models", list_models, methods=["GET"]),
-        Route("/text/classify", classify_text, methods=["POST"]),
-        Route("/{path:path}", no_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
-    ],
+    routes=[*ROUTES, Route("/{path:path}", no_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])],
     exception_handlers={RequestError: request_error, HTTPException: http_error, ClientDisconnect: client_gone},
 )
