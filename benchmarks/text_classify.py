@@ -1,7 +1,9 @@
 """Text classification, measured side by side in one run:
 
 1. engines on the same pre-tokenised batches: PyTorch eager, ONNX Runtime fp32 and INT8, batch 1/8/32;
-2. the served endpoint (a real BentoML server on a local port) at concurrency 1/8/32/64.
+2. the served endpoint (a real BentoML server on a local port) at concurrency 1/8/32/64;
+3. the baseline server (benchmarks/baselines/eager_text_server.py: PyTorch eager, one request per
+   forward pass) under the same load.
 
 Writes benchmarks/results/text_classify.{json,md}. Targets are ratios inside this one run.
 Run: `make bench` (or `python benchmarks/text_classify.py --help`).
@@ -10,23 +12,22 @@ Run: `make bench` (or `python benchmarks/text_classify.py --help`).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from serving.loadtest import closed_loop  # noqa: E402
+from benchmarks.harness import RESULTS, closed_loop_sweep, free_port, server, tuneserve_server  # noqa: E402
+from serving.loadtest.payloads import json_payload  # noqa: E402
 from serving.manifest import load_manifest  # noqa: E402
 from serving.processing import TextPreprocessor  # noqa: E402
 from serving.sessions import create_session  # noqa: E402
@@ -35,7 +36,7 @@ from training.data.text import read_labelled_texts, resolve_source  # noqa: E402
 from training.recipe import Recipe  # noqa: E402
 from training.tasks import get_task  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
+ROUTE = "/v1/text/classify"
 
 
 def timed(fn, seconds: float, min_iters: int = 5) -> float:
@@ -88,54 +89,15 @@ def engine_benchmarks(model_dir: Path, texts: list[str], batch_sizes: list[int],
     return rows
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def served_benchmarks(repository: Path, model: str, texts: list[str], concurrencies: list[int], seconds: float) -> tuple[list[dict], dict]:
-    port = free_port()
-    env = dict(os.environ, TUNESERVE_REPOSITORY=str(repository))
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("bentoml")), "serve", "serving.service:TuneServe", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
-
-        for _ in range(240):
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        info = next(m for m in httpx.get(base + "/v1/models").json()["models"] if m["name"] == model)
-        payloads = [{"model": model, "texts": [t]} for t in texts]
-        rows = []
-        for c in concurrencies:
-            before = _batch_counters(httpx.get(base + "/metrics").text, model)
-            step = asyncio.run(closed_loop(base + "/v1/text/classify", payloads, c, seconds, warmup_s=1.0))
-            after = _batch_counters(httpx.get(base + "/metrics").text, model)
-            row = step.summary()
-            batches = after[1] - before[1]
-            row["server_mean_batch"] = (after[0] - before[0]) / batches if batches else 0.0
-            rows.append(row)
-            print(f"  served c={c:3}: {row['req_per_s']:7.1f} req/s  p50 {row['p50_ms']:.1f} p95 {row['p95_ms']:.1f} p99 {row['p99_ms']:.1f} ms  non-2xx {row['non_2xx']}  mean batch {row['server_mean_batch']:.1f}", flush=True)
-        return rows, info
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-
-
-def _batch_counters(metrics: str, model: str) -> tuple[float, float]:
-    values = {}
-    for line in metrics.splitlines():
-        for kind in ("sum", "count"):
-            if line.startswith(f'tuneserve_batch_size_{kind}{{model="{model}"}}'):
-                values[kind] = float(line.split()[-1])
-    return values.get("sum", 0.0), values.get("count", 0.0)
+def _served_table(rows: list[dict]) -> list[str]:
+    return [
+        "| concurrency | req/s | p50 ms | p95 ms | p99 ms | p99.9 ms | errors | server mean batch |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[
+            f"| {s['load']:g} | {s['throughput_rps']:.1f} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['p99.9_ms']:.1f} | {s['errors']} | {s['server'].get('mean_batch_size', 0):.1f} |"
+            for s in rows
+        ],
+    ]
 
 
 def write_report(report: dict) -> None:
@@ -156,15 +118,18 @@ def write_report(report: dict) -> None:
         "",
         "## Served endpoint (`POST /v1/text/classify`, one text per request, closed loop)",
         "",
-        "| concurrency | req/s | p50 ms | p95 ms | p99 ms | non-2xx | server mean batch |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        *[f"| {s['concurrency']} | {s['req_per_s']:.1f} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['non_2xx']} | {s['server_mean_batch']:.1f} |" for s in report["served"]],
+        *_served_table(report["served"]),
+        "",
+        "## Baseline server (PyTorch eager, one request per forward pass, same contract and load)",
+        "",
+        *_served_table(report["baseline"]),
         "",
         "## Ratios",
         "",
         f"- INT8 vs PyTorch eager at batch 32: **{r['int8_vs_eager_b32']:.2f}×** (target ≥ 3×)",
         f"- INT8 model file vs fp32: **{r['int8_size_vs_fp32'] * 100:.1f}%** (target ≤ 30%)",
         f"- served req/s at concurrency 64 vs raw INT8 seq/s at batch 32: **{r['served_c64_vs_int8_b32'] * 100:.1f}%** (target ≥ 70%)",
+        f"- served vs baseline req/s at concurrency 32: **{r['served_vs_baseline_c32']:.1f}×** (target ≥ 5×)",
         f"- non-2xx responses at concurrency ≤ 64: **{r['non_2xx_total']}** (target 0)",
         f"- served variant test accuracy: **{report['served_accuracy'] * 100:.2f}%** (target ≥ 95%)",
         "",
@@ -192,13 +157,25 @@ def main() -> None:
 
     print(f"engines ({args.threads} threads):", flush=True)
     engines = engine_benchmarks(model_dir, texts, [int(b) for b in args.batches.split(",")], args.engine_seconds, args.threads)
+    payloads = [json_payload({"model": args.model, "texts": [t]}) for t in texts]
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
     print("served endpoint:", flush=True)
-    served, info = served_benchmarks(repository, args.model, texts, [int(c) for c in args.concurrency.split(",")], args.served_seconds)
+    argv, port, env = tuneserve_server(repository)
+    with server(argv, port, env) as base:
+        info = next(m for m in httpx.get(base + "/v1/models").json()["models"] if m["name"] == args.model)
+        served = closed_loop_sweep(base, ROUTE, payloads, concurrencies, args.served_seconds, "tuneserve")
+    print("baseline server (PyTorch eager, one request per forward):", flush=True)
+    port = free_port()
+    with server([sys.executable, str(ROOT / "benchmarks/baselines/eager_text_server.py"), str(model_dir), "--port", str(port)], port) as base:
+        baseline = closed_loop_sweep(base, ROUTE, payloads, [c for c in concurrencies if c <= 32], args.served_seconds, "baseline ")
 
     def eng(name: str, bs: int) -> float:
         return next(e["seq_per_s"] for e in engines if e["engine"] == name and e["batch"] == bs)
 
-    c64 = next((s for s in served if s["concurrency"] == 64), served[-1])
+    def at(rows: list[dict], c: int) -> dict:
+        return next((r for r in rows if r["load"] == c), rows[-1])
+
+    c64 = at(served, 64)
     report = {
         "model": args.model,
         "served_variant": info["variant"],
@@ -213,12 +190,14 @@ def main() -> None:
         "config": vars(args),
         "engines": engines,
         "served": served,
+        "baseline": baseline,
         "ratios": {
             "int8_vs_eager_b32": eng("onnxruntime_int8", 32) / eng("pytorch_eager", 32),
             "fp32_vs_eager_b32": eng("onnxruntime_fp32", 32) / eng("pytorch_eager", 32),
             "int8_size_vs_fp32": manifest.files["model.int8.onnx"].bytes / manifest.files["model.onnx"].bytes,
-            "served_c64_vs_int8_b32": c64["req_per_s"] / eng("onnxruntime_int8", 32),
-            "non_2xx_total": sum(s["non_2xx"] for s in served),
+            "served_c64_vs_int8_b32": c64["throughput_rps"] / eng("onnxruntime_int8", 32),
+            "served_vs_baseline_c32": at(served, 32)["throughput_rps"] / at(baseline, 32)["throughput_rps"],
+            "non_2xx_total": sum(s["errors"] for s in served if s["load"] <= 64),
         },
     }
     write_report(report)

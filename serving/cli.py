@@ -60,6 +60,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_serving_commands(sub: argparse._SubParsersAction) -> None:
+    from serving.loadtest.cli import add_loadtest_command
+
     p = sub.add_parser("predict", help="classify texts with a model from the repository, no server needed")
     p.add_argument("model", help="model name, e.g. intent")
     p.add_argument("inputs", nargs="+", help="texts to classify")
@@ -77,6 +79,8 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
     p.set_defaults(func=cmd_serve)
+
+    add_loadtest_command(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,76 @@
+"""Shared benchmark plumbing: start a server process on a free port, wait until ready, load it, stop it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+from serving.loadtest.engine import closed_loop, run
+from serving.loadtest.payloads import Payload
+from serving.loadtest.server_metrics import scrape, server_delta
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(argv: list[str], port: int, env: dict[str, str] | None = None, ready_path: str = "/readyz", timeout_s: float = 180) -> Iterator[str]:
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{argv[:3]} exited with {proc.returncode}")
+            try:
+                if httpx.get(base + ready_path, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{argv[:3]} not ready in {timeout_s} s")
+            time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
+def tuneserve_server(repository: Path) -> tuple[list[str], int, dict[str, str]]:
+    port = free_port()
+    argv = [str(Path(sys.executable).with_name("bentoml")), "serve", "serving.service:TuneServe", "--port", str(port)]
+    return argv, port, {"TUNESERVE_REPOSITORY": str(repository)}
+
+
+def closed_loop_sweep(base: str, route: str, payloads: list[Payload], concurrencies: list[int], seconds: float, label: str) -> list[dict]:
+    rows = []
+    for c in concurrencies:
+        before = scrape(base)
+        stats = run(closed_loop(base + route, payloads, c, seconds, warmup_s=1.0))
+        stats.server = server_delta(before, scrape(base), route)
+        row = stats.summary()
+        rows.append(row)
+        batch = row["server"].get("mean_batch_size")
+        print(
+            f"  {label} c={c:3}: {row['throughput_rps']:7.1f} req/s  p50 {row['p50_ms']:.1f} p95 {row['p95_ms']:.1f} p99 {row['p99_ms']:.1f} ms"
+            f"  errors {row['errors']}" + (f"  mean batch {batch:.1f}" if batch else ""),
+            flush=True,
+        )
+    return rows
