@@ -95,14 +95,16 @@ def run(coro):
         return runner.run(coro)
 
 
-async def _send(session: aiohttp.ClientSession, url: str, payload: Payload) -> int:
-    async with session.post(url, **payload.request_kwargs()) as response:
-        await response.read()
-        return response.status
-
-
-def _exception_name(exc: BaseException) -> str:
-    return "Timeout" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
+async def _attempt(session: aiohttp.ClientSession, url: str, payload: Payload) -> tuple[int | None, str | None]:
+    """One request: (HTTP status, None), or (None, exception name) when no response came back."""
+    try:
+        async with session.post(url, **payload.request_kwargs()) as response:
+            await response.read()
+            return response.status, None
+    except asyncio.TimeoutError:
+        return None, "Timeout"
+    except (aiohttp.ClientError, OSError) as exc:
+        return None, type(exc).__name__
 
 
 async def closed_loop(
@@ -128,11 +130,7 @@ async def closed_loop(
                 measured = sent >= measure_from
                 if measured and max_requests is not None and next(budget) >= max_requests:
                     return
-                status, error = None, None
-                try:
-                    status = await _send(session, url, next(rotation))
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                    error = _exception_name(exc)
+                status, error = await _attempt(session, url, next(rotation))
                 if measured:
                     stats.sent += 1
                     stats.record(time.perf_counter() - sent, status, error)
@@ -177,11 +175,7 @@ async def open_loop(
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
 
         async def one(intended: float, measured: bool) -> None:
-            status, error = None, None
-            try:
-                status = await _send(session, url, next(rotation))
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                error = _exception_name(exc)
+            status, error = await _attempt(session, url, next(rotation))
             if measured:
                 stats.record(time.perf_counter() - intended, status, error)
 
