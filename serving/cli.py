@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from serving.errors import ManifestError, RequestError
+from serving.errors import ManifestError
 from serving.manifest import MANIFEST_FILE, load_manifest
 from serving.settings import PROJECT_ROOT, Settings
 
@@ -20,17 +20,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.repository:
         settings.repository = Path(args.repository)
     runtime = Runtime(settings)
-    try:
-        model = runtime.resolve(args.model, "text-classification")
-    except RequestError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+    model = runtime.models.get(args.model)
+    if model is None:
+        print(f"error: unknown model {args.model!r}; available models: {sorted(runtime.models) or 'none'}", file=sys.stderr)
         return 2
-    predictions = model.predictor(args.inputs)
+    try:
+        if model.manifest.task == "image-classification":
+            items = [(model.predictor.prepare(Path(path).read_bytes()), args.top_k) for path in args.inputs]
+        else:
+            items = args.inputs
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    predictions = model.predictor(items)
     if args.json:
         print(json.dumps({"model": model.name, "version": model.manifest.version, "variant": model.variant, "predictions": predictions}, indent=2))
     else:
-        for text, p in zip(args.inputs, predictions):
-            print(f"{p['label']:<24} {p['score']:.3f}  {text}")
+        for given, p in zip(args.inputs, predictions):
+            print(f"{p['label']:<24} {p['score']:.3f}  {given}")
     return 0
 
 
@@ -62,9 +69,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     from serving.loadtest.cli import add_loadtest_command
 
-    p = sub.add_parser("predict", help="classify texts with a model from the repository, no server needed")
-    p.add_argument("model", help="model name, e.g. intent")
-    p.add_argument("inputs", nargs="+", help="texts to classify")
+    p = sub.add_parser("predict", help="answer from a model of the repository, no server needed")
+    p.add_argument("model", help="model name, e.g. intent or surface-defects")
+    p.add_argument("inputs", nargs="+", help="texts (text models) or image files (image models)")
+    p.add_argument("--top-k", type=int, default=5, help="image models: classes to rank")
     p.add_argument("--repository", help="model repository (default: exported/ or $TUNESERVE_REPOSITORY)")
     p.add_argument("--json", action="store_true", help="print the same JSON the HTTP endpoint returns")
     p.set_defaults(func=cmd_predict)

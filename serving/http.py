@@ -6,20 +6,30 @@ Every client mistake becomes a 4xx `{"error": "..."}`; nothing a client sends ca
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from serving.errors import RequestError
+from serving.processing import ImageError
+from serving.processing.image import MAX_IMAGE_BYTES
 from serving.schemas import TextRequest, parse_json_body
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
+MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+MAX_FILES = 64
+# Decoding and resizing run here, beside (not inside) the batcher's inference thread.
+_prepare_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="prepare")
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -60,6 +70,65 @@ async def classify_text(request: Request) -> JSONResponse:
     return JSONResponse({"model": model.name, "version": model.manifest.version, "variant": model.variant, "predictions": predictions})
 
 
+async def classify_image(request: Request) -> JSONResponse:
+    service = _service(request)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise RequestError("send multipart/form-data with one or more `images` files (and optional `model`, `top_k`)", status=415)
+    request._body = await read_body(request, MAX_UPLOAD_BYTES)  # parse the multipart from the bounded body
+    try:
+        form = await request.form(max_files=MAX_FILES, max_fields=16)
+    except Exception as exc:  # malformed multipart, too many parts
+        raise RequestError(f"malformed multipart body: {exc}") from None
+    unknown = sorted(set(form.keys()) - {"model", "top_k", "images"})
+    if unknown:
+        raise RequestError(f"unknown form field(s) {unknown}; expected `images`, `model`, `top_k`")
+    model_name = form.get("model")
+    if model_name is not None and not isinstance(model_name, str):
+        raise RequestError("model: expected a text field, got a file")
+    model = service.runtime.resolve(model_name or None, "image-classification")
+    top_k = _top_k(form.get("top_k"), len(model.manifest.labels))
+    uploads = form.getlist("images")
+    if not uploads:
+        raise RequestError("images: no files; send one or more `images` file fields")
+    for i, upload in enumerate(uploads):
+        if not isinstance(upload, UploadFile):
+            raise RequestError(f"images[{i}]: expected a file upload, got a text field (URLs are not fetched)")
+    contents = [await upload.read() for upload in uploads]
+    loop = asyncio.get_running_loop()
+    prepared = await asyncio.gather(
+        *(loop.run_in_executor(_prepare_pool, _prepare_one, model.predictor, i, upload.filename, data) for i, (upload, data) in enumerate(zip(uploads, contents))),
+        return_exceptions=True,
+    )
+    errors = [p for p in prepared if isinstance(p, Exception)]
+    if errors:
+        raise errors[0] if isinstance(errors[0], RequestError) else RequestError(str(errors[0]))
+    predictions = await service.batchers[model.name].submit([(image, top_k) for image in prepared])
+    for prediction, upload in zip(predictions, uploads):
+        prediction["file"] = upload.filename
+    return JSONResponse({"model": model.name, "version": model.manifest.version, "variant": model.variant, "predictions": predictions})
+
+
+def _top_k(raw, classes: int) -> int:
+    if raw is None:
+        return min(5, classes)
+    if not isinstance(raw, str) or not raw.strip().lstrip("-").isdigit():
+        raise RequestError(f"top_k: expected an integer between 1 and {classes}")
+    value = int(raw)
+    if not 1 <= value <= classes:
+        raise RequestError(f"top_k: {value} is out of range; the model has {classes} classes (1..{classes})")
+    return value
+
+
+def _prepare_one(predictor, index: int, filename: str | None, data: bytes):
+    name = f"images[{index}] ({filename!r})" if filename else f"images[{index}]"
+    if len(data) > MAX_IMAGE_BYTES:
+        raise RequestError(f"{name}: {len(data) / 1e6:.1f} MB; the limit is {MAX_IMAGE_BYTES / 1e6:.0f} MB per image", status=413)
+    try:
+        return predictor.prepare(data)
+    except ImageError as exc:
+        raise RequestError(f"{name}: {exc}") from None
+
+
 async def request_error(request: Request, exc: RequestError) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.status)
 
@@ -83,6 +152,7 @@ async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
 ROUTES = [
     Route("/models", list_models, methods=["GET"]),
     Route("/text/classify", classify_text, methods=["POST"]),
+    Route("/image/classify", classify_image, methods=["POST"]),
 ]
 http_app = Starlette(
     routes=[*ROUTES, Route("/{path:path}", no_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])],

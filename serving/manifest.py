@@ -39,6 +39,7 @@ class Variant(BaseModel):
     precision: Literal["fp32", "fp16", "int8"]
     metrics: dict[str, float] = Field(default_factory=dict)
     parity: dict[str, float | bool] = Field(default_factory=dict)
+    speed: dict[str, float] = Field(default_factory=dict)  # measured at build time on the build machine's CPU
     note: str = ""
 
 

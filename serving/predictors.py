@@ -11,7 +11,9 @@ from typing import Any, Callable, Protocol
 import onnxruntime as ort
 
 from serving.manifest import Manifest
-from serving.processing import TextPreprocessor, softmax, top_label
+import numpy as np
+
+from serving.processing import ImagePreprocessor, TextPreprocessor, decode_image, softmax, top_k, top_label
 
 
 class Predictor(Protocol):
@@ -43,8 +45,30 @@ class TextClassifier:
         return answers
 
 
+class ImageClassifier:
+    """Image classification: `prepare` decodes and pre-processes one upload (run in the request's
+    thread pool, concurrently with inference); `__call__` runs a batch and ranks the top k."""
+
+    task = "image-classification"
+
+    def __init__(self, model_dir: Path, manifest: Manifest, session: ort.InferenceSession) -> None:
+        self.manifest = manifest
+        self.session = session
+        self.preprocessor = ImagePreprocessor.from_config(manifest.preprocessing)
+        self.input_name = session.get_inputs()[0].name
+
+    def prepare(self, data: bytes) -> np.ndarray:
+        return self.preprocessor(decode_image(data))
+
+    def __call__(self, items: list[tuple[np.ndarray, int]]) -> list[dict]:
+        (logits,) = self.session.run(None, {self.input_name: np.stack([image for image, _ in items])})
+        probs = softmax(logits)
+        return [top_k(row[None], self.manifest.labels, k)[0] for row, (_, k) in zip(probs, items)]
+
+
 PREDICTORS: dict[str, Callable[[Path, Manifest, ort.InferenceSession], Predictor]] = {
     TextClassifier.task: TextClassifier,
+    ImageClassifier.task: ImageClassifier,
 }
 
 
@@ -54,8 +78,3 @@ def make_predictor(model_dir: Path, manifest: Manifest, session: ort.InferenceSe
     except KeyError:
         raise ValueError(f"model {manifest.name!r}: no predictor for task {manifest.task!r}") from None
     return factory(model_dir, manifest, session)
-
-
-def warm_up(predictor: Predictor, sample: list[Any]) -> None:
-    """One call so the first real request does not pay for lazy allocations."""
-    predictor(sample)

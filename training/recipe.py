@@ -22,10 +22,11 @@ class DataConfig(_Strict):
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     seed: int = 13
     limit: int | None = Field(None, description="use only this many examples (smoke runs)")
+    pseudo_labels: bool = Field(False, description="label examples with the pretrained model's own predictions (export a pretrained classifier as is)")
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(8, ge=1)
+    epochs: int = Field(8, ge=0, description="0 exports the pretrained model without fine-tuning")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(5e-5, gt=0)
     head_lr: float = Field(1e-3, gt=0)
@@ -45,8 +46,12 @@ class ExportConfig(_Strict):
 
 
 class QuantiseConfig(_Strict):
-    mode: Literal["none", "dynamic"] = "dynamic"
+    # dynamic: weights INT8 offline, activations per call (transformers); static: QDQ, per-channel,
+    # activation ranges calibrated on training inputs (CNNs).
+    mode: Literal["none", "dynamic", "static"] = "dynamic"
     max_metric_drop: float = Field(0.01, ge=0, description="largest allowed drop of the deciding metric vs fp32")
+    require_speedup: bool = Field(False, description="serve INT8 only if it is also faster than fp32 on this machine")
+    calibration_size: int = Field(256, ge=1)
 
 
 class Gates(_Strict):

@@ -27,3 +27,16 @@ def top_label(probs: np.ndarray, labels: list[str]) -> list[dict]:
         }
         for i, row in zip(best, probs)
     ]
+
+
+def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[dict]:
+    """One `{"label", "score", "top_k": [{"label", "score"}, ...]}` per row, best first."""
+    if probs.shape[-1] != len(labels):
+        raise ValueError(f"model returned {probs.shape[-1]} classes but the manifest lists {len(labels)} labels")
+    k = min(k, len(labels))
+    order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+    out = []
+    for row, idx in zip(probs, order):
+        ranked = [{"label": labels[int(i)], "score": float(row[i])} for i in idx]
+        out.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
+    return out

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from training.tasks.base import Splits, Task
+from training.tasks.image_classification import ImageClassificationTask
 from training.tasks.text_classification import TextClassificationTask
 
 TASKS: dict[str, type[Task]] = {
     TextClassificationTask.name: TextClassificationTask,
+    ImageClassificationTask.name: ImageClassificationTask,
 }
 
 

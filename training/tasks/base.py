@@ -57,6 +57,13 @@ class Task(ABC):
     def preprocessing_config(self) -> dict[str, Any]:
         """The manifest's `preprocessing` section: everything serving needs to prepare inputs."""
 
+    def prepare(self, model: nn.Module, splits: Splits) -> None:
+        """Hook run once the model is built and before training (e.g. pseudo-labelling)."""
+
+    def calibration_inputs(self, splits: Splits, count: int) -> list[dict[str, np.ndarray]]:
+        """Model inputs for static quantisation's calibration; tasks that support it override this."""
+        raise NotImplementedError(f"{self.name} does not support static quantisation")
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits, targets)
 

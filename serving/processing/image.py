@@ -1,0 +1,106 @@
+"""Image decoding and pre-processing, shared by training and serving (OpenCV + numpy).
+
+`decode_image` turns uploaded bytes into an RGB uint8 array: JPEG, PNG, BMP, WebP and TIFF, EXIF
+orientation applied, grey → 3 channels, alpha dropped, 16-bit → 8-bit. It refuses empty, truncated,
+oversized and non-image input with a message, and checks the pixel count from the header before any
+pixels are decoded (decompression bombs). `ImagePreprocessor` resizes the shorter side, centre-crops
+and scales to the model's input.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+# OpenCV's own guard against decompression bombs; our header check below gives the clear message.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(50_000_000))
+import cv2  # noqa: E402
+
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_IMAGE_PIXELS = 50_000_000
+FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "MPO"}
+
+
+class ImageError(ValueError):
+    """The bytes are not an image this server can use; the message says why."""
+
+
+def _header(data: bytes) -> tuple[str, int, int]:
+    """Format, width and height from the file header only (Pillow reads no pixels here)."""
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = None  # we apply our own, lower limit with a clear message
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.format or "", im.width, im.height
+    except UnidentifiedImageError:
+        raise ImageError("not an image (unrecognised format; send JPEG, PNG, BMP, WebP or TIFF)") from None
+    except Exception as exc:  # Pillow raises various errors on mangled headers
+        raise ImageError(f"not a readable image header ({type(exc).__name__})") from None
+
+
+def decode_image(data: bytes, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Bytes → (H, W, 3) uint8 RGB. Raises ImageError naming what is wrong."""
+    if not data:
+        raise ImageError("zero bytes")
+    if len(data) > max_bytes:
+        raise ImageError(f"{len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB")
+    fmt, width, height = _header(data)
+    if fmt not in FORMATS:
+        raise ImageError(f"{fmt or 'unknown'} images are not supported; send JPEG, PNG, BMP, WebP or TIFF")
+    if width * height > max_pixels:
+        raise ImageError(f"{width}x{height} is {width * height / 1e6:.0f} megapixels; the limit is {max_pixels / 1e6:.0f}")
+    if fmt in ("JPEG", "MPO") and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise ImageError("truncated JPEG (no end-of-image marker)")
+    # IMREAD_COLOR: grey → BGR, alpha dropped, EXIF orientation applied; ANYDEPTH keeps 16-bit for us to scale.
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if image is None or image.size == 0:
+        raise ImageError(f"corrupt or truncated {fmt} data")
+    return cv2.cvtColor(to_uint8(image), cv2.COLOR_BGR2RGB)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        return (np.clip(np.nan_to_num(image), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    raise ImageError(f"unsupported pixel type {image.dtype}")
+
+
+@dataclass(frozen=True)
+class ImagePreprocessor:
+    """Resize the shorter side, centre-crop, scale (x - mean) / std, HWC RGB → CHW float32."""
+
+    resize_shorter: int = 256
+    crop: int = 224
+    mean: float = 127.0
+    std: float = 128.0
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ImagePreprocessor":
+        return cls(int(config["resize_shorter"]), int(config["crop"]), float(config["mean"]), float(config["std"]))
+
+    def config(self) -> dict:
+        return {"resize_shorter": self.resize_shorter, "crop": self.crop, "mean": self.mean, "std": self.std,
+                "colour": "RGB", "layout": "NCHW", "resize": "shorter side, area interpolation when shrinking", "crop_mode": "centre"}
+
+    def resize_and_crop(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        scale = self.resize_shorter / min(h, w)
+        size = (max(self.crop, round(w * scale)), max(self.crop, round(h * scale)))
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        resized = cv2.resize(rgb, size, interpolation=interpolation)
+        top, left = (size[1] - self.crop) // 2, (size[0] - self.crop) // 2
+        return resized[top : top + self.crop, left : left + self.crop]
+
+    def normalise(self, rgb_uint8: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 → (3, H, W) float32 scaled; training's augmented crops end here too."""
+        return ((rgb_uint8.astype(np.float32) - self.mean) / self.std).transpose(2, 0, 1).copy()
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        return self.normalise(self.resize_and_crop(rgb))

@@ -1,0 +1,103 @@
+"""Image datasets in ImageFolder layout (`root/<class>/<image>`), and generated ones cached on disk.
+
+Sources: a folder path; `generated:surface-defects` (training/data/surface_defects.py); or
+`generated:photo-crops` (crops of scikit-image's bundled photos, for calibrating and checking a
+pretrained classifier that is exported as is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from serving.settings import PROJECT_ROOT
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+CACHE = PROJECT_ROOT / "runs" / "data"
+
+
+@dataclass
+class ImageExamples:
+    paths: list[Path]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def generate_photo_crops(out_dir: Path, count: int = 400, seed: int = 7) -> Path:
+    """Random crops, flips and scales of scikit-image's colour photos, in one unlabelled class folder."""
+    import skimage.data
+
+    d = skimage.data
+    photos = [d.astronaut(), d.chelsea(), d.coffee(), d.rocket(), d.stereo_motorcycle()[0], d.retina(), d.immunohistochemistry(), d.hubble_deep_field()]
+    rng = np.random.default_rng(seed)
+    target = out_dir / "unlabelled"
+    target.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        frac = rng.uniform(0.5, 1.0)
+        ch, cw = int(h * frac), int(w * frac)
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        crop = photo[y : y + ch, x : x + cw]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        cv2.imwrite(str(target / f"crop_{i:04d}.png"), cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2BGR))
+    return out_dir
+
+
+def resolve_image_source(source: str, seed: int) -> Path:
+    if not source.startswith("generated:"):
+        return Path(source).expanduser()
+    name = source.removeprefix("generated:")
+    root = CACHE / f"{name}-seed{seed}"
+    if not (root / ".complete").exists():
+        if name == "surface-defects":
+            from training.data.surface_defects import generate_surface_defects
+
+            generate_surface_defects(root, seed=seed, progress=True)
+        elif name == "photo-crops":
+            generate_photo_crops(root, seed=seed)
+        else:
+            raise ValueError(f"unknown generated dataset {name!r}; known: surface-defects, photo-crops")
+        (root / ".complete").touch()
+    return root
+
+
+def read_image_folder(root: Path) -> tuple[list[Path], list[str]]:
+    """Image files and their class (folder) names."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    paths, names = [], []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in sorted(class_dir.iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(path)
+                names.append(class_dir.name)
+    if not paths:
+        raise ValueError(f"{root}: no images in <class>/ sub-folders ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return paths, names
+
+
+def load_image_splits(source: str, label_names: list[str] | None, val_fraction: float, test_fraction: float, seed: int, limit: int | None = None):
+    paths, names = read_image_folder(resolve_image_source(source, seed))
+    classes = label_names or sorted(set(names))
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(names) - set(index))
+    # folders that are not classes of the recipe (e.g. "unlabelled") get -1: labelled later by the model
+    if unknown and label_names is not None and len(unknown) < len(set(names)):
+        raise ValueError(f"image folders {unknown} are not among the recipe's labels")
+    labels = [index.get(n, -1) for n in names]
+    stratify = labels if min(labels) >= 0 else None
+    if limit is not None and limit < len(paths):
+        paths, _, labels, _ = train_test_split(paths, labels, train_size=limit, random_state=seed, stratify=stratify)
+        stratify = labels if stratify is not None else None
+    rest_p, test_p, rest_y, test_y = train_test_split(paths, labels, test_size=test_fraction, random_state=seed, stratify=stratify)
+    val_share = val_fraction / (1 - test_fraction)
+    train_p, val_p, train_y, val_y = train_test_split(rest_p, rest_y, test_size=val_share, random_state=seed, stratify=rest_y if stratify is not None else None)
+    return ImageExamples(train_p, train_y), ImageExamples(val_p, val_y), ImageExamples(test_p, test_y), classes
