@@ -74,3 +74,32 @@ def closed_loop_sweep(base: str, route: str, payloads: list[Payload], concurrenc
             flush=True,
         )
     return rows
+
+
+def eager_model(model_dir: Path):
+    """The exported model as a PyTorch eager module: the task's architecture with the weights of the
+    traced TorchScript file (same names; a few non-persistent buffers differ, hence the check)."""
+    import torch
+
+    from serving.manifest import load_manifest
+    from training.backbones import get_backbone
+    from training.recipe import Recipe
+    from training.tasks import get_task
+
+    manifest = load_manifest(model_dir)
+    recipe = Recipe.model_validate(manifest.recipe)
+    model = get_task(manifest.task)(recipe, get_backbone(recipe.backbone)).build_model(manifest.labels)
+    missing, _ = model.load_state_dict(torch.jit.load(str(model_dir / "model.ts")).state_dict(), strict=False)
+    if missing:
+        raise RuntimeError(f"TorchScript weights lack {missing}")
+    return model.eval()
+
+
+def timed(fn, seconds: float, min_iters: int = 5) -> float:
+    """Mean seconds per call over at least `min_iters` calls and `seconds` of wall time (after 2 warm-ups)."""
+    fn(), fn()
+    n, start = 0, time.perf_counter()
+    while n < min_iters or time.perf_counter() - start < seconds:
+        fn()
+        n += 1
+    return (time.perf_counter() - start) / n

@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -26,41 +25,21 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import RESULTS, closed_loop_sweep, free_port, server, tuneserve_server  # noqa: E402
+from benchmarks.harness import RESULTS, closed_loop_sweep, eager_model, free_port, server, timed, tuneserve_server  # noqa: E402
 from serving.loadtest.payloads import json_payload  # noqa: E402
 from serving.manifest import load_manifest  # noqa: E402
 from serving.processing import TextPreprocessor  # noqa: E402
 from serving.sessions import create_session  # noqa: E402
-from training.backbones import get_backbone  # noqa: E402
 from training.data.text import read_labelled_texts, resolve_source  # noqa: E402
 from training.recipe import Recipe  # noqa: E402
-from training.tasks import get_task  # noqa: E402
 
 ROUTE = "/v1/text/classify"
-
-
-def timed(fn, seconds: float, min_iters: int = 5) -> float:
-    """Mean seconds per call over at least `min_iters` calls and `seconds` of wall time (after 2 warm-ups)."""
-    fn(), fn()
-    n, start = 0, time.perf_counter()
-    while n < min_iters or time.perf_counter() - start < seconds:
-        fn()
-        n += 1
-    return (time.perf_counter() - start) / n
 
 
 def engine_benchmarks(model_dir: Path, texts: list[str], batch_sizes: list[int], seconds: float, threads: int) -> list[dict]:
     manifest = load_manifest(model_dir)
     pre = TextPreprocessor.from_config(model_dir, manifest.preprocessing)
-    recipe = Recipe.model_validate(manifest.recipe)
-    task = get_task(manifest.task)(recipe, get_backbone(recipe.backbone))
-    eager = task.build_model(manifest.labels)
-    # The traced module carries the fine-tuned weights under the eager module's names (plus a few
-    # non-persistent buffers, hence strict=False with a check that nothing is missing).
-    missing, _ = eager.load_state_dict(torch.jit.load(str(model_dir / "model.ts")).state_dict(), strict=False)
-    if missing:
-        raise RuntimeError(f"TorchScript weights lack {missing}")
-    eager.eval()
+    eager = eager_model(model_dir)
     torch.set_num_threads(threads)
     sessions = {v: create_session(model_dir / manifest.variants[v].file, threads, ["CPUExecutionProvider"])[0] for v in manifest.variants}
 

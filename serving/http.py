@@ -122,7 +122,7 @@ def _top_k(raw, classes: int) -> int:
 def _prepare_one(predictor, index: int, filename: str | None, data: bytes):
     name = f"images[{index}] ({filename!r})" if filename else f"images[{index}]"
     if len(data) > MAX_IMAGE_BYTES:
-        raise RequestError(f"{name}: {len(data) / 1e6:.1f} MB; the limit is {MAX_IMAGE_BYTES / 1e6:.0f} MB per image", status=413)
+        raise RequestError(f"{name}: {len(data) / 2**20:.1f} MiB; the limit is {MAX_IMAGE_BYTES / 2**20:.0f} MiB per image", status=413)
     try:
         return predictor.prepare(data)
     except ImageError as exc:

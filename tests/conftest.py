@@ -28,9 +28,20 @@ def tiny_repository(tmp_path_factory) -> Path:
     from training.pipeline import build_recipe
     from training.recipe import load_recipe
 
+    from training.data.surface_defects import generate_surface_defects
+
     repo = tmp_path_factory.mktemp("exported")
     recipe = load_recipe("intent").with_overrides(
         {"data.limit": 300, "train.epochs": 1, "train.max_steps": 12, "train.freeze_backbone_epochs": 0, "gates.min_test_metric": 0.0}
+    )
+    build_recipe(recipe, repo, quiet=True)
+    images = generate_surface_defects(tmp_path_factory.mktemp("defects"), per_class=10, size=96, seed=3)
+    recipe = load_recipe("surface-defects").with_overrides(
+        {
+            "data.source": str(images), "preprocessing.resize_shorter": 72, "preprocessing.crop": 64,
+            "train.epochs": 1, "train.max_steps": 2, "train.batch_size": 8, "train.freeze_backbone_epochs": 0,
+            "quantise.calibration_size": 16, "gates.min_test_metric": 0.0,
+        }
     )
     build_recipe(recipe, repo, quiet=True)
     return repo

@@ -25,8 +25,11 @@ def test_health_and_models(server):
     for path in ("/healthz", "/livez", "/readyz"):
         assert httpx.get(server + path).status_code == 200
     body = httpx.get(server + "/v1/models").json()
-    (intent,) = body["models"]
-    assert intent["name"] == "intent" and len(intent["labels"]) == 10 and intent["provider"] == "CPUExecutionProvider"
+    models = {m["name"]: m for m in body["models"]}
+    assert set(models) == {"intent", "surface-defects"} and body["refused"] == {}
+    intent = models["intent"]
+    assert intent["task"] == "text-classification" and len(intent["labels"]) == 10 and intent["provider"] == "CPUExecutionProvider"
+    assert models["surface-defects"]["labels"] == ["ok", "scratch", "spot", "crack"]
 
 
 def test_concurrent_requests_each_get_their_own_answers(server, tiny_repository):

@@ -47,7 +47,7 @@ def decode_image(data: bytes, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int 
     if not data:
         raise ImageError("zero bytes")
     if len(data) > max_bytes:
-        raise ImageError(f"{len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB")
+        raise ImageError(f"{len(data) / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB")
     fmt, width, height = _header(data)
     if fmt not in FORMATS:
         raise ImageError(f"{fmt or 'unknown'} images are not supported; send JPEG, PNG, BMP, WebP or TIFF")

@@ -1,0 +1,142 @@
+"""Image decoding and pre-processing (shared by training and serving), the backbone mapping, and the
+image model built in the session."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from serving.processing import ImageError, ImagePreprocessor, decode_image
+from serving.runtime import Runtime
+from serving.settings import Settings
+
+SKIMAGE = Path(skimage.data.__file__).parent
+
+
+def encode(rgb: np.ndarray, ext: str) -> bytes:
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb)
+    assert ok
+    return buf.tobytes()
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return skimage.data.chelsea()  # 300 x 451 RGB
+
+
+@pytest.mark.parametrize("ext", [".png", ".bmp", ".tiff", ".webp", ".jpg"])
+def test_formats_decode_to_rgb(photo, ext):
+    out = decode_image(encode(photo, ext))
+    assert out.shape == photo.shape and out.dtype == np.uint8
+    tolerance = 0 if ext in (".png", ".bmp", ".tiff") else 12  # lossless formats are exact
+    assert np.abs(out.astype(int) - photo).mean() <= tolerance
+
+
+def test_grey_alpha_and_16_bit(photo):
+    grey = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+    out = decode_image(encode(grey, ".png"))
+    assert out.shape == (*grey.shape, 3) and (out[..., 0] == grey).all() and (out[..., 2] == grey).all()
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 7, np.uint8)])
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    assert (decode_image(buf.tobytes()) == photo).all()
+    wide = photo.astype(np.uint16) * 257
+    assert (decode_image(encode(wide, ".png")) == photo).all()
+
+
+def test_exif_orientation_is_applied(photo):
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored as landscape, to be shown rotated 90° clockwise
+    Image.fromarray(photo).save(buf, format="JPEG", quality=95, exif=exif)
+    out = decode_image(buf.getvalue())
+    assert out.shape == (photo.shape[1], photo.shape[0], 3)
+    assert np.abs(out.astype(int) - np.rot90(photo, k=-1)).mean() < 12
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        (b"", "zero bytes"),
+        (b"just some text, not an image", "not an image"),
+        (None, "truncated JPEG"),
+        (_png_header_only(10_000, 10_000), "megapixels"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * (21 * 1024 * 1024), "limit is 20 MiB"),
+        (_png_header_only(64, 64), "corrupt"),
+    ],
+)
+def test_bad_images_are_refused_with_a_reason(photo, data, needle):
+    if data is None:
+        data = encode(photo, ".jpg")[:4000]
+    with pytest.raises(ImageError, match=needle):
+        decode_image(data)
+
+
+def test_preprocessor_resizes_shorter_side_and_centre_crops(photo):
+    pre = ImagePreprocessor(resize_shorter=256, crop=224)
+    out = pre(photo)
+    assert out.shape == (3, 224, 224) and out.dtype == np.float32
+    assert out.min() >= -1.0 and out.max() <= 1.0  # (x - 127) / 128 for x in 0..255
+    assert ImagePreprocessor.from_config(pre.config()) == pre
+
+
+def test_pretrained_mapping_sees_a_cat():
+    """The lukemelas-named weights, mapped into timm, through the server's pre-processing."""
+    import torch
+
+    from training.backbones import get_backbone
+
+    model = get_backbone("efficientnet-lite0").load().eval()
+    image = ImagePreprocessor(256, 224)(decode_image((SKIMAGE / "chelsea.png").read_bytes()))
+    with torch.no_grad():
+        top = int(model(torch.from_numpy(image[None])).argmax())
+    assert 281 <= top <= 285, top
+
+
+def test_training_and_serving_tensors_are_identical(tiny_repository):
+    from training.backbones import get_backbone
+    from training.recipe import Recipe
+    from training.tasks import get_task
+    from training.tasks.image_classification import _Images
+
+    runtime = Runtime(Settings(repository=tiny_repository, device="cpu", threads=1))
+    model = runtime.models["surface-defects"]
+    recipe = Recipe.model_validate(model.manifest.recipe)
+    task = get_task(recipe.task)(recipe, get_backbone(recipe.backbone))
+    splits = task.load_data()
+    dataset = _Images(splits.test, task.preprocessor)
+    for i, path in enumerate(splits.test.paths[:5]):
+        served = model.predictor.prepare(Path(path).read_bytes())
+        trained, _ = dataset[i]
+        assert served.dtype == trained.dtype and np.array_equal(served, trained)
+
+
+def test_tiny_image_model_cycle(tiny_repository):
+    from serving.manifest import load_manifest
+
+    m = load_manifest(tiny_repository / "surface-defects")
+    assert m.task == "image-classification" and m.labels == ["ok", "scratch", "spot", "crack"]
+    assert m.variants["fp32"].parity["max_abs_diff"] <= 1e-4 and m.variants["fp32"].parity["argmax_equal"]
+    int8 = m.variants["int8"]
+    assert int8.note.startswith("static") and "speedup_vs_fp32" in int8.parity and int8.speed["ms_per_batch8"] > 0
+    assert m.default_reason
+    assert [i.name for i in m.signature.inputs] == ["images"] and m.signature.inputs[0].shape == ["batch", 3, 64, 64]
+    for variant in ("fp32", "int8"):
+        model = Runtime(Settings(repository=tiny_repository, device="cpu", variant=variant, threads=1)).models["surface-defects"]
+        image = model.predictor.prepare((SKIMAGE / "coffee.png").read_bytes())
+        (p,) = model.predictor([(image, 3)])
+        assert p["label"] in m.labels and len(p["top_k"]) == 3 and p["top_k"][0]["score"] >= p["top_k"][1]["score"]
