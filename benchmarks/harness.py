@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import socket
 import subprocess
@@ -19,6 +21,28 @@ from serving.loadtest.server_metrics import scrape, server_delta
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+
+
+def model_benchmark_args(description: str, model: str, concurrency: str) -> argparse.Namespace:
+    """The options every model benchmark takes."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repository", default=str(ROOT / "exported"))
+    ap.add_argument("--model", default=model)
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--concurrency", default=concurrency)
+    ap.add_argument("--engine-seconds", type=float, default=4.0)
+    ap.add_argument("--served-seconds", type=float, default=10.0)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    return ap.parse_args()
+
+
+def write_results(name: str, report: dict, markdown_lines: list[str]) -> None:
+    """benchmarks/results/<name>.json and .md; the Markdown is also printed."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    text = "\n".join(markdown_lines)
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)
 
 
 def free_port() -> int:
@@ -93,6 +117,16 @@ def eager_model(model_dir: Path):
     if missing:
         raise RuntimeError(f"TorchScript weights lack {missing}")
     return model.eval()
+
+
+def time_engines(runs: dict, batch: int, seconds: float, unit: str) -> list[dict]:
+    """Throughput of each engine callable on one batch: rows of engine, batch, ms/batch, <unit>_per_s."""
+    rows = []
+    for engine, fn in runs.items():
+        sec = timed(fn, seconds)
+        rows.append({"engine": engine, "batch": batch, "ms_per_batch": sec * 1000, f"{unit}_per_s": batch / sec})
+        print(f"  {engine:22} batch {batch:3}: {batch / sec:8.1f} {unit}/s  ({sec * 1000:.1f} ms/batch)", flush=True)
+    return rows
 
 
 def timed(fn, seconds: float, min_iters: int = 5) -> float:

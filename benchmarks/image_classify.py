@@ -10,8 +10,6 @@ Writes benchmarks/results/image_classify.{json,md}. Run: `make bench` or
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import sys
@@ -25,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import RESULTS, closed_loop_sweep, eager_model, server, timed, tuneserve_server  # noqa: E402
+from benchmarks.harness import closed_loop_sweep, eager_model, model_benchmark_args, server, time_engines, tuneserve_server, write_results  # noqa: E402
 from serving.loadtest.payloads import Payload  # noqa: E402
 from serving.manifest import load_manifest  # noqa: E402
 from serving.processing import ImagePreprocessor, decode_image  # noqa: E402
@@ -60,10 +58,7 @@ def engines(model_dir: Path, manifest, images: list[np.ndarray], batch_sizes: li
         for variant, session in sessions.items():
             name = session.get_inputs()[0].name
             runs[f"onnxruntime_{variant}"] = lambda s=session, n=name: s.run(None, {n: batch})
-        for engine, fn in runs.items():
-            sec = timed(fn, seconds)
-            rows.append({"engine": engine, "batch": bs, "ms_per_batch": sec * 1000, "images_per_s": bs / sec})
-            print(f"  {engine:22} batch {bs:3}: {bs / sec:8.1f} images/s  ({sec * 1000:.1f} ms/batch)", flush=True)
+        rows += time_engines(runs, bs, seconds, "images")
     return rows
 
 
@@ -76,15 +71,7 @@ def table(rows: list[dict]) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repository", default=str(ROOT / "exported"))
-    ap.add_argument("--model", default="surface-defects")
-    ap.add_argument("--batches", default="1,8,32")
-    ap.add_argument("--concurrency", default="1,8,32")
-    ap.add_argument("--engine-seconds", type=float, default=4.0)
-    ap.add_argument("--served-seconds", type=float, default=10.0)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    args = ap.parse_args()
+    args = model_benchmark_args(__doc__, "surface-defects", "1,8,32")
 
     repository = Path(args.repository)
     model_dir = repository / args.model
@@ -123,8 +110,6 @@ def main() -> None:
         "served": served,
         "ratios": ratios,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "image_classify.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         f"# Image classification benchmark — `{args.model}`",
         "",
@@ -148,8 +133,7 @@ def main() -> None:
         f"- non-2xx responses at concurrency ≤ 32: **{ratios['errors_total']}** (target 0)",
         "",
     ]
-    (RESULTS / "image_classify.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results("image_classify", report, lines)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ Writes benchmarks/results/loadtest_tool.{json,md}. Target: ≥ 1,000 req/s using
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import RESULTS, free_port, server  # noqa: E402
+from benchmarks.harness import free_port, server, write_results  # noqa: E402
 from serving.loadtest.engine import closed_loop, open_loop, run  # noqa: E402
 from serving.loadtest.payloads import builtin_payloads  # noqa: E402
 
@@ -50,8 +49,6 @@ def main() -> None:
             rows.append(measure(f"open loop, {rate} req/s Poisson", lambda r=rate: open_loop(url, payloads, r, 8.0, warmup_s=1.0)))
     best = max((r for r in rows if r["errors"] == 0), key=lambda r: r["ok_rps"])
     report = {"machine_cores": os.cpu_count(), "target": "benchmarks/targets.py trivial (uvicorn, raw ASGI)", "runs": rows, "best": best}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "loadtest_tool.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "# Load tester overhead — trivial local endpoint",
         "",
@@ -64,8 +61,7 @@ def main() -> None:
         f"Best error-free run: **{best['ok_rps']:.0f} req/s at {best['client_cores']:.2f} cores** (target ≥ 1,000 req/s under 1 core).",
         "",
     ]
-    (RESULTS / "loadtest_tool.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results("loadtest_tool", report, lines)
 
 
 if __name__ == "__main__":

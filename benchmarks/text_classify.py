@@ -11,8 +11,6 @@ Run: `make bench` (or `python benchmarks/text_classify.py --help`).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import sys
@@ -25,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import RESULTS, closed_loop_sweep, eager_model, free_port, server, timed, tuneserve_server  # noqa: E402
+from benchmarks.harness import closed_loop_sweep, eager_model, free_port, model_benchmark_args, server, time_engines, tuneserve_server, write_results  # noqa: E402
 from serving.loadtest.payloads import json_payload  # noqa: E402
 from serving.manifest import load_manifest  # noqa: E402
 from serving.processing import TextPreprocessor  # noqa: E402
@@ -61,10 +59,7 @@ def engine_benchmarks(model_dir: Path, texts: list[str], batch_sizes: list[int],
         engines = {"pytorch_eager": run_eager}
         for variant, session in sessions.items():
             engines[f"onnxruntime_{variant}"] = lambda s=session: s.run(None, feeds[nxt()])
-        for name, fn in engines.items():
-            sec = timed(fn, seconds)
-            rows.append({"engine": name, "batch": bs, "ms_per_batch": sec * 1000, "seq_per_s": bs / sec})
-            print(f"  {name:22} batch {bs:3}: {bs / sec:8.1f} seq/s  ({sec * 1000:.1f} ms/batch)", flush=True)
+        rows += time_engines(engines, bs, seconds, "seq")
     return rows
 
 
@@ -80,8 +75,6 @@ def _served_table(rows: list[dict]) -> list[str]:
 
 
 def write_report(report: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "text_classify.json").write_text(json.dumps(report, indent=2) + "\n")
     r = report["ratios"]
     lines = [
         f"# Text classification benchmark — `{report['model']}`",
@@ -113,19 +106,11 @@ def write_report(report: dict) -> None:
         f"- served variant test accuracy: **{report['served_accuracy'] * 100:.2f}%** (target ≥ 95%)",
         "",
     ]
-    (RESULTS / "text_classify.md").write_text("\n".join(lines))
+    write_results("text_classify", report, lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repository", default=str(ROOT / "exported"))
-    ap.add_argument("--model", default="intent")
-    ap.add_argument("--batches", default="1,8,32")
-    ap.add_argument("--concurrency", default="1,8,32,64")
-    ap.add_argument("--engine-seconds", type=float, default=4.0)
-    ap.add_argument("--served-seconds", type=float, default=10.0)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    args = ap.parse_args()
+    args = model_benchmark_args(__doc__, "intent", "1,8,32,64")
 
     repository = Path(args.repository)
     model_dir = repository / args.model
@@ -180,7 +165,6 @@ def main() -> None:
         },
     }
     write_report(report)
-    print((RESULTS / "text_classify.md").read_text())
 
 
 if __name__ == "__main__":

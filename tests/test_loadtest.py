@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import wave
-from pathlib import Path
 
 import httpx
 import pytest

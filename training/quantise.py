@@ -2,29 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 
-def quantise_dynamic_int8(fp32_path: Path, out_path: Path) -> Path:
-    """Dynamic INT8: weights quantised offline, activations per call. Pre-processing (shape inference
-    and graph optimisation) first, as ONNX Runtime recommends; its symbolic shape pass cannot follow
-    the dynamic sequence axis of a BERT graph, so only ONNX shape inference runs."""
+@contextlib.contextmanager
+def _prepared(fp32_path: Path, symbolic_shapes: bool) -> Iterator[Path]:
+    """ONNX Runtime's quantisation pre-processing (shape inference, graph optimisation) into a
+    temporary file, with the quantiser's chatty root-logger warnings silenced meanwhile."""
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quiet = logging.getLogger().level
+        level = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)
         try:
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-            quantize_dynamic(str(prepared), str(out_path), weight_type=QuantType.QInt8, per_channel=False)
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=not symbolic_shapes)
+            yield prepared
         finally:
-            logging.getLogger().setLevel(quiet)
+            logging.getLogger().setLevel(level)
+
+
+def quantise_dynamic_int8(fp32_path: Path, out_path: Path) -> Path:
+    """Dynamic INT8: weights quantised offline, activations per call. The symbolic shape pass cannot
+    follow the dynamic sequence axis of a BERT graph, so only ONNX shape inference runs."""
+    with _prepared(fp32_path, symbolic_shapes=False) as prepared:
+        quantize_dynamic(str(prepared), str(out_path), weight_type=QuantType.QInt8, per_channel=False)
     return out_path
 
 
@@ -38,25 +47,18 @@ class _Calibration(CalibrationDataReader):
 
 def quantise_static_int8(fp32_path: Path, out_path: Path, calibration: list[dict[str, np.ndarray]]) -> Path:
     """Static INT8 in QDQ format, per-channel weights, activation ranges from calibration inputs
-    (MinMax over what the server would feed). Pre-processing first, as for dynamic."""
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quiet = logging.getLogger().level
-        logging.getLogger().setLevel(logging.ERROR)
-        try:
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
-            quantize_static(
-                str(prepared),
-                str(out_path),
-                _Calibration(calibration),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-            )
-        finally:
-            logging.getLogger().setLevel(quiet)
+    (MinMax over what the server would feed)."""
+    with _prepared(fp32_path, symbolic_shapes=True) as prepared:
+        quantize_static(
+            str(prepared),
+            str(out_path),
+            _Calibration(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
     return out_path
 
 
