@@ -31,6 +31,7 @@ test: setup
 
 bench: models
 	$(BIN)/python benchmarks/text_classify.py
+	$(BIN)/python benchmarks/text_entities.py
 	$(BIN)/python benchmarks/image_classify.py
 	$(BIN)/python benchmarks/loadtest_tool.py
 

@@ -37,7 +37,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps({"model": model.name, "version": model.manifest.version, "variant": model.variant, "predictions": predictions}, indent=2))
     else:
         for given, p in zip(args.inputs, predictions):
-            print(f"{p['label']:<24} {p['score']:.3f}  {given}")
+            if "entities" in p:
+                found = ", ".join(f"{e['label']} {e['text']!r} [{e['start']}:{e['end']}] {e['score']:.2f}" for e in p["entities"])
+                print(f"{given}\n  → {found or 'no entities'}{' (truncated)' if p['truncated'] else ''}")
+            else:
+                print(f"{p['label']:<24} {p['score']:.3f}  {given}")
     return 0
 
 

@@ -56,7 +56,8 @@ async def list_models(request: Request) -> JSONResponse:
     return JSONResponse({"models": [m.public() for m in runtime.models.values()], "refused": runtime.broken})
 
 
-async def classify_text(request: Request) -> JSONResponse:
+async def _text_request(request: Request, task: str):
+    """Validate a `{"model", "texts"}` body, resolve the model, run the texts through its batcher."""
     service = _service(request)
     body = parse_json_body(await read_body(request), TextRequest)
     limits = service.runtime.settings
@@ -65,9 +66,22 @@ async def classify_text(request: Request) -> JSONResponse:
     for i, text in enumerate(body.texts):
         if len(text) > limits.max_text_chars:
             raise RequestError(f"texts[{i}]: {len(text)} characters; at most {limits.max_text_chars}", status=413)
-    model = service.runtime.resolve(body.model, "text-classification")
-    predictions = await service.batchers[model.name].submit(body.texts)
-    return JSONResponse({"model": model.name, "version": model.manifest.version, "variant": model.variant, "predictions": predictions})
+    model = service.runtime.resolve(body.model, task)
+    return model, await service.batchers[model.name].submit(body.texts)
+
+
+def _answer(model, **results) -> JSONResponse:
+    return JSONResponse({"model": model.name, "version": model.manifest.version, "variant": model.variant, **results})
+
+
+async def classify_text(request: Request) -> JSONResponse:
+    model, predictions = await _text_request(request, "text-classification")
+    return _answer(model, predictions=predictions)
+
+
+async def text_entities(request: Request) -> JSONResponse:
+    model, results = await _text_request(request, "token-classification")
+    return _answer(model, predictions=[r["entities"] for r in results], truncated=[r["truncated"] for r in results])
 
 
 async def classify_image(request: Request) -> JSONResponse:
@@ -105,7 +119,7 @@ async def classify_image(request: Request) -> JSONResponse:
     predictions = await service.batchers[model.name].submit([(image, top_k) for image in prepared])
     for prediction, upload in zip(predictions, uploads):
         prediction["file"] = upload.filename
-    return JSONResponse({"model": model.name, "version": model.manifest.version, "variant": model.variant, "predictions": predictions})
+    return _answer(model, predictions=predictions)
 
 
 def _top_k(raw, classes: int) -> int:
@@ -152,6 +166,7 @@ async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
 ROUTES = [
     Route("/models", list_models, methods=["GET"]),
     Route("/text/classify", classify_text, methods=["POST"]),
+    Route("/text/entities", text_entities, methods=["POST"]),
     Route("/image/classify", classify_image, methods=["POST"]),
 ]
 http_app = Starlette(

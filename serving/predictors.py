@@ -14,6 +14,7 @@ from serving.manifest import Manifest
 import numpy as np
 
 from serving.processing import ImagePreprocessor, TextPreprocessor, decode_image, softmax, top_k, top_label
+from serving.processing.spans import decode_spans, words_from_encoding
 
 
 class Predictor(Protocol):
@@ -45,6 +46,30 @@ class TextClassifier:
         return answers
 
 
+class TokenClassifier:
+    """Token classification: texts → entity spans (character offsets into each original text)."""
+
+    task = "token-classification"
+
+    def __init__(self, model_dir: Path, manifest: Manifest, session: ort.InferenceSession, bucket_size: int = 16) -> None:
+        self.manifest = manifest
+        self.session = session
+        self.preprocessor = TextPreprocessor.from_config(model_dir, manifest.preprocessing)
+        self.input_names = [i.name for i in session.get_inputs()]
+        self.bucket_size = bucket_size
+
+    def __call__(self, texts: list[str]) -> list[dict]:
+        answers: list[dict] = [{}] * len(texts)
+        for positions, batch in self.preprocessor.encode_bucketed(texts, self.bucket_size):
+            feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+            (logits,) = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})
+            probs = softmax(logits)
+            for row, pos in enumerate(positions):
+                words = words_from_encoding(batch.encodings[row], probs[row], self.manifest.labels)
+                answers[pos] = {"entities": decode_spans(texts[pos], words), "truncated": batch.truncated[row]}
+        return answers
+
+
 class ImageClassifier:
     """Image classification: `prepare` decodes and pre-processes one upload (run in the request's
     thread pool, concurrently with inference); `__call__` runs a batch and ranks the top k."""
@@ -69,6 +94,7 @@ class ImageClassifier:
 PREDICTORS: dict[str, Callable[[Path, Manifest, ort.InferenceSession], Predictor]] = {
     TextClassifier.task: TextClassifier,
     ImageClassifier.task: ImageClassifier,
+    TokenClassifier.task: TokenClassifier,
 }
 
 

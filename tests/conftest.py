@@ -35,6 +35,10 @@ def tiny_repository(tmp_path_factory) -> Path:
         {"data.limit": 300, "train.epochs": 1, "train.max_steps": 12, "train.freeze_backbone_epochs": 0, "gates.min_test_metric": 0.0}
     )
     build_recipe(recipe, repo, quiet=True)
+    recipe = load_recipe("entities").with_overrides(
+        {"data.limit": 400, "train.epochs": 1, "train.max_steps": 12, "gates.min_test_metric": 0.0}
+    )
+    build_recipe(recipe, repo, quiet=True)
     images = generate_surface_defects(tmp_path_factory.mktemp("defects"), per_class=10, size=96, seed=3)
     recipe = load_recipe("surface-defects").with_overrides(
         {

@@ -24,6 +24,18 @@ def classification_metrics(logits: np.ndarray, targets: np.ndarray, label_names:
     }
 
 
+IGNORE = -100  # target of positions that do not count (padding, non-first sub-tokens)
+
+
+def concat_padded(arrays: list[np.ndarray], fill: float) -> np.ndarray:
+    """Concatenate along the batch axis; per-token outputs of batches with different sequence
+    lengths are padded to the longest first (padding is ignored by the metrics)."""
+    if arrays[0].ndim < 2 or all(a.shape[1:] == arrays[0].shape[1:] for a in arrays):
+        return np.concatenate(arrays)
+    longest = max(a.shape[1] for a in arrays)
+    return np.concatenate([np.pad(a, [(0, 0), (0, longest - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=fill) for a in arrays])
+
+
 @torch.no_grad()
 def torch_logits(model: nn.Module, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
@@ -31,9 +43,33 @@ def torch_logits(model: nn.Module, batches: Iterable[Batch]) -> tuple[np.ndarray
     for inputs, target in batches:
         outs.append(model(*inputs.values()).float().numpy())
         targets.append(target.numpy())
-    return np.concatenate(outs), np.concatenate(targets)
+    return concat_padded(outs, 0.0), concat_padded(targets, IGNORE)
 
 
 def run_batches(fn: Callable[[dict[str, np.ndarray]], np.ndarray], batches: Iterable[Batch]) -> np.ndarray:
     """Logits of any numpy-in/numpy-out engine (ONNX Runtime, TorchScript) over the same batches."""
-    return np.concatenate([fn({k: v.numpy() for k, v in inputs.items()}) for inputs, _ in batches])
+    return concat_padded([fn({k: v.numpy() for k, v in inputs.items()}) for inputs, _ in batches], 0.0)
+
+
+def token_metrics(logits: np.ndarray, targets: np.ndarray, tag_names: list[str]) -> dict[str, Any]:
+    """Entity-level precision/recall/F1 (seqeval, strict BIO spans) per type and micro-averaged,
+    over the positions that carry a label (first sub-token of each word)."""
+    from seqeval.metrics import classification_report
+
+    predicted = logits.argmax(-1)
+    truth, guess = [], []
+    for t_row, p_row in zip(targets, predicted):
+        keep = t_row != IGNORE
+        truth.append([tag_names[i] for i in t_row[keep]])
+        guess.append([tag_names[i] for i in p_row[keep]])
+    report = classification_report(truth, guess, output_dict=True, zero_division=0)
+    out: dict[str, Any] = {
+        "micro_f1": float(report["micro avg"]["f1-score"]),
+        "micro_precision": float(report["micro avg"]["precision"]),
+        "micro_recall": float(report["micro avg"]["recall"]),
+        "n": int(len(targets)),
+    }
+    for kind, row in report.items():
+        if "avg" not in kind:
+            out[f"f1_{kind}"] = float(row["f1-score"])
+    return out

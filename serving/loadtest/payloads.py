@@ -52,6 +52,8 @@ _REQUESTS = [
 _ENTITY_TEXTS = [
     "Send ${n} to Maria Lopez at Chase in Denver on March 3rd", "Pay {n} dollars to Ahmed Khan by next Friday",
     "I flew Delta from Boston to Paris on 03/04/2025 and paid €{n}", "Refund {n} euros from Amazon to Yuki Tanaka",
+    "Dr Priya Natarajan from Vodafone called me in Mumbai last Monday", "my rent of ${n} to Mr Okafor is due on the 5th",
+    "Lufthansa charged £{n} for my flight to Berlin on 12 May", "Chen Wei at HSBC said the wire of {n} dollars left yesterday",
 ]
 
 

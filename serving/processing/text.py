@@ -18,6 +18,7 @@ class TextBatch:
     input_ids: np.ndarray  # (batch, seq) int64
     attention_mask: np.ndarray  # (batch, seq) int64
     truncated: list[bool]  # True where the text was longer than max_length tokens
+    encodings: list[Encoding]  # offsets and word ids, for token-level outputs
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -61,7 +62,7 @@ class TextPreprocessor:
         for row, enc in enumerate(encodings):
             ids[row, : len(enc.ids)] = enc.ids
             mask[row, : len(enc.ids)] = 1
-        return TextBatch(ids, mask, [bool(e.overflowing) for e in encodings])
+        return TextBatch(ids, mask, [bool(e.overflowing) for e in encodings], encodings)
 
     def encode(self, texts: list[str]) -> TextBatch:
         """Tokenise and pad to the longest text of the batch."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 from training.tasks.base import Splits, Task
 from training.tasks.image_classification import ImageClassificationTask
 from training.tasks.text_classification import TextClassificationTask
+from training.tasks.token_classification import TokenClassificationTask
 
 TASKS: dict[str, type[Task]] = {
     TextClassificationTask.name: TextClassificationTask,
     ImageClassificationTask.name: ImageClassificationTask,
+    TokenClassificationTask.name: TokenClassificationTask,
 }
 
 
