@@ -23,33 +23,11 @@ class Predictor(Protocol):
     def __call__(self, inputs: list[Any]) -> list[dict]: ...
 
 
-class TextClassifier:
-    """Sequence classification: texts → label, score and every class's probability."""
+class _TextModel:
+    """Shared by the text tasks: tokenise, run length-bucketed sub-batches, hand each row's
+    probabilities to `answer`, and put the answers back in input order."""
 
-    task = "text-classification"
-
-    def __init__(self, model_dir: Path, manifest: Manifest, session: ort.InferenceSession, bucket_size: int = 16) -> None:
-        self.manifest = manifest
-        self.session = session
-        self.preprocessor = TextPreprocessor.from_config(model_dir, manifest.preprocessing)
-        self.input_names = [i.name for i in session.get_inputs()]
-        self.bucket_size = bucket_size
-
-    def __call__(self, texts: list[str]) -> list[dict]:
-        answers: list[dict] = [{}] * len(texts)
-        for positions, batch in self.preprocessor.encode_bucketed(texts, self.bucket_size):
-            feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-            (logits,) = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})
-            for pos, answer, truncated in zip(positions, top_label(softmax(logits), self.manifest.labels), batch.truncated):
-                answer["truncated"] = truncated
-                answers[pos] = answer
-        return answers
-
-
-class TokenClassifier:
-    """Token classification: texts → entity spans (character offsets into each original text)."""
-
-    task = "token-classification"
+    task = ""
 
     def __init__(self, model_dir: Path, manifest: Manifest, session: ort.InferenceSession, bucket_size: int = 16) -> None:
         self.manifest = manifest
@@ -57,6 +35,9 @@ class TokenClassifier:
         self.preprocessor = TextPreprocessor.from_config(model_dir, manifest.preprocessing)
         self.input_names = [i.name for i in session.get_inputs()]
         self.bucket_size = bucket_size
+
+    def answer(self, text: str, probs: np.ndarray, encoding, truncated: bool) -> dict:
+        raise NotImplementedError
 
     def __call__(self, texts: list[str]) -> list[dict]:
         answers: list[dict] = [{}] * len(texts)
@@ -65,9 +46,29 @@ class TokenClassifier:
             (logits,) = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})
             probs = softmax(logits)
             for row, pos in enumerate(positions):
-                words = words_from_encoding(batch.encodings[row], probs[row], self.manifest.labels)
-                answers[pos] = {"entities": decode_spans(texts[pos], words), "truncated": batch.truncated[row]}
+                answers[pos] = self.answer(texts[pos], probs[row], batch.encodings[row], batch.truncated[row])
         return answers
+
+
+class TextClassifier(_TextModel):
+    """Sequence classification: texts → label, score and every class's probability."""
+
+    task = "text-classification"
+
+    def answer(self, text: str, probs: np.ndarray, encoding, truncated: bool) -> dict:
+        (answer,) = top_label(probs[None], self.manifest.labels)
+        answer["truncated"] = truncated
+        return answer
+
+
+class TokenClassifier(_TextModel):
+    """Token classification: texts → entity spans (character offsets into each original text)."""
+
+    task = "token-classification"
+
+    def answer(self, text: str, probs: np.ndarray, encoding, truncated: bool) -> dict:
+        words = words_from_encoding(encoding, probs, self.manifest.labels)
+        return {"entities": decode_spans(text, words), "truncated": truncated}
 
 
 class ImageClassifier:

@@ -17,18 +17,23 @@ from training.tasks.base import Batch, Splits, Task
 DEFAULT_MAX_LENGTH = 128
 
 
-class MeanPooledClassifier(nn.Module):
-    def __init__(self, backbone: nn.Module, hidden_size: int, num_labels: int, dropout: float) -> None:
+class EncoderWithHead(nn.Module):
+    """A text encoder and a linear head: on the mean of the real tokens (sequence classification,
+    what all-MiniLM-L6-v2 was trained to produce, independent of padding) or on every token."""
+
+    def __init__(self, backbone: nn.Module, hidden_size: int, num_labels: int, dropout: float, per_token: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, num_labels)
+        self.per_token = per_token
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
         ).last_hidden_state
-        # Mean over real tokens only: what all-MiniLM-L6-v2 was trained to produce, and independent of padding.
+        if self.per_token:
+            return self.head(self.dropout(hidden))
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         return self.head(self.dropout(pooled))
@@ -53,7 +58,7 @@ class TextClassificationTask(Task):
         return Splits(s.train, s.val, s.test, s.label_names)
 
     def build_model(self, label_names: list[str]) -> nn.Module:
-        return MeanPooledClassifier(self.backbone.load(), self.backbone.hidden_size, len(label_names), self.recipe.train.dropout)
+        return EncoderWithHead(self.backbone.load(), self.backbone.hidden_size, len(label_names), self.recipe.train.dropout)
 
     def collate(self, items: list[tuple[str, int]]) -> Batch:
         batch = self.preprocessor.encode([text for text, _ in items])

@@ -18,19 +18,7 @@ from torch.utils.data import DataLoader
 from training.data.entities import SpanExample, load_span_examples
 from training.evaluate import IGNORE, token_metrics
 from training.tasks.base import Batch, Splits
-from training.tasks.text_classification import TextClassificationTask
-
-
-class TokenTagger(nn.Module):
-    def __init__(self, backbone: nn.Module, hidden_size: int, num_tags: int, dropout: float) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size, num_tags)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
-        return self.head(self.dropout(hidden))
+from training.tasks.text_classification import EncoderWithHead, TextClassificationTask
 
 
 def bio_tags(entity_types: list[str]) -> list[str]:
@@ -76,7 +64,7 @@ class TokenClassificationTask(TextClassificationTask):
         return Splits(train, val, test, tags)
 
     def build_model(self, label_names: list[str]) -> nn.Module:
-        return TokenTagger(self.backbone.load(), self.backbone.hidden_size, len(label_names), self.recipe.train.dropout)
+        return EncoderWithHead(self.backbone.load(), self.backbone.hidden_size, len(label_names), self.recipe.train.dropout, per_token=True)
 
     def collate(self, items: list[SpanExample]) -> Batch:
         batch = self.preprocessor.encode([ex.text for ex in items])
