@@ -1,0 +1,86 @@
+"""The audio front end: decoding every format and rate, and the log-mel features vs librosa."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serving.processing.audio import AudioError, LogMelFrontEnd, decode_audio
+
+
+def tone(rate: int, seconds: float = 1.0, hz: float = 440.0, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    x = 0.5 * np.sin(2 * np.pi * hz * t)
+    return np.stack([x] * channels, axis=1) if channels > 1 else x
+
+
+def encode(samples: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def dominant_hz(x: np.ndarray, rate: int = 16000) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1 / rate)[spectrum.argmax()])
+
+
+@pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_U8"), ("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_32"), ("WAV", "FLOAT"), ("FLAC", "PCM_16"), ("OGG", "VORBIS")])
+def test_formats_decode(fmt, subtype):
+    out = decode_audio(encode(tone(16000), 16000, fmt, subtype))
+    assert out.dtype == np.float32 and abs(len(out) - 16000) <= 16
+    assert abs(dominant_hz(out) - 440) < 5 and 0.3 < np.abs(out).max() < 0.6
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 44100, 48000])
+@pytest.mark.parametrize("channels", [1, 2, 6])
+def test_any_rate_and_channel_count_becomes_16k_mono(rate, channels):
+    out = decode_audio(encode(tone(rate, 1.0, 1000.0, channels), rate, "WAV", "PCM_16"))
+    assert abs(len(out) - 16000) <= 2
+    assert abs(dominant_hz(out) - 1000) < 5
+
+
+@pytest.mark.parametrize(
+    "data,needle",
+    [
+        (b"", "zero bytes"),
+        (b"RIFF\x00\x00\x00\x00WAVEjunkjunk", "corrupt header"),
+        (b"this is a text file, not a recording", "not audio"),
+        (None, "below the minimum"),
+        (False, "limit is 30 s"),
+    ],
+)
+def test_bad_audio_is_refused_with_a_reason(data, needle):
+    if data is None:
+        data = encode(tone(4000), 4000, "WAV", "PCM_16")
+    elif data is False:
+        data = encode(np.zeros(8000 * 31, np.float32), 8000, "WAV", "PCM_16")
+    with pytest.raises(AudioError, match=needle):
+        decode_audio(data)
+
+
+def test_front_end_matches_librosa():
+    import librosa
+
+    fe = LogMelFrontEnd()
+    reference_fb = librosa.filters.mel(sr=fe.sample_rate, n_fft=fe.n_fft, n_mels=fe.n_mels, fmin=fe.fmin, fmax=fe.fmax)
+    np.testing.assert_allclose(fe.filterbank, reference_fb, rtol=1e-5, atol=1e-8)
+
+    rng = np.random.default_rng(0)
+    x = (0.3 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000) + 0.05 * rng.standard_normal(16000)).astype(np.float32)
+    mel = librosa.feature.melspectrogram(y=x, sr=16000, n_fft=fe.n_fft, hop_length=fe.hop_length, win_length=fe.win_length,
+                                         window="hann", center=True, pad_mode="constant", power=2.0, n_mels=fe.n_mels, fmin=fe.fmin, fmax=fe.fmax)
+    ours = fe(x)[0]
+    assert ours.shape == mel.shape == (64, 101)
+    np.testing.assert_allclose(ours, np.log(mel + fe.log_floor), rtol=1e-4, atol=1e-4)
+
+
+def test_windows_are_padded_or_centred():
+    fe = LogMelFrontEnd()
+    assert len(fe.fit_window(np.ones(100, np.float32))) == 16000
+    long = np.arange(40000, dtype=np.float32)
+    assert fe.fit_window(long)[0] == 12000
+    assert LogMelFrontEnd.from_config(fe.config()) == fe
