@@ -8,7 +8,18 @@ MODELS ?=
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: setup models serve test bench bento clean
+# Programs some recipes need from the system (speech synthesis for the keyword data), installed with
+# apt-get when missing (the machines run as root; elsewhere install them by hand).
+SYSTEM_PROGRAMS := espeak-ng
+
+.PHONY: setup system models serve test bench bento clean
+
+system:
+	@missing=""; for p in $(SYSTEM_PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then echo "installing$$missing"; apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "warning: please install$$missing (needed by the keyword recipe)"; fi; \
+	fi
 
 # Re-installs when pyproject.toml changes. torch/torchvision are pinned to the wheels on local disk.
 $(BIN)/.installed: pyproject.toml
@@ -17,7 +28,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[train,dev]'
 	@touch $@
 
-setup: $(BIN)/.installed
+setup: system $(BIN)/.installed
 
 # Builds the default recipes (or MODELS=a,b) that are missing from exported/.
 models: setup
@@ -33,6 +44,7 @@ bench: models
 	$(BIN)/python benchmarks/text_classify.py
 	$(BIN)/python benchmarks/text_entities.py
 	$(BIN)/python benchmarks/image_classify.py
+	$(BIN)/python benchmarks/audio_classify.py
 	$(BIN)/python benchmarks/loadtest_tool.py
 
 bento: models

@@ -28,7 +28,7 @@ from serving.loadtest.payloads import Payload  # noqa: E402
 from serving.manifest import load_manifest  # noqa: E402
 from serving.processing import ImagePreprocessor, decode_image  # noqa: E402
 from serving.sessions import create_session  # noqa: E402
-from training.data.images import read_image_folder, resolve_image_source  # noqa: E402
+from training.data.images import read_class_folder, resolve_dataset_folder  # noqa: E402
 from training.recipe import Recipe  # noqa: E402
 
 ROUTE = "/v1/image/classify"
@@ -36,7 +36,7 @@ ROUTE = "/v1/image/classify"
 
 def sample_files(manifest, count: int) -> list[Path]:
     recipe = Recipe.model_validate(manifest.recipe)
-    paths, _ = read_image_folder(resolve_image_source(recipe.data.source, recipe.data.seed))
+    paths, _ = read_class_folder(resolve_dataset_folder(recipe.data.source, recipe.data.seed))
     rng = np.random.default_rng(0)
     return [paths[i] for i in rng.choice(len(paths), size=min(count, len(paths)), replace=False)]
 

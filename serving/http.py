@@ -20,7 +20,8 @@ from starlette.routing import Route
 
 from serving.errors import RequestError
 from serving.processing import ImageError
-from serving.processing.image import MAX_IMAGE_BYTES
+from serving.processing.audio import AudioError
+from serving.processing.image import MAX_IMAGE_BYTES as MAX_FILE_BYTES
 from serving.schemas import TextRequest, parse_json_body
 
 log = logging.getLogger(__name__)
@@ -84,41 +85,60 @@ async def text_entities(request: Request) -> JSONResponse:
     return _answer(model, predictions=[r["entities"] for r in results], truncated=[r["truncated"] for r in results])
 
 
-async def classify_image(request: Request) -> JSONResponse:
+async def _file_request(request: Request, task: str, file_field: str, options: set[str]):
+    """Parse a bounded multipart body of `file_field` uploads plus `model` and `options` fields;
+    decode every upload in the prepare pool (beside the inference thread). Errors name the file."""
     service = _service(request)
+    expected = ", ".join(f"`{f}`" for f in [file_field, "model", *sorted(options)])
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise RequestError("send multipart/form-data with one or more `images` files (and optional `model`, `top_k`)", status=415)
+        raise RequestError(f"send multipart/form-data with one or more `{file_field}` files (fields: {expected})", status=415)
     request._body = await read_body(request, MAX_UPLOAD_BYTES)  # parse the multipart from the bounded body
     try:
         form = await request.form(max_files=MAX_FILES, max_fields=16)
     except Exception as exc:  # malformed multipart, too many parts
         raise RequestError(f"malformed multipart body: {exc}") from None
-    unknown = sorted(set(form.keys()) - {"model", "top_k", "images"})
+    unknown = sorted(set(form.keys()) - {"model", file_field, *options})
     if unknown:
-        raise RequestError(f"unknown form field(s) {unknown}; expected `images`, `model`, `top_k`")
+        raise RequestError(f"unknown form field(s) {unknown}; expected {expected}")
     model_name = form.get("model")
     if model_name is not None and not isinstance(model_name, str):
         raise RequestError("model: expected a text field, got a file")
-    model = service.runtime.resolve(model_name or None, "image-classification")
-    top_k = _top_k(form.get("top_k"), len(model.manifest.labels))
-    uploads = form.getlist("images")
+    model = service.runtime.resolve(model_name or None, task)
+    uploads = form.getlist(file_field)
     if not uploads:
-        raise RequestError("images: no files; send one or more `images` file fields")
+        raise RequestError(f"{file_field}: no files; send one or more `{file_field}` file fields")
     for i, upload in enumerate(uploads):
         if not isinstance(upload, UploadFile):
-            raise RequestError(f"images[{i}]: expected a file upload, got a text field (URLs are not fetched)")
+            raise RequestError(f"{file_field}[{i}]: expected a file upload, got a text field (URLs are not fetched)")
     contents = [await upload.read() for upload in uploads]
     loop = asyncio.get_running_loop()
     prepared = await asyncio.gather(
-        *(loop.run_in_executor(_prepare_pool, _prepare_one, model.predictor, i, upload.filename, data) for i, (upload, data) in enumerate(zip(uploads, contents))),
+        *(loop.run_in_executor(_prepare_pool, _prepare_one, model.predictor, f"{file_field}[{i}]", u.filename, data) for i, (u, data) in enumerate(zip(uploads, contents))),
         return_exceptions=True,
     )
     errors = [p for p in prepared if isinstance(p, Exception)]
     if errors:
         raise errors[0] if isinstance(errors[0], RequestError) else RequestError(str(errors[0]))
-    predictions = await service.batchers[model.name].submit([(image, top_k) for image in prepared])
-    for prediction, upload in zip(predictions, uploads):
-        prediction["file"] = upload.filename
+    return service, model, form, [u.filename for u in uploads], prepared
+
+
+async def classify_image(request: Request) -> JSONResponse:
+    service, model, form, names, images = await _file_request(request, "image-classification", "images", {"top_k"})
+    top_k = _top_k(form.get("top_k"), len(model.manifest.labels))
+    predictions = await service.batchers[model.name].submit([(image, top_k) for image in images])
+    for prediction, name in zip(predictions, names):
+        prediction["file"] = name
+    return _answer(model, predictions=predictions)
+
+
+async def classify_audio(request: Request) -> JSONResponse:
+    service, model, _, names, clips = await _file_request(request, "audio-classification", "audio", set())
+    windows = [w.features for clip in clips for w in clip.windows]
+    probs = await service.batchers[model.name].submit(windows) if windows else []
+    predictions, used = [], 0
+    for name, clip in zip(names, clips):
+        predictions.append({**model.predictor.combine(clip, probs[used : used + len(clip.windows)]), "file": name})
+        used += len(clip.windows)
     return _answer(model, predictions=predictions)
 
 
@@ -133,13 +153,13 @@ def _top_k(raw, classes: int) -> int:
     return value
 
 
-def _prepare_one(predictor, index: int, filename: str | None, data: bytes):
-    name = f"images[{index}] ({filename!r})" if filename else f"images[{index}]"
-    if len(data) > MAX_IMAGE_BYTES:
-        raise RequestError(f"{name}: {len(data) / 2**20:.1f} MiB; the limit is {MAX_IMAGE_BYTES / 2**20:.0f} MiB per image", status=413)
+def _prepare_one(predictor, field: str, filename: str | None, data: bytes):
+    name = f"{field} ({filename!r})" if filename else field
+    if len(data) > MAX_FILE_BYTES:
+        raise RequestError(f"{name}: {len(data) / 2**20:.1f} MiB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MiB per file", status=413)
     try:
         return predictor.prepare(data)
-    except ImageError as exc:
+    except (ImageError, AudioError) as exc:
         raise RequestError(f"{name}: {exc}") from None
 
 
@@ -168,6 +188,7 @@ ROUTES = [
     Route("/text/classify", classify_text, methods=["POST"]),
     Route("/text/entities", text_entities, methods=["POST"]),
     Route("/image/classify", classify_image, methods=["POST"]),
+    Route("/audio/classify", classify_audio, methods=["POST"]),
 ]
 http_app = Starlette(
     routes=[*ROUTES, Route("/{path:path}", no_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])],

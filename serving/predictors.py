@@ -5,6 +5,7 @@ A predictor is what the batcher calls; it never sees HTTP. `tuneserve predict` c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -14,7 +15,9 @@ from serving.manifest import Manifest
 import numpy as np
 
 from serving.processing import ImagePreprocessor, TextPreprocessor, decode_image, softmax, top_k, top_label
+from serving.processing.audio import LogMelFrontEnd, decode_audio
 from serving.processing.spans import decode_spans, words_from_encoding
+from serving.processing.vad import SileroVAD
 
 
 class Predictor(Protocol):
@@ -92,10 +95,78 @@ class ImageClassifier:
         return [top_k(row[None], self.manifest.labels, k)[0] for row, (_, k) in zip(probs, items)]
 
 
+@dataclass
+class AudioWindow:
+    features: np.ndarray  # (1, mels, frames) log-mel
+    start_s: float
+    end_s: float
+
+
+@dataclass
+class AudioClip:
+    duration_s: float
+    windows: list[AudioWindow]  # empty: no speech found
+
+
+class AudioClassifier:
+    """Audio classification: a clip up to one window long is classified as is; a longer clip goes
+    through voice-activity detection and each speech segment is classified (in one-window pieces);
+    the answer names the best keyword and where it was, or `_silence_` when there is no speech."""
+
+    task = "audio-classification"
+    SILENCE, UNKNOWN = "_silence_", "_unknown_"
+
+    def __init__(self, model_dir: Path, manifest: Manifest, session: ort.InferenceSession) -> None:
+        self.manifest = manifest
+        self.session = session
+        self.front_end = LogMelFrontEnd.from_config(manifest.preprocessing)
+        self.input_name = session.get_inputs()[0].name
+        vad_file = manifest.preprocessing.get("vad")
+        self.vad = SileroVAD(model_dir / vad_file) if vad_file else None
+
+    def prepare(self, data: bytes) -> AudioClip:
+        samples = decode_audio(data, target_rate=self.front_end.sample_rate)
+        duration = len(samples) / self.front_end.sample_rate
+        window = self.front_end.window_seconds
+        if duration <= window * 1.05 or self.vad is None:
+            return AudioClip(duration, [AudioWindow(self.front_end(samples), 0.0, round(duration, 3))])
+        windows = []
+        rate = self.front_end.sample_rate
+        for start, end in self.vad.segments(samples):
+            # segments longer than a window are covered by windows overlapping by half
+            offsets = np.arange(start, max(start, end - window) + 1e-9, window / 2) if end - start > window else [max(0.0, (start + end - window) / 2)]
+            for offset in offsets:
+                piece = samples[int(offset * rate) : int((offset + window) * rate)]
+                windows.append(AudioWindow(self.front_end(piece), round(max(start, offset), 3), round(min(end, offset + window), 3)))
+        return AudioClip(duration, windows)
+
+    def __call__(self, features: list[np.ndarray]) -> list[np.ndarray]:
+        (logits,) = self.session.run(None, {self.input_name: np.stack(features)})
+        return list(softmax(logits))
+
+    def combine(self, clip: AudioClip, probs: list[np.ndarray]) -> dict:
+        labels = self.manifest.labels
+        if not clip.windows:
+            scores = {label: float(label == self.SILENCE) for label in labels}
+            return {"label": self.SILENCE, "score": 1.0, "start_s": 0.0, "end_s": round(clip.duration_s, 3), "scores": scores, "speech": False}
+        keywords = [i for i, label in enumerate(labels) if label not in (self.SILENCE, self.UNKNOWN)]
+
+        def strength(row: np.ndarray) -> float:  # a window counts by its best keyword when a keyword wins it
+            best = int(row.argmax())
+            return float(row[best]) + (1.0 if best in keywords else 0.0)
+
+        best = max(range(len(probs)), key=lambda i: strength(probs[i]))
+        row, window = probs[best], clip.windows[best]
+        top = int(row.argmax())
+        return {"label": labels[top], "score": float(row[top]), "start_s": window.start_s, "end_s": window.end_s,
+                "scores": {label: float(p) for label, p in zip(labels, row)}, "speech": True}
+
+
 PREDICTORS: dict[str, Callable[[Path, Manifest, ort.InferenceSession], Predictor]] = {
     TextClassifier.task: TextClassifier,
     ImageClassifier.task: ImageClassifier,
     TokenClassifier.task: TokenClassifier,
+    AudioClassifier.task: AudioClassifier,
 }
 
 

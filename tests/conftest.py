@@ -25,7 +25,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def tiny_repository(tmp_path_factory) -> Path:
     """The intent recipe trained for a few steps on a slice: real pipeline, small and fast."""
-    from training.pipeline import build_recipe
+    from training.pipeline import build, build_recipe
     from training.recipe import load_recipe
 
     from training.data.surface_defects import generate_surface_defects
@@ -39,6 +39,14 @@ def tiny_repository(tmp_path_factory) -> Path:
         {"data.limit": 400, "train.epochs": 1, "train.max_steps": 12, "gates.min_test_metric": 0.0}
     )
     build_recipe(recipe, repo, quiet=True)
+    from training.data.keywords import generate_keyword_clips
+
+    clips = generate_keyword_clips(tmp_path_factory.mktemp("clips"), per_label=14, seed=2)
+    recipe = load_recipe("keywords").with_overrides(
+        {"data.source": str(clips), "train.epochs": 1, "train.max_steps": 2, "train.batch_size": 16,
+         "quantise.calibration_size": 32, "gates.min_test_metric": 0.0}
+    )
+    build(recipe, repo, quiet=True)
     images = generate_surface_defects(tmp_path_factory.mktemp("defects"), per_class=10, size=96, seed=3)
     recipe = load_recipe("surface-defects").with_overrides(
         {

@@ -113,14 +113,13 @@ def test_training_and_serving_tensors_are_identical(tiny_repository):
     from training.backbones import get_backbone
     from training.recipe import Recipe
     from training.tasks import get_task
-    from training.tasks.image_classification import _Images
 
     runtime = Runtime(Settings(repository=tiny_repository, device="cpu", threads=1))
     model = runtime.models["surface-defects"]
     recipe = Recipe.model_validate(model.manifest.recipe)
     task = get_task(recipe.task)(recipe, get_backbone(recipe.backbone))
     splits = task.load_data()
-    dataset = _Images(splits.test, task.preprocessor)
+    dataset = task.dataset(splits.test, train=False)
     for i, path in enumerate(splits.test.paths[:5]):
         served = model.predictor.prepare(Path(path).read_bytes())
         trained, _ = dataset[i]

@@ -38,14 +38,14 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.pipeline import build_recipe
+    from training.pipeline import build
 
     recipe = load_recipe(args.recipe).with_overrides(_overrides(args))
     if args.no_quantise:
         recipe = recipe.with_overrides({"quantise.mode": "none"})
     if args.no_gate:
         recipe = recipe.with_overrides({"gates.min_test_metric": 0.0})
-    build_recipe(recipe, _repository(args))
+    build(recipe, _repository(args))
     return 0
 
 
@@ -56,11 +56,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     if not todo:
         print(f"[tuneserve] all requested models are built in {repo}: {', '.join(names)}")
         return 0
-    from training.pipeline import build_recipe
+    from training.pipeline import build
 
     for i, name in enumerate(todo, 1):
         print(f"[tuneserve] building {name} ({i}/{len(todo)})", flush=True)
-        build_recipe(load_recipe(name), repo)
+        build(load_recipe(name), repo)
     return 0
 
 

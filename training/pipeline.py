@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,6 +143,46 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
     result = BuildResult(target, manifest, time.perf_counter() - started)
     if not quiet:
         print(summary(result))
+    return result
+
+
+def build(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: bool = False) -> BuildResult:
+    """Build a recipe; with `compare_backbones`, build every candidate and keep the one with the best
+    served test metric per millisecond (CPU, batch 8), recording the comparison in its manifest."""
+    if not recipe.compare_backbones:
+        return build_recipe(recipe, repository, quiet)
+    repository.mkdir(parents=True, exist_ok=True)
+    rows, built = [], {}
+    with tempfile.TemporaryDirectory(dir=repository, prefix=f".{recipe.name}.candidates.") as tmp:
+        for name in [recipe.backbone, *recipe.compare_backbones]:
+            _log(f"{recipe.name}: candidate backbone {name}", quiet)
+            candidate = recipe.with_overrides({"backbone": name, "compare_backbones": []})
+            try:
+                result = build_recipe(candidate, Path(tmp) / name, quiet)
+            except GateError as exc:
+                rows.append({"backbone": name, "passed_gate": False, "why": str(exc)})
+                continue
+            m = result.manifest
+            served = m.variants[m.default_variant["cpu"]]
+            ms = served.speed.get("ms_per_batch8", float("nan")) / 8
+            value = served.metrics[m.metrics["decisive"]]
+            rows.append({"backbone": name, "passed_gate": True, "variant": m.default_variant["cpu"], m.metrics["decisive"]: value,
+                         "ms_per_item": ms, "metric_per_ms": value / ms})
+            built[name] = result
+        if not built:
+            raise GateError(f"{recipe.name}: no candidate backbone passed the gates: {rows}")
+        best = max((r for r in rows if r["passed_gate"]), key=lambda r: r["metric_per_ms"])
+        result = built[best["backbone"]]
+        m = result.manifest
+        m.metrics["candidates"] = rows
+        m.default_reason += f"; backbone {best['backbone']}: best {m.metrics['decisive']} per ms of {len(rows)} candidates"
+        write_manifest(result.directory, m)
+        target = repository / recipe.name
+        shutil.rmtree(target, ignore_errors=True)
+        result.directory.rename(target)
+    result = BuildResult(target, m, result.seconds)
+    if not quiet:
+        print("  candidates: " + "; ".join(f"{r['backbone']}: " + (f"{r[m.metrics['decisive']]:.4f} at {r['ms_per_item']:.2f} ms" if r["passed_gate"] else "failed gate") for r in rows))
     return result
 
 

@@ -18,7 +18,10 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 def _prepared(fp32_path: Path, symbolic_shapes: bool) -> Iterator[Path]:
     """ONNX Runtime's quantisation pre-processing (shape inference, graph optimisation) into a
     temporary file, with the quantiser's chatty root-logger warnings silenced meanwhile."""
-    with tempfile.TemporaryDirectory() as tmp:
+    fp32_path = Path(fp32_path).resolve()
+    # ONNX Runtime's tools drop debug files (e.g. sym_shape_infer_temp.onnx) into the working
+    # directory when shape inference is incomplete: run them inside the temporary directory.
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         prepared = Path(tmp) / "prepared.onnx"
         level = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)
@@ -32,6 +35,7 @@ def _prepared(fp32_path: Path, symbolic_shapes: bool) -> Iterator[Path]:
 def quantise_dynamic_int8(fp32_path: Path, out_path: Path) -> Path:
     """Dynamic INT8: weights quantised offline, activations per call. The symbolic shape pass cannot
     follow the dynamic sequence axis of a BERT graph, so only ONNX shape inference runs."""
+    out_path = Path(out_path).resolve()
     with _prepared(fp32_path, symbolic_shapes=False) as prepared:
         quantize_dynamic(str(prepared), str(out_path), weight_type=QuantType.QInt8, per_channel=False)
     return out_path
@@ -48,6 +52,7 @@ class _Calibration(CalibrationDataReader):
 def quantise_static_int8(fp32_path: Path, out_path: Path, calibration: list[dict[str, np.ndarray]]) -> Path:
     """Static INT8 in QDQ format, per-channel weights, activation ranges from calibration inputs
     (MinMax over what the server would feed)."""
+    out_path = Path(out_path).resolve()
     with _prepared(fp32_path, symbolic_shapes=True) as prepared:
         quantize_static(
             str(prepared),

@@ -63,6 +63,8 @@ class Recipe(_Strict):
     description: str = ""
     task: str
     backbone: str
+    # Other backbones to build the same way; the one with the best served accuracy per millisecond wins.
+    compare_backbones: list[str] = Field(default_factory=list)
     default: bool = Field(True, description="built by `tuneserve build` and `make serve`")
     version: str = "1"
     labels: list[str] | None = None

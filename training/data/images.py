@@ -1,8 +1,9 @@
 """Image datasets in ImageFolder layout (`root/<class>/<image>`), and generated ones cached on disk.
 
-Sources: a folder path; `generated:surface-defects` (training/data/surface_defects.py); or
+Sources: a folder path; `generated:surface-defects` (training/data/surface_defects.py);
 `generated:photo-crops` (crops of scikit-image's bundled photos, for calibrating and checking a
-pretrained classifier that is exported as is).
+pretrained classifier that is exported as is); `generated:keywords` (training/data/keywords.py,
+audio clips, with `train/` and `test/` sub-trees that keep test voices unheard in training).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def generate_photo_crops(out_dir: Path, count: int = 400, seed: int = 7) -> Path
     return out_dir
 
 
-def resolve_image_source(source: str, seed: int) -> Path:
+def resolve_dataset_folder(source: str, seed: int) -> Path:
     if not source.startswith("generated:"):
         return Path(source).expanduser()
     name = source.removeprefix("generated:")
@@ -63,29 +64,33 @@ def resolve_image_source(source: str, seed: int) -> Path:
             generate_surface_defects(root, seed=seed, progress=True)
         elif name == "photo-crops":
             generate_photo_crops(root, seed=seed)
+        elif name == "keywords":
+            from training.data.keywords import generate_keyword_clips
+
+            generate_keyword_clips(root, seed=seed, progress=True)
         else:
-            raise ValueError(f"unknown generated dataset {name!r}; known: surface-defects, photo-crops")
+            raise ValueError(f"unknown generated dataset {name!r}; known: surface-defects, photo-crops, keywords")
         (root / ".complete").touch()
     return root
 
 
-def read_image_folder(root: Path) -> tuple[list[Path], list[str]]:
-    """Image files and their class (folder) names."""
+def read_class_folder(root: Path, suffixes: set[str] = IMAGE_SUFFIXES) -> tuple[list[Path], list[str]]:
+    """Files with one of `suffixes` in `root/<class>/`, and their class (folder) names."""
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+        raise FileNotFoundError(f"folder {root} does not exist")
     paths, names = [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         for path in sorted(class_dir.iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.suffix.lower() in suffixes:
                 paths.append(path)
                 names.append(class_dir.name)
     if not paths:
-        raise ValueError(f"{root}: no images in <class>/ sub-folders ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise ValueError(f"{root}: no files in <class>/ sub-folders ({', '.join(sorted(suffixes))})")
     return paths, names
 
 
 def load_image_splits(source: str, label_names: list[str] | None, val_fraction: float, test_fraction: float, seed: int, limit: int | None = None):
-    paths, names = read_image_folder(resolve_image_source(source, seed))
+    paths, names = read_class_folder(resolve_dataset_folder(source, seed))
     classes = label_names or sorted(set(names))
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(names) - set(index))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from training.tasks.audio_classification import AudioClassificationTask
 from training.tasks.base import Splits, Task
 from training.tasks.image_classification import ImageClassificationTask
 from training.tasks.text_classification import TextClassificationTask
@@ -11,6 +12,7 @@ TASKS: dict[str, type[Task]] = {
     TextClassificationTask.name: TextClassificationTask,
     ImageClassificationTask.name: ImageClassificationTask,
     TokenClassificationTask.name: TokenClassificationTask,
+    AudioClassificationTask.name: AudioClassificationTask,
 }
 
 
