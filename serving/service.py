@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import os
 
-import bentoml
+# Pre-processing calls numpy's BLAS on small matrices from several threads at once (one per
+# request being prepared); a multi-threaded BLAS would fight ONNX Runtime's threads for the cores.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from serving.batching import MicroBatcher
-from serving.http import http_app
-from serving.runtime import Runtime
-from serving.settings import Settings
+import bentoml  # noqa: E402
+
+from serving.batching import MicroBatcher  # noqa: E402
+from serving.http import http_app  # noqa: E402
+from serving.runtime import Runtime  # noqa: E402
+from serving.settings import Settings  # noqa: E402
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 batch_size_histogram = bentoml.metrics.Histogram(
