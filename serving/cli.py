@@ -26,13 +26,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 2
     try:
         if model.manifest.task == "image-classification":
-            items = [(model.predictor.prepare(Path(path).read_bytes()), args.top_k) for path in args.inputs]
+            predictions = model.predictor([(model.predictor.prepare(Path(path).read_bytes()), args.top_k) for path in args.inputs])
+        elif model.manifest.task == "audio-classification":
+            clips = [model.predictor.prepare(Path(path).read_bytes()) for path in args.inputs]
+            predictions = [model.predictor.combine(c, model.predictor([w.features for w in c.windows]) if c.windows else []) for c in clips]
         else:
-            items = args.inputs
-    except (OSError, ValueError) as exc:
+            predictions = model.predictor(args.inputs)
+    except (OSError, ValueError) as exc:  # unreadable file, not an image / not audio
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    predictions = model.predictor(items)
     if args.json:
         print(json.dumps({"model": model.name, "version": model.manifest.version, "variant": model.variant, "predictions": predictions}, indent=2))
     else:
@@ -75,7 +77,7 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("predict", help="answer from a model of the repository, no server needed")
     p.add_argument("model", help="model name, e.g. intent or surface-defects")
-    p.add_argument("inputs", nargs="+", help="texts (text models) or image files (image models)")
+    p.add_argument("inputs", nargs="+", help="texts (text models), image files (image models) or audio files (audio models)")
     p.add_argument("--top-k", type=int, default=5, help="image models: classes to rank")
     p.add_argument("--repository", help="model repository (default: exported/ or $TUNESERVE_REPOSITORY)")
     p.add_argument("--json", action="store_true", help="print the same JSON the HTTP endpoint returns")

@@ -123,3 +123,21 @@ def test_concurrent_clips_get_their_own_answers(server, tiny_repository):
         assert max(abs(p["scores"][k] - expected[i]["scores"][k]) for k in p["scores"]) < 0.02
 
 
+
+
+def test_cli_predict_reads_audio_files(tiny_repository, tmp_path):
+    import json
+    import sys
+
+    path = tmp_path / "beep.wav"
+    path.write_bytes(encode(tone(22050, 0.8, 600.0, 2), 22050, "WAV", "PCM_16"))
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio")
+    out = subprocess.run([sys.executable, "-m", "serving", "predict", "keywords", str(path), "--json", "--repository", str(tiny_repository)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    (p,) = json.loads(out.stdout)["predictions"]
+    assert p["label"] in p["scores"] and p["end_s"] == 0.8
+    out = subprocess.run([sys.executable, "-m", "serving", "predict", "keywords", str(bad), "--repository", str(tiny_repository)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "not audio" in out.stderr

@@ -182,6 +182,7 @@ def build(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: bool = F
         result.directory.rename(target)
     result = BuildResult(target, m, result.seconds)
     if not quiet:
+        print(summary(result))
         print("  candidates: " + "; ".join(f"{r['backbone']}: " + (f"{r[m.metrics['decisive']]:.4f} at {r['ms_per_item']:.2f} ms" if r["passed_gate"] else "failed gate") for r in rows))
     return result
 
