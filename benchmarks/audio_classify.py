@@ -15,7 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-import httpx
 import numpy as np
 import soundfile as sf
 import soxr
@@ -24,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import closed_loop_sweep, eager_model, model_benchmark_args, server, time_engines, tuneserve_server, write_results  # noqa: E402
+from benchmarks.harness import eager_model, model_benchmark_args, serve_and_sweep, served_table, time_engines, write_results  # noqa: E402
 from serving.loadtest.payloads import Payload  # noqa: E402
 from serving.manifest import load_manifest  # noqa: E402
 from serving.processing.audio import LogMelFrontEnd, decode_audio  # noqa: E402
@@ -72,10 +71,7 @@ def main() -> None:
         sf.write(buf, stereo, 44100, format="WAV", subtype="PCM_16")
         payloads.append(Payload(files=((f"{i}.wav", buf.getvalue(), "audio/wav"),), file_field="audio", fields=(("model", args.model),)))
     print("served endpoint (one 44.1 kHz stereo WAV per request):", flush=True)
-    argv, port, env = tuneserve_server(repository)
-    with server(argv, port, env) as base:
-        info = next(m for m in httpx.get(base + "/v1/models").json()["models"] if m["name"] == args.model)
-        served = closed_loop_sweep(base, ROUTE, payloads, [int(c) for c in args.concurrency.split(",")], args.served_seconds, "tuneserve")
+    info, served = serve_and_sweep(repository, args.model, ROUTE, payloads, [int(c) for c in args.concurrency.split(",")], args.served_seconds)
 
     variant = info["variant"]
     raw32 = next(e["windows_per_s"] for e in engine_rows if e["engine"] == f"onnxruntime_{variant}" and e["batch"] == 32)
@@ -93,9 +89,7 @@ def main() -> None:
         "|---|---:|---:|---:|",
         *[f"| {e['engine']} | {e['batch']} | {e['windows_per_s']:.1f} | {e['ms_per_batch']:.2f} |" for e in engine_rows],
         "",
-        "| concurrency | clips/s | p50 ms | p95 ms | p99 ms | errors | server mean batch |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        *[f"| {s['load']:g} | {s['throughput_rps']:.1f} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['errors']} | {s['server'].get('mean_batch_size', 0):.1f} |" for s in served],
+        *served_table(served, "clips/s"),
         "",
         f"- served clips/s at concurrency 32 vs raw `{variant}` engine windows/s at batch 32: **{ratio * 100:.1f}%** (target ≥ 50%)",
         "",

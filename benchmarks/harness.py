@@ -137,3 +137,23 @@ def timed(fn, seconds: float, min_iters: int = 5) -> float:
         fn()
         n += 1
     return (time.perf_counter() - start) / n
+
+
+def serve_and_sweep(repository: Path, model: str, route: str, payloads: list[Payload], concurrencies: list[int], seconds: float) -> tuple[dict, list[dict]]:
+    """Start tuneserve on the repository, read the model's public info, run the closed-loop sweep."""
+    argv, port, env = tuneserve_server(repository)
+    with server(argv, port, env) as base:
+        info = next(m for m in httpx.get(base + "/v1/models").json()["models"] if m["name"] == model)
+        return info, closed_loop_sweep(base, route, payloads, concurrencies, seconds, "tuneserve")
+
+
+def served_table(rows: list[dict], unit: str = "req/s") -> list[str]:
+    """Markdown rows of a closed-loop sweep, with the server's mean batch size."""
+    return [
+        f"| concurrency | {unit} | p50 ms | p95 ms | p99 ms | p99.9 ms | errors | server mean batch |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[
+            f"| {s['load']:g} | {s['throughput_rps']:.1f} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['p99.9_ms']:.1f} | {s['errors']} | {s['server'].get('mean_batch_size', 0):.1f} |"
+            for s in rows
+        ],
+    ]

@@ -16,14 +16,13 @@ import sys
 from pathlib import Path
 
 import cv2
-import httpx
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import closed_loop_sweep, eager_model, model_benchmark_args, server, time_engines, tuneserve_server, write_results  # noqa: E402
+from benchmarks.harness import eager_model, model_benchmark_args, serve_and_sweep, served_table, time_engines, write_results  # noqa: E402
 from serving.loadtest.payloads import Payload  # noqa: E402
 from serving.manifest import load_manifest  # noqa: E402
 from serving.processing import ImagePreprocessor, decode_image  # noqa: E402
@@ -62,14 +61,6 @@ def engines(model_dir: Path, manifest, images: list[np.ndarray], batch_sizes: li
     return rows
 
 
-def table(rows: list[dict]) -> list[str]:
-    return [
-        "| concurrency | images/s | p50 ms | p95 ms | p99 ms | errors | server mean batch |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        *[f"| {s['load']:g} | {s['throughput_rps']:.1f} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['errors']} | {s['server'].get('mean_batch_size', 0):.1f} |" for s in rows],
-    ]
-
-
 def main() -> None:
     args = model_benchmark_args(__doc__, "surface-defects", "1,8,32")
 
@@ -85,10 +76,7 @@ def main() -> None:
     print(f"engines ({args.threads} threads):", flush=True)
     engine_rows = engines(model_dir, manifest, images, [int(b) for b in args.batches.split(",")], args.engine_seconds, args.threads)
     print("served endpoint (one JPEG per request):", flush=True)
-    argv, port, env = tuneserve_server(repository)
-    with server(argv, port, env) as base:
-        info = next(m for m in httpx.get(base + "/v1/models").json()["models"] if m["name"] == args.model)
-        served = closed_loop_sweep(base, ROUTE, payloads, [int(c) for c in args.concurrency.split(",")], args.served_seconds, "tuneserve")
+    info, served = serve_and_sweep(repository, args.model, ROUTE, payloads, [int(c) for c in args.concurrency.split(",")], args.served_seconds)
 
     variant = info["variant"]
     raw32 = next(e["images_per_s"] for e in engine_rows if e["engine"] == f"onnxruntime_{variant}" and e["batch"] == 32)
@@ -124,7 +112,7 @@ def main() -> None:
         "",
         "## Served endpoint (`POST /v1/image/classify`, one JPEG per request, decoding in the loop)",
         "",
-        *table(served),
+        *served_table(served, "images/s"),
         "",
         "## Ratios",
         "",

@@ -16,14 +16,13 @@ import platform
 import sys
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import closed_loop_sweep, eager_model, free_port, model_benchmark_args, server, time_engines, tuneserve_server, write_results  # noqa: E402
+from benchmarks.harness import closed_loop_sweep, eager_model, free_port, model_benchmark_args, serve_and_sweep, served_table, server, time_engines, write_results  # noqa: E402
 from serving.loadtest.payloads import json_payload  # noqa: E402
 from serving.manifest import load_manifest  # noqa: E402
 from serving.processing import TextPreprocessor  # noqa: E402
@@ -63,17 +62,6 @@ def engine_benchmarks(model_dir: Path, texts: list[str], batch_sizes: list[int],
     return rows
 
 
-def _served_table(rows: list[dict]) -> list[str]:
-    return [
-        "| concurrency | req/s | p50 ms | p95 ms | p99 ms | p99.9 ms | errors | server mean batch |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        *[
-            f"| {s['load']:g} | {s['throughput_rps']:.1f} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['p99.9_ms']:.1f} | {s['errors']} | {s['server'].get('mean_batch_size', 0):.1f} |"
-            for s in rows
-        ],
-    ]
-
-
 def write_report(report: dict) -> None:
     r = report["ratios"]
     lines = [
@@ -90,11 +78,11 @@ def write_report(report: dict) -> None:
         "",
         "## Served endpoint (`POST /v1/text/classify`, one text per request, closed loop)",
         "",
-        *_served_table(report["served"]),
+        *served_table(report["served"]),
         "",
         "## Baseline server (PyTorch eager, one request per forward pass, same contract and load)",
         "",
-        *_served_table(report["baseline"]),
+        *served_table(report["baseline"]),
         "",
         "## Ratios",
         "",
@@ -124,10 +112,7 @@ def main() -> None:
     payloads = [json_payload({"model": args.model, "texts": [t]}) for t in texts]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     print("served endpoint:", flush=True)
-    argv, port, env = tuneserve_server(repository)
-    with server(argv, port, env) as base:
-        info = next(m for m in httpx.get(base + "/v1/models").json()["models"] if m["name"] == args.model)
-        served = closed_loop_sweep(base, ROUTE, payloads, concurrencies, args.served_seconds, "tuneserve")
+    info, served = serve_and_sweep(repository, args.model, ROUTE, payloads, concurrencies, args.served_seconds)
     print("baseline server (PyTorch eager, one request per forward):", flush=True)
     port = free_port()
     with server([sys.executable, str(ROOT / "benchmarks/baselines/eager_text_server.py"), str(model_dir), "--port", str(port)], port) as base:

@@ -37,6 +37,8 @@ Labels outside ENTITY_TYPES are kept as given. Errors in a file name the file an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import json
 import random
 import re
@@ -224,22 +226,23 @@ def _calendar_date(rng: random.Random) -> str:
     return rng.choice(forms)
 
 
-def _past_date(rng: random.Random) -> str:
+def _relative_date(rng: random.Random, phrases: Sequence[str], weekday_words: tuple[str, ...]) -> str:
+    """A fixed phrase (20%), "<word> <weekday>" (15%) or a calendar date."""
     r = rng.random()
     if r < 0.2:
-        return rng.choice(PAST_PHRASES)
+        return rng.choice(phrases)
     if r < 0.35:
-        return f"last {rng.choice(WEEKDAYS)}"
+        word = weekday_words[0] if len(weekday_words) == 1 else rng.choice(weekday_words)
+        return f"{word} {rng.choice(WEEKDAYS)}"
     return _calendar_date(rng)
+
+
+def _past_date(rng: random.Random) -> str:
+    return _relative_date(rng, PAST_PHRASES, ("last",))
 
 
 def _next_date(rng: random.Random) -> str:
-    r = rng.random()
-    if r < 0.2:
-        return rng.choice(NEXT_PHRASES)
-    if r < 0.35:
-        return f"{rng.choice(('next', 'this'))} {rng.choice(WEEKDAYS)}"
-    return _calendar_date(rng)
+    return _relative_date(rng, NEXT_PHRASES, ("next", "this"))
 
 
 def _on(date: str) -> Filled:
