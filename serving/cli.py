@@ -27,6 +27,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         if model.manifest.task == "image-classification":
             predictions = model.predictor([(model.predictor.prepare(Path(path).read_bytes()), args.top_k) for path in args.inputs])
+        elif model.manifest.task == "tabular-classification":
+            rows = _json_inputs(args.inputs)
+            (predictions,) = model.predictor([model.predictor.prepare(rows)])
+            args.inputs = [json.dumps(r)[:60] for r in rows]
+        elif model.manifest.task == "forecasting":
+            prepared = model.predictor.prepare(_history(args.inputs), args.horizon)
+            answer = model.predictor.finish(prepared, model.predictor([prepared.window])[0])
+            print(json.dumps({"model": model.name, "version": model.manifest.version, "variant": model.variant, **answer}, indent=2 if args.json else None))
+            return 0
         elif model.manifest.task == "audio-classification":
             clips = [model.predictor.prepare(Path(path).read_bytes()) for path in args.inputs]
             predictions = [model.predictor.combine(c, model.predictor([w.features for w in c.windows]) if c.windows else []) for c in clips]
@@ -45,6 +54,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
             else:
                 print(f"{p['label']:<24} {p['score']:.3f}  {given}")
     return 0
+
+
+def _json_inputs(inputs: list[str]) -> list:
+    """Rows given inline as JSON objects, or files: a JSON array of objects, or JSON Lines."""
+    rows: list = []
+    for given in inputs:
+        text = given if given.lstrip().startswith(("{", "[")) else Path(given).read_text(encoding="utf-8")
+        try:
+            value = json.loads(text)
+            rows += value if isinstance(value, list) else [value]
+        except json.JSONDecodeError:
+            rows += [json.loads(line) for line in text.splitlines() if line.strip()]
+    return rows
+
+
+def _history(inputs: list[str]) -> list:
+    """A series from a JSON file (an array, or an object with "history"), a CSV file (its `value` or
+    last column, in file order; empty cells are gaps), or numbers on the command line."""
+    if len(inputs) > 1 or not Path(inputs[0]).is_file():
+        return [None if v.lower() in ("nan", "null", "") else float(v) for v in inputs]
+    text = Path(inputs[0]).read_text(encoding="utf-8")
+    if inputs[0].endswith(".csv"):
+        import csv
+
+        reader = csv.reader(text.splitlines())
+        header = next(reader)
+        col = header.index("value") if "value" in header else len(header) - 1
+        return [float(row[col]) if row[col].strip() else None for row in reader if row]
+    value = json.loads(text)
+    return value["history"] if isinstance(value, dict) else value
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -77,8 +116,9 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("predict", help="answer from a model of the repository, no server needed")
     p.add_argument("model", help="model name, e.g. intent or surface-defects")
-    p.add_argument("inputs", nargs="+", help="texts (text models), image files (image models) or audio files (audio models)")
+    p.add_argument("inputs", nargs="+", help="texts, image files, audio files, table rows (JSON objects or a JSON/JSONL file) or a series (JSON/CSV file)")
     p.add_argument("--top-k", type=int, default=5, help="image models: classes to rank")
+    p.add_argument("--horizon", type=int, help="forecasting models: steps ahead (default: the model's maximum)")
     p.add_argument("--repository", help="model repository (default: exported/ or $TUNESERVE_REPOSITORY)")
     p.add_argument("--json", action="store_true", help="print the same JSON the HTTP endpoint returns")
     p.set_defaults(func=cmd_predict)

@@ -22,7 +22,9 @@ from serving.errors import RequestError
 from serving.processing import ImageError
 from serving.processing.audio import AudioError
 from serving.processing.image import MAX_IMAGE_BYTES as MAX_FILE_BYTES
-from serving.schemas import TextRequest, parse_json_body
+from serving.processing.series import SeriesError
+from serving.processing.tabular import RowError
+from serving.schemas import ForecastRequest, TabularRequest, TextRequest, parse_json_body
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,40 @@ async def classify_audio(request: Request) -> JSONResponse:
     return _answer(model, predictions=predictions)
 
 
+# Encoding more rows than this runs in the prepare pool instead of on the event loop.
+INLINE_ROWS = 64
+
+
+async def tabular_predict(request: Request) -> JSONResponse:
+    service = _service(request)
+    body = parse_json_body(await read_body(request), TabularRequest)
+    model = service.runtime.resolve(body.model, "tabular-classification")
+    limit = model.predictor.encoder.max_rows
+    if len(body.rows) > limit:
+        raise RequestError(f"rows: {len(body.rows)} rows; at most {limit} per request", status=413)
+    try:
+        if len(body.rows) <= INLINE_ROWS:
+            block = model.predictor.prepare(body.rows)
+        else:
+            block = await asyncio.get_running_loop().run_in_executor(_prepare_pool, model.predictor.prepare, body.rows)
+    except RowError as exc:
+        raise RequestError(str(exc)) from None
+    (predictions,) = await service.batchers[model.name].submit([block])
+    return _answer(model, predictions=predictions)
+
+
+async def forecast(request: Request) -> JSONResponse:
+    service = _service(request)
+    body = parse_json_body(await read_body(request), ForecastRequest)
+    model = service.runtime.resolve(body.model, "forecasting")
+    try:
+        prepared = model.predictor.prepare(body.history, body.horizon)
+    except (SeriesError, ValueError) as exc:
+        raise RequestError(str(exc)) from None
+    (output,) = await service.batchers[model.name].submit([prepared.window])
+    return _answer(model, **model.predictor.finish(prepared, output))
+
+
 def _top_k(raw, classes: int) -> int:
     if raw is None:
         return min(5, classes)
@@ -189,6 +225,8 @@ ROUTES = [
     Route("/text/entities", text_entities, methods=["POST"]),
     Route("/image/classify", classify_image, methods=["POST"]),
     Route("/audio/classify", classify_audio, methods=["POST"]),
+    Route("/tabular/predict", tabular_predict, methods=["POST"]),
+    Route("/forecast", forecast, methods=["POST"]),
 ]
 http_app = Starlette(
     routes=[*ROUTES, Route("/{path:path}", no_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])],

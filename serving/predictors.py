@@ -16,7 +16,9 @@ import numpy as np
 
 from serving.processing import ImagePreprocessor, TextPreprocessor, decode_image, softmax, top_k, top_label
 from serving.processing.audio import LogMelFrontEnd, decode_audio
+from serving.processing.series import clean_history, standardise
 from serving.processing.spans import decode_spans, words_from_encoding
+from serving.processing.tabular import RowEncoder
 from serving.processing.vad import SileroVAD
 
 
@@ -162,11 +164,95 @@ class AudioClassifier:
                 "scores": {label: float(p) for label, p in zip(labels, row)}, "speech": True}
 
 
+class TabularClassifier:
+    """Table rows: `prepare` validates and encodes one request's rows (errors name row and column);
+    `__call__` runs the blocks of several requests as one batch and answers per row. Binary models
+    decide with the threshold chosen on validation at build time; probabilities are calibrated."""
+
+    task = "tabular-classification"
+
+    def __init__(self, model_dir: Path, manifest: Manifest, session: ort.InferenceSession) -> None:
+        self.manifest = manifest
+        self.session = session
+        self.encoder = RowEncoder.from_config(manifest.preprocessing)
+        self.labels = manifest.labels
+        self.positive = manifest.preprocessing.get("positive_index")
+        self.threshold = float(manifest.preprocessing.get("threshold", 0.5))
+
+    def prepare(self, rows: list) -> dict[str, np.ndarray]:
+        return self.encoder.encode(rows)
+
+    def __call__(self, blocks: list[dict[str, np.ndarray]]) -> list[list[dict]]:
+        feeds = {name: np.concatenate([b[name] for b in blocks]) for name in self.encoder.input_names}
+        (logits,) = self.session.run(None, feeds)
+        probs = softmax(logits)
+        if self.positive is not None:
+            other = 1 - self.positive
+            chosen = np.where(probs[:, self.positive] >= self.threshold, self.positive, other)
+        else:
+            chosen = probs.argmax(axis=1)
+        answers = [
+            {"label": self.labels[c], "score": float(row[c]), "scores": dict(zip(self.labels, row.tolist()))}
+            for c, row in zip(chosen.tolist(), probs)
+        ]
+        out, start = [], 0
+        for b in blocks:
+            n = len(b["numeric"])
+            out.append(answers[start : start + n])
+            start += n
+        return out
+
+
+@dataclass
+class SeriesInput:
+    window: np.ndarray  # (window,) float32, standardised
+    loc: float
+    scale: float
+    horizon: int
+    interpolated: int
+
+
+class Forecaster:
+    """Quantile forecasts: `prepare` validates the history (gaps, types, length) and standardises its
+    last window; `__call__` runs windows of several requests together; `finish` maps the quantiles
+    back to the series' units and cuts them to the requested horizon."""
+
+    task = "forecasting"
+
+    def __init__(self, model_dir: Path, manifest: Manifest, session: ort.InferenceSession) -> None:
+        self.manifest = manifest
+        self.session = session
+        p = manifest.preprocessing
+        self.window, self.max_horizon, self.max_gap = int(p["window"]), int(p["horizon"]), int(p.get("max_gap", 3))
+        self.quantile_names = list(manifest.labels)
+        self.input_name = session.get_inputs()[0].name
+
+    def prepare(self, history: list, horizon: int | None) -> SeriesInput:
+        horizon = self.max_horizon if horizon is None else horizon
+        if not 1 <= horizon <= self.max_horizon:
+            raise ValueError(f"horizon: {horizon} is out of range; the model forecasts 1..{self.max_horizon} steps")
+        values, interpolated = clean_history(history, self.window, self.max_gap)
+        window, loc, scale = standardise(values)
+        return SeriesInput(window, float(loc[0]), float(scale[0]), horizon, interpolated)
+
+    def __call__(self, windows: list[np.ndarray]) -> list[np.ndarray]:
+        (out,) = self.session.run(None, {self.input_name: np.stack(windows)})
+        return list(out)
+
+    def finish(self, prepared: SeriesInput, output: np.ndarray) -> dict:
+        values = output[: prepared.horizon].astype(np.float64) * prepared.scale + prepared.loc
+        quantiles = {name: values[:, i].tolist() for i, name in enumerate(self.quantile_names)}
+        median = quantiles.get("p50", values[:, len(self.quantile_names) // 2].tolist())
+        return {"horizon": prepared.horizon, "forecast": median, "quantiles": quantiles, "interpolated": prepared.interpolated}
+
+
 PREDICTORS: dict[str, Callable[[Path, Manifest, ort.InferenceSession], Predictor]] = {
     TextClassifier.task: TextClassifier,
     ImageClassifier.task: ImageClassifier,
     TokenClassifier.task: TokenClassifier,
     AudioClassifier.task: AudioClassifier,
+    TabularClassifier.task: TabularClassifier,
+    Forecaster.task: Forecaster,
 }
 
 

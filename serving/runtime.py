@@ -19,9 +19,11 @@ from serving.settings import Settings
 log = logging.getLogger(__name__)
 
 # Which model answers when a request names none, per task (else the first by name).
-DEFAULT_MODELS = {"text-classification": "intent", "image-classification": "imagenet", "token-classification": "entities", "audio-classification": "keywords"}
+DEFAULT_MODELS = {"text-classification": "intent", "image-classification": "imagenet", "token-classification": "entities", "audio-classification": "keywords",
+                  "tabular-classification": "credit-risk", "forecasting": "energy-demand"}
 # The route that serves each task, for error messages that point the client the right way.
-TASK_ROUTES = {"text-classification": "/v1/text/classify", "image-classification": "/v1/image/classify", "token-classification": "/v1/text/entities", "audio-classification": "/v1/audio/classify"}
+TASK_ROUTES = {"text-classification": "/v1/text/classify", "image-classification": "/v1/image/classify", "token-classification": "/v1/text/entities", "audio-classification": "/v1/audio/classify",
+               "tabular-classification": "/v1/tabular/predict", "forecasting": "/v1/forecast"}
 
 
 @dataclass

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from serving.errors import RequestError
 
@@ -17,6 +17,21 @@ class TextRequest(BaseModel):
 
     model: StrictStr | None = None
     texts: list[StrictStr] = Field(min_length=1)
+
+
+class TabularRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr | None = None
+    rows: list[Any] = Field(min_length=1)  # each row is checked against the model's schema
+
+
+class ForecastRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr | None = None
+    history: list[Any] = Field(min_length=1)  # numbers or null; checked against the model's window
+    horizon: StrictInt | None = None  # default: the model's maximum
 
 
 def _location(loc: tuple) -> str:

@@ -56,6 +56,12 @@ def tiny_repository(tmp_path_factory) -> Path:
         }
     )
     build_recipe(recipe, repo, quiet=True)
+    for name, overrides in {
+        "credit-risk": {"data.limit": 3000, "train.epochs": 2},
+        "diagnosis": {"train.epochs": 3},
+        "energy-demand": {"data.limit": 1500, "train.epochs": 1, "pretrain.series": 16, "pretrain.length": 600, "pretrain.epochs": 1},
+    }.items():
+        build_recipe(load_recipe(name).with_overrides({**overrides, "gates.min_test_metric": 0.0}), repo, quiet=True)
     return repo
 
 

@@ -83,6 +83,13 @@ class SmallCNN(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
 
+def _built_by_task(name: str) -> Callable[[], nn.Module]:
+    def load() -> nn.Module:
+        raise RuntimeError(f"backbone {name} is shaped by the data (features, window) and built by its task")
+
+    return load
+
+
 def _imagenet_labels() -> list[str]:
     from torchvision.models import EfficientNet_B0_Weights
 
@@ -112,6 +119,20 @@ BACKBONES: dict[str, Backbone] = {
         modality="audio",
         hidden_size=160,
         load=SmallCNN,
+    ),
+    "tabular-mlp": Backbone(
+        name="tabular-mlp",
+        base_model="none: an MLP with categorical embeddings trained from scratch on the table",
+        modality="tabular",
+        hidden_size=128,
+        load=_built_by_task("tabular-mlp"),
+    ),
+    "series-cnn": Backbone(
+        name="series-cnn",
+        base_model="a 1-D CNN quantile forecaster pretrained in the same build on a synthetic corpus of hourly series",
+        modality="series",
+        hidden_size=256,
+        load=_built_by_task("series-cnn"),
     ),
 }
 

@@ -28,6 +28,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def _overrides(args: argparse.Namespace) -> dict:
     return {
         "data.source": args.data,
+        "data.target": args.target,
         "data.limit": args.limit,
         "train.epochs": args.epochs,
         "train.batch_size": args.batch_size,
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune, export, quantise and write one recipe's model into the repository")
     p.add_argument("recipe", help="recipe name (see `tuneserve recipes`) or path to a recipe YAML")
-    p.add_argument("--data", help="your own data file instead of the recipe's (CSV/JSONL with text,label)")
+    p.add_argument("--data", help="your own data instead of the recipe's (see the recipe's data.source comment for the format)")
+    p.add_argument("--target", help="tables: the column to predict")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

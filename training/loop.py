@@ -55,7 +55,7 @@ def _set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
 
 def fit(model: nn.Module, task: Task, splits: Splits, cfg: TrainConfig, progress: bool = True) -> FitResult:
     seed_everything(cfg.seed)
-    train_loader = task.loader(splits.train, shuffle=True)
+    train_loader = task.loader(splits.train, shuffle=True, batch_size=cfg.batch_size)
     val_loader = task.loader(splits.val, shuffle=False, batch_size=64)
     steps_per_epoch = len(train_loader)
     total_steps = cfg.epochs * steps_per_epoch

@@ -62,6 +62,7 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
     torch.set_num_threads(max(1, torch.get_num_threads()))
     backbone = get_backbone(recipe.backbone)
     task = get_task(recipe.task)(recipe, backbone)
+    task.progress = not quiet
 
     _log(f"{recipe.name}: loading data ({recipe.data.source})", quiet)
     splits = task.load_data()
@@ -76,6 +77,7 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
         _log(f"{recipe.name}: exporting the pretrained {backbone.name} as is (epochs: 0)", quiet)
         model.eval()
         fitted = FitResult(best_metric=float("nan"), best_epoch=0, steps=0)
+    task.after_fit(model, splits)
 
     test_batches = list(task.loader(splits.test, shuffle=False, batch_size=64))
     reference, targets = torch_logits(model, test_batches)
@@ -129,6 +131,7 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
                 "best_val": fitted.best_metric,
                 "best_epoch": fitted.best_epoch,
                 "history": fitted.history,
+                **task.report,
                 **{f"test_{k}": v for k, v in _scalars(variants[default["cpu"]].metrics).items()},
             },
             build=_build_info(started, fitted.steps, len(splits.train)),

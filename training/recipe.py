@@ -22,6 +22,7 @@ class DataConfig(_Strict):
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     seed: int = 13
     limit: int | None = Field(None, description="use only this many examples (smoke runs)")
+    target: str | None = Field(None, description="tables: the column to predict")
     pseudo_labels: bool = Field(False, description="label examples with the pretrained model's own predictions (export a pretrained classifier as is)")
 
 
@@ -38,6 +39,13 @@ class TrainConfig(_Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
     seed: int = 13
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (smoke runs)")
+
+
+class PretrainConfig(TrainConfig):
+    """Pretraining on a generated corpus before fine-tuning on the recipe's data (forecasting)."""
+
+    series: int = Field(400, ge=1, description="number of synthetic series in the corpus")
+    length: int = Field(2016, ge=1, description="points per series")
 
 
 class ExportConfig(_Strict):
@@ -70,6 +78,7 @@ class Recipe(_Strict):
     labels: list[str] | None = None
     data: DataConfig
     preprocessing: dict[str, Any] = Field(default_factory=dict)
+    pretrain: PretrainConfig | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     quantise: QuantiseConfig = Field(default_factory=QuantiseConfig)

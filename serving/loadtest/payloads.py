@@ -100,13 +100,18 @@ def _clips(count: int = 16, rate: int = 16000) -> list[tuple[str, bytes, str]]:
 
 
 def _rows(count: int) -> list[dict[str, Any]]:
+    """Credit applications in the `credit-risk` model's schema."""
     rng = np.random.default_rng(0)
-    kinds, homes = ["salaried", "self_employed", "unemployed", "retired"], ["rent", "own", "mortgage"]
+    kinds, homes = ["salaried", "self_employed", "contract", "unemployed", "retired"], ["rent", "mortgage", "own"]
+    purposes = ["debt_consolidation", "home_improvement", "car", "education", "medical", "small_business", "other"]
     return [
         {
-            "age": int(rng.integers(21, 75)), "income": float(round(rng.lognormal(10.8, 0.5), 2)),
-            "employment": kinds[i % 4], "home_ownership": homes[i % 3],
-            "loan_amount": float(round(rng.uniform(1_000, 40_000), 2)), "debt_to_income": float(round(rng.uniform(0, 0.6), 3)),
+            "age": int(rng.integers(21, 75)), "employment": kinds[i % 5], "annual_income": float(round(rng.lognormal(10.8, 0.5), -2)),
+            "home_ownership": homes[i % 3], "credit_history_years": float(round(rng.uniform(0, 25), 1)),
+            "open_credit_lines": int(rng.integers(1, 15)), "credit_utilization": float(round(rng.beta(2, 4), 3)),
+            "debt_to_income": float(round(rng.uniform(0, 0.6), 3)), "delinquencies_2y": int(rng.poisson(0.3)),
+            "loan_purpose": purposes[i % 7], "loan_amount": float(round(rng.uniform(1_000, 40_000), -2)),
+            "term_months": [36, 60][i % 2], "has_cosigner": bool(i % 11 == 0),
         }
         for i in range(count)
     ]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from training.tasks.audio_classification import AudioClassificationTask
 from training.tasks.base import Splits, Task
+from training.tasks.forecasting import ForecastingTask
 from training.tasks.image_classification import ImageClassificationTask
+from training.tasks.tabular_classification import TabularClassificationTask
 from training.tasks.text_classification import TextClassificationTask
 from training.tasks.token_classification import TokenClassificationTask
 
@@ -13,6 +15,8 @@ TASKS: dict[str, type[Task]] = {
     ImageClassificationTask.name: ImageClassificationTask,
     TokenClassificationTask.name: TokenClassificationTask,
     AudioClassificationTask.name: AudioClassificationTask,
+    TabularClassificationTask.name: TabularClassificationTask,
+    ForecastingTask.name: ForecastingTask,
 }
 
 

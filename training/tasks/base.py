@@ -38,6 +38,9 @@ class Task(ABC):
     def __init__(self, recipe: Recipe, backbone: Backbone) -> None:
         self.recipe = recipe
         self.backbone = backbone
+        # Extra results for the manifest's metrics (baselines, calibration, backtests), filled by hooks.
+        self.report: dict[str, Any] = {}
+        self.progress = True  # progress bars and messages of the task's own stages
 
     @abstractmethod
     def load_data(self) -> Splits: ...
@@ -59,6 +62,9 @@ class Task(ABC):
 
     def prepare(self, model: nn.Module, splits: Splits) -> None:
         """Hook run once the model is built and before training (e.g. pseudo-labelling)."""
+
+    def after_fit(self, model: nn.Module, splits: Splits) -> None:
+        """Hook run after training and before test evaluation and export (e.g. calibration)."""
 
     def calibration_inputs(self, splits: Splits, count: int) -> list[dict[str, np.ndarray]]:
         """Model inputs for static quantisation's calibration; tasks that support it override this."""

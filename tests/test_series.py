@@ -1,0 +1,81 @@
+"""Series: history validation and gap filling, scaling, CSV reading, the generators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving.processing.series import SeriesError, clean_history, standardise
+from training.data.series import city_load, read_series_csv, synthetic_corpus
+from training.tasks.forecasting import WEEK, windows
+
+
+def test_short_gaps_are_interpolated_and_counted():
+    history = [float(i) for i in range(200)]
+    history[190:193] = [None, float("nan"), None]
+    history[199] = None  # trailing gap: nearest value
+    values, n = clean_history(history, window=168)
+    assert n == 4 and len(values) == 168
+    assert values[190 - 32 : 193 - 32].tolist() == [190.0, 191.0, 192.0]
+    assert values[-1] == 198.0
+
+
+@pytest.mark.parametrize("history, message", [
+    ([1.0] * 100, "history: 100 points; the model needs at least 168"),
+    ([1.0] * 196 + [None] * 4, "history[196..199]: 4 missing points in a row; at most 3"),
+    ([1.0] * 199 + ["12"], "history[199]: expected a number or null, got str"),
+    (["x"] + [1.0] * 199, "history[0]: expected a number or null"),
+    ([True] + [1.0] * 199, "history[0]: expected a number or null, got bool"),
+    ([1.0] * 199 + [float("inf")], "history[199]: inf is not a usable number"),
+    ([1.0] * 199 + [10**400], "history[199]: integer out of range"),
+    ({"a": 1}, "history: expected an array"),
+    ([None] * 200, "all missing"),
+])
+def test_bad_histories_are_refused_with_position(history, message):
+    with pytest.raises(SeriesError) as err:
+        clean_history(history, window=168)
+    assert message in str(err.value)
+
+
+def test_standardise_maps_back_exactly_and_survives_constant_series():
+    x = np.linspace(100, 200, 168)
+    z, loc, scale = standardise(x)
+    assert z.dtype == np.float32 and abs(z.mean()) < 1e-5 and abs(z.std() - 1) < 1e-5
+    np.testing.assert_allclose(z * scale + loc, x, rtol=1e-6)
+    z, loc, scale = standardise(np.full((2, 168), 7.0))
+    assert np.isfinite(z).all() and (z == 0).all() and (loc[:, 0] == 7.0).all()
+
+
+def test_windows_targets_include_seasonal_naive():
+    series = np.arange(1000, dtype=np.float64) % 168 * 3 + 10  # exactly weekly-periodic
+    examples, loc, scale = windows(series, np.array([300, 500]), 168, 24)
+    truth, naive = examples.targets[..., 0], examples.targets[..., 1]
+    np.testing.assert_allclose(truth, naive, atol=1e-5)  # a weekly-periodic series is forecast perfectly by seasonal-naive
+    np.testing.assert_allclose(examples.inputs["history"][0] * scale[0] + loc[0], series[132:300], rtol=1e-5)
+
+
+def test_read_series_csv_fills_short_gaps_and_refuses_long_ones(tmp_path):
+    rows = ["timestamp,value"] + [f"2024-01-01T{h:02d}:00:00,{h * 10}" for h in range(24) if h not in (5, 6)]
+    rows.insert(3, "2024-01-01T02:00:00,")  # a duplicate hour with an empty value overrides
+    path = tmp_path / "s.csv"
+    path.write_text("\n".join(rows) + "\n")
+    series = read_series_csv(path)
+    assert len(series) == 24 and series[5] == pytest.approx(50) and series[6] == pytest.approx(60)
+    long_gap = ["timestamp,value"] + [f"2024-01-01T{h:02d}:00:00,{h}" for h in range(24) if not 5 <= h <= 10]
+    path.write_text("\n".join(long_gap) + "\n")
+    with pytest.raises(ValueError, match="a gap of 6 hours"):
+        read_series_csv(path)
+
+
+def test_generators_are_deterministic_and_shaped_like_load():
+    corpus = synthetic_corpus(5, 500, seed=1)
+    assert len(corpus) == 5 and all(len(s) == 500 and (s > 0).all() for s in corpus)
+    np.testing.assert_array_equal(corpus[0], synthetic_corpus(5, 500, seed=1)[0])
+    city = city_load(hours=24 * 7 * 60, seed=3)
+    load, temp = np.array(city["load_mw"]), np.array(city["temperature_c"])
+    assert 500 < load.mean() < 2000
+    # temperature-driven: cold days draw more than mild days
+    daily_load, daily_temp = load.reshape(-1, 24).mean(1), temp.reshape(-1, 24).mean(1)
+    assert daily_load[daily_temp < 5].mean() > daily_load[(daily_temp > 14) & (daily_temp < 20)].mean()
+    # daily and weekly seasonality: a week back predicts the hour well, though weather moves it
+    assert np.corrcoef(load[WEEK:], load[:-WEEK])[0, 1] > 0.6

@@ -1,0 +1,269 @@
+"""Tabular classification: a feature schema inferred from the CSV (editable in the recipe), an MLP over
+standardised numbers and categorical embeddings, class-imbalance weighting, temperature scaling and a
+decision threshold chosen on the validation split, and a gradient-boosting baseline in the report.
+
+Recipe `preprocessing` keys: `features` ({column: {kind, missing}} overrides of the inferred schema),
+`exclude` (columns that are not features), `min_category_count`, `class_weight` (balanced | none),
+`positive_label` (binary; default: the rarer class), `threshold_objective` (f1 | accuracy | youden),
+`hidden` (layer widths).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, log_loss, roc_auc_score
+from sklearn.model_selection import train_test_split
+from torch import nn
+from torch.utils.data import DataLoader
+
+from serving.processing.postprocess import softmax
+from serving.processing.tabular import RowEncoder, fit_feature, infer_kinds, parse_cell
+from training.data.arrays import ArrayExamples, array_loader
+from training.data.tables import read_csv_columns, resolve_table
+from training.tasks.base import Splits, Task
+
+log = logging.getLogger(__name__)
+
+
+class TabularMLP(nn.Module):
+    """Embeddings for categorical columns, concatenated with the numeric columns, through an MLP.
+    `logit_adjust` undoes the prior shift of class weighting and `temperature` calibrates; both are
+    set after training and exported inside the graph, so served probabilities are calibrated."""
+
+    def __init__(self, numeric_width: int, cardinalities: list[int], num_labels: int, hidden: list[int], dropout: float) -> None:
+        super().__init__()
+        dims = [min(16, max(2, round(1.6 * c**0.56))) for c in cardinalities]
+        self.embeddings = nn.ModuleList(nn.Embedding(c, d) for c, d in zip(cardinalities, dims))
+        layers: list[nn.Module] = []
+        width = numeric_width + sum(dims)
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_labels)
+        self.register_buffer("logit_adjust", torch.zeros(num_labels))
+        self.register_buffer("temperature", torch.ones(1))
+
+    def forward(self, numeric: torch.Tensor, categorical: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [numeric]
+        if categorical is not None:
+            parts += [emb(categorical[:, j]) for j, emb in enumerate(self.embeddings)]
+        return (self.head(self.body(torch.cat(parts, dim=1))) - self.logit_adjust) / self.temperature
+
+
+def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
+    """The temperature minimising validation negative log-likelihood (golden-section on log T)."""
+
+    def nll(log_t: float) -> float:
+        probs = softmax(logits / np.exp(log_t))
+        return float(-np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, None)).mean())
+
+    lo, hi = np.log(0.05), np.log(20.0)
+    ratio = (np.sqrt(5) - 1) / 2
+    for _ in range(60):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        lo, hi = (lo, b) if nll(a) < nll(b) else (a, hi)
+    return float(np.exp((lo + hi) / 2))
+
+
+def choose_threshold(p_positive: np.ndarray, positive: np.ndarray, objective: str) -> float:
+    """The probability cut-off that maximises `objective` on validation (ties: the middle one)."""
+    candidates = np.unique(np.concatenate([np.quantile(p_positive, np.linspace(0, 1, 201)), [0.5]]))
+    scores = []
+    for c in candidates:
+        guess = p_positive >= c
+        if objective == "accuracy":
+            scores.append(float((guess == positive).mean()))
+        elif objective == "youden":
+            tpr = guess[positive].mean() if positive.any() else 0.0
+            fpr = guess[~positive].mean() if (~positive).any() else 0.0
+            scores.append(float(tpr - fpr))
+        else:
+            scores.append(float(f1_score(positive, guess, zero_division=0)))
+    best = np.flatnonzero(np.isclose(scores, max(scores)))
+    return float(candidates[best[len(best) // 2]])
+
+
+def binary_metrics(p_positive: np.ndarray, positive: np.ndarray, threshold: float) -> dict[str, float]:
+    guess = p_positive >= threshold
+    two = np.stack([1 - p_positive, p_positive], 1)
+    return {
+        "roc_auc": float(roc_auc_score(positive, p_positive)) if 0 < positive.sum() < len(positive) else float("nan"),
+        "pr_auc": float(average_precision_score(positive, p_positive)),
+        "brier": float(np.mean((p_positive - positive) ** 2)),
+        "log_loss": float(log_loss(positive, np.clip(two, 1e-12, 1), labels=[False, True])),
+        "accuracy": float((guess == positive).mean()),
+        "f1": float(f1_score(positive, guess, zero_division=0)),
+        "threshold": float(threshold),
+        "n": int(len(positive)),
+    }
+
+
+class TabularClassificationTask(Task):
+    name = "tabular-classification"
+    modality = "tabular"
+    metric = "roc_auc"
+    output_names = ["logits"]
+
+    def __init__(self, recipe, backbone) -> None:
+        super().__init__(recipe, backbone)
+        self.options = dict(recipe.preprocessing)
+        self.encoder: RowEncoder | None = None
+        self.positive: int | None = None
+        self.threshold = 0.5
+        self.class_weights: np.ndarray | None = None
+
+    # ONNX signature: `categorical` only when the schema has categorical features
+    @property
+    def input_names(self) -> list[str]:
+        return self.encoder.input_names
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {name: {0: "batch"} for name in [*self.input_names, "logits"]}
+
+    def load_data(self) -> Splits:
+        d = self.recipe.data
+        path = resolve_table(d.source, d.seed)
+        columns = read_csv_columns(path)
+        target = d.target or self.options.get("target")
+        if target is None or target not in columns:
+            raise ValueError(f"{path}: target column {target!r} not found; columns: {list(columns)} (set data.target or --target)")
+        labels_text = columns.pop(target)
+        keep = np.array([v is not None for v in labels_text])
+        if not keep.all():
+            log.warning("%s: %d rows without a %s value dropped", path, int((~keep).sum()), target)
+        label_names = self.recipe.labels or sorted({v for v in labels_text if v is not None})
+        index = {name: i for i, name in enumerate(label_names)}
+        unknown = sorted({v for v in labels_text if v is not None} - set(index))
+        if unknown:
+            raise ValueError(f"{path}: target values {unknown[:5]} are not among the recipe's labels {label_names}")
+        y = np.array([index[v] for v in np.asarray(labels_text, dtype=object)[keep]], dtype=np.int64)
+        if len(label_names) < 2:
+            raise ValueError(f"{path}: the target {target!r} has a single class")
+
+        exclude = set(self.options.get("exclude", []))
+        overrides: dict[str, dict] = self.options.get("features", {}) or {}
+        kinds = infer_kinds({k: v for k, v in columns.items() if k not in exclude})
+        for name, spec in overrides.items():
+            if name not in columns:  # e.g. the recipe's own data differs from a user's file
+                log.warning("recipe preprocessing.features names %r, which is not a column of %s; ignored", name, path)
+                continue
+            if "kind" in spec:
+                kinds[name] = spec["kind"]
+        dropped = [k for k, v in kinds.items() if v is None]
+        if dropped:
+            log.warning("%s: columns %s are not used as features (identifier-like, free text or empty)", path, dropped)
+        names = [k for k, v in kinds.items() if v is not None]
+        if not names:
+            raise ValueError(f"{path}: no usable feature columns")
+        try:
+            parsed = {k: [parse_cell(kinds[k], c) for c, ok in zip(columns[k], keep) if ok] for k in names}
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc} (a column's kind in the recipe does not fit its cells)") from None
+
+        n = len(y)
+        all_rows = np.arange(n)
+        if d.limit is not None and d.limit < n:
+            all_rows, _ = train_test_split(all_rows, train_size=d.limit, random_state=d.seed, stratify=y)
+        rest, test = train_test_split(all_rows, test_size=d.test_fraction, random_state=d.seed, stratify=y[all_rows])
+        train, val = train_test_split(rest, test_size=d.val_fraction / (1 - d.test_fraction), random_state=d.seed, stratify=y[rest])
+
+        min_count = int(self.options.get("min_category_count", 1))
+        features = []
+        for k in names:
+            policy = (overrides.get(k) or {}).get("missing") or ("impute" if any(v is None for v in parsed[k]) else "error")
+            features.append(fit_feature(k, kinds[k], (parsed[k][i] for i in train), missing=policy, min_count=min_count))
+        self.encoder = RowEncoder(features)
+        rows = [dict(zip(names, values)) for values in zip(*(parsed[k] for k in names))]
+        encoded = self.encoder.encode_all(rows)
+
+        counts = np.bincount(y[train], minlength=len(label_names)).astype(np.float64)
+        if self.options.get("class_weight", "balanced") == "balanced":
+            self.class_weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+        if len(label_names) == 2:
+            positive = self.options.get("positive_label")
+            if positive is not None and positive not in index:  # a user's file with other labels
+                log.warning("positive_label %r is not a label of %s (%s); using the rarer class", positive, path, label_names)
+                positive = None
+            self.positive = index[positive] if positive is not None else int(counts.argmin())
+        arrays = ArrayExamples(encoded, y)
+        return Splits(arrays.subset(train), arrays.subset(val), arrays.subset(test), label_names)
+
+    def build_model(self, label_names: list[str]) -> nn.Module:
+        hidden = [int(h) for h in self.options.get("hidden", [128, 64])]
+        return TabularMLP(self.encoder.numeric_width, self.encoder.cardinalities, len(label_names), hidden, self.recipe.train.dropout)
+
+    def loader(self, split: ArrayExamples, shuffle: bool, batch_size: int | None = None) -> DataLoader:
+        return array_loader(split, batch_size or self.recipe.train.batch_size, shuffle, self.recipe.train.seed)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        weight = None if self.class_weights is None else torch.as_tensor(self.class_weights, dtype=logits.dtype)
+        return nn.functional.cross_entropy(logits, targets, weight=weight)
+
+    def metrics(self, logits: np.ndarray, targets: np.ndarray, label_names: list[str]) -> dict[str, Any]:
+        probs = softmax(logits)
+        if self.positive is not None:
+            return binary_metrics(probs[:, self.positive].astype(np.float64), targets == self.positive, self.threshold)
+        onehot = np.eye(len(label_names))[targets]
+        return {
+            "roc_auc": float(roc_auc_score(targets, probs, multi_class="ovr", labels=list(range(len(label_names))))),
+            "brier": float(((probs - onehot) ** 2).sum(1).mean()),
+            "log_loss": float(log_loss(targets, np.clip(probs, 1e-12, 1), labels=list(range(len(label_names))))),
+            "accuracy": float(accuracy_score(targets, probs.argmax(1))),
+            "n": int(len(targets)),
+        }
+
+    def after_fit(self, model: nn.Module, splits: Splits) -> None:
+        """Undo the class weighting's prior shift, fit the temperature and the threshold on validation,
+        then train and score the gradient-boosting baseline on the same split."""
+        from training.evaluate import torch_logits
+
+        if self.class_weights is not None:
+            model.logit_adjust.copy_(torch.as_tensor(np.log(self.class_weights), dtype=torch.float32))
+        raw, targets = torch_logits(model, self.loader(splits.val, shuffle=False, batch_size=1024))
+        before = float(log_loss(targets, np.clip(softmax(raw), 1e-12, 1), labels=list(range(len(splits.label_names)))))
+        temperature = fit_temperature(raw, targets)
+        model.temperature.fill_(temperature)
+        probs = softmax(raw / temperature)
+        after = float(log_loss(targets, np.clip(probs, 1e-12, 1), labels=list(range(len(splits.label_names)))))
+        objective = self.options.get("threshold_objective", "f1")
+        calibration = {"temperature": temperature, "val_log_loss_before": before, "val_log_loss_after": after}
+        if self.positive is not None:
+            self.threshold = choose_threshold(probs[:, self.positive].astype(np.float64), targets == self.positive, objective)
+            calibration |= {"threshold": self.threshold, "threshold_objective": objective, "positive_label": splits.label_names[self.positive]}
+        self.report["calibration"] = calibration
+        self.report["baseline_hist_gradient_boosting"] = self._baseline(splits, objective)
+
+    def _baseline(self, splits: Splits, objective: str) -> dict[str, Any]:
+        """scikit-learn's HistGradientBoostingClassifier on the same split and encoding (categorical
+        columns as native categories), threshold chosen on validation the same way."""
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        def table(split: ArrayExamples) -> np.ndarray:
+            return np.hstack([split.inputs["numeric"], split.inputs.get("categorical", np.zeros((len(split), 0)))]).astype(np.float64)
+
+        width = self.encoder.numeric_width
+        mask = [False] * width + [True] * len(self.encoder.categorical)
+        clf = HistGradientBoostingClassifier(categorical_features=mask if any(mask) else None, max_iter=300, early_stopping=True, random_state=self.recipe.data.seed)
+        clf.fit(table(splits.train), splits.train.targets)
+        val, test = clf.predict_proba(table(splits.val)), clf.predict_proba(table(splits.test))
+        if self.positive is None:
+            logits = np.log(np.clip(test, 1e-12, 1))
+            return self.metrics(logits, splits.test.targets, splits.label_names)
+        threshold = choose_threshold(val[:, self.positive], splits.val.targets == self.positive, objective)
+        return binary_metrics(test[:, self.positive], splits.test.targets == self.positive, threshold)
+
+    def preprocessing_config(self) -> dict[str, Any]:
+        config = {"kind": "tabular", **self.encoder.config(), "target": self.recipe.data.target or self.options.get("target")}
+        if self.positive is not None:
+            config |= {"positive_index": self.positive, "threshold": self.threshold}
+        return config
+
+    def calibration_inputs(self, splits: Splits, count: int) -> list[dict[str, np.ndarray]]:
+        part = splits.train.subset(np.arange(min(count, len(splits.train))))
+        return [{k: v[i : i + 64] for k, v in part.inputs.items()} for i in range(0, len(part), 64)]
