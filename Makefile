@@ -45,6 +45,7 @@ bench: models
 	$(BIN)/python benchmarks/text_entities.py
 	$(BIN)/python benchmarks/image_classify.py
 	$(BIN)/python benchmarks/audio_classify.py
+	$(BIN)/python benchmarks/tabular_predict.py
 	$(BIN)/python benchmarks/loadtest_tool.py
 
 bento: models

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,7 +81,10 @@ def server(argv: list[str], port: int, env: dict[str, str] | None = None, ready_
 def tuneserve_server(repository: Path) -> tuple[list[str], int, dict[str, str]]:
     port = free_port()
     argv = [str(Path(sys.executable).with_name("bentoml")), "serve", "serving.service:TuneServe", "--port", str(port)]
-    return argv, port, {"TUNESERVE_REPOSITORY": str(repository)}
+    # BentoML keeps Prometheus' multi-process files under BENTOML_HOME and wipes them when a server
+    # starts: a server of its own home keeps its /metrics apart from any other server on the machine.
+    home = tempfile.mkdtemp(prefix="tuneserve-bentoml-home-")
+    return argv, port, {"TUNESERVE_REPOSITORY": str(repository), "BENTOML_HOME": home}
 
 
 def closed_loop_sweep(base: str, route: str, payloads: list[Payload], concurrencies: list[int], seconds: float, label: str) -> list[dict]:
@@ -112,7 +116,9 @@ def eager_model(model_dir: Path):
 
     manifest = load_manifest(model_dir)
     recipe = Recipe.model_validate(manifest.recipe)
-    model = get_task(manifest.task)(recipe, get_backbone(recipe.backbone)).build_model(manifest.labels)
+    task = get_task(manifest.task)(recipe, get_backbone(recipe.backbone))
+    task.restore(manifest.preprocessing)
+    model = task.build_model(manifest.labels)
     missing, _ = model.load_state_dict(torch.jit.load(str(model_dir / "model.ts")).state_dict(), strict=False)
     if missing:
         raise RuntimeError(f"TorchScript weights lack {missing}")

@@ -70,7 +70,9 @@ def server(tiny_repository, tmp_path_factory):
     """`bentoml serve` on a free local port, serving the tiny repository."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    env = dict(os.environ, TUNESERVE_REPOSITORY=str(tiny_repository), TUNESERVE_MAX_WAIT_MS="5")
+    # its own BENTOML_HOME: BentoML wipes the Prometheus files there when a server starts
+    env = dict(os.environ, TUNESERVE_REPOSITORY=str(tiny_repository), TUNESERVE_MAX_WAIT_MS="5",
+               BENTOML_HOME=str(tmp_path_factory.mktemp("bentoml_home")))
     bentoml = Path(sys.executable).with_name("bentoml")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(

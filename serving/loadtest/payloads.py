@@ -121,7 +121,7 @@ def _series(count: int, length: int = 336) -> list[list[float]]:
     rng = np.random.default_rng(0)
     hours = np.arange(length)
     return [
-        list(np.round(500 + 120 * np.sin(2 * np.pi * (hours + s) / 24) + 40 * np.sin(2 * np.pi * hours / 168) + rng.normal(0, 10, length), 2))
+        np.round(500 + 120 * np.sin(2 * np.pi * (hours + s) / 24) + 40 * np.sin(2 * np.pi * hours / 168) + rng.normal(0, 10, length), 2).tolist()
         for s in range(count)
     ]
 

@@ -63,6 +63,9 @@ class Task(ABC):
     def prepare(self, model: nn.Module, splits: Splits) -> None:
         """Hook run once the model is built and before training (e.g. pseudo-labelling)."""
 
+    def restore(self, preprocessing: dict[str, Any]) -> None:
+        """Set what `build_model` needs from a manifest's `preprocessing` (to rebuild a built model)."""
+
     def after_fit(self, model: nn.Module, splits: Splits) -> None:
         """Hook run after training and before test evaluation and export (e.g. calibration)."""
 

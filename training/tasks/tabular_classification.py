@@ -194,6 +194,11 @@ class TabularClassificationTask(Task):
         arrays = ArrayExamples(encoded, y)
         return Splits(arrays.subset(train), arrays.subset(val), arrays.subset(test), label_names)
 
+    def restore(self, preprocessing: dict[str, Any]) -> None:
+        self.encoder = RowEncoder.from_config(preprocessing)
+        self.positive = preprocessing.get("positive_index")
+        self.threshold = float(preprocessing.get("threshold", 0.5))
+
     def build_model(self, label_names: list[str]) -> nn.Module:
         hidden = [int(h) for h in self.options.get("hidden", [128, 64])]
         return TabularMLP(self.encoder.numeric_width, self.encoder.cardinalities, len(label_names), hidden, self.recipe.train.dropout)
