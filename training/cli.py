@@ -35,18 +35,61 @@ def _overrides(args: argparse.Namespace) -> dict:
         "train.lr": args.lr,
         "train.max_steps": args.max_steps,
         "train.seed": args.seed,
+        "train.grad_accum_steps": args.grad_accum,
     }
 
 
+def load_params(path: str) -> dict:
+    """A YAML overlay of recipe values: dotted keys (`train.lr: 3.0e-5`, as `tuneserve search` writes)
+    or nested sections (`train: {lr: 3.0e-5}`)."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of recipe keys to values")
+    flat: dict = {}
+
+    def walk(prefix: str, node) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict) and not dotted.startswith("preprocessing."):
+                walk(dotted + ".", value)
+            else:
+                flat[dotted] = value
+
+    walk("", data)
+    flat.pop("search_value", None)
+    return flat
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from training.loop import world_size
     from training.pipeline import build
 
-    recipe = load_recipe(args.recipe).with_overrides(_overrides(args))
+    recipe = load_recipe(args.recipe)
+    if args.params:
+        recipe = recipe.with_overrides(load_params(args.params))
+    recipe = recipe.with_overrides(_overrides(args))
     if args.no_quantise:
         recipe = recipe.with_overrides({"quantise.mode": "none"})
     if args.no_gate:
         recipe = recipe.with_overrides({"gates.min_test_metric": 0.0})
-    build(recipe, _repository(args))
+    try:
+        build(recipe, _repository(args), resume=args.resume)
+    finally:
+        if world_size() > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from training.search import parse_duration, search
+
+    recipe = load_recipe(args.recipe).with_overrides({"data.limit": args.limit, "search.epochs": args.epochs})
+    search(recipe, args.trials, args.sampler, parse_duration(args.timeout), Path(args.out) if args.out else None, args.pruner, args.seed)
     return 0
 
 
@@ -85,8 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--no-quantise", action="store_true")
     p.add_argument("--no-gate", action="store_true", help="write the model even below the recipe's quality gate")
+    p.add_argument("--params", help="YAML overlay of recipe values, e.g. runs/intent-search/best.yaml from `tuneserve search`")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step")
+    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/last.pt after an interruption")
     p.add_argument("--repository")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("search", help="hyper-parameter search (optuna) over the recipe's search space; resumable")
+    p.add_argument("recipe")
+    p.add_argument("--trials", type=int, default=20, help="total trials in the study (a resumed study counts its finished ones)")
+    p.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe")
+    p.add_argument("--pruner", choices=["median", "halving", "none"], help="default: the recipe's search.pruner")
+    p.add_argument("--timeout", help="stop starting trials after this long, e.g. 15m, 90s, 1h")
+    p.add_argument("--epochs", type=int, help="epochs per trial (default: the recipe's search.epochs)")
+    p.add_argument("--limit", type=int, help="use only this many examples")
+    p.add_argument("--seed", type=int, default=13, help="sampler seed")
+    p.add_argument("--out", help="study folder (default runs/<recipe>-search)")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("build", help="build every default recipe that is missing from the repository")
     p.add_argument("--models", help="comma-separated recipe names (default: every default recipe)")

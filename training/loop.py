@@ -1,22 +1,38 @@
-"""The one training loop every task uses: AdamW, warmup + linear decay, gradient clipping,
-early stopping on the task's metric, best checkpoint kept in memory, seeded, with a progress bar."""
+"""The one training loop every task uses: AdamW, warmup + linear decay, gradient clipping and
+accumulation, early stopping on the task's metric, best weights kept in memory, seeded, with a
+progress bar. Optional: bf16 autocast on GPU, a checkpoint per epoch to resume from, TensorBoard
+event files, a per-epoch callback (hyper-parameter search prunes trials with it), and
+DistributedDataParallel when started by `torchrun` (gloo on CPU, nccl on GPU).
+
+Under DDP each of the N processes takes 1/N of every global batch through a DistributedSampler
+(so `batch_size` stays the global batch), gradients are averaged by DDP, the training loss is
+averaged across processes, and every process evaluates the whole validation split (so all take
+the same early-stopping decision). Only rank 0 shows progress, writes checkpoints and events.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from training.evaluate import torch_logits
 from training.recipe import TrainConfig
 from training.tasks.base import Splits, Task
+
+CHECKPOINT = "last.pt"
 
 
 def seed_everything(seed: int) -> None:
@@ -25,12 +41,60 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# --- distributed ---------------------------------------------------------------------------------
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def init_distributed() -> bool:
+    """Join the process group `torchrun` describes (env://); False when not under torchrun."""
+    if world_size() <= 1:
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return True
+
+
+def _mean_across(value: float) -> float:
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+def _sharded(loader: DataLoader, seed: int) -> DataLoader:
+    """The same data, collate and global batch size, each process taking its 1/N share."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    n = dist.get_world_size()
+    sampler = DistributedSampler(loader.dataset, num_replicas=n, rank=dist.get_rank(), shuffle=True, seed=seed)
+    return DataLoader(loader.dataset, batch_size=max(1, loader.batch_size // n), sampler=sampler, collate_fn=loader.collate_fn, num_workers=loader.num_workers)
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
 @dataclass
 class FitResult:
     best_metric: float
     best_epoch: int
     steps: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_epoch: int = 0
 
 
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -53,11 +117,39 @@ def _set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
             p.requires_grad_(not frozen)
 
 
-def fit(model: nn.Module, task: Task, splits: Splits, cfg: TrainConfig, progress: bool = True) -> FitResult:
+def _autocast(cfg: TrainConfig):
+    """bf16 autocast on a GPU when asked (`auto` or `bf16`); full precision on the CPU."""
+    use = cfg.mixed_precision in ("auto", "bf16") and torch.cuda.is_available()
+    return torch.autocast("cuda", dtype=torch.bfloat16) if use else torch.autocast("cpu", enabled=False)
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    splits: Splits,
+    cfg: TrainConfig,
+    progress: bool = True,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> FitResult:
+    """Train `model` in place and leave it holding the best validation weights.
+
+    `run_dir`: where the per-epoch checkpoint (`last.pt`) and TensorBoard events go (rank 0);
+    `resume`: continue from that checkpoint; `on_epoch(epoch, val_metric)`: called after each
+    epoch's validation (may raise to stop, e.g. optuna's TrialPruned)."""
     seed_everything(cfg.seed)
+    distributed = init_distributed()
+    main = is_main_process()
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    if device.type != "cpu":
+        model.to(device)
     train_loader = task.loader(splits.train, shuffle=True, batch_size=cfg.batch_size)
+    if distributed:
+        train_loader = _sharded(train_loader, cfg.seed)
     val_loader = task.loader(splits.val, shuffle=False, batch_size=64)
-    steps_per_epoch = len(train_loader)
+    accum = cfg.grad_accum_steps
+    steps_per_epoch = math.ceil(len(train_loader) / accum)
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -67,31 +159,74 @@ def fit(model: nn.Module, task: Task, splits: Splits, cfg: TrainConfig, progress
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
     )
+    # frozen-backbone epochs leave parameters without gradients, which DDP must be told about
+    trained = nn.parallel.DistributedDataParallel(model, find_unused_parameters=cfg.freeze_backbone_epochs > 0) if distributed else model
 
     result = FitResult(best_metric=-math.inf, best_epoch=-1, steps=0)
     best_state: dict[str, torch.Tensor] | None = None
-    epochs_without_gain = 0
-    bar = tqdm(total=total_steps, desc=f"train {task.recipe.name}", unit="step", disable=not progress, dynamic_ncols=True)
-    for epoch in range(cfg.epochs):
+    epochs_without_gain, start_epoch = 0, 0
+    checkpoint = run_dir / CHECKPOINT if run_dir is not None else None
+    if resume and checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        best_state, epochs_without_gain = state["best_state"], state["epochs_without_gain"]
+        result = state["result"]
+        start_epoch = result.resumed_from_epoch = state["epoch"]
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        if state.get("loader_rng") is not None and train_loader.generator is not None:
+            train_loader.generator.set_state(state["loader_rng"])  # the next epoch shuffles as it would have
+    writer = _tensorboard(run_dir) if main and run_dir is not None else None
+
+    bar = tqdm(total=total_steps, initial=result.steps, desc=f"train {task.recipe.name}", unit="step", disable=not (progress and main), dynamic_ncols=True)
+    for epoch in range(start_epoch, cfg.epochs):
+        if result.steps >= total_steps or epochs_without_gain >= cfg.patience:
+            break
+        if distributed:
+            train_loader.sampler.set_epoch(epoch)
+
         _set_backbone_frozen(model, epoch < cfg.freeze_backbone_epochs)
         model.train()
         losses = []
-        for inputs, targets in train_loader:
+        optimizer.zero_grad(set_to_none=True)
+        for i, (inputs, targets) in enumerate(train_loader):
             if result.steps >= total_steps:
                 break
-            loss = task.loss(model(*inputs.values()), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if device.type != "cpu":
+                inputs, targets = {k: v.to(device) for k, v in inputs.items()}, targets.to(device)
+            last_of_step = (i + 1) % accum == 0 or i + 1 == len(train_loader)
+            # under DDP, gradients are averaged across processes only on the step's last micro-batch
+            sync = trained.no_sync() if distributed and not last_of_step else contextlib.nullcontext()
+            with sync, _autocast(cfg):
+                loss = task.loss(trained(*inputs.values()).float(), targets)
+                (loss / accum).backward()
+            losses.append(loss.item())
+            if not last_of_step:
+                continue
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             schedule.step()
+            optimizer.zero_grad(set_to_none=True)
             result.steps += 1
-            losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-20:]):.4f}", **{f"val_{task.metric}": f"{result.best_metric:.4f}" if best_state else "-"})
-        logits, targets = torch_logits(model, val_loader)
-        val_metric = float(task.metrics(logits, targets, splits.label_names)[task.metric])
-        result.history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, f"val_{task.metric}": val_metric})
+            if writer is not None:
+                writer.add_scalar("train/loss", losses[-1], result.steps)
+                writer.add_scalar("train/lr", schedule.get_last_lr()[0], result.steps)
+        logits, val_targets = torch_logits(model.cpu() if device.type != "cpu" else model, val_loader)
+        if device.type != "cpu":
+            model.to(device)
+        val_metric = float(task.metrics(logits, val_targets, splits.label_names)[task.metric])
+        train_loss = _mean_across(float(np.mean(losses))) if losses else None
+        result.history.append({"epoch": epoch + 1, "train_loss": train_loss, f"val_{task.metric}": val_metric})
+        if writer is not None:
+            writer.add_scalar(f"val/{task.metric}", val_metric, epoch + 1)
+            if train_loss is not None:
+                writer.add_scalar("train/epoch_loss", train_loss, epoch + 1)
+            writer.flush()
         if val_metric > result.best_metric:
             result.best_metric, result.best_epoch = val_metric, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
@@ -99,11 +234,36 @@ def fit(model: nn.Module, task: Task, splits: Splits, cfg: TrainConfig, progress
         else:
             epochs_without_gain += 1
         bar.set_postfix(epoch=epoch + 1, **{f"val_{task.metric}": f"{val_metric:.4f}", "best": f"{result.best_metric:.4f}"})
-        if epochs_without_gain >= cfg.patience or result.steps >= total_steps:
-            break
+        if main and checkpoint is not None:
+            _save_checkpoint(checkpoint, model, optimizer, schedule, best_state, epochs_without_gain, result, epoch + 1,
+                             train_loader.generator.get_state() if train_loader.generator is not None else None)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, val_metric)
     bar.close()
+    if writer is not None:
+        writer.close()
     _set_backbone_frozen(model, False)
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.eval()
+    model.cpu().eval()
     return result
+
+
+def _save_checkpoint(path: Path, model, optimizer, schedule, best_state, epochs_without_gain: int, result: FitResult, epoch: int, loader_rng) -> None:
+    """Everything to continue after an interruption, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "best_state": best_state,
+        "epochs_without_gain": epochs_without_gain, "result": result, "epoch": epoch,
+        "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), "loader_rng": loader_rng,
+    }, tmp)
+    tmp.replace(path)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: training goes on without event files
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))

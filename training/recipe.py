@@ -39,6 +39,9 @@ class TrainConfig(_Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
     seed: int = 13
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (smoke runs)")
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimiser step (batch_size is per micro-batch)")
+    mixed_precision: Literal["auto", "off", "bf16"] = Field("auto", description="auto: bf16 autocast on a GPU, full precision on the CPU")
+    device: Literal["auto", "cpu"] = Field("auto", description="auto: the GPU when there is one")
 
 
 class PretrainConfig(TrainConfig):
@@ -66,6 +69,35 @@ class Gates(_Strict):
     min_test_metric: float = Field(0.0, ge=0, le=1, description="build fails below this on the served variant")
 
 
+class ParamSpec(_Strict):
+    """One searched value: a float or int range (optionally log-scaled) or a list of choices."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+    grid: list[Any] | None = Field(None, description="values the grid sampler tries (default: the choices, or low/middle/high)")
+
+    def grid_values(self) -> list[Any]:
+        if self.grid is not None:
+            return list(self.grid)
+        if self.type == "categorical":
+            return list(self.choices or [])
+        mid = (self.low * self.high) ** 0.5 if self.log and self.low > 0 else (self.low + self.high) / 2
+        values = [self.low, mid, self.high]
+        return sorted({int(round(v)) for v in values}) if self.type == "int" else values
+
+
+class SearchConfig(_Strict):
+    """`tuneserve search`: the space (dotted recipe keys → ParamSpec), the per-trial epoch budget and
+    the pruner that stops trials whose validation curve falls behind."""
+
+    space: dict[str, ParamSpec]
+    epochs: int | None = Field(None, ge=1, description="epochs per trial (default: the recipe's, or the space's train.epochs)")
+    pruner: Literal["median", "halving", "none"] = "median"
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
@@ -83,6 +115,7 @@ class Recipe(_Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     quantise: QuantiseConfig = Field(default_factory=QuantiseConfig)
     gates: Gates = Field(default_factory=Gates)
+    search: SearchConfig | None = None
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Recipe":
         """Apply dotted overrides such as {"train.epochs": 2, "data.source": "my.csv"}; re-validated."""

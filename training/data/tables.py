@@ -9,6 +9,7 @@ any user file, so the same path is exercised.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +114,7 @@ def breast_cancer_table() -> dict[str, list]:
 
 def write_csv(path: Path, columns: dict[str, list]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # several processes (DDP ranks) may write at once
     names = list(columns)
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)

@@ -1,0 +1,245 @@
+"""Hyper-parameter search with optuna over the space a recipe declares (`search.space`).
+
+Each trial fine-tunes with the shared loop and reports its validation metric after every epoch, so
+the pruner (median or successive halving) stops trials whose curve falls behind. The study lives in
+SQLite under runs/<name>-search/, so running the same command again resumes it. The recipe's own
+values are the first trial of a new study, which puts the defaults in the same table as the rest.
+At the end: results.md (every trial), best.yaml (an overlay `tuneserve train --params` accepts),
+history.png and importance.png.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.recipe import ParamSpec, Recipe
+
+SAMPLERS = ("tpe", "random", "grid")
+
+
+@dataclass
+class SearchResult:
+    out_dir: Path
+    best_value: float
+    best_params: dict[str, Any]
+    default_value: float | None
+    trials: int
+
+
+def _get(recipe: Recipe, dotted: str) -> Any:
+    node: Any = recipe.model_dump()
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _suggest(trial, key: str, spec: ParamSpec) -> Any:
+    if spec.type == "categorical":
+        return trial.suggest_categorical(key, spec.choices)
+    if spec.type == "int":
+        return trial.suggest_int(key, int(spec.low), int(spec.high), log=spec.log)
+    return trial.suggest_float(key, float(spec.low), float(spec.high), log=spec.log)
+
+
+def _check_space(recipe: Recipe) -> dict[str, ParamSpec]:
+    if recipe.search is None or not recipe.search.space:
+        raise ValueError(f"recipe {recipe.name!r} declares no search space (add a `search: {{space: ...}}` section)")
+    for key, spec in recipe.search.space.items():
+        if _get(recipe, key) is None and not key.startswith("preprocessing."):
+            raise ValueError(f"search space key {key!r} is not a value of recipe {recipe.name!r}")
+        if spec.type == "categorical" and not spec.choices:
+            raise ValueError(f"search space {key!r}: categorical needs `choices`")
+        if spec.type != "categorical" and (spec.low is None or spec.high is None or spec.low > spec.high):
+            raise ValueError(f"search space {key!r}: needs low ≤ high")
+    return recipe.search.space
+
+
+def _defaults(recipe: Recipe, space: dict[str, ParamSpec]) -> dict[str, Any]:
+    """The recipe's own values, where the space can represent them (else the trial is not enqueued)."""
+    out = {}
+    for key, spec in space.items():
+        value = _get(recipe, key)
+        if value is None:
+            return {}
+        if spec.type == "categorical" and value not in spec.choices:
+            return {}
+        if spec.type != "categorical" and not spec.low <= value <= spec.high:
+            return {}
+        out[key] = value
+    return out
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90s', '15m', '2h' or plain seconds → seconds."""
+    if not text:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = text.strip().lower()
+    if text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text)
+
+
+def search(recipe: Recipe, trials: int, sampler: str = "tpe", timeout_s: float | None = None, out_dir: Path | None = None,
+           pruner: str | None = None, seed: int = 13, quiet: bool = False) -> SearchResult:
+    import optuna
+
+    from serving.settings import PROJECT_ROOT
+    from training.backbones import get_backbone
+    from training.loop import fit, seed_everything
+    from training.tasks import get_task
+
+    space = _check_space(recipe)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+    out_dir = Path(out_dir or PROJECT_ROOT / "runs" / f"{recipe.name}-search")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{out_dir / 'study.db'}"
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "grid": lambda: optuna.samplers.GridSampler({k: s.grid_values() for k, s in space.items()}, seed=seed),
+    }
+    pruner = pruner or recipe.search.pruner
+    pruners = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }
+    if not quiet:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=recipe.name, storage=storage, load_if_exists=True, direction="maximize",
+                                sampler=samplers[sampler](), pruner=pruners[pruner]())
+    defaults = _defaults(recipe, space)
+    if not study.trials and defaults:
+        study.enqueue_trial(defaults, user_attrs={"defaults": True})
+
+    splits_cache: dict[str, Any] = {}
+
+    def objective(trial) -> float:
+        params = {key: _suggest(trial, key, spec) for key, spec in space.items()}
+        overrides = dict(params)
+        if recipe.search.epochs is not None and "train.epochs" not in params:
+            overrides["train.epochs"] = recipe.search.epochs
+        candidate = recipe.with_overrides(overrides)
+        seed_everything(candidate.train.seed)
+        # tasks keep what loading the data taught them (schema, vocabularies): reuse task and splits
+        # while the data and pre-processing stay the same, with this trial's recipe
+        key = json.dumps([candidate.data.model_dump(), candidate.preprocessing, candidate.backbone], sort_keys=True, default=str)
+        if key not in splits_cache:
+            splits_cache.clear()  # one data configuration in memory at a time
+            task = get_task(candidate.task)(candidate, get_backbone(candidate.backbone))
+            task.progress = False
+            splits_cache[key] = (task, task.load_data())
+        task, splits = splits_cache[key]
+        task.recipe, task.report = candidate, {}
+        model = task.build_model(splits.label_names)
+        task.prepare(model, splits)
+
+        def report(epoch: int, value: float) -> None:
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation {task.metric} {value:.4f} after epoch {epoch}")
+
+        started = time.perf_counter()
+        result = fit(model, task, splits, candidate.train, progress=False, on_epoch=report)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
+        return result.best_metric
+
+    finished = [t for t in study.trials if t.state.is_finished()]
+    remaining = max(0, trials - len(finished))
+    if sampler == "grid":
+        size = 1
+        for spec in space.values():
+            size *= len(spec.grid_values())
+        remaining = min(remaining, max(0, size - len(finished)))
+    if remaining:
+        study.optimize(objective, n_trials=remaining, timeout=timeout_s, show_progress_bar=not quiet, gc_after_trial=True)
+    return write_report(study, recipe, out_dir, sampler, pruner, quiet)
+
+
+def write_report(study, recipe: Recipe, out_dir: Path, sampler: str, pruner: str, quiet: bool = False) -> SearchResult:
+    import optuna
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise RuntimeError(f"search {recipe.name}: no trial completed (see {out_dir})")
+    best = study.best_trial
+    default_trial = next((t for t in study.trials if t.user_attrs.get("defaults")), None)
+    default_value = default_trial.value if default_trial is not None and default_trial.state == optuna.trial.TrialState.COMPLETE else None
+    (out_dir / "best.yaml").write_text(
+        f"# best of {len(done)} completed trials of `tuneserve search {recipe.name}` (validation {recipe_metric(recipe)} "
+        f"{best.value:.4f}); use with: tuneserve train {recipe.name} --params {out_dir / 'best.yaml'}\n"
+        + yaml.safe_dump(dict(best.params), sort_keys=True)
+    )
+    keys = list(recipe.search.space)
+    lines = [
+        f"# Search `{recipe.name}` — {sampler} sampler, {pruner} pruner",
+        "",
+        f"{len(study.trials)} trials: {len(done)} complete, {sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)} pruned, "
+        f"{sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)} failed. Metric: validation {recipe_metric(recipe)} (higher is better).",
+        "",
+        f"- recipe defaults (trial {default_trial.number if default_trial else '-'}): "
+        + (f"**{default_value:.4f}**" if default_value is not None else "not run (outside the space or pruned)"),
+        f"- best (trial {best.number}): **{best.value:.4f}** with {json.dumps(best.params)}",
+        "",
+        "| trial | state | value | " + " | ".join(keys) + " | epochs | seconds |",
+        "|---:|---|---:|" + "---:|" * len(keys) + "---:|---:|",
+    ]
+    for t in study.trials:
+        value = f"{t.value:.4f}" if t.value is not None else "-"  # a pruned trial shows its last reported value
+        cells = [_fmt(t.params.get(k)) for k in keys]
+        tag = " (defaults)" if t.user_attrs.get("defaults") else ""
+        lines.append(f"| {t.number} | {t.state.name.lower()}{tag} | {value} | " + " | ".join(cells)
+                     + f" | {len(t.intermediate_values)} | {t.user_attrs.get('seconds', '-')} |")
+    lines += ["", "A pruned trial's value is its last validation score before it was stopped.", ""]
+    (out_dir / "results.md").write_text("\n".join(lines))
+    _plots(study, out_dir)
+    if not quiet:
+        print("\n".join(lines[:6]))
+        print(f"[tuneserve] search results in {out_dir}: results.md, best.yaml, history.png, importance.png")
+    return SearchResult(out_dir, float(best.value), dict(best.params), default_value, len(study.trials))
+
+
+def recipe_metric(recipe: Recipe) -> str:
+    from training.tasks import get_task
+
+    return get_task(recipe.task).metric
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "-" if value is None else str(value)
+
+
+def _plots(study, out_dir: Path) -> None:
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ov
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+        for name, plot in (("history.png", ov.plot_optimization_history), ("importance.png", ov.plot_param_importances)):
+            try:
+                ax = plot(study)
+            except (ValueError, RuntimeError):  # e.g. importances need ≥ 2 completed trials
+                continue
+            fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
+            fig.set_size_inches(8, 5)
+            fig.tight_layout()
+            fig.savefig(out_dir / name, dpi=110)
+            plt.close(fig)
