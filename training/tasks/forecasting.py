@@ -9,7 +9,8 @@ same hour one week earlier), with quantiles kept ordered by construction.
 Splits are in time order: training windows from the start, validation origins next, and the held-out
 tail as a rolling-origin backtest (one 24-hour forecast per day). The manifest's report has MASE and
 p10-p90 coverage in the series' units for the fine-tuned model, the pretrained-only model and
-seasonal-naive. Recipe `preprocessing` keys: `window`, `horizon`, `train_stride`, `origin_stride`.
+seasonal-naive. Recipe `preprocessing` keys: `window`, `horizon`, `train_stride`, `origin_stride`,
+`augment_strength` (training/augment.py: jitter, magnitude warp, window slicing; 0 = off).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from serving.processing.series import MAX_GAP, standardise
+from training.augment import augment_series
 from training.data.arrays import ArrayExamples, array_loader
 from training.data.series import read_series_csv, resolve_series, synthetic_corpus
 from training.tasks.base import Splits, Task
@@ -140,7 +142,16 @@ class ForecastingTask(Task):
         self.pretrained = copy.deepcopy(model).eval()
 
     def loader(self, split: ArrayExamples, shuffle: bool, batch_size: int | None = None) -> DataLoader:
-        return array_loader(split, batch_size or self.recipe.train.batch_size, shuffle, self.recipe.train.seed)
+        strength = float(self.recipe.preprocessing.get("augment_strength", 0.0))
+        transform = None
+        if shuffle and strength > 0:
+            rng = np.random.default_rng(self.recipe.train.seed)
+
+            def transform(inputs, targets):
+                history, targets = augment_series(inputs["history"], targets, WEEK, strength, rng)
+                return {"history": history}, targets
+
+        return array_loader(split, batch_size or self.recipe.train.batch_size, shuffle, self.recipe.train.seed, transform)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return pinball(outputs, targets[..., 0])

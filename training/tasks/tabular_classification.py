@@ -5,7 +5,8 @@ decision threshold chosen on the validation split, and a gradient-boosting basel
 Recipe `preprocessing` keys: `features` ({column: {kind, missing}} overrides of the inferred schema),
 `exclude` (columns that are not features), `min_category_count`, `class_weight` (balanced | none),
 `positive_label` (binary; default: the rarer class), `threshold_objective` (f1 | accuracy | youden),
-`hidden` (layer widths).
+`hidden` (layer widths), `augment_strength` (Gaussian noise on numeric features, 0 = off) and
+`mixup` (Beta α for mixup of numeric features and targets, 0 = off).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from serving.processing.postprocess import softmax
 from serving.processing.tabular import RowEncoder, fit_feature, infer_kinds, parse_cell
+from training.augment import mixup, tabular_noise
 from training.data.arrays import ArrayExamples, array_loader
 from training.data.tables import read_csv_columns, resolve_table
 from training.tasks.base import Splits, Task
@@ -145,6 +147,7 @@ class TabularClassificationTask(Task):
         y = np.array([index[v] for v in np.asarray(labels_text, dtype=object)[keep]], dtype=np.int64)
         if len(label_names) < 2:
             raise ValueError(f"{path}: the target {target!r} has a single class")
+        self.num_labels = len(label_names)
 
         exclude = set(self.options.get("exclude", []))
         overrides: dict[str, dict] = self.options.get("features", {}) or {}
@@ -196,6 +199,7 @@ class TabularClassificationTask(Task):
 
     def restore(self, preprocessing: dict[str, Any]) -> None:
         self.encoder = RowEncoder.from_config(preprocessing)
+        self.num_labels = None
         self.positive = preprocessing.get("positive_index")
         self.threshold = float(preprocessing.get("threshold", 0.5))
 
@@ -204,7 +208,19 @@ class TabularClassificationTask(Task):
         return TabularMLP(self.encoder.numeric_width, self.encoder.cardinalities, len(label_names), hidden, self.recipe.train.dropout)
 
     def loader(self, split: ArrayExamples, shuffle: bool, batch_size: int | None = None) -> DataLoader:
-        return array_loader(split, batch_size or self.recipe.train.batch_size, shuffle, self.recipe.train.seed)
+        strength = float(self.options.get("augment_strength", 0.0))
+        alpha = float(self.options.get("mixup", 0.0))
+        transform = None
+        if shuffle and (strength > 0 or alpha > 0):
+            rng = np.random.default_rng(self.recipe.train.seed)
+            numeric_columns = [j for j, f in enumerate(self.encoder.dense) if f.kind == "numeric"]
+            classes = self.num_labels
+
+            def transform(inputs, targets):
+                inputs = dict(inputs, numeric=tabular_noise(inputs["numeric"], numeric_columns, strength, rng))
+                return mixup(inputs, targets, classes, alpha, rng) if alpha > 0 else (inputs, targets)
+
+        return array_loader(split, batch_size or self.recipe.train.batch_size, shuffle, self.recipe.train.seed, transform)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         weight = None if self.class_weights is None else torch.as_tensor(self.class_weights, dtype=logits.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from serving.processing import TextPreprocessor
+from training.augment import augment_text
 from training.data.text import TextExamples, load_text_splits
 from training.evaluate import classification_metrics
 from training.tasks.base import Batch, Splits, Task
@@ -51,6 +53,9 @@ class TextClassificationTask(Task):
         super().__init__(recipe, backbone)
         max_length = int(recipe.preprocessing.get("max_length", DEFAULT_MAX_LENGTH))
         self.preprocessor = TextPreprocessor(backbone.assets()["tokenizer.json"], max_length)
+        # training-time text augmentation (training/augment.py); 0 = off
+        self.strength = float(recipe.preprocessing.get("augment_strength", 0.0))
+        self.rng = np.random.default_rng(recipe.train.seed)
 
     def load_data(self) -> Splits:
         d = self.recipe.data
@@ -60,15 +65,18 @@ class TextClassificationTask(Task):
     def build_model(self, label_names: list[str]) -> nn.Module:
         return EncoderWithHead(self.backbone.load(), self.backbone.hidden_size, len(label_names), self.recipe.train.dropout)
 
-    def collate(self, items: list[tuple[str, int]]) -> Batch:
-        batch = self.preprocessor.encode([text for text, _ in items])
+    def collate(self, items: list[tuple[str, int]], train: bool = False) -> Batch:
+        texts = [text for text, _ in items]
+        if train and self.strength > 0:
+            texts = [augment_text(text, [], self.strength, self.rng)[0] for text in texts]
+        batch = self.preprocessor.encode(texts)
         inputs = {"input_ids": torch.from_numpy(batch.input_ids), "attention_mask": torch.from_numpy(batch.attention_mask)}
         return inputs, torch.tensor([label for _, label in items], dtype=torch.long)
 
     def loader(self, split: TextExamples, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         items = list(zip(split.texts, split.labels))
         generator = torch.Generator().manual_seed(self.recipe.train.seed)
-        return DataLoader(items, batch_size=batch_size or self.recipe.train.batch_size, shuffle=shuffle, collate_fn=self.collate, generator=generator)
+        return DataLoader(items, batch_size=batch_size or self.recipe.train.batch_size, shuffle=shuffle, collate_fn=partial(self.collate, train=shuffle), generator=generator)
 
     def metrics(self, logits: np.ndarray, targets: np.ndarray, label_names: list[str]) -> dict[str, Any]:
         return classification_metrics(logits, targets, label_names)

@@ -7,6 +7,7 @@ Word-piece alignment: each pre-tokenised word's first sub-token carries the word
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import DataLoader
 
+from training.augment import augment_text
 from training.data.entities import SpanExample, load_span_examples
 from training.evaluate import IGNORE, token_metrics
 from training.tasks.base import Batch, Splits
@@ -66,7 +68,9 @@ class TokenClassificationTask(TextClassificationTask):
     def build_model(self, label_names: list[str]) -> nn.Module:
         return EncoderWithHead(self.backbone.load(), self.backbone.hidden_size, len(label_names), self.recipe.train.dropout, per_token=True)
 
-    def collate(self, items: list[SpanExample]) -> Batch:
+    def collate(self, items: list[SpanExample], train: bool = False) -> Batch:
+        if train and self.strength > 0:  # spans stay on their words (training/augment.py)
+            items = [SpanExample(*augment_text(ex.text, ex.spans, self.strength, self.rng)) for ex in items]
         batch = self.preprocessor.encode([ex.text for ex in items])
         targets = np.full(batch.input_ids.shape, IGNORE, dtype=np.int64)
         for row, (encoding, ex) in enumerate(zip(batch.encodings, items)):
@@ -77,7 +81,7 @@ class TokenClassificationTask(TextClassificationTask):
 
     def loader(self, split: list[SpanExample], shuffle: bool, batch_size: int | None = None) -> DataLoader:
         generator = torch.Generator().manual_seed(self.recipe.train.seed)
-        return DataLoader(split, batch_size=batch_size or self.recipe.train.batch_size, shuffle=shuffle, collate_fn=self.collate, generator=generator)
+        return DataLoader(split, batch_size=batch_size or self.recipe.train.batch_size, shuffle=shuffle, collate_fn=partial(self.collate, train=shuffle), generator=generator)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
