@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE = 1
 # apt-get when missing (the machines run as root; elsewhere install them by hand).
 SYSTEM_PROGRAMS := espeak-ng
 
-.PHONY: setup system models serve test bench bento clean
+.PHONY: setup system models serve test bench bento container clean
 
 system:
 	@missing=""; for p in $(SYSTEM_PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -48,8 +48,13 @@ bench: models
 	$(BIN)/python benchmarks/tabular_predict.py
 	$(BIN)/python benchmarks/loadtest_tool.py
 
+# The Bento (serving code + built models, run-time requirements only). GPU=1: the CUDA profile.
 bento: models
-	$(BIN)/bentoml build
+	$(BIN)/python deploy/bento_profile.py $(if $(GPU),gpu,cpu) --build
+
+# Needs a Docker (or compatible) engine; the Bento itself builds without one.
+container: bento
+	$(BIN)/bentoml containerize tuneserve:latest $(if $(GPU),--image-tag tuneserve:gpu,--image-tag tuneserve:cpu)
 
 clean:
 	rm -rf $(VENV) exported/*/ exported/.*.building

@@ -112,7 +112,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_serving_commands(sub: argparse._SubParsersAction) -> None:
-    from serving.loadtest.cli import add_loadtest_command
+    try:
+        from serving.loadtest.cli import add_loadtest_command
+    except ImportError:  # the edge Bento ships without the load tester and its dependencies
+        add_loadtest_command = None
 
     p = sub.add_parser("predict", help="answer from a model of the repository, no server needed")
     p.add_argument("model", help="model name, e.g. intent or surface-defects")
@@ -134,7 +137,8 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=3000)
     p.set_defaults(func=cmd_serve)
 
-    add_loadtest_command(sub)
+    if add_loadtest_command is not None:
+        add_loadtest_command(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,7 +105,7 @@ def write_manifest(model_dir: Path, manifest: Manifest) -> Path:
     return path
 
 
-def load_manifest(model_dir: Path, verify: bool = True) -> Manifest:
+def load_manifest(model_dir: Path, verify: bool = True, only_serving: bool = False) -> Manifest:
     """Read `<model_dir>/manifest.json`; with `verify`, refuse the model if any file's sha256 differs."""
     path = Path(model_dir) / MANIFEST_FILE
     try:
@@ -115,7 +115,7 @@ def load_manifest(model_dir: Path, verify: bool = True) -> Manifest:
     except ValidationError as exc:
         raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
     if verify:
-        verify_files(Path(model_dir), manifest)
+        verify_files(Path(model_dir), manifest, only_serving)
     return manifest
 
 
@@ -126,14 +126,17 @@ def serving_files(manifest: Manifest) -> set[str]:
     return needed
 
 
-def verify_files(model_dir: Path, manifest: Manifest) -> None:
+def verify_files(model_dir: Path, manifest: Manifest, only_serving: bool = False) -> None:
     """Every listed file that is present must match its size and sha256; the files serving reads must
-    be present. Others (e.g. model.ts, which an edge image leaves out) may be absent."""
+    be present. Others (e.g. model.ts, which an edge image leaves out) may be absent. With
+    `only_serving`, files the server never reads (TorchScript) are not hashed (faster start)."""
     needed = serving_files(manifest)
     unlisted = needed - set(manifest.files)
     if unlisted:
         raise ManifestError(f"{model_dir}: {sorted(unlisted)} not listed in the manifest's files")
     for rel, entry in manifest.files.items():
+        if only_serving and rel not in needed:
+            continue
         path = model_dir / rel
         if not path.is_file():
             if rel in needed:

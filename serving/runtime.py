@@ -13,7 +13,7 @@ from typing import Any
 from serving.errors import ManifestError, RequestError, UnknownModel
 from serving.manifest import MANIFEST_FILE, Manifest, load_manifest
 from serving.predictors import Predictor, make_predictor
-from serving.sessions import SessionInfo, candidate_providers, create_session
+from serving.sessions import SessionInfo, candidate_providers, create_session, usable_accelerators
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,12 @@ class LoadedModel:
 
 
 def load_model(directory: Path, settings: Settings) -> LoadedModel:
-    manifest = load_manifest(directory, verify=True)
+    manifest = load_manifest(directory, verify=True, only_serving=True)
     providers = candidate_providers(settings.device)
+    if not usable_accelerators(providers):  # no GPU provider can work here: straight to the CPU variant
+        variant = manifest.variant_for("cpu", settings.variant)
+        session, info = create_session(directory / manifest.variants[variant].file, settings.intra_op_threads(), providers)
+        return LoadedModel(manifest, directory, variant, info, make_predictor(directory, manifest, session))
     # Variant choice depends on the device, which is known only once a session initialises: try the
     # GPU variant on the GPU providers first, and the CPU variant on the CPU.
     gpu_variant = manifest.variant_for("gpu", settings.variant)
@@ -66,8 +70,15 @@ class Runtime:
         self.models: dict[str, LoadedModel] = {}
         self.broken: dict[str, str] = {}  # model folder → why it was refused
         root = Path(self.settings.repository)
+        wanted = set(self.settings.models)
+        found = {p.parent.name for p in root.glob(f"*/{MANIFEST_FILE}")}
+        for name in sorted(wanted - found):
+            self.broken[name] = f"asked for in TUNESERVE_MODELS but not in {root}"
+            log.error("not serving %s: not in %s", name, root)
         for manifest_path in sorted(root.glob(f"*/{MANIFEST_FILE}")):
             directory = manifest_path.parent
+            if wanted and directory.name not in wanted:
+                continue
             try:
                 model = load_model(directory, self.settings)
             except (ManifestError, ValueError, OSError) as exc:

@@ -50,10 +50,13 @@ ACCESS_LOG = os.environ.get("TUNESERVE_ACCESS_LOG", "0") == "1"
 TRACING = {"sample_rate": float(os.environ["TUNESERVE_TRACE_SAMPLE_RATE"])} if os.environ.get("TUNESERVE_TRACE_SAMPLE_RATE") else {"excluded_urls": ["/v1/"]}
 
 
+_SETTINGS = Settings()
+
+
 @bentoml.service(
     name="tuneserve",
-    workers=1,
-    traffic={"timeout": 60, "max_concurrency": 1024},
+    workers=_SETTINGS.workers,
+    traffic={"timeout": _SETTINGS.timeout_s, "max_concurrency": _SETTINGS.max_concurrency},
     logging={"access": {"enabled": ACCESS_LOG}},
     tracing=TRACING,
 )

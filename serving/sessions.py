@@ -75,6 +75,16 @@ def _quiet_probe():
         ort.set_default_logger_severity(2)
 
 
+# Providers that failed to initialise in this process, and why: later sessions skip them instead of
+# paying for another failed probe (each probe builds a whole CPU session as ORT falls back).
+_unusable: dict[str, str] = {}
+
+
+def usable_accelerators(providers: list[str]) -> list[str]:
+    """The non-CPU providers among `providers` not already known to fail in this process."""
+    return [p for p in providers if p != CPU and p not in _unusable]
+
+
 def create_session(
     model_path: str | Path,
     threads: int,
@@ -88,6 +98,9 @@ def create_session(
     for provider in providers:
         if provider == CPU:
             break
+        if provider in _unusable:
+            fallbacks.append(f"{provider}: skipped ({_unusable[provider]})")
+            continue
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
             with _quiet_probe() as said:
@@ -98,11 +111,13 @@ def create_session(
                 )
         except Exception as exc:  # a provider that fails to initialise must not stop serving
             fallbacks.append(f"{provider}: {type(exc).__name__}: {exc}")
+            _unusable[provider] = f"{type(exc).__name__}: {str(exc)[:200]}"
             continue
         if session.get_providers()[0] == provider:
             return session, SessionInfo(provider, fallbacks)
         detail = " ".join(said.getvalue().split())[:300]
         fallbacks.append(f"{provider}: did not initialise ({detail or 'no usable device or libraries'})")
+        _unusable[provider] = f"did not initialise: {detail or 'no usable device or libraries'}"
     if fallbacks:
         log.info("%s: serving on the CPU; %s", Path(model_path).name, "; ".join(fallbacks))
     session = ort.InferenceSession(str(model_path), sess_options=session_options(threads), providers=[CPU])

@@ -32,6 +32,11 @@ class Settings:
     max_wait_ms: float = field(default_factory=lambda: _float("TUNESERVE_MAX_WAIT_MS", 2.0))
     max_queue: int = field(default_factory=lambda: _int("TUNESERVE_MAX_QUEUE", 4096))
     max_items_per_request: int = field(default_factory=lambda: _int("TUNESERVE_MAX_ITEMS", 256))
+    # requests in flight per worker before BentoML answers 503; seconds before a request times out
+    max_concurrency: int = field(default_factory=lambda: _int("TUNESERVE_MAX_CONCURRENCY", 256))
+    timeout_s: float = field(default_factory=lambda: _float("TUNESERVE_TIMEOUT_S", 60.0))
+    # which models of the repository to load (comma-separated names); empty = all
+    models: list[str] = field(default_factory=lambda: [m.strip() for m in os.environ.get("TUNESERVE_MODELS", "").split(",") if m.strip()])
     max_text_chars: int = field(default_factory=lambda: _int("TUNESERVE_MAX_TEXT_CHARS", 20_000))
 
     def intra_op_threads(self) -> int:
