@@ -10,9 +10,10 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
@@ -28,11 +29,13 @@ from serving.schemas import ForecastRequest, TabularRequest, TextRequest, parse_
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
-MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+# Request size limits (413 before the body is read past them): JSON bodies and multipart uploads.
+MAX_BODY_BYTES = int(float(os.environ.get("TUNESERVE_MAX_BODY_MB") or 8) * 1024 * 1024)
+MAX_UPLOAD_BYTES = int(float(os.environ.get("TUNESERVE_MAX_UPLOAD_MB") or 100) * 1024 * 1024)
 MAX_FILES = 64
 # Decoding and resizing run here, beside (not inside) the batcher's inference thread.
-_prepare_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="prepare")
+PREPARE_THREADS = os.cpu_count() or 2
+_prepare_pool = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="prepare")
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -87,6 +90,95 @@ async def text_entities(request: Request) -> JSONResponse:
     return _answer(model, predictions=[r["entities"] for r in results], truncated=[r["truncated"] for r in results])
 
 
+@dataclass(frozen=True)
+class FilePart:
+    """One uploaded file of a multipart body: its filename and its bytes (a view into the body)."""
+
+    filename: str | None
+    data: memoryview | bytes
+
+
+def _parse_multipart(body: bytes, content_type: str, max_files: int, max_fields: int, max_field_bytes: int = 1024 * 1024) -> list[tuple[str, str | FilePart]]:
+    """Split a multipart/form-data body held in memory into (name, text or FilePart) in body order.
+
+    The same parser and header rules as Starlette's form parsing (python-multipart; a part with a
+    `filename` is a file), without its copies: each file is a view into `body`, not bytes copied into
+    a spooled temporary file and read back out. Raises ValueError on a malformed body or too many parts.
+    """
+    from python_multipart import MultipartParser
+    from python_multipart.multipart import parse_options_header
+
+    _, params = parse_options_header(content_type)
+    if b"boundary" not in params:
+        raise ValueError("Missing boundary in multipart.")
+    charset = params.get(b"charset", b"utf-8").decode("latin-1")
+
+    def text(raw: bytes) -> str:
+        try:
+            return raw.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            return raw.decode("latin-1")
+
+    view = memoryview(body)
+    items: list[tuple[str, str | FilePart]] = []
+    header_name: list[bytes] = []
+    header_value: list[bytes] = []
+    part: dict = {}
+    counts = {"files": 0, "fields": 0}
+
+    def on_part_begin() -> None:
+        part.clear()
+        part.update(disposition=b"", pieces=[], size=0, file=False)
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_name.append(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.append(data[start:end])
+
+    def on_header_end() -> None:
+        if b"".join(header_name).lower() == b"content-disposition":
+            part["disposition"] = b"".join(header_value)
+        header_name.clear()
+        header_value.clear()
+
+    def on_headers_finished() -> None:
+        _, options = parse_options_header(part["disposition"])
+        if b"name" not in options:
+            raise ValueError('The Content-Disposition header field "name" must be provided.')
+        part["name"] = text(options[b"name"])
+        if b"filename" in options:
+            counts["files"] += 1
+            if counts["files"] > max_files:
+                raise ValueError(f"Too many files. Maximum number of files is {max_files}.")
+            part.update(file=True, filename=text(options[b"filename"]))
+        else:
+            counts["fields"] += 1
+            if counts["fields"] > max_fields:
+                raise ValueError(f"Too many fields. Maximum number of fields is {max_fields}.")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        part["size"] += end - start
+        if not part["file"] and part["size"] > max_field_bytes:
+            raise ValueError(f"Part exceeded maximum size of {max_field_bytes // 1024}KB.")
+        # pieces of the body stay views; the parser's own look-behind buffer is copied
+        part["pieces"].append(view[start:end] if data is body else bytes(data[start:end]))
+
+    def on_part_end() -> None:
+        pieces = part["pieces"]
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        items.append((part["name"], FilePart(part["filename"], data) if part["file"] else text(bytes(data))))
+
+    parser = MultipartParser(params[b"boundary"], {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+    })
+    parser.write(body)
+    parser.finalize()
+    return items
+
+
 async def _file_request(request: Request, task: str, file_field: str, options: set[str]):
     """Parse a bounded multipart body of `file_field` uploads plus `model` and `options` fields;
     decode every upload in the prepare pool (beside the inference thread). Errors name the file."""
@@ -94,9 +186,9 @@ async def _file_request(request: Request, task: str, file_field: str, options: s
     expected = ", ".join(f"`{f}`" for f in [file_field, "model", *sorted(options)])
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise RequestError(f"send multipart/form-data with one or more `{file_field}` files (fields: {expected})", status=415)
-    request._body = await read_body(request, MAX_UPLOAD_BYTES)  # parse the multipart from the bounded body
+    body = await read_body(request, MAX_UPLOAD_BYTES)
     try:
-        form = await request.form(max_files=MAX_FILES, max_fields=16)
+        form = FormData(_parse_multipart(body, request.headers["content-type"], max_files=MAX_FILES, max_fields=16))
     except Exception as exc:  # malformed multipart, too many parts
         raise RequestError(f"malformed multipart body: {exc}") from None
     unknown = sorted(set(form.keys()) - {"model", file_field, *options})
@@ -110,14 +202,17 @@ async def _file_request(request: Request, task: str, file_field: str, options: s
     if not uploads:
         raise RequestError(f"{file_field}: no files; send one or more `{file_field}` file fields")
     for i, upload in enumerate(uploads):
-        if not isinstance(upload, UploadFile):
+        if not isinstance(upload, FilePart):
             raise RequestError(f"{file_field}[{i}]: expected a file upload, got a text field (URLs are not fetched)")
-    contents = [await upload.read() for upload in uploads]
+    # One pool task per prepare thread (files dealt round-robin), not one per file: a task costs
+    # the event loop a future and a thread hand-off, which adds up at dozens of files a request.
+    jobs = [(f"{file_field}[{i}]", u.filename, u.data) for i, u in enumerate(uploads)]
+    groups = min(len(jobs), PREPARE_THREADS)
     loop = asyncio.get_running_loop()
-    prepared = await asyncio.gather(
-        *(loop.run_in_executor(_prepare_pool, _prepare_one, model.predictor, f"{file_field}[{i}]", u.filename, data) for i, (u, data) in enumerate(zip(uploads, contents))),
-        return_exceptions=True,
-    )
+    results = await asyncio.gather(*(loop.run_in_executor(_prepare_pool, _prepare_many, model.predictor, jobs[g::groups]) for g in range(groups)))
+    prepared = [None] * len(jobs)
+    for g, group in enumerate(results):
+        prepared[g::groups] = group
     errors = [p for p in prepared if isinstance(p, Exception)]
     if errors:
         raise errors[0] if isinstance(errors[0], RequestError) else RequestError(str(errors[0]))
@@ -189,14 +284,25 @@ def _top_k(raw, classes: int) -> int:
     return value
 
 
-def _prepare_one(predictor, field: str, filename: str | None, data: bytes):
+def _prepare_one(predictor, field: str, filename: str | None, data: bytes | memoryview):
     name = f"{field} ({filename!r})" if filename else field
     if len(data) > MAX_FILE_BYTES:
         raise RequestError(f"{name}: {len(data) / 2**20:.1f} MiB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MiB per file", status=413)
     try:
-        return predictor.prepare(data)
+        return predictor.prepare(bytes(data))
     except (ImageError, AudioError) as exc:
         raise RequestError(f"{name}: {exc}") from None
+
+
+def _prepare_many(predictor, jobs: list[tuple[str, str | None, memoryview | bytes]]) -> list:
+    """`_prepare_one` for each (field, filename, data) in turn; an exception is returned in its place."""
+    results = []
+    for field, filename, data in jobs:
+        try:
+            results.append(_prepare_one(predictor, field, filename, data))
+        except Exception as exc:
+            results.append(exc)
+    return results
 
 
 async def request_error(request: Request, exc: RequestError) -> JSONResponse:

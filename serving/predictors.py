@@ -157,11 +157,11 @@ class AudioClassifier:
             best = int(row.argmax())
             return float(row[best]) + (1.0 if best in keywords else 0.0)
 
-        best = max(range(len(probs)), key=lambda i: strength(probs[i]))
+        best = 0 if len(probs) == 1 else max(range(len(probs)), key=lambda i: strength(probs[i]))
         row, window = probs[best], clip.windows[best]
         top = int(row.argmax())
         return {"label": labels[top], "score": float(row[top]), "start_s": window.start_s, "end_s": window.end_s,
-                "scores": {label: float(p) for label, p in zip(labels, row)}, "speech": True}
+                "scores": dict(zip(labels, row.tolist())), "speech": True}
 
 
 class TabularClassifier:

@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 
 from serving.processing.audio import AudioError, LogMelFrontEnd, decode_audio
 
@@ -84,3 +85,35 @@ def test_windows_are_padded_or_centred():
     long = np.arange(40000, dtype=np.float32)
     assert fe.fit_window(long)[0] == 12000
     assert LogMelFrontEnd.from_config(fe.config()) == fe
+
+
+@pytest.mark.parametrize("channels", [1, 2, 6])
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "PCM_32", "FLOAT"])
+def test_integer_reads_and_column_mixing_give_libsndfiles_samples(channels, subtype):
+    """Integer PCM is read as integers and scaled in numpy, channels mixed column by column: the
+    result must be libsndfile's own float conversion averaged over the channels."""
+    rng = np.random.default_rng(channels)
+    audio = rng.uniform(-0.9, 0.9, size=(22050 + 3, channels)).astype(np.float32)
+    data = encode(audio if channels > 1 else audio[:, 0], 22050, "WAV", subtype)
+    reference, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    expected = soxr.resample(reference.mean(axis=1), 22050, 16000, quality="HQ").astype(np.float32)
+    np.testing.assert_allclose(decode_audio(data), expected, rtol=0, atol=1e-6)
+    at_16k = encode(audio if channels > 1 else audio[:, 0], 16000, "WAV", subtype)  # no resampling: the mix itself
+    np.testing.assert_allclose(decode_audio(at_16k), sf.read(io.BytesIO(at_16k), dtype="float32", always_2d=True)[0].mean(axis=1), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("length", [100, 8000, 16000, 40000])
+def test_front_end_matches_the_direct_definition(length):
+    """Features of short (padded), exact and long (centre) inputs vs a plain float64 STFT."""
+    fe = LogMelFrontEnd()
+    x = np.random.default_rng(length).standard_normal(length).astype(np.float32) * 0.1
+    left = (fe.n_fft - fe.win_length) // 2
+    window = np.pad(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(fe.win_length) / fe.win_length), (left, fe.n_fft - fe.win_length - left))
+    padded = np.pad(fe.fit_window(x).astype(np.float64), fe.n_fft // 2)
+    frames = np.stack([padded[i : i + fe.n_fft] for i in range(0, len(padded) - fe.n_fft + 1, fe.hop_length)])
+    power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2
+    expected = np.log(fe.filterbank.astype(np.float64) @ power.T + fe.log_floor)
+    ours = fe(x)
+    assert ours.shape == (1, 64, 101) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours[0], expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(fe.power_spectrogram(fe.fit_window(x)), power.T, rtol=1e-4, atol=1e-9)

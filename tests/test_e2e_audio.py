@@ -125,6 +125,32 @@ def test_concurrent_clips_get_their_own_answers(server, tiny_repository):
 
 
 
+def test_many_clips_in_one_request_answer_like_one_each(server):
+    """Dozens of files per request: answers in file order, each the same as sending the file alone;
+    one bad file among them is named; too many files or a broken body is a 400."""
+    rng = np.random.default_rng(1)
+    clips = []
+    for i in range(40):
+        rate, channels = [(16000, 1), (44100, 2), (22050, 1), (48000, 2)][i % 4]
+        signal = (0.3 * np.sin(2 * np.pi * rng.uniform(100, 3000) * np.arange(rate) / rate)).astype(np.float32)
+        clips.append((f"clip-{i}-é.wav", encode(np.stack([signal] * channels, axis=1) if channels > 1 else signal, rate, "WAV", "PCM_16")))
+    r = httpx.post(server + ROUTE, data={"model": "keywords"}, files=[("audio", c) for c in clips], timeout=60)
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert [p["file"] for p in preds] == [name for name, _ in clips]
+    for i in (0, 1, 2, 3, 39):
+        (alone,) = httpx.post(server + ROUTE, files={"audio": clips[i]}, timeout=60).json()["predictions"]
+        assert alone["label"] == preds[i]["label"] and max(abs(alone["scores"][k] - preds[i]["scores"][k]) for k in alone["scores"]) < 1e-4
+
+    bad = [("audio", c) for c in clips[:5]] + [("audio", ("broken.wav", b"RIFF not really"))] + [("audio", c) for c in clips[5:10]]
+    r = httpx.post(server + ROUTE, files=bad, timeout=60)
+    assert r.status_code == 400 and "audio[5] ('broken.wav')" in r.json()["error"]
+    r = httpx.post(server + ROUTE, files=[("audio", clips[0])] * 65, timeout=60)
+    assert r.status_code == 400 and "Too many files" in r.json()["error"]
+    r = httpx.post(server + ROUTE, content=b"--xyz\r\nnot a part", headers={"content-type": "multipart/form-data; boundary=abc"})
+    assert r.status_code == 400 and "malformed multipart body" in r.json()["error"]
+
+
 def test_cli_predict_reads_audio_files(tiny_repository, tmp_path):
     import json
     import sys

@@ -5,23 +5,36 @@ the header (sample rate ≥ 8 kHz, at most 30 s) before reading samples, mixes a
 mono and resamples to 16 kHz with soxr. `LogMelFrontEnd` turns one-second windows into log-mel
 spectrograms (Hann window, centred frames, Slaney mel scale and area normalisation — the same
 definitions as librosa's defaults, which a test checks).
+
+Both run once per uploaded clip in the server's prepare threads, so they avoid per-call work that
+does not depend on the input: the window and filterbank are built once, STFT frames are strided
+views rather than gathered copies, and the large intermediate arrays live in per-thread scratch
+buffers (allocating and freeing a few hundred KiB per call costs more than the arithmetic, as glibc
+returns such blocks to the kernel and every call page-faults them back in).
 """
 
 from __future__ import annotations
 
+import inspect
 import io
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 import soundfile as sf
 import soxr
+from numpy.lib.stride_tricks import sliding_window_view
 
 TARGET_RATE = 16_000
 MIN_RATE = 8_000
 MAX_SECONDS = 30.0
 MAX_AUDIO_BYTES = 20 * 1024 * 1024
 FORMATS = {"WAV", "WAVEX", "FLAC", "OGG", "RF64", "W64"}
+# Integer PCM is read as integers and scaled here: libsndfile's own int → float conversion is about
+# 3× slower than numpy's. The scale is the one libsndfile uses (full scale → ±1.0), so the samples
+# are the same floats. Other subtypes (float, 8-bit, Vorbis, ...) are read as float32.
+_INTEGER_READS = {"PCM_16": ("int16", 2.0**-15), "PCM_24": ("int32", 2.0**-31), "PCM_32": ("int32", 2.0**-31)}
 
 
 class AudioError(ValueError):
@@ -39,21 +52,44 @@ def decode_audio(data: bytes, target_rate: int = TARGET_RATE, max_seconds: float
             rate, frames, fmt = f.samplerate, f.frames, f.format
             if fmt not in FORMATS:
                 raise AudioError(f"{fmt} audio is not supported; send WAV, FLAC or OGG/Vorbis")
-            if rate < min_rate:
-                raise AudioError(f"sample rate {rate} Hz is below the minimum of {min_rate} Hz")
-            if frames > max_seconds * rate:
-                raise AudioError(f"{frames / rate:.1f} s long; the limit is {max_seconds:g} s")
-            samples = f.read(dtype="float32", always_2d=True)
+            _check_length(rate, frames, min_rate, max_seconds)
+            dtype, scale = _INTEGER_READS.get(f.subtype, ("float32", 1.0))
+            samples = f.read(dtype=dtype, always_2d=True)
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
         raise AudioError(f"not audio, or a corrupt header ({' '.join(str(exc).split())[:120]})") from None
     if samples.shape[0] == 0:
         raise AudioError("no samples")
-    mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+    mono = _mix_to_mono(samples, scale)
     if rate != target_rate:
         mono = soxr.resample(mono, rate, target_rate, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _check_length(rate: int, frames: int, min_rate: int, max_seconds: float) -> None:
+    if rate < min_rate:
+        raise AudioError(f"sample rate {rate} Hz is below the minimum of {min_rate} Hz")
+    if frames > max_seconds * rate:
+        raise AudioError(f"{frames / rate:.1f} s long; the limit is {max_seconds:g} s")
+
+
+def _mix_to_mono(samples: np.ndarray, scale: float) -> np.ndarray:
+    """(frames, channels) samples → float32 mono, the mean of the channels times `scale`.
+    The channels are converted together and then added column by column: numpy's mean over a
+    short last axis is a strided reduction about 20× slower than these few vector operations."""
+    channels = samples.shape[1]
+    if channels == 1 and samples.dtype == np.float32 and scale == 1.0:
+        return samples[:, 0]
+    converted = samples.astype(np.float32, copy=False)
+    if channels == 1:
+        mono = converted[:, 0] if converted is not samples else converted[:, 0].copy()
+    else:
+        mono = np.add(converted[:, 0], converted[:, 1])
+    for c in range(2, channels):
+        mono += converted[:, c]
+    mono *= np.float32(scale / channels)
+    return mono
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
@@ -108,19 +144,42 @@ class LogMelFrontEnd:
         return weights.astype(np.float32)
 
     @cached_property
-    def _window(self) -> np.ndarray:
+    def _hann(self) -> np.ndarray:
+        """The non-zero part of the analysis window: periodic Hann of win_length samples (float64)."""
         n = np.arange(self.win_length)
-        hann = 0.5 - 0.5 * np.cos(2 * np.pi * n / self.win_length)  # periodic Hann
-        left = (self.n_fft - self.win_length) // 2
-        return np.pad(hann, (left, self.n_fft - self.win_length - left))
+        return 0.5 - 0.5 * np.cos(2 * np.pi * n / self.win_length)
+
+    def _scratch(self, n_samples: int) -> "_StftScratch":
+        """This thread's STFT buffers for `n_samples` input samples (kept for the one-window length
+        every request uses; other lengths get fresh buffers)."""
+        key = (n_samples, self.n_fft, self.win_length, self.hop_length)
+        if n_samples != self.window_samples:
+            return _StftScratch(*key)
+        cache = _thread_scratch.__dict__.setdefault("stft", {})
+        if key not in cache:
+            cache[key] = _StftScratch(*key)
+        return cache[key]
+
+    def _power(self, samples: np.ndarray) -> np.ndarray:
+        """(frames, n_fft // 2 + 1) float32 |STFT|², frames centred on multiples of hop_length (zero
+        padded). The array is this thread's scratch: valid until its next call in the same thread."""
+        scratch = self._scratch(len(samples))
+        half = self.n_fft // 2
+        scratch.padded[half : half + len(samples)] = samples
+        np.multiply(scratch.frames, self._hann, out=scratch.windowed[:, : self.win_length])
+        if _RFFT_OUT:
+            spectrum = np.fft.rfft(scratch.windowed, axis=1, out=scratch.spectrum)
+        else:
+            spectrum = np.fft.rfft(scratch.windowed, axis=1)
+        parts = spectrum.view(np.float64).reshape(*spectrum.shape, 2)  # (frames, bins, re/im)
+        np.square(parts, out=parts)
+        np.add(parts[..., 0], parts[..., 1], out=scratch.power)
+        return scratch.power
 
     def power_spectrogram(self, samples: np.ndarray) -> np.ndarray:
-        """(n_fft // 2 + 1, frames) |STFT|², frames centred on multiples of hop_length (zero padded)."""
-        padded = np.pad(samples.astype(np.float64), self.n_fft // 2)
-        frames = 1 + (len(padded) - self.n_fft) // self.hop_length
-        index = np.arange(self.n_fft)[None, :] + self.hop_length * np.arange(frames)[:, None]
-        spectrum = np.fft.rfft(padded[index] * self._window, axis=1)
-        return (np.abs(spectrum) ** 2).T
+        """(n_fft // 2 + 1, frames) |STFT|², frames centred on multiples of hop_length (zero padded);
+        the FFT runs in float64, the powers are rounded to float32 precision."""
+        return self._power(samples).T.astype(np.float64)
 
     def fit_window(self, samples: np.ndarray) -> np.ndarray:
         """Exactly one window of samples: centred zero padding when short, the centre when long."""
@@ -132,6 +191,31 @@ class LogMelFrontEnd:
         return np.pad(samples, (left, n - len(samples) - left))
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
-        """One window of 16 kHz samples → (1, n_mels, frames) float32 log-mel."""
-        mel = self.filterbank.astype(np.float64) @ self.power_spectrogram(self.fit_window(samples))
-        return np.log(mel + self.log_floor).astype(np.float32)[None]
+        """One window of 16 kHz samples → (1, n_mels, frames) float32 log-mel (a new array)."""
+        mel = self.filterbank @ self._power(self.fit_window(samples)).T
+        mel += np.float32(self.log_floor)
+        return np.log(mel, out=mel)[None]
+
+
+# numpy ≥ 2.0 can write an FFT into a given array; older versions allocate the result.
+_RFFT_OUT = "out" in inspect.signature(np.fft.rfft).parameters
+_thread_scratch = threading.local()
+
+
+class _StftScratch:
+    """One thread's buffers for the STFT of `n_samples` samples.
+
+    Frame f is padded[f * hop : f * hop + n_fft] times a window that is zero outside
+    [left, left + win_length), so only that part is multiplied, and it goes at the start of the FFT
+    input with zeros after it: a circular shift of the centred frame, which leaves |STFT|² as it is.
+    """
+
+    def __init__(self, n_samples: int, n_fft: int, win_length: int, hop_length: int) -> None:
+        half = n_fft // 2
+        self.padded = np.zeros(n_samples + 2 * half)  # the signal between n_fft // 2 zeros each side
+        count = 1 + (len(self.padded) - n_fft) // hop_length
+        left = (n_fft - win_length) // 2
+        self.frames = sliding_window_view(self.padded, win_length)[left::hop_length][:count]  # views, no copy
+        self.windowed = np.zeros((count, n_fft))  # columns from win_length on stay zero
+        self.spectrum = np.empty((count, n_fft // 2 + 1), np.complex128)
+        self.power = np.empty((count, n_fft // 2 + 1), np.float32)

@@ -1,0 +1,46 @@
+"""Deployment files: the Kubernetes manifests validate against a named Kubernetes version, use only
+the runtime knobs the server reads, and request the memory the startup benchmark measured."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy" / "k8s"
+KUBERNETES_VERSION = "1.30.0"
+
+
+def _docs() -> list[dict]:
+    return [doc for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_manifests_validate_strictly():
+    docs = _docs()
+    assert {d["kind"] for d in docs} == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_probes_knobs_and_resources_match_the_server():
+    deployment = next(d for d in _docs() if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    settings_source = (ROOT / "serving" / "settings.py").read_text() + (ROOT / "serving" / "http.py").read_text()
+    known = set(re.findall(r'"(TUNESERVE_[A-Z_]+)"', settings_source))
+    for env in container["env"]:
+        if env["name"].startswith("TUNESERVE_"):
+            assert env["name"] in known, f"{env['name']} is not read by the server"
+    startup = ROOT / "benchmarks" / "results" / "startup.json"
+    if not startup.is_file():
+        pytest.skip("no startup benchmark result")
+    rss = json.loads(startup.read_text())["max_worker_rss_bytes"]
+    units = {"Mi": 2**20, "Gi": 2**30}
+    request = container["resources"]["requests"]["memory"]
+    assert int(request[:-2]) * units[request[-2:]] >= 1.5 * rss  # headroom over the measured worker
