@@ -47,7 +47,7 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(tmp_p
 
     recipe, task, splits, first = _setup(**{"train.epochs": 4})
 
-    def stop_after_two(epoch: int, metric: float) -> None:
+    def stop_after_two(epoch: int, metrics: dict) -> None:
         if epoch == 2:
             raise Interrupted
 

@@ -74,6 +74,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         recipe = recipe.with_overrides({"quantise.mode": "none"})
     if args.no_gate:
         recipe = recipe.with_overrides({"gates.min_test_metric": 0.0})
+    if args.prune is not None or args.prune_method:
+        if args.prune is None and recipe.prune is None:
+            raise ValueError("--prune-method needs --prune AMOUNT")
+        prune = recipe.prune.model_dump() if recipe.prune else {}
+        prune |= {k: v for k, v in {"amount": args.prune, "method": args.prune_method}.items() if v is not None}
+        recipe = recipe.with_overrides({"prune": prune})
     try:
         build(recipe, _repository(args), resume=args.resume)
     finally:
@@ -128,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--no-quantise", action="store_true")
     p.add_argument("--no-gate", action="store_true", help="write the model even below the recipe's quality gate")
+    p.add_argument("--prune", type=float, metavar="AMOUNT",
+                   help="magnitude-prune this fraction (0-0.95) after fine-tuning, recover briefly, keep only if faster or smaller within the metric limit")
+    p.add_argument("--prune-method", choices=["auto", "unstructured", "structured"],
+                   help="auto (default): structured channel pruning for small-cnn and efficientnet-lite0, unstructured otherwise")
     p.add_argument("--params", help="YAML overlay of recipe values, e.g. runs/intent-search/best.yaml from `tuneserve search`")
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step")
     p.add_argument("--resume", action="store_true", help="continue from runs/<name>/last.pt after an interruption")

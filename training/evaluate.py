@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss
 from torch import nn
 
 if TYPE_CHECKING:
@@ -19,9 +19,17 @@ def classification_metrics(logits: np.ndarray, targets: np.ndarray, label_names:
     return {
         "accuracy": float(accuracy_score(targets, predicted)),
         "macro_f1": float(f1_score(targets, predicted, labels=labels, average="macro", zero_division=0)),
+        # finer than accuracy on small splits (e.g. hyper-parameter search): higher is better
+        "neg_log_loss": -float(log_loss(targets, _softmax(logits), labels=labels)),
         "confusion_matrix": confusion_matrix(targets, predicted, labels=labels).tolist(),
         "n": int(len(targets)),
     }
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return np.clip(e / e.sum(axis=-1, keepdims=True), 1e-15, 1.0)
 
 
 IGNORE = -100  # target of positions that do not count (padding, non-first sub-tokens)

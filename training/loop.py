@@ -131,13 +131,14 @@ def fit(
     progress: bool = True,
     run_dir: Path | None = None,
     resume: bool = False,
-    on_epoch: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> FitResult:
     """Train `model` in place and leave it holding the best validation weights.
 
     `run_dir`: where the per-epoch checkpoint (`last.pt`) and TensorBoard events go (rank 0);
     `resume`: continue from that checkpoint; `on_epoch(epoch, val_metric)`: called after each
-    epoch's validation (may raise to stop, e.g. optuna's TrialPruned)."""
+    epoch's validation with all the task's validation metrics (may raise to stop, e.g. optuna's
+    TrialPruned)."""
     seed_everything(cfg.seed)
     distributed = init_distributed()
     main = is_main_process()
@@ -219,7 +220,8 @@ def fit(
         logits, val_targets = torch_logits(model.cpu() if device.type != "cpu" else model, val_loader)
         if device.type != "cpu":
             model.to(device)
-        val_metric = float(task.metrics(logits, val_targets, splits.label_names)[task.metric])
+        val_metrics = task.metrics(logits, val_targets, splits.label_names)
+        val_metric = float(val_metrics[task.metric])
         train_loss = _mean_across(float(np.mean(losses))) if losses else None
         result.history.append({"epoch": epoch + 1, "train_loss": train_loss, f"val_{task.metric}": val_metric})
         if writer is not None:
@@ -238,7 +240,7 @@ def fit(
             _save_checkpoint(checkpoint, model, optimizer, schedule, best_state, epochs_without_gain, result, epoch + 1,
                              train_loader.generator.get_state() if train_loader.generator is not None else None)
         if on_epoch is not None:
-            on_epoch(epoch + 1, val_metric)
+            on_epoch(epoch + 1, val_metrics)
     bar.close()
     if writer is not None:
         writer.close()

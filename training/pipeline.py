@@ -70,6 +70,12 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
     evaluates, exports and writes the repository; the other ranks return None after training."""
     started = time.perf_counter()
     distributed = init_distributed()
+    if recipe.prune is not None:
+        from training.prune import resolve_method
+
+        resolve_method(recipe.prune, recipe.backbone)  # an unsupported method fails before training
+        if distributed:
+            raise ValueError("pruning's recovery fine-tune runs in one process: build without torchrun")
     quiet = quiet or not is_main_process()
     seed_everything(recipe.train.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -96,6 +102,14 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
         _log(f"{recipe.name}: exporting the pretrained {backbone.name} as is (epochs: 0)", quiet)
         model.eval()
         fitted = FitResult(best_metric=float("nan"), best_epoch=0, steps=0)
+    if recipe.prune is not None:
+        # before after_fit, so calibration and backtests describe the model that ships
+        from training.prune import prune_and_recover
+
+        pruning = prune_and_recover(model, task, splits, recipe.prune, progress=not quiet)
+        model = pruning.model
+        task.report["pruning"] = pruning.report
+        _log(f"{recipe.name}: {pruning.summary}", quiet)
     task.after_fit(model, splits)
 
     test_batches = list(task.loader(splits.test, shuffle=False, batch_size=64))

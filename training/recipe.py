@@ -65,6 +65,19 @@ class QuantiseConfig(_Strict):
     calibration_size: int = Field(256, ge=1)
 
 
+class PruneConfig(_Strict):
+    """Magnitude pruning of the fine-tuned model, then a short recovery fine-tune (training/prune.py);
+    the pruned model replaces it only if it wins (metric within `max_metric_drop`, and faster in
+    ONNX Runtime or a smaller ONNX file)."""
+
+    amount: float = Field(0.3, ge=0, le=0.95, description="fraction of weights (unstructured) or of channels per layer (structured) to remove")
+    # auto: structured for small-cnn and efficientnet-lite0 (channels really removed), unstructured otherwise
+    method: Literal["auto", "unstructured", "structured"] = "auto"
+    recovery_epochs: int = Field(2, ge=0, description="epochs of fine-tuning after pruning (masks kept in place when unstructured)")
+    recovery_lr: float | None = Field(None, gt=0, description="learning rate of the recovery (default: the recipe's train.lr and train.head_lr)")
+    max_metric_drop: float = Field(0.01, ge=0, description="largest allowed drop of the deciding test metric vs the unpruned model")
+
+
 class Gates(_Strict):
     min_test_metric: float = Field(0.0, ge=0, le=1, description="build fails below this on the served variant")
 
@@ -96,6 +109,7 @@ class SearchConfig(_Strict):
     space: dict[str, ParamSpec]
     epochs: int | None = Field(None, ge=1, description="epochs per trial (default: the recipe's, or the space's train.epochs)")
     pruner: Literal["median", "halving", "none"] = "median"
+    metric: str | None = Field(None, description="validation metric to maximise (default: the task's deciding metric)")
 
 
 class Recipe(_Strict):
@@ -116,6 +130,7 @@ class Recipe(_Strict):
     quantise: QuantiseConfig = Field(default_factory=QuantiseConfig)
     gates: Gates = Field(default_factory=Gates)
     search: SearchConfig | None = None
+    prune: PruneConfig | None = None
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Recipe":
         """Apply dotted overrides such as {"train.epochs": 2, "data.source": "my.csv"}; re-validated."""

@@ -63,17 +63,13 @@ def _check_space(recipe: Recipe) -> dict[str, ParamSpec]:
 
 
 def _defaults(recipe: Recipe, space: dict[str, ParamSpec]) -> dict[str, Any]:
-    """The recipe's own values, where the space can represent them (else the trial is not enqueued)."""
+    """The recipe's own values (not enqueued when a categorical value is not among the choices)."""
     out = {}
     for key, spec in space.items():
         value = _get(recipe, key)
-        if value is None:
+        if value is None or (spec.type == "categorical" and value not in spec.choices):
             return {}
-        if spec.type == "categorical" and value not in spec.choices:
-            return {}
-        if spec.type != "categorical" and not spec.low <= value <= spec.high:
-            return {}
-        out[key] = value
+        out[key] = value  # a number outside the searched range is still run as given
     return out
 
 
@@ -144,16 +140,23 @@ def search(recipe: Recipe, trials: int, sampler: str = "tpe", timeout_s: float |
         model = task.build_model(splits.label_names)
         task.prepare(model, splits)
 
-        def report(epoch: int, value: float) -> None:
-            trial.report(value, epoch)
+        metric = recipe.search.metric or task.metric
+        seen: list[float] = []
+
+        def report(epoch: int, metrics: dict[str, Any]) -> None:
+            if metric not in metrics:
+                raise ValueError(f"search metric {metric!r} is not among {task.name}'s metrics {sorted(metrics)}")
+            seen.append(float(metrics[metric]))
+            trial.report(seen[-1], epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"validation {task.metric} {value:.4f} after epoch {epoch}")
+                raise optuna.TrialPruned(f"validation {metric} {seen[-1]:.4f} after epoch {epoch}")
 
         started = time.perf_counter()
         result = fit(model, task, splits, candidate.train, progress=False, on_epoch=report)
         trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("best_" + task.metric, result.best_metric)
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
-        return result.best_metric
+        return max(seen)
 
     finished = [t for t in study.trials if t.state.is_finished()]
     remaining = max(0, trials - len(finished))
@@ -213,7 +216,7 @@ def write_report(study, recipe: Recipe, out_dir: Path, sampler: str, pruner: str
 def recipe_metric(recipe: Recipe) -> str:
     from training.tasks import get_task
 
-    return get_task(recipe.task).metric
+    return (recipe.search.metric if recipe.search else None) or get_task(recipe.task).metric
 
 
 def _fmt(value: Any) -> str:

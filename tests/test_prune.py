@@ -1,0 +1,218 @@
+"""Pruning: structured channel removal keeps shapes and (at amount 0) outputs, unstructured zeroes the
+requested fraction, the keep/discard rule, and a tiny real build with `prune` set."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from training import prune as P
+from training.backbones import SmallCNN, count_parameters
+from training.recipe import PruneConfig
+
+
+def _randomise_bn(model: nn.Module, seed: int = 0) -> None:
+    """Non-trivial BatchNorm statistics and scales, so channel scores and outputs differ per channel."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(n, generator=g) + 0.1)
+                m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def _small_cnn_classifier() -> nn.Module:
+    from training.tasks.audio_classification import LogMelClassifier
+
+    torch.manual_seed(0)
+    model = LogMelClassifier(SmallCNN(), 160, 12, dropout=0.0, in_channels=1)
+    _randomise_bn(model)
+    return model.eval()
+
+
+def _efficientnet_classifier() -> nn.Module:
+    import timm
+
+    from training.tasks.image_classification import PooledHeadClassifier
+
+    torch.manual_seed(0)
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    net.reset_classifier(0)
+    model = PooledHeadClassifier(net, nn.Linear(1280, 4), dropout=0.0)
+    _randomise_bn(model)
+    return model.eval()
+
+
+def test_structured_small_cnn_keeps_shape_and_removes_channels():
+    model = _small_cnn_classifier()
+    x = torch.randn(3, 1, 64, 101)
+    with torch.no_grad():
+        reference = model(x)
+    pruned = copy.deepcopy(model)
+    layers = P.apply_structured(pruned, "small-cnn", 0.3)
+    assert [r["before"] for r in layers] == [24, 48, 96, 160]
+    assert [r["after"] for r in layers] == [16, 32, 64, 112]  # 70%, rounded to blocks of 8
+    assert pruned.head.in_features == 112 and pruned.head.out_features == 12
+    with torch.no_grad():
+        out = pruned(x)
+    assert out.shape == reference.shape
+    assert count_parameters(pruned) < 0.6 * count_parameters(model)
+
+    same = copy.deepcopy(model)
+    P.apply_structured(same, "small-cnn", 0.0)
+    assert count_parameters(same) == count_parameters(model)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), reference)
+
+
+def test_structured_small_cnn_removes_the_weakest_filters():
+    model = _small_cnn_classifier()
+    conv, bn, following = model.backbone.features[0], model.backbone.features[1], model.backbone.features[4]
+    with torch.no_grad():
+        bn.weight[5].mul_(1e-4)  # channel 5 barely varies
+        following.weight[:, 9].mul_(1e-4)  # and nothing reads channel 9
+    original = conv.weight.detach().clone()
+    scores = P.channel_scores(bn, following.weight)
+    P.prune_small_cnn(model, 8 / 24)
+    assert conv.out_channels == 16
+    assert bn.num_features == 16 and model.backbone.features[4].in_channels == 16
+    kept = [i for i in range(24) if any(torch.equal(original[i], w) for w in conv.weight)]
+    assert 5 not in kept and 9 not in kept and kept == sorted(torch.topk(scores, 16).indices.tolist())
+
+
+def test_structured_efficientnet_block_keeps_shape_and_residual():
+    model = _efficientnet_classifier()
+    block = model.backbone.blocks[1][1]  # 24 → 144 hidden → 24, with the residual
+    assert block.has_skip
+    x = torch.randn(2, 24, 16, 16)
+    with torch.no_grad():
+        reference = block(x)
+    pruned = copy.deepcopy(block)
+    r = P.prune_inverted_residual(pruned, 0.3)
+    assert r == {"before": 144, "after": 104}
+    assert pruned.conv_dw.groups == pruned.conv_dw.in_channels == pruned.conv_dw.out_channels == 104
+    assert pruned.conv_pwl.in_channels == 104 and pruned.conv_pwl.out_channels == 24
+    with torch.no_grad():
+        assert pruned(x).shape == reference.shape
+    assert count_parameters(pruned) < count_parameters(block)
+
+    same = copy.deepcopy(block)
+    P.prune_inverted_residual(same, 0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), reference)
+
+
+def test_structured_efficientnet_whole_model():
+    model = _efficientnet_classifier()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        reference = model(x)
+    pruned = copy.deepcopy(model)
+    layers = P.apply_structured(pruned, "efficientnet-lite0", 0.3)
+    assert len(layers) == 15  # every inverted-residual block (the first, depthwise-separable one has no hidden width)
+    assert pruned.head.in_features == 1280  # only hidden widths change
+    with torch.no_grad():
+        assert pruned(x).shape == reference.shape == (2, 4)
+    assert count_parameters(pruned) < 0.9 * count_parameters(model)
+
+    same = copy.deepcopy(model)
+    P.apply_structured(same, "efficientnet-lite0", 0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), reference)
+
+
+def test_batchnorm_recalibration_re_estimates_statistics():
+    model = _small_cnn_classifier()
+    x = torch.randn(64, 1, 32, 48) * 3 + 1
+    P.recalibrate_batchnorm(model, [({"features": x[:32]}, torch.zeros(32)), ({"features": x[32:]}, torch.zeros(32))])
+    assert not model.training and model.norm.momentum == 0.1
+    assert model.norm.running_mean.item() == pytest.approx(x.mean().item(), abs=1e-4)
+    assert model.norm.running_var.item() == pytest.approx(x.var().item(), rel=0.02)
+
+
+def test_unstructured_zeroes_the_requested_fraction():
+    model = _small_cnn_classifier()
+    x = torch.randn(2, 1, 64, 101)
+    params = P.apply_unstructured(model, 0.3)
+    assert len(params) == 5  # four convs and the head
+    total = sum(m.weight.numel() for m, _ in params)
+    P.bake_unstructured(params)
+    assert not any(hasattr(m, "weight_mask") or hasattr(m, "weight_orig") for m, _ in params)
+    assert P.weight_sparsity(model) == pytest.approx(round(0.3 * total) / total, abs=1e-6)
+    with torch.no_grad():
+        assert model(x).shape == (2, 12)
+
+
+def test_method_resolution():
+    auto = PruneConfig(amount=0.3)
+    assert P.resolve_method(auto, "small-cnn") == "structured"
+    assert P.resolve_method(auto, "efficientnet-lite0") == "structured"
+    assert P.resolve_method(auto, "minilm-l6") == "unstructured"
+    with pytest.raises(ValueError, match="structured pruning supports"):
+        P.resolve_method(PruneConfig(amount=0.3, method="structured"), "minilm-l6")
+    with pytest.raises(ValueError):
+        PruneConfig(amount=0.99)
+
+
+def test_decision_is_honest_about_unstructured_sparsity():
+    before = {"test_accuracy": 0.95, "ms_per_batch8": 10.0, "onnx_bytes": 1000, "onnx_deflate_bytes": 900}
+    same_size = {"test_accuracy": 0.95, "ms_per_batch8": 10.1, "onnx_bytes": 1000, "onnx_deflate_bytes": 700}
+    kept, numbers, why = P.decide("unstructured", before, same_size, "accuracy", 0.01)
+    assert not kept and "neither faster nor smaller" in why and "stored densely" in why
+    faster = {"test_accuracy": 0.945, "ms_per_batch8": 7.0, "onnx_bytes": 700, "onnx_deflate_bytes": 600}
+    kept, numbers, why = P.decide("structured", before, faster, "accuracy", 0.01)
+    assert kept and numbers["speedup"] == pytest.approx(10 / 7) and why.startswith("kept")
+    worse = dict(faster, test_accuracy=0.9)
+    kept, _, why = P.decide("structured", before, worse, "accuracy", 0.01)
+    assert not kept and "not accurate enough" in why
+
+
+def test_build_with_pruning_records_the_comparison(tmp_path, monkeypatch):
+    from serving.manifest import load_manifest
+    from training.data.surface_defects import generate_surface_defects
+    from training.pipeline import build_recipe
+    from training.recipe import load_recipe
+
+    monkeypatch.setattr(P, "TIMING_SECONDS", 0.2)
+    monkeypatch.setattr(P, "TIMING_ROUNDS", 1)
+    images = generate_surface_defects(tmp_path / "defects", per_class=10, size=96, seed=3)
+    recipe = load_recipe("surface-defects").with_overrides({
+        "data.source": str(images), "preprocessing.resize_shorter": 72, "preprocessing.crop": 64,
+        "train.epochs": 1, "train.max_steps": 2, "train.batch_size": 8, "train.freeze_backbone_epochs": 0,
+        "quantise.mode": "none", "gates.min_test_metric": 0.0,
+        "prune": {"amount": 0.3, "recovery_epochs": 1, "max_metric_drop": 1.0},
+    })
+    result = build_recipe(recipe, tmp_path / "repo", quiet=True)
+    m = load_manifest(result.directory, verify=True)
+    report = m.metrics["pruning"]
+    assert report["method"] == "structured" and report["amount"] == 0.3
+    assert report["channels"]["after"] < report["channels"]["before"]
+    assert report["recovery"]["steps"] >= 1
+    for side in ("before", "after"):
+        assert {"val_accuracy", "test_accuracy", "parameters", "nonzero_parameters", "onnx_bytes", "ms_per_batch8"} <= set(report[side])
+    assert report["after"]["parameters"] < report["before"]["parameters"]
+    assert report["after"]["onnx_bytes"] < report["before"]["onnx_bytes"]
+    assert isinstance(report["kept"], bool) and report["reason"]
+    assert m.recipe["prune"]["amount"] == 0.3
+    if report["kept"]:  # the exported model is the pruned one
+        assert m.files["model.onnx"].bytes == pytest.approx(report["after"]["onnx_bytes"], rel=0.01)
+
+
+@pytest.mark.parametrize("build, backbone, x", [
+    (_small_cnn_classifier, "small-cnn", (2, 1, 64, 101)),
+    (_efficientnet_classifier, "efficientnet-lite0", (2, 3, 64, 64)),
+])
+def test_a_fresh_model_takes_the_pruned_weights(build, backbone, x):
+    pruned = build()
+    P.apply_structured(pruned, backbone, 0.5)
+    fresh = P.resize_to_state_dict(build(), pruned.state_dict())
+    fresh.load_state_dict(pruned.state_dict(), strict=True)
+    x = torch.randn(*x)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), pruned(x))
