@@ -26,7 +26,8 @@ def test_health_and_models(server):
         assert httpx.get(server + path).status_code == 200
     body = httpx.get(server + "/v1/models").json()
     models = {m["name"]: m for m in body["models"]}
-    assert set(models) == {"intent", "entities", "surface-defects", "keywords"} and body["refused"] == {}
+    assert set(models) == {"intent", "entities", "surface-defects", "keywords", "credit-risk", "diagnosis", "energy-demand"}
+    assert body["refused"] == {}
     intent = models["intent"]
     assert intent["task"] == "text-classification" and len(intent["labels"]) == 10 and intent["provider"] == "CPUExecutionProvider"
     assert models["surface-defects"]["labels"] == ["ok", "scratch", "spot", "crack"]

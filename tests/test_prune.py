@@ -186,6 +186,8 @@ def test_build_with_pruning_records_the_comparison(tmp_path, monkeypatch):
         "data.source": str(images), "preprocessing.resize_shorter": 72, "preprocessing.crop": 64,
         "train.epochs": 1, "train.max_steps": 2, "train.batch_size": 8, "train.freeze_backbone_epochs": 0,
         "quantise.mode": "none", "gates.min_test_metric": 0.0,
+        # a 2-step model has large, unscaled logits: float32 rounding between engines reaches ~1e-4
+        "export.parity_atol": 1e-3,
         "prune": {"amount": 0.3, "recovery_epochs": 1, "max_metric_drop": 1.0},
     })
     result = build_recipe(recipe, tmp_path / "repo", quiet=True)
