@@ -52,23 +52,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 180, poll_s: float = 0.5, log_path: Path | None = None) -> None:
+    """Poll `url` until it answers 200; raise (with the log's tail) if `proc` exits or time runs out."""
+    def tail() -> str:
+        return "\n" + log_path.read_text()[-4000:] if log_path is not None and log_path.is_file() else ""
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}{tail()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, 9)
+            raise RuntimeError(f"server not ready in {timeout_s} s{tail()}")
+        time.sleep(poll_s)
+
+
 @contextmanager
 def server(argv: list[str], port: int, env: dict[str, str] | None = None, ready_path: str = "/readyz", timeout_s: float = 180) -> Iterator[str]:
     proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{argv[:3]} exited with {proc.returncode}")
-            try:
-                if httpx.get(base + ready_path, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{argv[:3]} not ready in {timeout_s} s")
-            time.sleep(0.5)
+        wait_ready(base + ready_path, proc, timeout_s)
         yield base
     finally:
         os.killpg(proc.pid, 15)

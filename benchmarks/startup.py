@@ -20,7 +20,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import tuneserve_server, write_results  # noqa: E402
+from benchmarks.harness import tuneserve_server, wait_ready, write_results  # noqa: E402
 
 SESSIONS_ONLY = r"""
 import json, sys, time
@@ -76,15 +76,7 @@ def one_start(repository: Path) -> dict:
     started = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        wait_ready(f"http://127.0.0.1:{port}/readyz", proc, 180, poll_s=0.05)
         ready_s = time.perf_counter() - started
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["models"]
         time.sleep(1.0)

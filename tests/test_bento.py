@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from serving.loadtest.payloads import _rows, _series
+from benchmarks.harness import wait_ready
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,18 +73,7 @@ def slim_server(bento, tmp_path_factory):
         proc = subprocess.Popen([str(venv / "bin" / "bentoml"), "serve", str(bento), "--host", "127.0.0.1", "--port", str(port)],
                                 cwd=bento / "src", env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"slim server exited:\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        raise RuntimeError(f"slim server not ready:\n{log.read_text()[-4000:]}")
+    wait_ready(url + "/readyz", proc, 180, log_path=log)
     yield url, venv
     os.killpg(proc.pid, 15)
     proc.wait(timeout=30)
