@@ -18,6 +18,11 @@ class RequestError(ValueError):
         return str(self.args[0])
 
 
+class InputError(ValueError):
+    """Pre-processing could not use an input (an image, a clip, a row, a series); the message names
+    what is wrong. Routes answer it with a 400 naming the item."""
+
+
 class UnknownModel(RequestError):
     status = 404
 

@@ -19,13 +19,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serving.errors import RequestError
-from serving.processing import ImageError
-from serving.processing.audio import AudioError
-from serving.processing.image import MAX_IMAGE_BYTES as MAX_FILE_BYTES
-from serving.processing.series import SeriesError
-from serving.processing.tabular import RowError
+from serving.errors import InputError, RequestError
 from serving.schemas import ForecastRequest, TabularRequest, TextRequest, parse_json_body
+from serving.settings import MAX_FILE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +251,7 @@ async def tabular_predict(request: Request) -> JSONResponse:
             block = model.predictor.prepare(body.rows)
         else:
             block = await asyncio.get_running_loop().run_in_executor(_prepare_pool, model.predictor.prepare, body.rows)
-    except RowError as exc:
+    except InputError as exc:
         raise RequestError(str(exc)) from None
     (predictions,) = await service.batchers[model.name].submit([block])
     return _answer(model, predictions=predictions)
@@ -267,7 +263,7 @@ async def forecast(request: Request) -> JSONResponse:
     model = service.runtime.resolve(body.model, "forecasting")
     try:
         prepared = model.predictor.prepare(body.history, body.horizon)
-    except (SeriesError, ValueError) as exc:
+    except ValueError as exc:  # SeriesError, or a horizon the model cannot give
         raise RequestError(str(exc)) from None
     (output,) = await service.batchers[model.name].submit([prepared.window])
     return _answer(model, **model.predictor.finish(prepared, output))
@@ -290,7 +286,7 @@ def _prepare_one(predictor, field: str, filename: str | None, data: bytes | memo
         raise RequestError(f"{name}: {len(data) / 2**20:.1f} MiB; the limit is {MAX_FILE_BYTES / 2**20:.0f} MiB per file", status=413)
     try:
         return predictor.prepare(bytes(data))
-    except (ImageError, AudioError) as exc:
+    except InputError as exc:
         raise RequestError(f"{name}: {exc}") from None
 
 

@@ -105,37 +105,40 @@ def write_manifest(model_dir: Path, manifest: Manifest) -> Path:
     return path
 
 
-def load_manifest(model_dir: Path, verify: bool = True, only_serving: bool = False) -> Manifest:
+def load_manifest(model_dir: Path, verify: bool = True) -> Manifest:
     """Read `<model_dir>/manifest.json`; with `verify`, refuse the model if any file's sha256 differs."""
     path = Path(model_dir) / MANIFEST_FILE
     try:
         manifest = Manifest.model_validate_json(path.read_text())
     except FileNotFoundError as exc:
         raise ManifestError(f"{path}: no manifest") from exc
-    except ValidationError as exc:
+    except (ValidationError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
     if verify:
-        verify_files(Path(model_dir), manifest, only_serving)
+        verify_files(Path(model_dir), manifest)
     return manifest
 
 
+def asset_files(manifest: Manifest) -> set[str]:
+    """Files pre-processing reads (tokenizer, VAD model, ...): those named in `preprocessing`."""
+    return {v for v in manifest.preprocessing.values() if isinstance(v, str) and v in manifest.files}
+
+
 def serving_files(manifest: Manifest) -> set[str]:
-    """Files the server reads: every ONNX variant and the assets named in `preprocessing`."""
-    needed = {v.file for v in manifest.variants.values()}
-    needed |= {v for v in manifest.preprocessing.values() if isinstance(v, str) and v in manifest.files}
-    return needed
+    """Files the server may read: every ONNX variant and the assets."""
+    return {v.file for v in manifest.variants.values()} | asset_files(manifest)
 
 
-def verify_files(model_dir: Path, manifest: Manifest, only_serving: bool = False) -> None:
+def verify_files(model_dir: Path, manifest: Manifest, only: set[str] | None = None) -> None:
     """Every listed file that is present must match its size and sha256; the files serving reads must
-    be present. Others (e.g. model.ts, which an edge image leaves out) may be absent. With
-    `only_serving`, files the server never reads (TorchScript) are not hashed (faster start)."""
-    needed = serving_files(manifest)
+    be present. Others (e.g. model.ts, which an edge image leaves out) may be absent. With `only`,
+    just those files are checked (the server hashes what it opens, not every variant: faster start)."""
+    needed = serving_files(manifest) if only is None else set(only)
     unlisted = needed - set(manifest.files)
     if unlisted:
         raise ManifestError(f"{model_dir}: {sorted(unlisted)} not listed in the manifest's files")
     for rel, entry in manifest.files.items():
-        if only_serving and rel not in needed:
+        if only is not None and rel not in needed:
             continue
         path = model_dir / rel
         if not path.is_file():

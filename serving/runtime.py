@@ -6,12 +6,14 @@ The HTTP service and `tuneserve predict` both go through `Runtime`, so what one 
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from serving.errors import ManifestError, RequestError, UnknownModel
-from serving.manifest import MANIFEST_FILE, Manifest, load_manifest
+from serving.manifest import MANIFEST_FILE, Manifest, asset_files, load_manifest, verify_files
 from serving.predictors import Predictor, make_predictor
 from serving.sessions import SessionInfo, candidate_providers, create_session, usable_accelerators
 from serving.settings import Settings
@@ -45,21 +47,29 @@ class LoadedModel:
 
 
 def load_model(directory: Path, settings: Settings) -> LoadedModel:
-    manifest = load_manifest(directory, verify=True, only_serving=True)
+    """Open one model folder. Every file the server opens (the chosen variant, the pre-processing
+    assets) is checked against its sha256 in the manifest first; a mismatch raises ManifestError."""
+    manifest = load_manifest(directory, verify=False)
+    verify_files(directory, manifest, only=asset_files(manifest))
+
+    def open_variant(variant: str, providers: list[str]):
+        verify_files(directory, manifest, only={manifest.variants[variant].file})
+        return create_session(directory / manifest.variants[variant].file, settings.intra_op_threads(), providers)
+
     providers = candidate_providers(settings.device)
     if not usable_accelerators(providers):  # no GPU provider can work here: straight to the CPU variant
         variant = manifest.variant_for("cpu", settings.variant)
-        session, info = create_session(directory / manifest.variants[variant].file, settings.intra_op_threads(), providers)
+        session, info = open_variant(variant, providers)
         return LoadedModel(manifest, directory, variant, info, make_predictor(directory, manifest, session))
     # Variant choice depends on the device, which is known only once a session initialises: try the
     # GPU variant on the GPU providers first, and the CPU variant on the CPU.
     gpu_variant = manifest.variant_for("gpu", settings.variant)
-    session, info = create_session(directory / manifest.variants[gpu_variant].file, settings.intra_op_threads(), providers)
+    session, info = open_variant(gpu_variant, providers)
     variant = gpu_variant
     if info.device == "cpu":
         cpu_variant = manifest.variant_for("cpu", settings.variant)
         if cpu_variant != gpu_variant:
-            session, _ = create_session(directory / manifest.variants[cpu_variant].file, settings.intra_op_threads(), ["CPUExecutionProvider"])
+            session, _ = open_variant(cpu_variant, ["CPUExecutionProvider"])
         variant = cpu_variant
     return LoadedModel(manifest, directory, variant, info, make_predictor(directory, manifest, session))
 
@@ -75,18 +85,24 @@ class Runtime:
         for name in sorted(wanted - found):
             self.broken[name] = f"asked for in TUNESERVE_MODELS but not in {root}"
             log.error("not serving %s: not in %s", name, root)
-        for manifest_path in sorted(root.glob(f"*/{MANIFEST_FILE}")):
-            directory = manifest_path.parent
-            if wanted and directory.name not in wanted:
-                continue
-            try:
-                model = load_model(directory, self.settings)
-            except (ManifestError, ValueError, OSError) as exc:
-                self.broken[directory.name] = str(exc)
-                log.error("not serving %s: %s", directory.name, exc)
-                continue
-            self.models[model.name] = model
-            log.info("loaded %s v%s (%s, %s on %s)", model.name, model.manifest.version, model.manifest.task, model.variant, model.session_info.provider)
+        directories = [p.parent for p in sorted(root.glob(f"*/{MANIFEST_FILE}")) if not wanted or p.parent.name in wanted]
+        # Hashing files and initialising sessions are native code that releases the GIL: models load
+        # side by side, one per core.
+        with ThreadPoolExecutor(max_workers=max(1, min(len(directories), os.cpu_count() or 1)), thread_name_prefix="load") as pool:
+            outcomes = list(pool.map(self._try_load, directories))
+        for directory, model in zip(directories, outcomes):
+            if model is not None:
+                self.models[model.name] = model
+
+    def _try_load(self, directory: Path) -> LoadedModel | None:
+        try:
+            model = load_model(directory, self.settings)
+        except (ManifestError, ValueError, OSError) as exc:
+            self.broken[directory.name] = str(exc)
+            log.error("not serving %s: %s", directory.name, exc)
+            return None
+        log.info("loaded %s v%s (%s, %s on %s)", model.name, model.manifest.version, model.manifest.task, model.variant, model.session_info.provider)
+        return model
 
     def resolve(self, name: str | None, task: str) -> LoadedModel:
         """The model a request asked for, or the task's default; 4xx errors name what is wrong."""

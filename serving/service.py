@@ -7,17 +7,55 @@ TUNESERVE_* environment variables (see serving/settings.py).
 from __future__ import annotations
 
 import os
+import sys
+import threading
+from concurrent.futures import Future
 
 # Pre-processing calls numpy's BLAS on small matrices from several threads at once (one per
 # request being prepared); a multi-threaded BLAS would fight ONNX Runtime's threads for the cores.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+
+def _load_runtime(settings):
+    # ONNX Runtime, OpenCV and the tokenizers load here, not when this module is imported: the
+    # `bentoml serve` parent process imports the module only to read the service's configuration.
+    from serving.runtime import Runtime
+
+    return Runtime(settings)
+
+
+def _preload() -> Future | None:
+    """In a BentoML worker, start opening the models while BentoML finishes its own start-up.
+
+    The worker imports this module, then builds its ASGI app and its server and only then creates
+    the service instance; creating the ONNX Runtime sessions (mostly native code, which releases the
+    GIL) overlaps with that instead of following it. Elsewhere (the parent process, `bentoml build`,
+    tests importing the module) nothing is loaded until the service is instantiated.
+    """
+    context = sys.modules.get("bentoml._internal.context")  # imported by the worker before us
+    if context is None or getattr(context.server_context, "worker_index", None) is None:
+        return None
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            from serving.settings import Settings
+
+            future.set_result(_load_runtime(Settings()))
+        except BaseException as exc:  # re-raised by __init__
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="tuneserve-preload", daemon=True).start()
+    return future
+
+
+_PRELOAD = _preload()
+
 import bentoml  # noqa: E402
 
 from serving.batching import MicroBatcher  # noqa: E402
 from serving.http import http_app  # noqa: E402
-from serving.runtime import Runtime  # noqa: E402
 from serving.settings import Settings  # noqa: E402
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -53,6 +91,8 @@ TRACING = {"sample_rate": float(os.environ["TUNESERVE_TRACE_SAMPLE_RATE"])} if o
 _SETTINGS = Settings()
 
 
+
+
 @bentoml.service(
     name="tuneserve",
     workers=_SETTINGS.workers,
@@ -64,7 +104,7 @@ _SETTINGS = Settings()
 class TuneServe:
     def __init__(self) -> None:
         settings = Settings()
-        self.runtime = Runtime(settings)
+        self.runtime = _PRELOAD.result() if _PRELOAD is not None else _load_runtime(settings)
         self.batchers = {
             name: MicroBatcher(
                 model.predictor,

@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def _quiet_probe():
 # Providers that failed to initialise in this process, and why: later sessions skip them instead of
 # paying for another failed probe (each probe builds a whole CPU session as ORT falls back).
 _unusable: dict[str, str] = {}
+# Models load on several threads; a probe redirects the process's stdout and ORT's global log level,
+# so one provider probe runs at a time (and the others then know whether it failed).
+_probe_lock = threading.Lock()
 
 
 def usable_accelerators(providers: list[str]) -> list[str]:
@@ -98,21 +102,22 @@ def create_session(
     for provider in providers:
         if provider == CPU:
             break
-        if provider in _unusable:
-            fallbacks.append(f"{provider}: skipped ({_unusable[provider]})")
-            continue
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            with _quiet_probe() as said:
-                session = ort.InferenceSession(
-                    str(model_path),
-                    sess_options=session_options(threads),
-                    providers=[(provider, provider_options(provider, cache_dir)), CPU],
-                )
-        except Exception as exc:  # a provider that fails to initialise must not stop serving
-            fallbacks.append(f"{provider}: {type(exc).__name__}: {exc}")
-            _unusable[provider] = f"{type(exc).__name__}: {str(exc)[:200]}"
-            continue
+        with _probe_lock:
+            if provider in _unusable:
+                fallbacks.append(f"{provider}: skipped ({_unusable[provider]})")
+                continue
+            try:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                with _quiet_probe() as said:
+                    session = ort.InferenceSession(
+                        str(model_path),
+                        sess_options=session_options(threads),
+                        providers=[(provider, provider_options(provider, cache_dir)), CPU],
+                    )
+            except Exception as exc:  # a provider that fails to initialise must not stop serving
+                fallbacks.append(f"{provider}: {type(exc).__name__}: {exc}")
+                _unusable[provider] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                continue
         if session.get_providers()[0] == provider:
             return session, SessionInfo(provider, fallbacks)
         detail = " ".join(said.getvalue().split())[:300]

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# One uploaded file (an image, a clip) may be at most this large.
+MAX_FILE_BYTES = 20 * 1024 * 1024
 
 
 def _int(name: str, default: int) -> int:

@@ -24,6 +24,8 @@ from functools import cached_property
 import numpy as np
 import soundfile as sf
 import soxr
+
+from serving.errors import InputError
 from numpy.lib.stride_tricks import sliding_window_view
 
 TARGET_RATE = 16_000
@@ -37,7 +39,7 @@ FORMATS = {"WAV", "WAVEX", "FLAC", "OGG", "RF64", "W64"}
 _INTEGER_READS = {"PCM_16": ("int16", 2.0**-15), "PCM_24": ("int32", 2.0**-31), "PCM_32": ("int32", 2.0**-31)}
 
 
-class AudioError(ValueError):
+class AudioError(InputError):
     """The bytes are not audio this server can use; the message says why."""
 
 

@@ -15,16 +15,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serving.errors import InputError
+from serving.settings import MAX_FILE_BYTES
+
 # OpenCV's own guard against decompression bombs; our header check below gives the clear message.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(50_000_000))
 import cv2  # noqa: E402
 
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_IMAGE_BYTES = MAX_FILE_BYTES
 MAX_IMAGE_PIXELS = 50_000_000
 FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "MPO"}
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """The bytes are not an image this server can use; the message says why."""
 
 

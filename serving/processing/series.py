@@ -14,11 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from serving.errors import InputError
+
 MAX_GAP = 3
 MAX_HISTORY = 100_000
 
 
-class SeriesError(ValueError):
+class SeriesError(InputError):
     """A history the model cannot take; the message names the position."""
 
 

@@ -22,6 +22,8 @@ from typing import Any, Iterable, Literal
 
 import numpy as np
 
+from serving.errors import InputError
+
 UNKNOWN, MISSING = "<unknown>", "<missing>"
 MAX_ROWS = 1000
 TRUE_WORDS = {"true", "yes", "y", "t"}
@@ -29,7 +31,7 @@ FALSE_WORDS = {"false", "no", "n", "f"}
 _ABSENT = object()
 
 
-class RowError(ValueError):
+class RowError(InputError):
     """A row the model cannot take; the message names the row and the column."""
 
 
