@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -65,25 +67,51 @@ def tiny_repository(tmp_path_factory) -> Path:
     return repo
 
 
-@pytest.fixture(scope="session")
-def server(tiny_repository, tmp_path_factory):
-    """`bentoml serve` on a free local port, serving the tiny repository."""
+class RunningServer:
+    """A `bentoml serve` process started by `start_server`: its base URL, process and log file."""
+
+    def __init__(self, url: str, proc: subprocess.Popen, log_path: Path) -> None:
+        self.url, self.proc, self.log_path = url, proc, log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@contextlib.contextmanager
+def start_server(repository: Path, folder: Path, ready_timeout: float = 120, **settings: str):
+    """`bentoml serve` on a free local port over `repository`, with extra environment `settings`
+    (e.g. TUNESERVE_API_KEY="k"); `folder` holds its log and its own BENTOML_HOME (BentoML wipes
+    the Prometheus files there when a server starts). Stopped with SIGTERM on exit."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    # its own BENTOML_HOME: BentoML wipes the Prometheus files there when a server starts
-    env = dict(os.environ, TUNESERVE_REPOSITORY=str(tiny_repository), TUNESERVE_MAX_WAIT_MS="5",
-               BENTOML_HOME=str(tmp_path_factory.mktemp("bentoml_home")))
+    log_path = folder / "server.log"
+    env = dict(os.environ, TUNESERVE_REPOSITORY=str(repository), TUNESERVE_MAX_WAIT_MS="5", BENTOML_HOME=str(folder / "bentoml_home"))
+    env.update(settings)
     bentoml = Path(sys.executable).with_name("bentoml")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [str(bentoml), "serve", "serving.service:TuneServe", "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(f"{url}/readyz", proc, 120, log_path=log_path)
-    yield url
-    os.killpg(proc.pid, 15)
+    server = RunningServer(f"http://127.0.0.1:{port}", proc, log_path)
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
+        wait_ready(f"{server.url}/readyz", proc, ready_timeout, log_path=log_path)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_repository, tmp_path_factory):
+    """`bentoml serve` on a free local port, serving the tiny repository (shared by the session)."""
+    with start_server(tiny_repository, tmp_path_factory.mktemp("server")) as running:
+        yield running.url
