@@ -7,6 +7,7 @@ Every client mistake becomes a 4xx `{"error": "..."}`; nothing a client sends ca
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -15,32 +16,32 @@ from dataclasses import dataclass
 from starlette.applications import Starlette
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from serving.errors import InputError, RequestError
 from serving.schemas import ForecastRequest, TabularRequest, TextRequest, parse_json_body
-from serving.settings import MAX_FILE_BYTES
+from serving.settings import MAX_FILE_BYTES, Settings
 
 log = logging.getLogger(__name__)
 
-# Request size limits (413 before the body is read past them): JSON bodies and multipart uploads.
-MAX_BODY_BYTES = int(float(os.environ.get("TUNESERVE_MAX_BODY_MB") or 8) * 1024 * 1024)
-MAX_UPLOAD_BYTES = int(float(os.environ.get("TUNESERVE_MAX_UPLOAD_MB") or 100) * 1024 * 1024)
+SETTINGS = Settings()
 MAX_FILES = 64
 # Decoding and resizing run here, beside (not inside) the batcher's inference thread.
 PREPARE_THREADS = os.cpu_count() or 2
 _prepare_pool = ThreadPoolExecutor(max_workers=PREPARE_THREADS, thread_name_prefix="prepare")
 
 
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+async def read_body(request: Request, limit: int | None = None) -> bytes:
+    """The request body, at most `limit` bytes (the body limit): a larger declared Content-Length was
+    refused by `Guard` before the route ran; a chunked body is counted as it arrives."""
+    limit = SETTINGS.max_body_bytes if limit is None else limit
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
-        if int(declared) > limit:
-            raise RequestError(f"request body is {int(declared)} bytes; the limit is {limit}", status=413)
+    if declared is not None and declared.isdigit() and int(declared) <= limit:
         return await request.body()
-    chunks, size = [], 0  # chunked upload: count as it arrives
+    chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
@@ -69,7 +70,7 @@ async def _text_request(request: Request, task: str):
         if len(text) > limits.max_text_chars:
             raise RequestError(f"texts[{i}]: {len(text)} characters; at most {limits.max_text_chars}", status=413)
     model = service.runtime.resolve(body.model, task)
-    return model, await service.batchers[model.name].submit(body.texts)
+    return model, await model.batcher.submit(body.texts)
 
 
 def _answer(model, **results) -> JSONResponse:
@@ -182,7 +183,7 @@ async def _file_request(request: Request, task: str, file_field: str, options: s
     expected = ", ".join(f"`{f}`" for f in [file_field, "model", *sorted(options)])
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise RequestError(f"send multipart/form-data with one or more `{file_field}` files (fields: {expected})", status=415)
-    body = await read_body(request, MAX_UPLOAD_BYTES)
+    body = await read_body(request)
     try:
         form = FormData(_parse_multipart(body, request.headers["content-type"], max_files=MAX_FILES, max_fields=16))
     except Exception as exc:  # malformed multipart, too many parts
@@ -218,7 +219,7 @@ async def _file_request(request: Request, task: str, file_field: str, options: s
 async def classify_image(request: Request) -> JSONResponse:
     service, model, form, names, images = await _file_request(request, "image-classification", "images", {"top_k"})
     top_k = _top_k(form.get("top_k"), len(model.manifest.labels))
-    predictions = await service.batchers[model.name].submit([(image, top_k) for image in images])
+    predictions = await model.batcher.submit([(image, top_k) for image in images])
     for prediction, name in zip(predictions, names):
         prediction["file"] = name
     return _answer(model, predictions=predictions)
@@ -227,7 +228,7 @@ async def classify_image(request: Request) -> JSONResponse:
 async def classify_audio(request: Request) -> JSONResponse:
     service, model, _, names, clips = await _file_request(request, "audio-classification", "audio", set())
     windows = [w.features for clip in clips for w in clip.windows]
-    probs = await service.batchers[model.name].submit(windows) if windows else []
+    probs = await model.batcher.submit(windows) if windows else []
     predictions, used = [], 0
     for name, clip in zip(names, clips):
         predictions.append({**model.predictor.combine(clip, probs[used : used + len(clip.windows)]), "file": name})
@@ -253,7 +254,7 @@ async def tabular_predict(request: Request) -> JSONResponse:
             block = await asyncio.get_running_loop().run_in_executor(_prepare_pool, model.predictor.prepare, body.rows)
     except InputError as exc:
         raise RequestError(str(exc)) from None
-    (predictions,) = await service.batchers[model.name].submit([block])
+    (predictions,) = await model.batcher.submit([block])
     return _answer(model, predictions=predictions)
 
 
@@ -265,8 +266,29 @@ async def forecast(request: Request) -> JSONResponse:
         prepared = model.predictor.prepare(body.history, body.horizon)
     except ValueError as exc:  # SeriesError, or a horizon the model cannot give
         raise RequestError(str(exc)) from None
-    (output,) = await service.batchers[model.name].submit([prepared.window])
+    (output,) = await model.batcher.submit([prepared.window])
     return _answer(model, **model.predictor.finish(prepared, output))
+
+
+async def openapi_json(request: Request) -> JSONResponse:
+    global _OPENAPI
+    if _OPENAPI is None:
+        from serving.openapi import openapi_document
+
+        _OPENAPI = openapi_document()
+    return JSONResponse(_OPENAPI)
+
+
+_OPENAPI = None
+
+
+async def reload_models(request: Request) -> JSONResponse:
+    """Re-read the model repository and swap in new versions without dropping requests in flight.
+    Answers in this worker only; with several workers, call it once per worker or restart them."""
+    service = _service(request)
+    report = await service.reload()
+    log.info("reload: %s", report)
+    return JSONResponse({**report, "models": sorted(service.runtime.models), "refused_now": service.runtime.broken})
 
 
 def _top_k(raw, classes: int) -> int:
@@ -321,6 +343,40 @@ async def client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
     return JSONResponse({"error": "client disconnected"}, status_code=499)
 
 
+class Guard:
+    """ASGI middleware in front of every /v1 route, answering before the route runs or any of the body
+    is read: 401 without the API key (when TUNESERVE_API_KEY is set; the OpenAPI document stays
+    open), 413 for a declared Content-Length above the body limit."""
+
+    OPEN_PATHS = ("/openapi.json",)
+
+    def __init__(self, app, settings: Settings) -> None:
+        self.app = app
+        self.key = settings.api_key.encode() if settings.api_key else None
+        self.limit = settings.max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.lower(): v for k, v in scope["headers"] if k.lower() in (b"authorization", b"x-api-key", b"content-length")}
+        refusal = None
+        if self.key is not None and not scope["path"].endswith(self.OPEN_PATHS) and not self._authorised(headers):
+            refusal = JSONResponse({"error": "missing or wrong API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"},
+                                   status_code=401, headers={"WWW-Authenticate": 'Bearer realm="tuneserve"'})
+        elif (declared := headers.get(b"content-length", b"").strip()).isdigit() and int(declared) > self.limit:
+            refusal = JSONResponse({"error": f"request body is {int(declared)} bytes; the limit is {self.limit} (TUNESERVE_MAX_BODY_MB)"}, status_code=413)
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def _authorised(self, headers: dict[bytes, bytes]) -> bool:
+        given = headers.get(b"x-api-key")
+        auth = headers.get(b"authorization", b"")
+        if given is None and auth[:7].lower() == b"bearer ":
+            given = auth[7:].strip()
+        return given is not None and hmac.compare_digest(given, self.key)
+
+
 ROUTES = [
     Route("/models", list_models, methods=["GET"]),
     Route("/text/classify", classify_text, methods=["POST"]),
@@ -329,8 +385,11 @@ ROUTES = [
     Route("/audio/classify", classify_audio, methods=["POST"]),
     Route("/tabular/predict", tabular_predict, methods=["POST"]),
     Route("/forecast", forecast, methods=["POST"]),
+    Route("/admin/reload", reload_models, methods=["POST"]),
+    Route("/openapi.json", openapi_json, methods=["GET"]),
 ]
 http_app = Starlette(
     routes=[*ROUTES, Route("/{path:path}", no_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])],
     exception_handlers={RequestError: request_error, HTTPException: http_error, ClientDisconnect: client_gone},
+    middleware=[Middleware(Guard, settings=SETTINGS)],
 )

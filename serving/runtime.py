@@ -5,8 +5,10 @@ The HTTP service and `tuneserve predict` both go through `Runtime`, so what one 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,8 @@ class LoadedModel:
     variant: str
     session_info: SessionInfo
     predictor: Predictor
+    stamp: str = ""  # sha256 of the manifest file this model was loaded from (reload compares it)
+    batcher: Any = None  # the server's MicroBatcher for this model (None outside the server)
 
     @property
     def name(self) -> str:
@@ -49,8 +53,10 @@ class LoadedModel:
 def load_model(directory: Path, settings: Settings) -> LoadedModel:
     """Open one model folder. Every file the server opens (the chosen variant, the pre-processing
     assets) is checked against its sha256 in the manifest first; a mismatch raises ManifestError."""
+    manifest_bytes = (directory / MANIFEST_FILE).read_bytes()
     manifest = load_manifest(directory, verify=False)
     verify_files(directory, manifest, only=asset_files(manifest))
+    stamp = hashlib.sha256(manifest_bytes).hexdigest()
 
     def open_variant(variant: str, providers: list[str]):
         verify_files(directory, manifest, only={manifest.variants[variant].file})
@@ -60,7 +66,7 @@ def load_model(directory: Path, settings: Settings) -> LoadedModel:
     if not usable_accelerators(providers):  # no GPU provider can work here: straight to the CPU variant
         variant = manifest.variant_for("cpu", settings.variant)
         session, info = open_variant(variant, providers)
-        return LoadedModel(manifest, directory, variant, info, make_predictor(directory, manifest, session))
+        return LoadedModel(manifest, directory, variant, info, make_predictor(directory, manifest, session), stamp)
     # Variant choice depends on the device, which is known only once a session initialises: try the
     # GPU variant on the GPU providers first, and the CPU variant on the CPU.
     gpu_variant = manifest.variant_for("gpu", settings.variant)
@@ -71,7 +77,7 @@ def load_model(directory: Path, settings: Settings) -> LoadedModel:
         if cpu_variant != gpu_variant:
             session, _ = open_variant(cpu_variant, ["CPUExecutionProvider"])
         variant = cpu_variant
-    return LoadedModel(manifest, directory, variant, info, make_predictor(directory, manifest, session))
+    return LoadedModel(manifest, directory, variant, info, make_predictor(directory, manifest, session), stamp)
 
 
 class Runtime:
@@ -79,27 +85,74 @@ class Runtime:
         self.settings = settings or Settings()
         self.models: dict[str, LoadedModel] = {}
         self.broken: dict[str, str] = {}  # model folder → why it was refused
+        self.lock = threading.Lock()  # one reload at a time
+        directories = self._scan()
+        for directory, model in zip(directories, self._load_all(directories)):
+            if model is not None:
+                self.models[model.name] = model
+
+    def _scan(self) -> list[Path]:
+        """The model folders to serve: every folder with a manifest (or those TUNESERVE_MODELS names)."""
         root = Path(self.settings.repository)
         wanted = set(self.settings.models)
         found = {p.parent.name for p in root.glob(f"*/{MANIFEST_FILE}")}
         for name in sorted(wanted - found):
             self.broken[name] = f"asked for in TUNESERVE_MODELS but not in {root}"
             log.error("not serving %s: not in %s", name, root)
-        directories = [p.parent for p in sorted(root.glob(f"*/{MANIFEST_FILE}")) if not wanted or p.parent.name in wanted]
+        return [p.parent for p in sorted(root.glob(f"*/{MANIFEST_FILE}")) if not wanted or p.parent.name in wanted]
+
+    def _load_all(self, directories: list[Path]) -> list[LoadedModel | None]:
         # Hashing files and initialising sessions are native code that releases the GIL: models load
         # side by side, one per core.
+        if not directories:
+            return []
         with ThreadPoolExecutor(max_workers=max(1, min(len(directories), os.cpu_count() or 1)), thread_name_prefix="load") as pool:
-            outcomes = list(pool.map(self._try_load, directories))
-        for directory, model in zip(directories, outcomes):
-            if model is not None:
-                self.models[model.name] = model
+            return list(pool.map(self._try_load, directories))
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the repository and swap in what changed, without stopping anything that runs.
+
+        A folder whose manifest changed is loaded (and verified) beside the model that serves now and
+        replaces it only once it loaded; if the new version is refused, the old one keeps serving. A
+        folder that disappeared stops serving; a new folder starts. `self.models` is replaced in one
+        assignment, so a request sees either the old or the new set, and a request that already holds
+        a model finishes on it. Returns what changed."""
+        with self.lock:
+            current = {m.directory: m for m in self.models.values()}
+            self.broken = {}
+            directories = self._scan()
+            changed = []
+            for directory in directories:
+                model = current.get(directory)
+                try:
+                    stamp = hashlib.sha256((directory / MANIFEST_FILE).read_bytes()).hexdigest()
+                except OSError:
+                    stamp = None
+                if model is None or model.stamp != stamp:
+                    changed.append(directory)
+            models = {m.name: m for d, m in current.items() if d in directories}
+            report: dict[str, Any] = {"loaded": [], "kept": [], "removed": sorted(m.name for d, m in current.items() if d not in directories), "refused": {}}
+            for directory, model in zip(changed, self._load_all(changed)):
+                if model is None:
+                    report["refused"][directory.name] = self.broken[directory.name]
+                    if directory in current:
+                        report["kept"].append(current[directory].name)
+                    continue
+                old = current.get(directory)
+                if old is not None and old.name != model.name:
+                    models.pop(old.name, None)
+                models[model.name] = model
+                report["loaded"].append(f"{model.name} v{model.manifest.version}")
+            self.models = models
+            return report
 
     def _try_load(self, directory: Path) -> LoadedModel | None:
         try:
             model = load_model(directory, self.settings)
-        except (ManifestError, ValueError, OSError) as exc:
-            self.broken[directory.name] = str(exc)
-            log.error("not serving %s: %s", directory.name, exc)
+        except Exception as exc:  # a bad model folder (manifest, hashes, an ONNX file ORT rejects) is refused alone
+            reason = str(exc) if isinstance(exc, ManifestError) else f"{type(exc).__name__}: {exc}"
+            self.broken[directory.name] = reason
+            log.error("not serving %s: %s", directory.name, reason)
             return None
         log.info("loaded %s v%s (%s, %s on %s)", model.name, model.manifest.version, model.manifest.task, model.variant, model.session_info.provider)
         return model

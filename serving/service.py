@@ -6,6 +6,7 @@ TUNESERVE_* environment variables (see serving/settings.py).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import threading
@@ -103,16 +104,39 @@ _SETTINGS = Settings()
 @bentoml.asgi_app(http_app, path="/v1")
 class TuneServe:
     def __init__(self) -> None:
-        settings = Settings()
-        self.runtime = _PRELOAD.result() if _PRELOAD is not None else _load_runtime(settings)
-        self.batchers = {
-            name: MicroBatcher(
-                model.predictor,
-                max_batch_size=settings.max_batch_size,
-                max_wait_ms=settings.max_wait_ms,
-                max_queue=settings.max_queue,
-                on_batch=_observer(name),
-            )
-            for name, model in self.runtime.models.items()
-        }
+        self.settings = Settings()
+        self.runtime = _PRELOAD.result() if _PRELOAD is not None else _load_runtime(self.settings)
+        for model in self.runtime.models.values():
+            self._attach_batcher(model)
         http_app.state.service = self
+
+    def _attach_batcher(self, model) -> None:
+        model.batcher = MicroBatcher(
+            model.predictor,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_ms=self.settings.max_wait_ms,
+            max_queue=self.settings.max_queue,
+            on_batch=_observer(model.name),
+        )
+
+    def __is_ready__(self) -> bool:
+        """/readyz: 503 until at least one model serves; with TUNESERVE_READY_POLICY=all (the default),
+        also while any model of the repository was refused (a bad model halts a rolling update)."""
+        if not self.runtime.models:
+            return False
+        return self.settings.ready_policy == "any" or not self.runtime.broken
+
+    async def reload(self) -> dict:
+        """Swap in the models that changed on disk (see Runtime.reload). A replaced model's batcher
+        keeps running until every request already admitted to it is answered: it is closed after the
+        request timeout, by which time none can be waiting."""
+        before = dict(self.runtime.models)
+        report = await asyncio.to_thread(self.runtime.reload)
+        for model in self.runtime.models.values():
+            if model.batcher is None:
+                self._attach_batcher(model)
+        loop = asyncio.get_running_loop()
+        for name, old in before.items():
+            if self.runtime.models.get(name) is not old:
+                loop.call_later(self.settings.timeout_s + 1, old.batcher.close)
+        return report

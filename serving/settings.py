@@ -40,6 +40,17 @@ class Settings:
     # which models of the repository to load (comma-separated names); empty = all
     models: list[str] = field(default_factory=lambda: [m.strip() for m in os.environ.get("TUNESERVE_MODELS", "").split(",") if m.strip()])
     max_text_chars: int = field(default_factory=lambda: _int("TUNESERVE_MAX_TEXT_CHARS", 20_000))
+    # request body limit, JSON and multipart alike: 413 before a larger body is read
+    max_body_bytes: int = field(default_factory=lambda: int(_float("TUNESERVE_MAX_BODY_MB", 25.0) * 1024 * 1024))
+    # /readyz: "all" = 503 while any model of the repository was refused; "any" = 200 once one serves
+    ready_policy: str = field(default_factory=lambda: os.environ.get("TUNESERVE_READY_POLICY", "all"))
+    # when set, every /v1 route but the OpenAPI document needs `Authorization: Bearer <key>` or
+    # `X-API-Key: <key>`; health and metrics routes stay open
+    api_key: str | None = field(default_factory=lambda: os.environ.get("TUNESERVE_API_KEY") or None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.ready_policy not in ("all", "any"):
+            raise ValueError(f"TUNESERVE_READY_POLICY must be 'all' or 'any', not {self.ready_policy!r}")
 
     def intra_op_threads(self) -> int:
         if self.threads > 0:

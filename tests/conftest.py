@@ -88,10 +88,11 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def start_server(repository: Path, folder: Path, ready_timeout: float = 120, **settings: str):
+def start_server(repository: Path, folder: Path, ready_timeout: float = 120, ready_path: str = "/readyz", **settings: str):
     """`bentoml serve` on a free local port over `repository`, with extra environment `settings`
     (e.g. TUNESERVE_API_KEY="k"); `folder` holds its log and its own BENTOML_HOME (BentoML wipes
-    the Prometheus files there when a server starts). Stopped with SIGTERM on exit."""
+    the Prometheus files there when a server starts). Returns once `ready_path` answers 200 (use
+    /livez for a server that is up but not ready). Stopped with SIGTERM on exit."""
     port = free_port()
     log_path = folder / "server.log"
     env = dict(os.environ, TUNESERVE_REPOSITORY=str(repository), TUNESERVE_MAX_WAIT_MS="5", BENTOML_HOME=str(folder / "bentoml_home"))
@@ -104,7 +105,7 @@ def start_server(repository: Path, folder: Path, ready_timeout: float = 120, **s
         )
     server = RunningServer(f"http://127.0.0.1:{port}", proc, log_path)
     try:
-        wait_ready(f"{server.url}/readyz", proc, ready_timeout, log_path=log_path)
+        wait_ready(server.url + ready_path, proc, ready_timeout, log_path=log_path)
         yield server
     finally:
         server.stop()
