@@ -32,6 +32,8 @@ TARGET_RATE = 16_000
 MIN_RATE = 8_000
 MAX_SECONDS = 30.0
 MAX_AUDIO_BYTES = 20 * 1024 * 1024
+# Float samples are full scale at ±1; far beyond that (or NaN/inf) the power spectrum overflows.
+MAX_FLOAT_SAMPLE = 1000.0
 FORMATS = {"WAV", "WAVEX", "FLAC", "OGG", "RF64", "W64"}
 # Integer PCM is read as integers and scaled here: libsndfile's own int → float conversion is about
 # 3× slower than numpy's. The scale is the one libsndfile uses (full scale → ±1.0), so the samples
@@ -60,9 +62,13 @@ def decode_audio(data: bytes, target_rate: int = TARGET_RATE, max_seconds: float
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
-        raise AudioError(f"not audio, or a corrupt header ({' '.join(str(exc).split())[:120]})") from None
+        # libsndfile's message starts "Error opening <_io.BytesIO object at 0x...>: "; the reason follows
+        reason = " ".join(str(exc).split()).split(">: ", 1)[-1]
+        raise AudioError(f"not audio, or a corrupt header ({reason[:120]})") from None
     if samples.shape[0] == 0:
         raise AudioError("no samples")
+    if samples.dtype.kind == "f" and not -MAX_FLOAT_SAMPLE <= samples.min() <= samples.max() <= MAX_FLOAT_SAMPLE:
+        raise AudioError(f"float samples must be finite and within ±{MAX_FLOAT_SAMPLE:g} (full scale is ±1)")
     mono = _mix_to_mono(samples, scale)
     if rate != target_rate:
         mono = soxr.resample(mono, rate, target_rate, quality="HQ")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Encoding
 
+from serving.processing.text import replace_surrogates
+
 
 @dataclass
 class Word:
@@ -45,7 +47,7 @@ def decode_spans(text: str, words: list[Word]) -> list[dict]:
     def close() -> None:
         if current is not None:
             current["score"] = float(np.mean(scores))
-            current["text"] = text[current["start"] : current["end"]]
+            current["text"] = replace_surrogates(text[current["start"] : current["end"]])
             spans.append(current)
 
     for word in words:

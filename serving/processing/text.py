@@ -6,11 +6,21 @@ Batches are padded to their longest item, not to a fixed length.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def replace_surrogates(text: str) -> str:
+    """Lone UTF-16 surrogates are valid in a Python str (and in JSON's \\uXXXX escapes) but not in
+    UTF-8, which the tokenizer and the JSON response need; each becomes U+FFFD, so character offsets
+    into the original text still hold."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 @dataclass
@@ -53,7 +63,10 @@ class TextPreprocessor:
     def tokenize(self, texts: list[str]) -> list[Encoding]:
         if self.lowercase:
             texts = [t.lower() for t in texts]
-        return self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        try:
+            return self.tokenizer.encode_batch(texts, add_special_tokens=True)
+        except TypeError:  # a lone surrogate somewhere; rare, so the common path pays nothing for it
+            return self.tokenizer.encode_batch([replace_surrogates(t) for t in texts], add_special_tokens=True)
 
     def pad(self, encodings: list[Encoding]) -> TextBatch:
         longest = max((len(e.ids) for e in encodings), default=0)
