@@ -153,22 +153,34 @@ async def probe_recovery(url: str, payloads: list[Payload], since: float, baseli
             "probes": [(round(o.done - since, 3), round(o.ms, 1) if o.status == 200 else None) for o in probes]}
 
 
-async def burst(url: str, payloads: list[Payload], rate: float, seconds: float, baseline_ms: float, recovery_limit_s: float) -> tuple[list[Outcome], float, dict]:
+async def burst(url: str, payloads: list[Payload], rate: float, seconds: float, baseline_ms: float, recovery_limit_s: float) -> tuple[list[Outcome], dict, dict]:
     """Arrivals at `rate` per second, evenly spaced, for `seconds`, whatever the answers; recovery
     probing starts at the last arrival, while the admitted requests are still draining. Returns the
-    outcomes, the seconds the arrivals took and the recovery."""
-    tasks = []
-    async with session() as client:
+    outcomes; the client side (how long the arrivals took, the client's own event-loop lag until the
+    last answer: a stalled client shows up as slow answers it did not get from the server); the recovery."""
+    tasks, lags, done = [], [], asyncio.Event()
+
+    async def watch_lag() -> None:
+        while not done.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append((time.perf_counter() - before - 0.001) * 1000)
+
+    async with session() as http:
+        watcher = asyncio.create_task(watch_lag())
         start = time.perf_counter()
         for n, offset in enumerate(arrival_times(rate, seconds, "constant")):
             delay = start + offset - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(send(client, url, payloads, n % len(payloads))))
+            tasks.append(asyncio.create_task(send(http, url, payloads, n % len(payloads))))
         sending_s = time.perf_counter() - start
         recovery = await probe_recovery(url, payloads, time.perf_counter(), baseline_ms, recovery_limit_s)
         outcomes = list(await asyncio.gather(*tasks))
-    return outcomes, sending_s, recovery
+        done.set()
+        await watcher
+    client = {"achieved_rps": len(outcomes) / sending_s, "client_lag_p99_ms": percentile(lags, 99), "client_lag_max_ms": max(lags, default=None)}
+    return outcomes, client, recovery
 
 
 def summarize(outcomes: list[Outcome], reference: list[Any]) -> dict[str, Any]:
@@ -207,13 +219,12 @@ def overload_run(base: str, payloads: list[Payload], limit_concurrency: int, fac
     reference, baseline_ms = asyncio.run(alone(url, payloads))
     capacity = run(closed_loop(url, payloads, limit_concurrency, capacity_seconds, warmup_s=1.0)).summary()
     rate = factor * capacity["throughput_rps"]
-    outcomes, sending_s, recovery = asyncio.run(burst(url, payloads, rate, burst_seconds, baseline_ms, recovery_limit_s))
+    outcomes, client, recovery = asyncio.run(burst(url, payloads, rate, burst_seconds, baseline_ms, recovery_limit_s))
     return {
         "baseline_p50_ms": baseline_ms,
         "capacity": {"concurrency": limit_concurrency, "rps": capacity["throughput_rps"], "p50_ms": capacity["p50_ms"],
                      "p99_ms": capacity["p99_ms"], "errors": capacity["errors"], "statuses": capacity["statuses"]},
-        "burst": {"factor": factor, "target_rps": rate, "seconds": burst_seconds, "achieved_rps": len(outcomes) / sending_s,
-                  **summarize(outcomes, reference)},
+        "burst": {"factor": factor, "target_rps": rate, "seconds": burst_seconds, **client, **summarize(outcomes, reference)},
         "recovery": recovery,
     }
 
@@ -296,10 +307,11 @@ def markdown(report: dict[str, Any]) -> list[str]:
         "Capacity is the closed-loop throughput at the limit's concurrency, measured first on the same server. "
         f"Targets: refusals 429/503 with p99 < 50 ms; admitted answers 100% equal to the same request sent alone "
         f"(same labels, scores within {SCORE_TOLERANCE}: dynamic INT8 quantises activations per batch, so a text's scores move a little with its batch-mates); back to {RECOVERY_FACTOR}× the baseline p50 (median of {RECOVERY_WINDOW} requests in a row, "
-        "one at a time) within 5 s of the burst's last arrival.",
+        "one at a time) within 5 s of the burst's last arrival. The client's event-loop lag is measured during the burst: "
+        "a refusal that took as long as a client stall was slow in the client, not in the server.",
         "",
-        "| limit | setting | capacity req/s | baseline p50 ms | burst sent | sent req/s | admitted | refused | statuses | refused p50 ms | refused p99 ms | admitted p99 ms | admitted correct | recovered in s | other cores |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| limit | setting | capacity req/s | baseline p50 ms | burst sent | sent req/s | admitted | refused | statuses | refused p50 ms | refused p99 ms | client loop lag p99 / max ms | admitted p99 ms | admitted correct | recovered in s | other cores |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in report["runs"].items():
         b, rec = r["burst"], r["recovery"]
@@ -309,7 +321,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
         recovered = "not in time" if rec["recovered_s"] is None else f"{rec['recovered_s']:.2f}"
         lines.append(
             f"| {name} | {setting} | {r['capacity']['rps']:.1f} | {r['baseline_p50_ms']:.1f} | {b['sent']} | {b['achieved_rps']:.0f} | {b['admitted']} | {b['refused']} | {statuses} | "
-            f"{_ms(b['refused_p50_ms'])} | {_ms(b['refused_p99_ms'])} | {_ms(b['admitted_p99_ms'])} | {correct} | {recovered} | {r['other_processes_cores'] or 0:.2f} |"
+            f"{_ms(b['refused_p50_ms'])} | {_ms(b['refused_p99_ms'])} | {_ms(b['client_lag_p99_ms'])} / {_ms(b['client_lag_max_ms'])} | {_ms(b['admitted_p99_ms'])} | {correct} | {recovered} | {r['other_processes_cores'] or 0:.2f} |"
         )
     lines += ["", "Refusal messages: " + "; ".join(f"{name}: " + " / ".join(f"`{m}`" for m in r["burst"]["refusal_messages"]) for name, r in report["runs"].items()), ""]
     return lines
