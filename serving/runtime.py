@@ -168,7 +168,8 @@ class Runtime:
         model = self.models.get(name)
         if model is None:
             hint = f" (refused at load: {self.broken[name]})" if name in self.broken else ""
-            raise UnknownModel(f"unknown model {name!r}{hint}; available models: {sorted(self.models) or 'none'}")
+            shown = repr(name) if len(name) <= 100 else f"{name[:100]!r}… ({len(name)} characters)"
+            raise UnknownModel(f"unknown model {shown}{hint}; available models: {sorted(self.models) or 'none'}")
         if model.manifest.task != task:
             route = TASK_ROUTES.get(model.manifest.task, "its own route")
             raise RequestError(f"model {name!r} is a {model.manifest.task} model; send it to {route}")

@@ -56,6 +56,10 @@ def parse_json_body(raw: bytes, schema: type[Body]) -> Body:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError("request body is nested too deeply to parse") from None
+    except ValueError as exc:  # e.g. an integer literal of thousands of digits
+        raise RequestError(f"request body is not usable JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise RequestError(f"request body must be a JSON object, got {type(data).__name__}")
     try:

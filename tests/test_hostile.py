@@ -13,17 +13,6 @@ import pytest
 
 from tests.data.make_hostile import HOSTILE, all_cases, make_corpus
 
-# Cases a serving-side bug currently answers with a 5xx (outside serving/processing); see the
-# reasons. Each stays in the corpus, so the test starts passing (xpass) once the bug is fixed.
-_DEEP = "serving/schemas.py parse_json_body: json.loads raises RecursionError past ~1000 levels of nesting; it is not caught, so a 500"
-_DIGITS = "serving/schemas.py parse_json_body: an integer literal over 4300 digits makes json.loads raise a plain ValueError; not caught, so a 500"
-KNOWN_SERVER_BUGS: dict[str, str] = {
-    **{f"{route}-{name}": _DEEP for route in ("text", "entities", "tabular", "forecast") for name in ("deep-100k", "deep-objects-50k")},
-    **{f"{route}-bigint-5000-digits": _DIGITS for route in ("text", "entities", "tabular", "forecast")},
-    "tabular-cell-deep": _DEEP,
-    **{f"{route}-huge-string-10mb": "serving/runtime.py Runtime.resolve: the 'unknown model' message repeats the requested name in full, "
-       "so a 10 MB name comes back as a 10 MB error (once the body limit lets it through)" for route in ("text", "entities", "tabular", "forecast")},
-}
 # An error names what is wrong; it does not echo megabytes of the request back.
 MAX_MESSAGE_CHARS = 4096
 
@@ -62,9 +51,7 @@ def answers(server, corpus) -> dict[str, tuple[int | None, object]]:
     return out
 
 
-@pytest.mark.parametrize(
-    "case_id", [pytest.param(i, marks=pytest.mark.xfail(reason=KNOWN_SERVER_BUGS[i], strict=False)) if i in KNOWN_SERVER_BUGS else i for i in CASE_IDS]
-)
+@pytest.mark.parametrize("case_id", CASE_IDS)
 def test_hostile_case_gets_a_4xx_with_a_json_error(answers, corpus, case_id):
     status, body = answers[case_id]
     entry = corpus[case_id]
@@ -81,8 +68,7 @@ def test_corpus_summary_and_the_server_still_answers(server, answers, corpus, ti
     print(f"\nhostile corpus: {len(answers)} cases; by status {dict(sorted(statuses.items(), key=str))}; by category {dict(sorted(categories.items()))}")
     assert len(corpus) >= 100 and len(set(corpus)) == len(corpus)
     server_errors = {i: answers[i] for i in answers if answers[i][0] is None or answers[i][0] >= 500}
-    unexpected = {i: a for i, a in server_errors.items() if i not in KNOWN_SERVER_BUGS}
-    assert not unexpected, f"5xx or no answer: {unexpected}"
+    assert not server_errors, f"5xx or no answer: {server_errors}"
     with httpx.Client(base_url=server, timeout=60) as client:
         assert client.get("/readyz").status_code == 200
         r = client.post("/v1/text/classify", json={"model": "intent", "texts": ["I lost my card", "what is my balance"]})
