@@ -17,7 +17,6 @@ import io
 import math
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import eager_model, model_benchmark_args, serve_and_sweep, served_table, time_engines, write_results  # noqa: E402
+from benchmarks.harness import OtherLoad, eager_model, model_benchmark_args, serve_and_sweep, served_table, time_engines, write_results  # noqa: E402
 from serving.loadtest.payloads import Payload  # noqa: E402
 from serving.manifest import load_manifest  # noqa: E402
 from serving.processing.audio import LogMelFrontEnd, decode_audio  # noqa: E402
@@ -39,56 +38,6 @@ from training.recipe import Recipe  # noqa: E402
 from training.tasks.audio_classification import AUDIO_SUFFIXES  # noqa: E402
 
 ROUTE = "/v1/audio/classify"
-
-
-class OtherLoad:
-    """How much of the (shared) CPU other processes took: samples the machine's busy time and this
-    benchmark's own CPU (this process, which also runs the load generator, and its descendants, the
-    server) a few times a second. Linux only; elsewhere every figure is None."""
-
-    def __init__(self, interval_s: float = 0.25) -> None:
-        self.available = os.path.exists("/proc/stat")
-        self.tick = os.sysconf("SC_CLK_TCK") if self.available else 100
-        self.seen: dict[int, float] = {}  # pid → last CPU seconds seen (kept after the process exits)
-        self.lock = threading.Lock()
-        if self.available:
-            threading.Thread(target=self._loop, args=(interval_s,), daemon=True).start()
-
-    def _loop(self, interval_s: float) -> None:
-        while True:
-            self.mark()
-            time.sleep(interval_s)
-
-    def mark(self) -> tuple[float, float, float] | None:
-        """(machine busy CPU s, own CPU s, wall s) now."""
-        if not self.available:
-            return None
-        stats = {}
-        for entry in os.listdir("/proc"):
-            try:
-                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split() if entry.isdigit() else None
-            except OSError:
-                continue
-            if fields:
-                stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / self.tick)
-        own, frontier = {os.getpid()}, [os.getpid()]
-        while frontier:
-            parent = frontier.pop()
-            children = [pid for pid, (ppid, _) in stats.items() if ppid == parent and pid not in own]
-            own.update(children)
-            frontier += children
-        cpu = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
-        with self.lock:
-            for pid in own:
-                self.seen[pid] = max(self.seen.get(pid, 0.0), stats[pid][1]) if pid in stats else self.seen.get(pid, 0.0)
-            return (sum(cpu) - cpu[3] - cpu[4]) / self.tick, sum(self.seen.values()), time.monotonic()
-
-    def cores_since(self, start) -> float | None:
-        """Cores other processes used, on average, since `start` (a `mark()`)."""
-        end = self.mark()
-        if start is None or end is None:
-            return None
-        return max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / (end[2] - start[2]))
 
 
 def main() -> None:

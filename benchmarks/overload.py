@@ -239,7 +239,7 @@ def main() -> None:
     ap.add_argument("--burst-seconds", type=float, default=3.0)
     ap.add_argument("--seconds", type=float, default=4.0, help="per closed-loop step")
     args = ap.parse_args()
-    from benchmarks.audio_classify import OtherLoad
+    from benchmarks.harness import OtherLoad
 
     others = OtherLoad()
     repository = Path(args.repository)

@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--capacity-concurrency", type=int, default=32)
     ap.add_argument("--capacity-seconds", type=float, default=5.0)
     args = ap.parse_args()
-    from benchmarks.audio_classify import OtherLoad
+    from benchmarks.harness import OtherLoad
 
     others = OtherLoad()
     seconds = args.minutes * 60

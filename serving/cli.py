@@ -106,6 +106,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         env["TUNESERVE_REPOSITORY"] = str(Path(args.repository).resolve())
     bentoml = Path(sys.executable).with_name("bentoml")
     argv = [str(bentoml), "serve", "serving.service:TuneServe", "--host", args.host, "--port", str(args.port)]
+    grace = Settings().grace_s
+    if grace > 0:  # after SIGTERM, requests still running after this many seconds are cancelled (500)
+        argv += ["--timeout-graceful-shutdown", str(grace)]
     os.chdir(PROJECT_ROOT)
     os.execve(argv[0], argv, env)
     return 0

@@ -324,7 +324,8 @@ def _prepare_many(predictor, jobs: list[tuple[str, str | None, memoryview | byte
 
 
 async def request_error(request: Request, exc: RequestError) -> JSONResponse:
-    return JSONResponse({"error": exc.message}, status_code=exc.status)
+    headers = {"Retry-After": "1"} if exc.status == 503 else None  # at capacity: come back shortly
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
 
 
 async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

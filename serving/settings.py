@@ -37,6 +37,9 @@ class Settings:
     # requests in flight per worker before BentoML answers 503; seconds before a request times out
     max_concurrency: int = field(default_factory=lambda: _int("TUNESERVE_MAX_CONCURRENCY", 256))
     timeout_s: float = field(default_factory=lambda: _float("TUNESERVE_TIMEOUT_S", 60.0))
+    # `tuneserve serve`: seconds after SIGTERM before requests still running are cancelled; 0 = wait
+    # for all of them (each is bounded by timeout_s anyway)
+    grace_s: int = field(default_factory=lambda: _int("TUNESERVE_GRACE_S", 0))
     # which models of the repository to load (comma-separated names); empty = all
     models: list[str] = field(default_factory=lambda: [m.strip() for m in os.environ.get("TUNESERVE_MODELS", "").split(",") if m.strip()])
     max_text_chars: int = field(default_factory=lambda: _int("TUNESERVE_MAX_TEXT_CHARS", 20_000))

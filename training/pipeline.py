@@ -237,7 +237,8 @@ def quantise_and_gate(task, recipe: Recipe, splits, staging: Path, test_batches,
         quantise_dynamic_int8(fp32_path, int8_path)
     else:
         _log(f"{recipe.name}: quantising to static INT8 (QDQ, per-channel), calibrating on {q.calibration_size} training inputs", quiet)
-        quantise_static_int8(fp32_path, int8_path, task.calibration_inputs(splits, q.calibration_size))
+        quantise_static_int8(fp32_path, int8_path, task.calibration_inputs(splits, q.calibration_size),
+                             symbolic_shapes=task.quantise_symbolic_shapes, op_types=task.quantise_op_types)
     int8_logits = run_batches(onnx_runner(int8_path), test_batches)
     metrics = task.metrics(int8_logits, targets, splits.label_names)
     drop = fp32.metrics[task.metric] - metrics[task.metric]

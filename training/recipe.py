@@ -57,9 +57,10 @@ class ExportConfig(_Strict):
 
 
 class QuantiseConfig(_Strict):
-    # dynamic: weights INT8 offline, activations per call (transformers); static: QDQ, per-channel,
-    # activation ranges calibrated on training inputs (CNNs).
-    mode: Literal["none", "dynamic", "static"] = "dynamic"
+    # static: QDQ, per-channel weights, activation ranges calibrated on training inputs and fixed in
+    # the graph, so a served answer never depends on the other requests in its batch. dynamic:
+    # activation ranges per call, i.e. per batch: answers shift with their batch-mates (offline use).
+    mode: Literal["none", "dynamic", "static"] = "static"
     max_metric_drop: float = Field(0.01, ge=0, description="largest allowed drop of the deciding metric vs fp32")
     require_speedup: bool = Field(False, description="serve INT8 only if it is also faster than fp32 on this machine")
     calibration_size: int = Field(256, ge=1)

@@ -69,6 +69,11 @@ class Task(ABC):
     def after_fit(self, model: nn.Module, splits: Splits) -> None:
         """Hook run after training and before test evaluation and export (e.g. calibration)."""
 
+    # Static quantisation: whether ONNX Runtime's symbolic shape pass can follow the graph, and which
+    # operator types to quantise (None: every supported one).
+    quantise_symbolic_shapes: bool = True
+    quantise_op_types: list[str] | None = None
+
     def calibration_inputs(self, splits: Splits, count: int) -> list[dict[str, np.ndarray]]:
         """Model inputs for static quantisation's calibration; tasks that support it override this."""
         raise NotImplementedError(f"{self.name} does not support static quantisation")

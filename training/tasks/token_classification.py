@@ -83,6 +83,9 @@ class TokenClassificationTask(TextClassificationTask):
         generator = torch.Generator().manual_seed(self.recipe.train.seed)
         return DataLoader(split, batch_size=batch_size or self.recipe.train.batch_size, shuffle=shuffle, collate_fn=partial(self.collate, train=shuffle), generator=generator)
 
+    def texts_of(self, split: list[SpanExample]) -> list[str]:
+        return [ex.text for ex in split]
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
 
