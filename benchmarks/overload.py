@@ -43,10 +43,9 @@ from serving.loadtest.payloads import Payload, builtin_payloads, json_payload  #
 
 ROUTE = "/v1/text/classify"
 REFUSALS = {429, 503}
-# Dynamic INT8 scales activations per batch, so a text merged into a batch gets scores a little off
-# its scores alone (up to ~0.06 measured on `intent`), and a close call may change label; a mixed-up
-# answer differs completely.
-SCORE_TOLERANCE = 0.1
+# Served INT8 models are quantised statically (activation ranges fixed in the graph), so a text's
+# answer does not depend on its batch-mates: equal to its answer alone up to float rounding.
+SCORE_TOLERANCE = 1e-4
 RECOVERY_FACTOR, RECOVERY_WINDOW = 1.2, 5
 
 
@@ -115,7 +114,7 @@ def answer_difference(got: list[dict], expected: list[dict]) -> float:
     worst = 0.0
     for g, e in zip(got, expected):
         top = sorted(e["scores"].values(), reverse=True)
-        if g["label"] != e["label"] and top[0] - top[1] >= SCORE_TOLERANCE:
+        if g["label"] != e["label"] and top[0] - top[1] > 2 * SCORE_TOLERANCE:
             return float("inf")
         worst = max(worst, max(abs(g["scores"][k] - e["scores"][k]) for k in e["scores"]))
     return worst
@@ -306,7 +305,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
         "",
         "Capacity is the closed-loop throughput at the limit's concurrency, measured first on the same server. "
         f"Targets: refusals 429/503 with p99 < 50 ms; admitted answers 100% equal to the same request sent alone "
-        f"(same labels, scores within {SCORE_TOLERANCE}: dynamic INT8 quantises activations per batch, so a text's scores move a little with its batch-mates); back to {RECOVERY_FACTOR}× the baseline p50 (median of {RECOVERY_WINDOW} requests in a row, "
+        f"(same labels, scores within {SCORE_TOLERANCE}: the served INT8 model is quantised statically, so batch-mates do not move an answer); back to {RECOVERY_FACTOR}× the baseline p50 (median of {RECOVERY_WINDOW} requests in a row, "
         "one at a time) within 5 s of the burst's last arrival. The client's event-loop lag is measured during the burst: "
         "a refusal that took as long as a client stall was slow in the client, not in the server.",
         "",
