@@ -58,7 +58,7 @@ def quantise_static_int8(fp32_path: Path, out_path: Path, calibration: list[dict
     """Static INT8 in QDQ format, per-channel weights, activation ranges from calibration inputs
     (MinMax over what the server would feed). The ranges are fixed in the graph, so an input's
     answer does not depend on what else shares its batch (dynamic quantisation's per-call ranges
-    do). `op_types` limits what is quantised (transformers: the matrix products only)."""
+    do). `op_types` limits what is quantised (transformers: the matrix products and embeddings)."""
     out_path = Path(out_path).resolve()
     with _prepared(fp32_path, symbolic_shapes=symbolic_shapes) as prepared:
         quantize_static(
