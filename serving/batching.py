@@ -55,6 +55,7 @@ class MicroBatcher(Generic[In, Out]):
         self._worker: asyncio.Task[None] | None = None
         # One inference at a time per model: ORT already uses all its intra-op threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
+        self._closed = False
 
     def _ensure_worker(self) -> asyncio.Queue:
         if self._queue is None or self._worker is None or self._worker.done():
@@ -63,6 +64,8 @@ class MicroBatcher(Generic[In, Out]):
         return self._queue
 
     async def submit(self, items: list[In]) -> list[Out]:
+        if self._closed:
+            raise Overloaded("this model was just replaced; retry")
         queue = self._ensure_worker()
         if queue.qsize() + len(items) > self.max_queue:
             raise Overloaded(f"server is at capacity ({queue.qsize()} items queued); retry later")
@@ -115,8 +118,14 @@ class MicroBatcher(Generic[In, Out]):
                     fut.set_result(result)
 
     def close(self) -> None:
+        """Stop the worker; anything still queued is answered 503 (retry), later submits too."""
+        self._closed = True
         if self._worker is not None:
             self._worker.cancel()
+        while self._queue is not None and not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(Overloaded("this model was just replaced; retry"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 

@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -56,7 +57,7 @@ def _service(request: Request):
 
 async def list_models(request: Request) -> JSONResponse:
     runtime = _service(request).runtime
-    return JSONResponse({"models": [m.public() for m in runtime.models.values()], "refused": runtime.broken})
+    return JSONResponse({"models": [m.public() for m in runtime.models.values()], "refused": runtime.broken, "not_updated": runtime.stale})
 
 
 async def _text_request(request: Request, task: str):
@@ -95,6 +96,9 @@ class FilePart:
     data: memoryview | bytes
 
 
+TEXT_CHARSETS = {"utf-8", "utf8", "ascii", "us-ascii", "latin-1", "latin1", "iso-8859-1"}
+
+
 def _parse_multipart(body: bytes, content_type: str, max_files: int, max_fields: int, max_field_bytes: int = 1024 * 1024) -> list[tuple[str, str | FilePart]]:
     """Split a multipart/form-data body held in memory into (name, text or FilePart) in body order.
 
@@ -108,13 +112,12 @@ def _parse_multipart(body: bytes, content_type: str, max_files: int, max_fields:
     _, params = parse_options_header(content_type)
     if b"boundary" not in params:
         raise ValueError("Missing boundary in multipart.")
-    charset = params.get(b"charset", b"utf-8").decode("latin-1")
+    charset = params.get(b"charset", b"utf-8").decode("latin-1").strip().lower()
+    if charset not in TEXT_CHARSETS:  # any Python codec would do otherwise, some slow or unsafe
+        raise ValueError(f"charset {charset[:40]!r} is not supported; send utf-8")
 
     def text(raw: bytes) -> str:
-        try:
-            return raw.decode(charset)
-        except (LookupError, UnicodeDecodeError):
-            return raw.decode("latin-1")
+        return raw.decode(charset, errors="replace")
 
     view = memoryview(body)
     items: list[tuple[str, str | FilePart]] = []
@@ -284,17 +287,21 @@ _OPENAPI = None
 
 async def reload_models(request: Request) -> JSONResponse:
     """Re-read the model repository and swap in new versions without dropping requests in flight.
-    Answers in this worker only; with several workers, call it once per worker or restart them."""
+    Needs the API key (off without one). Answers in this worker only (`worker_pid` says which);
+    with several workers, restart them instead."""
     service = _service(request)
+    if not SETTINGS.api_key:
+        raise RequestError("model reload is turned off: set TUNESERVE_API_KEY to enable it (and call it with the key)", status=403)
     report = await service.reload()
     log.info("reload: %s", report)
-    return JSONResponse({**report, "models": sorted(service.runtime.models), "refused_now": service.runtime.broken})
+    return JSONResponse({**report, "models": sorted(service.runtime.models), "refused_now": service.runtime.broken,
+                         "not_updated": service.runtime.stale, "worker_pid": os.getpid()})
 
 
 def _top_k(raw, classes: int) -> int:
     if raw is None:
         return min(5, classes)
-    if not isinstance(raw, str) or not raw.strip().lstrip("-").isdigit():
+    if not isinstance(raw, str) or not re.fullmatch(r"-?[0-9]{1,9}", raw.strip()):
         raise RequestError(f"top_k: expected an integer between 1 and {classes}")
     value = int(raw)
     if not 1 <= value <= classes:
@@ -361,7 +368,7 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.lower(): v for k, v in scope["headers"] if k.lower() in (b"authorization", b"x-api-key", b"content-length")}
         refusal = None
-        if self.key is not None and not scope["path"].endswith(self.OPEN_PATHS) and not self._authorised(headers):
+        if self.key is not None and self._route_path(scope) not in self.OPEN_PATHS and not self._authorised(headers):
             refusal = JSONResponse({"error": "missing or wrong API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"},
                                    status_code=401, headers={"WWW-Authenticate": 'Bearer realm="tuneserve"'})
         elif (declared := headers.get(b"content-length", b"").strip()).isdigit() and int(declared) > self.limit:
@@ -369,6 +376,12 @@ class Guard:
         if refusal is not None:
             return await refusal(scope, receive, send)
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _route_path(scope) -> str:
+        """The path inside this app (the mount's prefix, e.g. /v1, taken off)."""
+        path, root = scope["path"], scope.get("root_path", "")
+        return path[len(root):] if root and path.startswith(root) else path
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
         given = headers.get(b"x-api-key")

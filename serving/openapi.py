@@ -17,6 +17,7 @@ ERROR = {"$ref": "#/components/schemas/Error"}
 
 def _errors(*codes: int) -> dict[str, Any]:
     why = {400: "the request is malformed or names something wrong", 401: "missing or wrong API key (when one is configured)",
+           403: "turned off (model reload needs an API key configured)", 409: "the repository holds no model; nothing was unloaded",
            404: "unknown model", 413: "body, item count or file over its limit", 415: "wrong content type",
            503: "at capacity; retry later"}
     return {str(c): {"description": why[c], "content": {"application/json": {"schema": ERROR}}} for c in codes}
@@ -81,6 +82,6 @@ def openapi_document() -> dict[str, Any]:
                 "horizon": {"type": "integer"}, "interpolated": {"type": "integer"}})),
             "/admin/reload": {"post": {"summary": "Re-read the model repository; swap in changed models without dropping requests",
                                        "responses": {"200": {"description": "what changed", "content": {"application/json": {"schema": {"type": "object"}}}},
-                                                     **_errors(401)}}},
+                                                     **_errors(401, 403, 409)}}},
         },
     }

@@ -12,7 +12,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from serving.errors import ManifestError, RequestError, UnknownModel
 from serving.manifest import MANIFEST_FILE, Manifest, asset_files, load_manifest, verify_files
@@ -85,42 +85,51 @@ class Runtime:
         self.settings = settings or Settings()
         self.models: dict[str, LoadedModel] = {}
         self.broken: dict[str, str] = {}  # model folder → why it was refused
+        self.stale: dict[str, str] = {}  # model folder → why its new version was refused (the old one serves)
         self.lock = threading.Lock()  # one reload at a time
-        directories = self._scan()
-        for directory, model in zip(directories, self._load_all(directories)):
+        directories = self._scan(self.broken)
+        for directory, model in zip(directories, self._load_all(directories, self.broken)):
             if model is not None:
                 self.models[model.name] = model
 
-    def _scan(self) -> list[Path]:
+    def _scan(self, broken: dict[str, str]) -> list[Path]:
         """The model folders to serve: every folder with a manifest (or those TUNESERVE_MODELS names)."""
         root = Path(self.settings.repository)
         wanted = set(self.settings.models)
         found = {p.parent.name for p in root.glob(f"*/{MANIFEST_FILE}")}
         for name in sorted(wanted - found):
-            self.broken[name] = f"asked for in TUNESERVE_MODELS but not in {root}"
+            broken[name] = f"asked for in TUNESERVE_MODELS but not in {root}"
             log.error("not serving %s: not in %s", name, root)
         return [p.parent for p in sorted(root.glob(f"*/{MANIFEST_FILE}")) if not wanted or p.parent.name in wanted]
 
-    def _load_all(self, directories: list[Path]) -> list[LoadedModel | None]:
-        # Hashing files and initialising sessions are native code that releases the GIL: models load
-        # side by side, one per core.
+    def _load_all(self, directories: list[Path], broken: dict[str, str]) -> list[LoadedModel | None]:
+        """Load folders side by side, one per core (hashing and session creation are native code that
+        releases the GIL); refusals go into `broken`. Where a GPU provider might work, the first
+        folder loads alone, so its probe decides for the others."""
         if not directories:
             return []
+        first: list[LoadedModel | None] = []
+        if len(directories) > 1 and usable_accelerators(candidate_providers(self.settings.device)):
+            first, directories = [self._try_load(directories[0], broken)], directories[1:]
         with ThreadPoolExecutor(max_workers=max(1, min(len(directories), os.cpu_count() or 1)), thread_name_prefix="load") as pool:
-            return list(pool.map(self._try_load, directories))
+            return first + list(pool.map(lambda d: self._try_load(d, broken), directories))
 
-    def reload(self) -> dict[str, Any]:
+    def reload(self, prepare: Callable[[LoadedModel], None] | None = None) -> tuple[dict[str, Any], list[LoadedModel]]:
         """Re-read the repository and swap in what changed, without stopping anything that runs.
 
         A folder whose manifest changed is loaded (and verified) beside the model that serves now and
-        replaces it only once it loaded; if the new version is refused, the old one keeps serving. A
-        folder that disappeared stops serving; a new folder starts. `self.models` is replaced in one
-        assignment, so a request sees either the old or the new set, and a request that already holds
-        a model finishes on it. Returns what changed."""
+        replaces it only once it loaded; if the new version is refused, the old one keeps serving
+        (listed in `stale`, not in `broken`: the pod still serves it). A folder that disappeared stops
+        serving; a new folder starts. `prepare` runs on each new model before it is published (the
+        server attaches its batcher there). `self.models` is replaced in one assignment, so a request
+        sees either the old or the new set, and a request that already holds a model finishes on it.
+        Returns what changed and the models that no longer serve (for the caller to release)."""
         with self.lock:
             current = {m.directory: m for m in self.models.values()}
-            self.broken = {}
-            directories = self._scan()
+            broken: dict[str, str] = {}
+            directories = self._scan(broken)
+            if not directories and current:
+                raise RequestError(f"{self.settings.repository} holds no model now; refusing to unload every model", status=409)
             changed = []
             for directory in directories:
                 model = current.get(directory)
@@ -131,27 +140,32 @@ class Runtime:
                 if model is None or model.stamp != stamp:
                     changed.append(directory)
             models = {m.name: m for d, m in current.items() if d in directories}
+            stale: dict[str, str] = {}
             report: dict[str, Any] = {"loaded": [], "kept": [], "removed": sorted(m.name for d, m in current.items() if d not in directories), "refused": {}}
-            for directory, model in zip(changed, self._load_all(changed)):
+            for directory, model in zip(changed, self._load_all(changed, broken)):
                 if model is None:
-                    report["refused"][directory.name] = self.broken[directory.name]
-                    if directory in current:
+                    report["refused"][directory.name] = broken[directory.name]
+                    if directory in current:  # the version that serves now keeps serving
                         report["kept"].append(current[directory].name)
+                        stale[directory.name] = broken.pop(directory.name)
                     continue
+                if prepare is not None:
+                    prepare(model)
                 old = current.get(directory)
                 if old is not None and old.name != model.name:
                     models.pop(old.name, None)
                 models[model.name] = model
                 report["loaded"].append(f"{model.name} v{model.manifest.version}")
-            self.models = models
-            return report
+            retired = [m for m in current.values() if models.get(m.name) is not m]
+            self.models, self.broken, self.stale = models, broken, stale
+            return report, retired
 
-    def _try_load(self, directory: Path) -> LoadedModel | None:
+    def _try_load(self, directory: Path, broken: dict[str, str]) -> LoadedModel | None:
         try:
             model = load_model(directory, self.settings)
         except Exception as exc:  # a bad model folder (manifest, hashes, an ONNX file ORT rejects) is refused alone
             reason = str(exc) if isinstance(exc, ManifestError) else f"{type(exc).__name__}: {exc}"
-            self.broken[directory.name] = reason
+            broken[directory.name] = reason
             log.error("not serving %s: %s", directory.name, reason)
             return None
         log.info("loaded %s v%s (%s, %s on %s)", model.name, model.manifest.version, model.manifest.task, model.variant, model.session_info.provider)
@@ -167,7 +181,8 @@ class Runtime:
             return self.models[default if default in same_task else same_task[0]]
         model = self.models.get(name)
         if model is None:
-            hint = f" (refused at load: {self.broken[name]})" if name in self.broken else ""
+            broken = self.broken  # read once: a reload replaces the dict
+            hint = f" (refused at load: {broken[name]})" if name in broken else ""
             shown = repr(name) if len(name) <= 100 else f"{name[:100]!r}… ({len(name)} characters)"
             raise UnknownModel(f"unknown model {shown}{hint}; available models: {sorted(self.models) or 'none'}")
         if model.manifest.task != task:

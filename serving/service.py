@@ -108,6 +108,7 @@ class TuneServe:
         self.runtime = _PRELOAD.result() if _PRELOAD is not None else _load_runtime(self.settings)
         for model in self.runtime.models.values():
             self._attach_batcher(model)
+        self._reload_lock = asyncio.Lock()
         http_app.state.service = self
 
     def _attach_batcher(self, model) -> None:
@@ -121,22 +122,25 @@ class TuneServe:
 
     def __is_ready__(self) -> bool:
         """/readyz: 503 until at least one model serves; with TUNESERVE_READY_POLICY=all (the default),
-        also while any model of the repository was refused (a bad model halts a rolling update)."""
+        also while a model of the repository was refused and none of its versions serves (a bad
+        model halts a rolling update). A refused new version whose old one keeps serving after a
+        reload does not take a serving pod out."""
         if not self.runtime.models:
             return False
         return self.settings.ready_policy == "any" or not self.runtime.broken
 
     async def reload(self) -> dict:
-        """Swap in the models that changed on disk (see Runtime.reload). A replaced model's batcher
-        keeps running until every request already admitted to it is answered: it is closed after the
-        request timeout, by which time none can be waiting."""
-        before = dict(self.runtime.models)
-        report = await asyncio.to_thread(self.runtime.reload)
-        for model in self.runtime.models.values():
-            if model.batcher is None:
-                self._attach_batcher(model)
-        loop = asyncio.get_running_loop()
-        for name, old in before.items():
-            if self.runtime.models.get(name) is not old:
+        """Swap in the models that changed on disk (see Runtime.reload); new models get their batcher
+        before they are published. A replaced model's batcher keeps running until every request
+        already admitted to it is answered: it is closed after the request timeout, by which time
+        none can be waiting. The work is shielded: a client that gives up (or the request timeout)
+        does not leave a reload half done."""
+        return await asyncio.shield(asyncio.ensure_future(self._reload()))
+
+    async def _reload(self) -> dict:
+        async with self._reload_lock:
+            report, retired = await asyncio.to_thread(self.runtime.reload, self._attach_batcher)
+            loop = asyncio.get_running_loop()
+            for old in retired:
                 loop.call_later(self.settings.timeout_s + 1, old.batcher.close)
-        return report
+            return report

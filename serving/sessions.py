@@ -82,6 +82,9 @@ _unusable: dict[str, str] = {}
 # Models load on several threads; a probe redirects the process's stdout and ORT's global log level,
 # so one provider probe runs at a time (and the others then know whether it failed).
 _probe_lock = threading.Lock()
+# Providers that initialised once in this process: later sessions on them need no lock (a TensorRT
+# engine build would otherwise hold every other model's load).
+_working: set[str] = set()
 
 
 def usable_accelerators(providers: list[str]) -> list[str]:
@@ -102,13 +105,16 @@ def create_session(
     for provider in providers:
         if provider == CPU:
             break
-        with _probe_lock:
+        known_good = provider in _working
+        # A provider's first try is a probe (serialised, its output kept quiet); after one success the
+        # sessions on it are built side by side.
+        with _probe_lock if not known_good else contextlib.nullcontext():
             if provider in _unusable:
                 fallbacks.append(f"{provider}: skipped ({_unusable[provider]})")
                 continue
             try:
                 cache_dir.mkdir(parents=True, exist_ok=True)
-                with _quiet_probe() as said:
+                with _quiet_probe() if not known_good else contextlib.nullcontext(io.StringIO()) as said:
                     session = ort.InferenceSession(
                         str(model_path),
                         sess_options=session_options(threads),
@@ -118,11 +124,12 @@ def create_session(
                 fallbacks.append(f"{provider}: {type(exc).__name__}: {exc}")
                 _unusable[provider] = f"{type(exc).__name__}: {str(exc)[:200]}"
                 continue
-        if session.get_providers()[0] == provider:
-            return session, SessionInfo(provider, fallbacks)
-        detail = " ".join(said.getvalue().split())[:300]
-        fallbacks.append(f"{provider}: did not initialise ({detail or 'no usable device or libraries'})")
-        _unusable[provider] = f"did not initialise: {detail or 'no usable device or libraries'}"
+            if session.get_providers()[0] == provider:
+                _working.add(provider)
+                return session, SessionInfo(provider, fallbacks)
+            detail = " ".join(said.getvalue().split())[:300]
+            fallbacks.append(f"{provider}: did not initialise ({detail or 'no usable device or libraries'})")
+            _unusable[provider] = f"did not initialise: {detail or 'no usable device or libraries'}"
     if fallbacks:
         log.info("%s: serving on the CPU; %s", Path(model_path).name, "; ".join(fallbacks))
     session = ort.InferenceSession(str(model_path), sess_options=session_options(threads), providers=[CPU])

@@ -34,7 +34,8 @@ class Settings:
     max_wait_ms: float = field(default_factory=lambda: _float("TUNESERVE_MAX_WAIT_MS", 2.0))
     max_queue: int = field(default_factory=lambda: _int("TUNESERVE_MAX_QUEUE", 4096))
     max_items_per_request: int = field(default_factory=lambda: _int("TUNESERVE_MAX_ITEMS", 256))
-    # requests in flight per worker before BentoML answers 503; seconds before a request times out
+    # requests in flight (BentoML splits it over the workers) before it answers 429; seconds before a
+    # request times out (504)
     max_concurrency: int = field(default_factory=lambda: _int("TUNESERVE_MAX_CONCURRENCY", 256))
     timeout_s: float = field(default_factory=lambda: _float("TUNESERVE_TIMEOUT_S", 60.0))
     # `tuneserve serve`: seconds after SIGTERM before requests still running are cancelled; 0 = wait
@@ -49,7 +50,7 @@ class Settings:
     ready_policy: str = field(default_factory=lambda: os.environ.get("TUNESERVE_READY_POLICY", "all"))
     # when set, every /v1 route but the OpenAPI document needs `Authorization: Bearer <key>` or
     # `X-API-Key: <key>`; health and metrics routes stay open
-    api_key: str | None = field(default_factory=lambda: os.environ.get("TUNESERVE_API_KEY") or None, repr=False)
+    api_key: str | None = field(default_factory=lambda: os.environ.get("TUNESERVE_API_KEY", "").strip() or None, repr=False)
 
     def __post_init__(self) -> None:
         if self.ready_policy not in ("all", "any"):

@@ -185,3 +185,41 @@ def test_hot_reload_swaps_a_model_without_dropping_requests(guarded, damaged_rep
     assert {"credit-risk", "diagnosis", "intent"} == {m["name"] for m in body["models"]}
     r = httpx.post(url + "/v1/tabular/predict", json={"model": "diagnosis", "rows": [{}]}, headers=headers)
     assert r.status_code in (200, 400), r.text  # served again: an empty row is the client's mistake, not an unknown model
+
+
+def test_reload_is_off_without_an_api_key(server):
+    r = httpx.post(server + "/v1/admin/reload")
+    assert r.status_code == 403 and "TUNESERVE_API_KEY" in r.json()["error"]
+
+
+def test_reload_refuses_to_unload_everything(guarded, damaged_repository):
+    """A repository that is momentarily empty (a mount being replaced) must not unload every model."""
+    aside = damaged_repository.parent / "aside"
+    aside.mkdir()
+    folders = [p for p in damaged_repository.iterdir() if p.is_dir()]
+    for folder in folders:
+        folder.rename(aside / folder.name)
+    try:
+        r = httpx.post(guarded.url + "/v1/admin/reload", headers=_auth(), timeout=60)
+        assert r.status_code == 409 and "refusing to unload every model" in r.json()["error"]
+    finally:
+        for folder in folders:
+            (aside / folder.name).rename(folder)
+    r = httpx.post(guarded.url + "/v1/text/classify", json=TEXT, headers=_auth())
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("top_k", ["\u00b2", "--3", "9" * 5000, "1e3"])
+def test_odd_top_k_is_a_400(server, top_k):
+    png = b"\x89PNG\r\n\x1a\n"
+    r = httpx.post(server + "/v1/image/classify", files={"images": ("a.png", png, "image/png")}, data={"top_k": top_k})
+    assert r.status_code == 400, r.text
+
+
+@pytest.mark.parametrize("charset", ["punycode", "unicode_escape", "utf-16", "rot13"])
+def test_multipart_charsets_other_than_utf8_and_latin1_are_refused(server, charset):
+    boundary = "XyZ"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n'
+            f'Content-Type: image/png\r\n\r\nnot-a-png\r\n--{boundary}--\r\n').encode()
+    r = httpx.post(server + "/v1/image/classify", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}; charset={charset}"})
+    assert r.status_code == 400 and "charset" in r.json()["error"], r.text
