@@ -105,11 +105,12 @@ def write_manifest(model_dir: Path, manifest: Manifest) -> Path:
     return path
 
 
-def load_manifest(model_dir: Path, verify: bool = True) -> Manifest:
-    """Read `<model_dir>/manifest.json`; with `verify`, refuse the model if any file's sha256 differs."""
+def load_manifest(model_dir: Path, verify: bool = True, raw: bytes | None = None) -> Manifest:
+    """Read `<model_dir>/manifest.json` (or parse `raw`, its bytes already read); with `verify`,
+    refuse the model if any file's sha256 differs."""
     path = Path(model_dir) / MANIFEST_FILE
     try:
-        manifest = Manifest.model_validate_json(path.read_text())
+        manifest = Manifest.model_validate_json(raw if raw is not None else path.read_bytes())
     except FileNotFoundError as exc:
         raise ManifestError(f"{path}: no manifest") from exc
     except (ValidationError, UnicodeDecodeError) as exc:

@@ -53,8 +53,11 @@ class LoadedModel:
 def load_model(directory: Path, settings: Settings) -> LoadedModel:
     """Open one model folder. Every file the server opens (the chosen variant, the pre-processing
     assets) is checked against its sha256 in the manifest first; a mismatch raises ManifestError."""
-    manifest_bytes = (directory / MANIFEST_FILE).read_bytes()
-    manifest = load_manifest(directory, verify=False)
+    try:
+        manifest_bytes = (directory / MANIFEST_FILE).read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(f"{directory / MANIFEST_FILE}: no manifest") from None
+    manifest = load_manifest(directory, verify=False, raw=manifest_bytes)  # the stamp and the parse see the same bytes
     verify_files(directory, manifest, only=asset_files(manifest))
     stamp = hashlib.sha256(manifest_bytes).hexdigest()
 

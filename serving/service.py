@@ -53,6 +53,21 @@ def _preload() -> Future | None:
 
 _PRELOAD = _preload()
 
+
+def _preloaded():
+    """The runtime the preload thread opened, or None to load here: no preload in this process, or
+    an ImportError in the thread (first imports racing the main thread's can, rarely, trip
+    importlib's deadlock detection; everything is imported by now, so loading again is safe)."""
+    if _PRELOAD is None:
+        return None
+    try:
+        return _PRELOAD.result()
+    except ImportError as exc:
+        import logging
+
+        logging.getLogger(__name__).warning("opening the models in the background failed (%s); opening them now", exc)
+        return None
+
 import bentoml  # noqa: E402
 
 from serving.batching import MicroBatcher  # noqa: E402
@@ -105,7 +120,7 @@ _SETTINGS = Settings()
 class TuneServe:
     def __init__(self) -> None:
         self.settings = Settings()
-        self.runtime = _PRELOAD.result() if _PRELOAD is not None else _load_runtime(self.settings)
+        self.runtime = _preloaded() or _load_runtime(self.settings)
         for model in self.runtime.models.values():
             self._attach_batcher(model)
         self._reload_lock = asyncio.Lock()
