@@ -129,7 +129,7 @@ class TuneServe:
     def _attach_batcher(self, model) -> None:
         model.batcher = MicroBatcher(
             model.predictor,
-            max_batch_size=self.settings.max_batch_size,
+            max_batch_size=self.settings.batch_limit(model.manifest.modality, model.session_info.device),
             max_wait_ms=self.settings.max_wait_ms,
             max_queue=self.settings.max_queue,
             on_batch=_observer(model.name),

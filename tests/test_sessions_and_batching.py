@@ -85,3 +85,16 @@ def test_batcher_refuses_when_queue_full():
         b.close()
 
     _run(main())
+
+
+def test_image_batches_are_capped_on_the_cpu_only(monkeypatch):
+    from serving.settings import Settings
+
+    monkeypatch.setenv("TUNESERVE_MAX_BATCH", "64")
+    monkeypatch.delenv("TUNESERVE_MAX_BATCH_IMAGE", raising=False)
+    settings = Settings()
+    assert settings.batch_limit("image", "cpu") == 4  # bounds ONNX Runtime's arena (see settings.py)
+    assert settings.batch_limit("image", "gpu") == 64
+    assert settings.batch_limit("text", "cpu") == 64
+    monkeypatch.setenv("TUNESERVE_MAX_BATCH_IMAGE", "16")
+    assert Settings().batch_limit("image", "cpu") == 16
