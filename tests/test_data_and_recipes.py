@@ -32,6 +32,35 @@ def test_recipe_rejects_unknown_fields_and_bad_values():
         load_recipe("no-such-recipe")
 
 
+def test_every_recipe_preprocessing_fits_its_task():
+    from training.tasks import TASKS, get_task
+
+    for name in list_recipes():
+        recipe = load_recipe(name)
+        options = get_task(recipe.task).validate_preprocessing(recipe)
+        assert options.model_dump(exclude_unset=True).keys() == recipe.preprocessing.keys()
+    # one default for augmentation, off: the recipes that train with it say so
+    assert {task.preprocessing_model.model_fields["augment_strength"].default for task in TASKS.values()} == {0.0}
+    assert load_recipe("keywords").preprocessing["augment_strength"] == 1.0
+    assert load_recipe("surface-defects").preprocessing["augment_strength"] == 1.0
+
+
+@pytest.mark.parametrize("name, key, value, message", [
+    ("intent", "max_lenght", 64, "preprocessing.max_lenght: Extra inputs are not permitted"),
+    ("energy-demand", "horizon", 500, "preprocessing.horizon: Input should be less than or equal to 168"),
+    ("credit-risk", "features", {"age": {"knd": "numeric"}}, "preprocessing.features.age.knd: Extra inputs"),
+    ("diagnosis", "class_weight", "balance", "preprocessing.class_weight: Input should be 'balanced' or 'none'"),
+    ("surface-defects", "crops", 64, "preprocessing.crops: Extra inputs are not permitted"),
+])
+def test_a_preprocessing_typo_fails_naming_the_key(name, key, value, message):
+    from training.tasks import get_task
+
+    recipe = load_recipe(name).with_overrides({f"preprocessing.{key}": value})
+    with pytest.raises(RecipeError) as err:
+        get_task(recipe.task).validate_preprocessing(recipe)
+    assert message in str(err.value) and f"recipe {name!r}" in str(err.value)
+
+
 def test_overrides_are_revalidated():
     recipe = load_recipe("intent").with_overrides({"train.epochs": 2, "data.limit": None})
     assert recipe.train.epochs == 2

@@ -1,6 +1,7 @@
 """The real pipeline on a slice: fine-tune, export, parity, quantise, manifest, load and predict."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -43,7 +44,7 @@ def test_runtime_predicts_every_variant_consistently(tiny_repository):
         settings = Settings(repository=tiny_repository, device="cpu", variant=variant, threads=1)
         model = Runtime(settings).resolve("intent", "text-classification")
         assert model.variant == variant
-        results[variant] = model.predictor(texts)
+        results[variant] = model.task.run(texts)
         for p in results[variant]:
             assert p["label"] in model.manifest.labels
             assert abs(sum(p["scores"].values()) - 1) < 1e-4
@@ -55,9 +56,9 @@ def test_runtime_predicts_every_variant_consistently(tiny_repository):
 def test_single_and_batched_answers_agree(tiny_repository):
     model = Runtime(Settings(repository=tiny_repository, device="cpu", variant="fp32", threads=1)).models["intent"]
     texts = ["hi", "please close my savings account, I am moving to another bank next month"]
-    batched = model.predictor(texts)
+    batched = model.task.run(texts)
     for text, b in zip(texts, batched):
-        (single,) = model.predictor([text])
+        (single,) = model.task.run([text])
         assert single["label"] == b["label"]
         assert single["score"] == pytest.approx(b["score"], abs=1e-5)
 
@@ -113,18 +114,44 @@ def test_parity_gate_fails_with_a_message(tiny_repository):
     import torch
 
     from serving.processing import TextPreprocessor
+    from training.backbones import get_backbone
     from training.evaluate import run_batches
     from training.export import ParityError, check_parity, onnx_runner
+    from training.recipe import Recipe
+    from training.tasks import get_task
 
     folder = tiny_repository / "intent"
+    manifest = load_manifest(folder)
+    recipe = Recipe.model_validate(manifest.recipe)
+    task = get_task(manifest.task)(recipe, get_backbone(recipe.backbone))
     pre = TextPreprocessor(folder / "tokenizer.json", 128)
     batch = pre.encode(["lost card", "what is my balance right now", "talk to a human please"])
     batches = [({"input_ids": torch.from_numpy(batch.input_ids), "attention_mask": torch.from_numpy(batch.attention_mask)}, torch.zeros(3))]
-    reference = run_batches(onnx_runner(folder / "model.onnx"), batches)
-    report = check_parity(reference, batches, folder / "model.onnx", folder / "model.ts", atol=1e-4)
+    reference = run_batches(onnx_runner(folder / "model.onnx"), task, batches)
+    report = check_parity(task, reference, batches, folder / "model.onnx", folder / "model.ts", atol=1e-4)
     assert report["onnx"]["max_abs_diff"] == 0.0 and report["torchscript"]["max_abs_diff"] <= 1e-4
-    with pytest.raises(ParityError, match="differs from PyTorch"):
-        check_parity(reference + 1e-3, batches, folder / "model.onnx", folder / "model.ts", atol=1e-4)
+    assert report["onnx"]["argmax_equal"] and report["torchscript"]["argmax_equal"]
+    with pytest.raises(ParityError, match=re.escape("onnx output differs from PyTorch: max |Δ| = 1.00e-03 (limit 1e-04)")):
+        check_parity(task, reference + 1e-3, batches, folder / "model.onnx", folder / "model.ts", atol=1e-4)
+    flipped = reference.copy()
+    flipped[0, reference[0].argmin()] = reference[0].max() + 1e-3  # another label wins the first text
+    with pytest.raises(ParityError, match="the argmax differs"):  # even with a tolerance wide enough for the change
+        check_parity(task, flipped, batches, folder / "model.onnx", folder / "model.ts", atol=float(np.abs(flipped - reference).max()) + 1e-3)
+
+
+def test_int8_gate_and_variants_are_decided_on_validation(tiny_repository):
+    """The INT8 gate reads the validation drop; every variant's test metrics are reported beside it."""
+    m = load_manifest(tiny_repository / "intent")
+    metric, recipe = m.metrics["decisive"], m.recipe["quantise"]
+    validation, int8 = m.metrics["validation"], m.variants["int8"]
+    assert set(validation) == set(m.variants)
+    assert int8.parity["val_metric_drop"] == pytest.approx(validation["fp32"][metric] - validation["int8"][metric])
+    assert int8.parity["metric_drop"] == pytest.approx(m.variants["fp32"].metrics[metric] - int8.metrics[metric])
+    fast_enough = int8.parity["speedup_vs_fp32"] >= 1.05 or not recipe["require_speedup"]
+    assert int8.parity["gate_passed"] == (int8.parity["val_metric_drop"] <= recipe["max_metric_drop"] and fast_enough)
+    assert m.default_variant["cpu"] == ("int8" if int8.parity["gate_passed"] else "fp32") and "validation" in m.default_reason
+    assert m.metrics[f"test_{metric}"] == m.variants[m.default_variant["cpu"]].metrics[metric]
+    assert validation["fp32"]["n"] < m.variants["fp32"].metrics["n"]  # intent's validation split is the smaller one
 
 
 def test_quality_gate_fails_the_build(tmp_path):

@@ -161,16 +161,31 @@ def test_method_resolution():
 
 
 def test_decision_is_honest_about_unstructured_sparsity():
-    before = {"test_accuracy": 0.95, "ms_per_batch8": 10.0, "onnx_bytes": 1000, "onnx_deflate_bytes": 900}
-    same_size = {"test_accuracy": 0.95, "ms_per_batch8": 10.1, "onnx_bytes": 1000, "onnx_deflate_bytes": 700}
-    kept, numbers, why = P.decide("unstructured", before, same_size, "accuracy", 0.01)
+    before = {"val_accuracy": 0.95, "test_accuracy": 0.95, "ms_per_batch8": 10.0, "onnx_bytes": 1000, "onnx_deflate_bytes": 900}
+    same_size = dict(before, ms_per_batch8=10.1, onnx_deflate_bytes=700)
+    kept, _, why = P.decide("unstructured", before, same_size, "accuracy", 0.01)
     assert not kept and "neither faster nor smaller" in why and "stored densely" in why
-    faster = {"test_accuracy": 0.945, "ms_per_batch8": 7.0, "onnx_bytes": 700, "onnx_deflate_bytes": 600}
-    kept, numbers, why = P.decide("structured", before, faster, "accuracy", 0.01)
-    assert kept and numbers["speedup"] == pytest.approx(10 / 7) and why.startswith("kept")
-    worse = dict(faster, test_accuracy=0.9)
-    kept, _, why = P.decide("structured", before, worse, "accuracy", 0.01)
-    assert not kept and "not accurate enough" in why
+
+
+def _measured(val: float, test: float, ms: float = 7.0, size: int = 700) -> dict:
+    return {"val_accuracy": val, "test_accuracy": test, "ms_per_batch8": ms, "onnx_bytes": size, "onnx_deflate_bytes": size}
+
+
+@pytest.mark.parametrize("after, kept, because", [
+    (_measured(0.895, 0.80), True, "kept"),  # the test split fell far: it is reported, it does not decide
+    (_measured(0.88, 0.90), False, "not accurate enough"),  # validation fell past the limit, test did not
+    (_measured(0.89, 0.90), True, "kept"),  # exactly at the limit
+    (_measured(0.90, 0.90, ms=9.8, size=950), False, "neither faster nor smaller"),  # 1.02× and 95%
+    (_measured(0.90, 0.90, ms=10.0, size=890), True, "kept"),  # smaller only is enough
+    (_measured(0.90, 0.90, ms=9.5, size=1000), True, "kept"),  # faster only (1.05×) is enough
+])
+def test_keep_rule_reads_the_validation_drop(after, kept, because):
+    before = _measured(0.90, 0.90, ms=10.0, size=1000)
+    decision, numbers, why = P.decide("structured", before, after, "accuracy", 0.01)
+    assert decision == kept and because in why and why.startswith("kept" if kept else "not kept")
+    assert numbers["val_metric_drop"] == pytest.approx(0.90 - after["val_accuracy"])
+    assert numbers["metric_drop"] == pytest.approx(0.90 - after["test_accuracy"])
+    assert numbers["speedup"] == pytest.approx(10.0 / after["ms_per_batch8"]) and numbers["size_ratio"] == pytest.approx(after["onnx_bytes"] / 1000)
 
 
 def test_build_with_pruning_records_the_comparison(tmp_path, monkeypatch):
@@ -200,10 +215,15 @@ def test_build_with_pruning_records_the_comparison(tmp_path, monkeypatch):
         assert {"val_accuracy", "test_accuracy", "parameters", "nonzero_parameters", "onnx_bytes", "ms_per_batch8"} <= set(report[side])
     assert report["after"]["parameters"] < report["before"]["parameters"]
     assert report["after"]["onnx_bytes"] < report["before"]["onnx_bytes"]
-    assert isinstance(report["kept"], bool) and report["reason"]
+    before, after = report["before"], report["after"]
+    assert report["val_metric_drop"] == pytest.approx(before["val_accuracy"] - after["val_accuracy"])
+    assert report["metric_drop"] == pytest.approx(before["test_accuracy"] - after["test_accuracy"])
+    assert report["speedup"] == pytest.approx(before["ms_per_batch8"] / after["ms_per_batch8"])
+    wins = report["speedup"] >= P.MIN_SPEEDUP or after["onnx_bytes"] <= (1 - P.MIN_SIZE_REDUCTION) * before["onnx_bytes"]
+    assert report["kept"] == (report["val_metric_drop"] <= 1.0 + 1e-9 and wins) and report["reason"].startswith("kept" if report["kept"] else "not kept")
     assert m.recipe["prune"]["amount"] == 0.3
-    if report["kept"]:  # the exported model is the pruned one
-        assert m.files["model.onnx"].bytes == pytest.approx(report["after"]["onnx_bytes"], rel=0.01)
+    # the exported model is the one the rule chose
+    assert m.files["model.onnx"].bytes == pytest.approx((after if report["kept"] else before)["onnx_bytes"], rel=0.01)
 
 
 @pytest.mark.parametrize("build, backbone, x", [

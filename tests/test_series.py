@@ -46,10 +46,11 @@ def test_standardise_maps_back_exactly_and_survives_constant_series():
     assert np.isfinite(z).all() and (z == 0).all() and (loc[:, 0] == 7.0).all()
 
 
-def test_windows_targets_include_seasonal_naive():
+def test_windows_targets_are_the_future_and_its_seasonal_naive_baseline():
     series = np.arange(1000, dtype=np.float64) % 168 * 3 + 10  # exactly weekly-periodic
     examples, loc, scale = windows(series, np.array([300, 500]), 168, 24)
-    truth, naive = examples.targets[..., 0], examples.targets[..., 1]
+    truth, naive = examples.targets["future"], examples.targets["naive"]
+    np.testing.assert_allclose(truth * scale[:, None] + loc[:, None], series[[[t] for t in (300, 500)] + np.arange(24)], rtol=1e-5)
     np.testing.assert_allclose(truth, naive, atol=1e-5)  # a weekly-periodic series is forecast perfectly by seasonal-naive
     np.testing.assert_allclose(examples.inputs["history"][0] * scale[0] + loc[0], series[132:300], rtol=1e-5)
 
@@ -79,3 +80,23 @@ def test_generators_are_deterministic_and_shaped_like_load():
     assert daily_load[daily_temp < 5].mean() > daily_load[(daily_temp > 14) & (daily_temp < 20)].mean()
     # daily and weekly seasonality: a week back predicts the hour well, though weather moves it
     assert np.corrcoef(load[WEEK:], load[:-WEEK])[0, 1] > 0.6
+
+
+def test_forecast_parity_is_a_tolerance_not_an_argmax():
+    from training.backbones import get_backbone
+    from training.recipe import load_recipe
+    from training.tasks.forecasting import ForecastingTask
+    from training.tasks.text_classification import TextClassificationTask
+
+    recipe = load_recipe("energy-demand")
+    task = ForecastingTask(recipe, get_backbone(recipe.backbone))
+    reference = np.zeros((4, 24, 3), dtype=np.float32)
+    reference[..., 1] = 1e-6  # the median edges out the other quantiles by less than the tolerance
+    close = reference + np.float32(2e-6) * (np.arange(3) == 0)  # ... and an engine's rounding flips the argmax
+    report = task.parity(reference, close)
+    assert set(report) == {"max_abs_diff"} and task.parity_problem(report, atol=1e-4) is None
+    assert "limit" in task.parity_problem(task.parity(reference, reference + 1e-3), atol=1e-4)
+    # a classifier with the same numbers fails: its served answer (the argmax) changed
+    text = load_recipe("intent")
+    classifier = TextClassificationTask(text, get_backbone(text.backbone))
+    assert classifier.parity_problem(classifier.parity(reference, close), atol=1e-4) == "the argmax differs"

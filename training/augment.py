@@ -8,8 +8,8 @@ augmentation live in their tasks (they need the decoded pixels / samples).
   the spans' character offsets are recomputed for the new text.
 - Tables: Gaussian noise on standardised numeric features; optional mixup (soft targets).
 - Series: jitter on the history, a smooth magnitude warp of history and target, and window slicing
-  (a random crop of the history stretched back to the window), re-standardised afterwards and with
-  the seasonal-naive reference recomputed from the augmented history.
+  (a random crop of the history stretched back to the window), re-standardised afterwards (the
+  forecasting task recomputes its seasonal-naive baseline from the augmented history).
 """
 
 from __future__ import annotations
@@ -137,16 +137,18 @@ def mixup(inputs: dict[str, np.ndarray], targets: np.ndarray, classes: int, alph
     return mixed, (lam * onehot + (1 - lam) * onehot[perm]).astype(np.float32)
 
 
-def augment_series(history: np.ndarray, targets: np.ndarray, week: int, strength: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """history (n, window) and targets (n, horizon, 2: truth, seasonal-naive), standardised. Each
-    transform applies to an example with probability 0.3 × strength: jitter (σ 0.05 × strength),
-    magnitude warp (a smooth curve through 4 knots, σ 0.1 × strength, over history and future),
-    window slicing (a crop of 90-100% of the history stretched back to the window)."""
+def augment_series(history: np.ndarray, future: np.ndarray, strength: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """history (n, window) and future (n, horizon), standardised by the history. Each transform
+    applies to an example with probability 0.3 × strength: jitter (σ 0.05 × strength), magnitude warp
+    (a smooth curve through 4 knots, σ 0.1 × strength, over history and future), window slicing (a
+    crop of 90-100% of the history stretched back to the window). Both come back re-standardised by
+    the new history; anything derived from the history (a seasonal-naive baseline) is the caller's
+    to recompute."""
     if strength <= 0:
-        return history, targets
+        return history, future
     n, window = history.shape
-    horizon = targets.shape[1]
-    x, y = history.astype(np.float64).copy(), targets[..., 0].astype(np.float64).copy()
+    horizon = future.shape[1]
+    x, y = history.astype(np.float64).copy(), future.astype(np.float64).copy()
     p = min(1.0, 0.3 * strength)
     t = np.arange(window + horizon)
     for i in range(n):
@@ -162,6 +164,4 @@ def augment_series(history: np.ndarray, targets: np.ndarray, week: int, strength
         if rng.random() < p:
             x[i] += rng.normal(0, 0.05 * strength, window)
     z, loc, scale = standardise(x)
-    y = ((y - loc) / scale).astype(np.float32)
-    naive = z[:, window - week : window - week + horizon]
-    return z, np.stack([y, naive], axis=-1)
+    return z, ((y - loc) / scale).astype(np.float32)

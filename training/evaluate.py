@@ -10,7 +10,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss
 from torch import nn
 
 if TYPE_CHECKING:
-    from training.tasks.base import Batch
+    from training.tasks.base import Batch, Task
 
 
 def classification_metrics(logits: np.ndarray, targets: np.ndarray, label_names: list[str]) -> dict[str, Any]:
@@ -45,18 +45,19 @@ def concat_padded(arrays: list[np.ndarray], fill: float) -> np.ndarray:
 
 
 @torch.no_grad()
-def torch_logits(model: nn.Module, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray]:
+def torch_outputs(model: nn.Module, task: Task, batches: Iterable[Batch]) -> tuple[Any, Any]:
+    """The PyTorch model's outputs and the targets over `batches`, each collected by the task's hooks."""
     model.eval()
-    outs, targets = [], []
+    outputs, targets = [], []
     for inputs, target in batches:
-        outs.append(model(*inputs.values()).float().numpy())
-        targets.append(target.numpy())
-    return concat_padded(outs, 0.0), concat_padded(targets, IGNORE)
+        outputs.append(model(*inputs.values()).float().numpy())
+        targets.append(target)
+    return task.collect_outputs(outputs), task.collect_targets(targets)
 
 
-def run_batches(fn: Callable[[dict[str, np.ndarray]], np.ndarray], batches: Iterable[Batch]) -> np.ndarray:
-    """Logits of any numpy-in/numpy-out engine (ONNX Runtime, TorchScript) over the same batches."""
-    return concat_padded([fn({k: v.numpy() for k, v in inputs.items()}) for inputs, _ in batches], 0.0)
+def run_batches(fn: Callable[[dict[str, np.ndarray]], np.ndarray], task: Task, batches: Iterable[Batch]) -> Any:
+    """Outputs of any numpy-in/numpy-out engine (ONNX Runtime, TorchScript) over the same batches."""
+    return task.collect_outputs([fn({k: v.numpy() for k, v in inputs.items()}) for inputs, _ in batches])
 
 
 def token_metrics(logits: np.ndarray, targets: np.ndarray, tag_names: list[str]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Export to ONNX (fp32, dynamic axes) and TorchScript (traced), then check both against PyTorch."""
+"""Export to ONNX (fp32, dynamic axes) and TorchScript (traced), then check both against PyTorch the task's way."""
 
 from __future__ import annotations
 
@@ -63,28 +63,17 @@ def torchscript_runner(path: Path):
     return run
 
 
-def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
-    return {
-        "max_abs_diff": float(np.abs(reference - candidate).max()),
-        "argmax_equal": bool((reference.argmax(-1) == candidate.argmax(-1)).all()),
-    }
-
-
-def check_parity(reference: np.ndarray, batches: Iterable[Batch], onnx_path: Path, ts_path: Path, atol: float) -> dict[str, Any]:
-    """ONNX and TorchScript logits vs PyTorch's over the same batches; raises ParityError past `atol`."""
+def check_parity(task: Task, reference: Any, batches: Iterable[Batch], onnx_path: Path, ts_path: Path, atol: float) -> dict[str, Any]:
+    """ONNX and TorchScript outputs vs PyTorch's (`reference`) over the same batches, compared the
+    task's way (`Task.parity`); raises ParityError when the task finds a difference too large."""
     batches = list(batches)
     report = {
-        "onnx": parity(reference, run_batches(onnx_runner(onnx_path), batches)),
-        "torchscript": parity(reference, run_batches(torchscript_runner(ts_path), batches)),
+        "onnx": task.parity(reference, run_batches(onnx_runner(onnx_path), task, batches)),
+        "torchscript": task.parity(reference, run_batches(torchscript_runner(ts_path), task, batches)),
         "atol": atol,
     }
     for engine in ("onnx", "torchscript"):
-        r = report[engine]
-        if r["max_abs_diff"] > atol or not r["argmax_equal"]:
-            raise ParityError(
-                f"{engine} output differs from PyTorch: max |Δlogit| = {r['max_abs_diff']:.2e} "
-                f"(limit {atol:.0e}), argmax identical: {r['argmax_equal']}"
-            )
+        problem = task.parity_problem(report[engine], atol)
+        if problem is not None:
+            raise ParityError(f"{engine} output differs from PyTorch: {problem}")
     return report
-
-

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from training.evaluate import torch_logits
+from training.evaluate import torch_outputs
 from training.recipe import TrainConfig
 from training.tasks.base import Splits, Task
 
@@ -197,7 +197,7 @@ def fit(
             if result.steps >= total_steps:
                 break
             if device.type != "cpu":
-                inputs, targets = {k: v.to(device) for k, v in inputs.items()}, targets.to(device)
+                inputs, targets = {k: v.to(device) for k, v in inputs.items()}, task.targets_to(targets, device)
             last_of_step = (i + 1) % accum == 0 or i + 1 == len(train_loader)
             # under DDP, gradients are averaged across processes only on the step's last micro-batch
             sync = trained.no_sync() if distributed and not last_of_step else contextlib.nullcontext()
@@ -217,10 +217,10 @@ def fit(
             if writer is not None:
                 writer.add_scalar("train/loss", losses[-1], result.steps)
                 writer.add_scalar("train/lr", schedule.get_last_lr()[0], result.steps)
-        logits, val_targets = torch_logits(model.cpu() if device.type != "cpu" else model, val_loader)
+        val_outputs, val_targets = torch_outputs(model.cpu() if device.type != "cpu" else model, task, val_loader)
         if device.type != "cpu":
             model.to(device)
-        val_metrics = task.metrics(logits, val_targets, splits.label_names)
+        val_metrics = task.metrics(val_outputs, val_targets, splits.label_names)
         val_metric = float(val_metrics[task.metric])
         train_loss = _mean_across(float(np.mean(losses))) if losses else None
         result.history.append({"epoch": epoch + 1, "train_loss": train_loss, f"val_{task.metric}": val_metric})

@@ -1,4 +1,7 @@
-"""recipe → data → fine-tune → evaluate → export ONNX + TorchScript → parity → quantise → gate → exported/<name>/"""
+"""recipe → data → fine-tune → evaluate → export ONNX + TorchScript → parity → quantise → gate → exported/<name>/
+
+Choices between models (early stopping, the INT8 gate, the backbone comparison, pruning) are made on
+the validation split; the test split is only measured and reported (`variants[...].metrics`)."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import torch
 from serving.manifest import Manifest, Signature, TensorSpec, Variant, write_manifest
 from serving.settings import PROJECT_ROOT
 from training.backbones import count_parameters, get_backbone
-from training.evaluate import run_batches, torch_logits
+from training.evaluate import run_batches, torch_outputs
 from training.export import check_parity, export_onnx, export_torchscript, onnx_runner
 from training.loop import FitResult, fit, init_distributed, is_main_process, seed_everything
 from training.quantise import quantise_dynamic_int8, quantise_static_int8, time_session
@@ -112,9 +115,11 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
         _log(f"{recipe.name}: {pruning.summary}", quiet)
     task.after_fit(model, splits)
 
+    val_batches = list(task.loader(splits.val, shuffle=False, batch_size=64))
     test_batches = list(task.loader(splits.test, shuffle=False, batch_size=64))
-    reference, targets = torch_logits(model, test_batches)
+    reference, targets = torch_outputs(model, task, test_batches)
     torch_metrics = task.metrics(reference, targets, splits.label_names)
+    val_targets = task.collect_targets([t for _, t in val_batches])
     _log(f"{recipe.name}: PyTorch test {task.metric} = {torch_metrics[task.metric]:.4f}", quiet)
 
     repository.mkdir(parents=True, exist_ok=True)
@@ -126,19 +131,23 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
         _log(f"{recipe.name}: exporting ONNX (opset {recipe.export.opset}) and TorchScript", quiet)
         export_onnx(model, task, example, staging / "model.onnx", recipe.export.opset)
         export_torchscript(model, example, staging / "model.ts")
-        parity_report = check_parity(reference, test_batches, staging / "model.onnx", staging / "model.ts", recipe.export.parity_atol)
+        parity_report = check_parity(task, reference, test_batches, staging / "model.onnx", staging / "model.ts", recipe.export.parity_atol)
         _log(f"{recipe.name}: parity ok (ONNX max |Δ| {parity_report['onnx']['max_abs_diff']:.1e}, TorchScript {parity_report['torchscript']['max_abs_diff']:.1e})", quiet)
 
-        fp32_metrics = task.metrics(run_batches(onnx_runner(staging / "model.onnx"), test_batches), targets, splits.label_names)
+        fp32 = onnx_runner(staging / "model.onnx")
+        fp32_metrics = task.metrics(run_batches(fp32, task, test_batches), targets, splits.label_names)
+        validation = {"fp32": _scalars(task.metrics(run_batches(fp32, task, val_batches), val_targets, splits.label_names))}
         variants = {"fp32": Variant(file="model.onnx", precision="fp32", metrics=_scalars(fp32_metrics), parity=parity_report["onnx"])}
         default, reason = {"cpu": "fp32", "gpu": "fp32"}, "fp32: quantisation disabled in the recipe"
         if recipe.quantise.mode != "none":
-            int8, reason = quantise_and_gate(task, recipe, splits, staging, test_batches, reference, targets, variants["fp32"], quiet)
+            int8, validation["int8"], reason = quantise_and_gate(
+                task, recipe, splits, staging, (val_batches, val_targets), (test_batches, targets), reference, variants["fp32"], validation["fp32"], quiet)
             variants["int8"] = int8
             if int8.parity["gate_passed"]:
                 default["cpu"] = "int8"
             _log(f"{recipe.name}: {reason}", quiet)
 
+        # A release gate, not a choice between models: the served variant must reach the floor on test.
         served_metric = variants[default["cpu"]].metrics[task.metric]
         if served_metric < recipe.gates.min_test_metric:
             raise GateError(f"{recipe.name}: served variant {default['cpu']} has test {task.metric} {served_metric:.4f} < gate {recipe.gates.min_test_metric}")
@@ -164,6 +173,8 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
                 "best_val": fitted.best_metric,
                 "best_epoch": fitted.best_epoch,
                 "history": fitted.history,
+                # every variant's validation metrics: what the INT8 gate and the backbone comparison decided on
+                "validation": validation,
                 **task.report,
                 **{f"test_{k}": v for k, v in _scalars(variants[default["cpu"]].metrics).items()},
             },
@@ -184,7 +195,8 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
 
 def build(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: bool = False, resume: bool = False) -> BuildResult | None:
     """Build a recipe; with `compare_backbones`, build every candidate and keep the one with the best
-    served test metric per millisecond (CPU, batch 8), recording the comparison in its manifest."""
+    served validation metric per millisecond (CPU, batch 8), recording the comparison (and each
+    candidate's test metric, reported only) in its manifest."""
     if not recipe.compare_backbones:
         return build_recipe(recipe, repository, quiet, resume)
     repository.mkdir(parents=True, exist_ok=True)
@@ -201,11 +213,11 @@ def build(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: bool = F
             if result is None:  # a DDP rank other than 0: trained its share, rank 0 compares
                 continue
             m = result.manifest
-            served = m.variants[m.default_variant["cpu"]]
-            ms = served.speed.get("ms_per_batch8", float("nan")) / 8
-            value = served.metrics[m.metrics["decisive"]]
-            rows.append({"backbone": name, "passed_gate": True, "variant": m.default_variant["cpu"], m.metrics["decisive"]: value,
-                         "ms_per_item": ms, "metric_per_ms": value / ms})
+            metric, variant = m.metrics["decisive"], m.default_variant["cpu"]
+            ms = m.variants[variant].speed.get("ms_per_batch8", float("nan")) / 8
+            value = m.metrics["validation"][variant][metric]
+            rows.append({"backbone": name, "passed_gate": True, "variant": variant, f"val_{metric}": value,
+                         f"test_{metric}": m.variants[variant].metrics[metric], "ms_per_item": ms, "metric_per_ms": value / ms})
             built[name] = result
         if not is_main_process():
             return None
@@ -215,7 +227,7 @@ def build(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: bool = F
         result = built[best["backbone"]]
         m = result.manifest
         m.metrics["candidates"] = rows
-        m.default_reason += f"; backbone {best['backbone']}: best {m.metrics['decisive']} per ms of {len(rows)} candidates"
+        m.default_reason += f"; backbone {best['backbone']}: best validation {m.metrics['decisive']} per ms of {len(rows)} candidates"
         write_manifest(result.directory, m)
         target = repository / recipe.name
         shutil.rmtree(target, ignore_errors=True)
@@ -223,13 +235,16 @@ def build(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: bool = F
     result = BuildResult(target, m, result.seconds)
     if not quiet:
         print(summary(result))
-        print("  candidates: " + "; ".join(f"{r['backbone']}: " + (f"{r[m.metrics['decisive']]:.4f} at {r['ms_per_item']:.2f} ms" if r["passed_gate"] else "failed gate") for r in rows))
+        print("  candidates: " + "; ".join(f"{r['backbone']}: " + (f"val {r['val_' + m.metrics['decisive']]:.4f} at {r['ms_per_item']:.2f} ms" if r["passed_gate"] else "failed gate") for r in rows))
     return result
 
 
-def quantise_and_gate(task, recipe: Recipe, splits, staging: Path, test_batches, reference, targets, fp32: Variant, quiet: bool) -> tuple[Variant, str]:
-    """Write model.int8.onnx; return its Variant (gate result in parity["gate_passed"]) and why the
-    CPU serves what it serves. Gates: metric drop ≤ max_metric_drop, and (if asked) faster than fp32."""
+def quantise_and_gate(task, recipe: Recipe, splits, staging: Path, val: tuple[list, Any], test: tuple[list, Any], reference, fp32: Variant,
+                      fp32_val: dict[str, float], quiet: bool) -> tuple[Variant, dict[str, float], str]:
+    """Write model.int8.onnx; return its Variant (test metrics; gate result in parity["gate_passed"]),
+    its validation metrics, and why the CPU serves what it serves. Gates, decided on validation
+    (`val` and `test` are (batches, collected targets)): metric drop vs fp32 ≤ max_metric_drop, and
+    (if asked) faster than fp32. The test drop is recorded beside it, not used."""
     q = recipe.quantise
     fp32_path, int8_path = staging / "model.onnx", staging / "model.int8.onnx"
     if q.mode == "dynamic":
@@ -239,10 +254,13 @@ def quantise_and_gate(task, recipe: Recipe, splits, staging: Path, test_batches,
         _log(f"{recipe.name}: quantising to static INT8 (QDQ, per-channel), calibrating on {q.calibration_size} training inputs", quiet)
         quantise_static_int8(fp32_path, int8_path, task.calibration_inputs(splits, q.calibration_size),
                              symbolic_shapes=task.quantise_symbolic_shapes, op_types=task.quantise_op_types)
-    int8_logits = run_batches(onnx_runner(int8_path), test_batches)
-    metrics = task.metrics(int8_logits, targets, splits.label_names)
-    drop = fp32.metrics[task.metric] - metrics[task.metric]
-    feeds = {k: v[:8].numpy() for k, v in test_batches[0][0].items()}
+    int8 = onnx_runner(int8_path)
+    (val_batches, val_targets), (test_batches, test_targets) = val, test
+    val_metrics = _scalars(task.metrics(run_batches(int8, task, val_batches), val_targets, splits.label_names))
+    int8_outputs = run_batches(int8, task, test_batches)
+    metrics = task.metrics(int8_outputs, test_targets, splits.label_names)
+    drop = fp32_val[task.metric] - val_metrics[task.metric]
+    feeds = {k: v[:8].numpy() for k, v in val_batches[0][0].items()}
     threads = max(1, torch.get_num_threads())
     fp32.speed = {"ms_per_batch8": time_session(fp32_path, feeds, threads)}
     speed = {"ms_per_batch8": time_session(int8_path, feeds, threads)}
@@ -250,18 +268,19 @@ def quantise_and_gate(task, recipe: Recipe, splits, staging: Path, test_batches,
     accurate = drop <= q.max_metric_drop
     fast = speedup >= MIN_SPEEDUP or not q.require_speedup
     passed = accurate and fast
-    gate = f"{task.metric} drop {drop * 100:.2f} points (limit {q.max_metric_drop * 100:.2f}), {speedup:.2f}× fp32 speed at batch 8"
+    gate = f"validation {task.metric} drop {drop * 100:.2f} points (limit {q.max_metric_drop * 100:.2f}), {speedup:.2f}× fp32 speed at batch 8"
     reason = f"int8 on CPU: {gate}" if passed else f"fp32 on CPU: int8 {'not faster' if accurate else 'not accurate enough'} ({gate}); int8 kept but not served"
     reason += "; fp32 on GPU"
     variant = Variant(
         file=int8_path.name,
         precision="int8",
         metrics=_scalars(metrics),
-        parity={"max_abs_diff_vs_fp32": float(abs(int8_logits - reference).max()), "metric_drop": float(drop), "speedup_vs_fp32": float(speedup), "gate_passed": passed},
+        parity={"max_abs_diff_vs_fp32": float(abs(int8_outputs - reference).max()), "val_metric_drop": float(drop),
+                "metric_drop": float(fp32.metrics[task.metric] - metrics[task.metric]), "speedup_vs_fp32": float(speedup), "gate_passed": passed},
         speed=speed,
         note=f"{q.mode} quantisation",
     )
-    return variant, reason
+    return variant, val_metrics, reason
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

@@ -61,25 +61,27 @@ class QuantiseConfig(_Strict):
     # the graph, so a served answer never depends on the other requests in its batch. dynamic:
     # activation ranges per call, i.e. per batch: answers shift with their batch-mates (offline use).
     mode: Literal["none", "dynamic", "static"] = "static"
-    max_metric_drop: float = Field(0.01, ge=0, description="largest allowed drop of the deciding metric vs fp32")
+    max_metric_drop: float = Field(0.01, ge=0, description="largest allowed drop of the deciding validation metric vs fp32")
     require_speedup: bool = Field(False, description="serve INT8 only if it is also faster than fp32 on this machine")
     calibration_size: int = Field(256, ge=1)
 
 
 class PruneConfig(_Strict):
     """Magnitude pruning of the fine-tuned model, then a short recovery fine-tune (training/prune.py);
-    the pruned model replaces it only if it wins (metric within `max_metric_drop`, and faster in
-    ONNX Runtime or a smaller ONNX file)."""
+    the pruned model replaces it only if it wins (validation metric within `max_metric_drop`, and
+    faster in ONNX Runtime or a smaller ONNX file)."""
 
     amount: float = Field(0.3, ge=0, le=0.95, description="fraction of weights (unstructured) or of channels per layer (structured) to remove")
     # auto: structured for small-cnn and efficientnet-lite0 (channels really removed), unstructured otherwise
     method: Literal["auto", "unstructured", "structured"] = "auto"
     recovery_epochs: int = Field(2, ge=0, description="epochs of fine-tuning after pruning (masks kept in place when unstructured)")
     recovery_lr: float | None = Field(None, gt=0, description="learning rate of the recovery (default: the recipe's train.lr and train.head_lr)")
-    max_metric_drop: float = Field(0.01, ge=0, description="largest allowed drop of the deciding test metric vs the unpruned model")
+    max_metric_drop: float = Field(0.01, ge=0, description="largest allowed drop of the deciding validation metric vs the unpruned model")
 
 
 class Gates(_Strict):
+    # A release gate on the test split (a floor the build must clear), not a choice between models:
+    # those are made on validation.
     min_test_metric: float = Field(0.0, ge=0, le=1, description="build fails below this on the served variant")
 
 
@@ -118,12 +120,13 @@ class Recipe(_Strict):
     description: str = ""
     task: str
     backbone: str
-    # Other backbones to build the same way; the one with the best served accuracy per millisecond wins.
+    # Other backbones to build the same way; the best served validation metric per millisecond wins.
     compare_backbones: list[str] = Field(default_factory=list)
     default: bool = Field(True, description="built by `tuneserve build` and `make serve`")
     version: str = "1"
     labels: list[str] | None = None
     data: DataConfig
+    # Keys are the task's (`Task.preprocessing_model`), validated when the task is constructed.
     preprocessing: dict[str, Any] = Field(default_factory=dict)
     pretrain: PretrainConfig | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)

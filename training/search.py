@@ -50,10 +50,16 @@ def _suggest(trial, key: str, spec: ParamSpec) -> Any:
 
 
 def _check_space(recipe: Recipe) -> dict[str, ParamSpec]:
+    from training.tasks import get_task
+
     if recipe.search is None or not recipe.search.space:
         raise ValueError(f"recipe {recipe.name!r} declares no search space (add a `search: {{space: ...}}` section)")
+    preprocessing_keys = get_task(recipe.task).preprocessing_model.model_fields
     for key, spec in recipe.search.space.items():
-        if _get(recipe, key) is None and not key.startswith("preprocessing."):
+        if key.startswith("preprocessing."):  # may be unset in the recipe (the task's default applies)
+            if key.removeprefix("preprocessing.") not in preprocessing_keys:
+                raise ValueError(f"search space key {key!r} is not a preprocessing key of {recipe.task}: {', '.join(preprocessing_keys)}")
+        elif _get(recipe, key) is None:
             raise ValueError(f"search space key {key!r} is not a value of recipe {recipe.name!r}")
         if spec.type == "categorical" and not spec.choices:
             raise ValueError(f"search space {key!r}: categorical needs `choices`")

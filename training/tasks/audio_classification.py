@@ -19,11 +19,26 @@ from torch import nn
 from serving.processing.audio import LogMelFrontEnd, decode_audio
 from training.data.images import ImageExamples, read_class_folder, resolve_dataset_folder
 from training.data.keywords import make_noise
-from training.tasks.base import Splits
+from training.tasks.base import Preprocessing, Splits
 from training.tasks.decoded import DecodedClassificationTask
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg"}
 NOISE_KINDS = ("white", "pink", "brown", "hum50", "hum60")
+
+
+class AudioPreprocessing(Preprocessing):
+    """The server's `LogMelFrontEnd` parameters, with its defaults; augment_strength scales the time
+    shift, gain, background noise and SpecAugment masks of training clips."""
+
+    sample_rate: int = LogMelFrontEnd.sample_rate
+    n_fft: int = LogMelFrontEnd.n_fft
+    win_length: int = LogMelFrontEnd.win_length
+    hop_length: int = LogMelFrontEnd.hop_length
+    n_mels: int = LogMelFrontEnd.n_mels
+    fmin: float = LogMelFrontEnd.fmin
+    fmax: float = LogMelFrontEnd.fmax
+    window_seconds: float = LogMelFrontEnd.window_seconds
+    log_floor: float = LogMelFrontEnd.log_floor
 
 
 class LogMelClassifier(nn.Module):
@@ -50,11 +65,12 @@ class AudioClassificationTask(DecodedClassificationTask):
     modality = "audio"
     input_names = ["features"]
     dynamic_axes = {"features": {0: "batch"}, "logits": {0: "batch"}}
+    preprocessing_model = AudioPreprocessing
 
     def __init__(self, recipe, backbone) -> None:
         super().__init__(recipe, backbone)
-        self.front_end = LogMelFrontEnd.from_config(recipe.preprocessing)
-        self.strength = float(recipe.preprocessing.get("augment_strength", 1.0))
+        self.front_end = LogMelFrontEnd(**self.options.model_dump(exclude={"augment_strength"}))
+        self.strength = self.options.augment_strength
         self._epoch_rng = np.random.default_rng(recipe.train.seed)
 
     def load_data(self) -> Splits:

@@ -9,8 +9,11 @@ same hour one week earlier), with quantiles kept ordered by construction.
 Splits are in time order: training windows from the start, validation origins next, and the held-out
 tail as a rolling-origin backtest (one 24-hour forecast per day). The manifest's report has MASE and
 p10-p90 coverage in the series' units for the fine-tuned model, the pretrained-only model and
-seasonal-naive. Recipe `preprocessing` keys: `window`, `horizon`, `train_stride`, `origin_stride`,
-`augment_strength` (training/augment.py: jitter, magnitude warp, window slicing; 0 = off).
+seasonal-naive. Recipe `preprocessing` keys: `ForecastingPreprocessing`.
+
+Targets are `{"future": (n, horizon), "naive": (n, horizon)}`: the standardised truth and the
+seasonal-naive baseline the `skill` metric compares with. Parity is a tolerance on the quantiles
+(there is no class to agree on).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
+from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -29,7 +33,7 @@ from serving.processing.series import MAX_GAP, standardise
 from training.augment import augment_series
 from training.data.arrays import ArrayExamples, array_loader
 from training.data.series import read_series_csv, resolve_series, synthetic_corpus
-from training.tasks.base import Splits, Task
+from training.tasks.base import Preprocessing, Splits, Task
 
 QUANTILES = (0.1, 0.5, 0.9)
 WEEK = 168
@@ -66,15 +70,28 @@ def pinball(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return torch.maximum(q * err, (q - 1) * err).mean()
 
 
+def seasonal_naive(history: np.ndarray, horizon: int) -> np.ndarray:
+    """The forecast that repeats the same hours one week earlier, from (n, window) histories."""
+    start = history.shape[1] - WEEK
+    return history[:, start : start + horizon]
+
+
 def windows(series: np.ndarray, origins: np.ndarray, window: int, horizon: int) -> tuple[ArrayExamples, np.ndarray, np.ndarray]:
-    """Examples for forecast origins (index of the first forecast point); targets stack the truth and
-    the seasonal-naive forecast, standardised like the history. Also returns loc and scale."""
+    """Examples for forecast origins (index of the first forecast point); targets are the future and
+    its seasonal-naive forecast, standardised like the history. Also returns loc and scale."""
     view = sliding_window_view(series, window + horizon)[origins - window]
     history, future = view[:, :window], view[:, window:]
     x, loc, scale = standardise(history)
     y = ((future - loc) / scale).astype(np.float32)
-    naive = x[:, window - WEEK : window - WEEK + horizon]
-    return ArrayExamples({"history": x}, np.stack([y, naive], axis=-1)), loc[:, 0], scale[:, 0]
+    return ArrayExamples({"history": x}, {"future": y, "naive": seasonal_naive(x, horizon)}), loc[:, 0], scale[:, 0]
+
+
+class ForecastingPreprocessing(Preprocessing):
+    window: int = Field(WEEK, ge=WEEK, description="hours of history the model reads (at least a week: the seasonal-naive skip)")
+    horizon: int = Field(24, ge=1, le=WEEK, description="hours forecast")
+    train_stride: int = Field(1, ge=1, description="hours between training origins")
+    origin_stride: int = Field(24, ge=1, description="hours between validation and backtest origins")
+    # augment_strength: jitter, magnitude warp, window slicing (training/augment.py)
 
 
 class ForecastingTask(Task):
@@ -84,14 +101,12 @@ class ForecastingTask(Task):
     input_names = ["history"]
     output_names = ["quantiles"]
     dynamic_axes = {"history": {0: "batch"}, "quantiles": {0: "batch"}}
+    preprocessing_model = ForecastingPreprocessing
 
     def __init__(self, recipe, backbone) -> None:
         super().__init__(recipe, backbone)
-        p = recipe.preprocessing
-        self.window = int(p.get("window", WEEK))
-        self.horizon = int(p.get("horizon", 24))
-        self.train_stride = int(p.get("train_stride", 1))
-        self.origin_stride = int(p.get("origin_stride", 24))
+        self.window, self.horizon = self.options.window, self.options.horizon
+        self.train_stride, self.origin_stride = self.options.train_stride, self.options.origin_stride
         self.series: np.ndarray | None = None
         self.pretrained: nn.Module | None = None
 
@@ -133,8 +148,7 @@ class ForecastingTask(Task):
             origins = np.arange(self.window + rng.integers(self.origin_stride), len(s) - self.horizon + 1, self.origin_stride)
             parts.append(windows(s, origins, self.window, self.horizon)[0])
         cut = max(1, len(parts) // 20)  # the last 5% of series validate the pretraining
-        train = ArrayExamples({"history": np.concatenate([p.inputs["history"] for p in parts[cut:]])}, np.concatenate([p.targets for p in parts[cut:]]))
-        val = ArrayExamples({"history": np.concatenate([p.inputs["history"] for p in parts[:cut]])}, np.concatenate([p.targets for p in parts[:cut]]))
+        train, val = ArrayExamples.concatenate(parts[cut:]), ArrayExamples.concatenate(parts[:cut])
         if self.progress:
             print(f"[tuneserve] {self.recipe.name}: pretraining on {len(corpus)} synthetic series ({len(train)} windows)", flush=True)
         result = fit(model, self, Splits(train, val, val, splits.label_names), cfg, progress=self.progress)
@@ -142,22 +156,22 @@ class ForecastingTask(Task):
         self.pretrained = copy.deepcopy(model).eval()
 
     def loader(self, split: ArrayExamples, shuffle: bool, batch_size: int | None = None) -> DataLoader:
-        strength = float(self.recipe.preprocessing.get("augment_strength", 0.0))
+        strength = self.options.augment_strength
         transform = None
         if shuffle and strength > 0:
             rng = np.random.default_rng(self.recipe.train.seed)
 
             def transform(inputs, targets):
-                history, targets = augment_series(inputs["history"], targets, WEEK, strength, rng)
-                return {"history": history}, targets
+                history, future = augment_series(inputs["history"], targets["future"], strength, rng)
+                return {"history": history}, {"future": future, "naive": seasonal_naive(history, self.horizon)}
 
         return array_loader(split, batch_size or self.recipe.train.batch_size, shuffle, self.recipe.train.seed, transform)
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return pinball(outputs, targets[..., 0])
+    def loss(self, outputs: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        return pinball(outputs, targets["future"])
 
-    def metrics(self, outputs: np.ndarray, targets: np.ndarray, label_names: list[str]) -> dict[str, Any]:
-        truth, naive = targets[..., 0], targets[..., 1]
+    def metrics(self, outputs: np.ndarray, targets: dict[str, np.ndarray], label_names: list[str]) -> dict[str, Any]:
+        truth, naive = targets["future"], targets["naive"]
         mae = float(np.abs(outputs[..., 1] - truth).mean())
         mae_naive = float(np.abs(naive - truth).mean())
         q = np.asarray(QUANTILES)
@@ -170,17 +184,21 @@ class ForecastingTask(Task):
             "n": int(len(truth)),
         }
 
+    def parity(self, reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
+        """Quantiles are values, not scores of classes: the tolerance alone decides."""
+        return {"max_abs_diff": float(np.abs(reference - candidate).max())}
+
     def after_fit(self, model: nn.Module, splits: Splits) -> None:
-        """Rolling-origin backtest on the held-out tail, in the series' units."""
-        from training.evaluate import torch_logits
+        """Rolling-origin backtest on the held-out tail, in the series' units (reported, decides nothing)."""
+        from training.evaluate import torch_outputs
 
         if self.series is None:
             return
         train = self.series[: self.train_end]
         scale = float(np.abs(train[WEEK:] - train[:-WEEK]).mean())  # in-sample seasonal-naive MAE (MASE's denominator)
         loc, spread = self.test_loc[:, None, None], self.test_scale[:, None, None]
-        truth = splits.test.targets[..., 0] * spread[..., 0] + loc[..., 0]
-        naive = splits.test.targets[..., 1] * spread[..., 0] + loc[..., 0]
+        truth = splits.test.targets["future"] * spread[..., 0] + loc[..., 0]
+        naive = splits.test.targets["naive"] * spread[..., 0] + loc[..., 0]
 
         def score(outputs: np.ndarray | None, median: np.ndarray) -> dict[str, float]:
             out = {"mase": float(np.abs(median - truth).mean() / scale), "mae": float(np.abs(median - truth).mean())}
@@ -189,11 +207,11 @@ class ForecastingTask(Task):
             return out
 
         batches = list(self.loader(splits.test, shuffle=False, batch_size=256))
-        tuned = torch_logits(model, batches)[0] * spread + loc
+        tuned = torch_outputs(model, self, batches)[0] * spread + loc
         backtest = {"origins": int(len(truth)), "horizon": self.horizon, "mase_scale": scale, "fine_tuned": score(tuned, tuned[..., 1]),
                     "seasonal_naive": score(None, naive)}
         if self.pretrained is not None:
-            pre = torch_logits(self.pretrained, batches)[0] * spread + loc
+            pre = torch_outputs(self.pretrained, self, batches)[0] * spread + loc
             backtest["pretrained_only"] = score(pre, pre[..., 1])
         self.report["backtest"] = backtest
         if self.progress:

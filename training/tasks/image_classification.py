@@ -11,14 +11,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from torchvision.transforms import v2
 
 from serving.processing import ImagePreprocessor, decode_image
 from training.data.images import load_image_splits
-from training.evaluate import torch_logits
-from training.tasks.base import Splits
+from training.evaluate import torch_outputs
+from training.tasks.base import Preprocessing, Splits
 from training.tasks.decoded import DecodedClassificationTask
+
+
+class ImagePreprocessing(Preprocessing):
+    """The server's `ImagePreprocessor` parameters; augment_strength scales the random resized crop,
+    flips, rotation and colour jitter of training images."""
+
+    resize_shorter: int = Field(ImagePreprocessor.resize_shorter, ge=1)
+    crop: int = Field(ImagePreprocessor.crop, ge=1)
+    mean: float = ImagePreprocessor.mean
+    std: float = Field(ImagePreprocessor.std, gt=0)
 
 
 class PooledHeadClassifier(nn.Module):
@@ -37,11 +48,12 @@ class ImageClassificationTask(DecodedClassificationTask):
     modality = "image"
     input_names = ["images"]
     dynamic_axes = {"images": {0: "batch"}, "logits": {0: "batch"}}
+    preprocessing_model = ImagePreprocessing
 
     def __init__(self, recipe, backbone) -> None:
         super().__init__(recipe, backbone)
-        self.preprocessor = ImagePreprocessor(**{k: v for k, v in recipe.preprocessing.items() if k in ("resize_shorter", "crop", "mean", "std")})
-        strength = float(recipe.preprocessing.get("augment_strength", 1.0))
+        self.preprocessor = ImagePreprocessor(**self.options.model_dump(exclude={"augment_strength"}))
+        strength = self.options.augment_strength
         self.augment = v2.Compose([
             v2.RandomResizedCrop(self.preprocessor.crop, scale=(1 - 0.4 * strength, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
@@ -75,7 +87,7 @@ class ImageClassificationTask(DecodedClassificationTask):
             return
         for split in (splits.train, splits.val, splits.test):
             self.relabel(split, [0] * len(split))
-            logits, _ = torch_logits(model, self.loader(split, shuffle=False, batch_size=32))
+            logits, _ = torch_outputs(model, self, self.loader(split, shuffle=False, batch_size=32))
             self.relabel(split, logits.argmax(-1).tolist())
 
     def decode(self, data: bytes) -> np.ndarray:

@@ -1,23 +1,19 @@
 """Tabular classification: a feature schema inferred from the CSV (editable in the recipe), an MLP over
 standardised numbers and categorical embeddings, class-imbalance weighting, temperature scaling and a
-decision threshold chosen on the validation split, and a gradient-boosting baseline in the report.
-
-Recipe `preprocessing` keys: `features` ({column: {kind, missing}} overrides of the inferred schema),
-`exclude` (columns that are not features), `min_category_count`, `class_weight` (balanced | none),
-`positive_label` (binary; default: the rarer class), `threshold_objective` (f1 | accuracy | youden),
-`hidden` (layer widths), `augment_strength` (Gaussian noise on numeric features, 0 = off) and
-`mixup` (Beta α for mixup of numeric features and targets, 0 = off).
+decision threshold chosen on the validation split (never on test), and a gradient-boosting baseline
+in the report. Recipe `preprocessing` keys: `TabularPreprocessing`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -26,7 +22,7 @@ from serving.processing.tabular import RowEncoder, fit_feature, infer_kinds, par
 from training.augment import mixup, tabular_noise
 from training.data.arrays import ArrayExamples, array_loader
 from training.data.tables import read_csv_columns, resolve_table
-from training.tasks.base import Splits, Task
+from training.tasks.base import Preprocessing, Splits, Task
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +101,39 @@ def binary_metrics(p_positive: np.ndarray, positive: np.ndarray, threshold: floa
     }
 
 
+class FeatureOverride(BaseModel):
+    """A column's entry in `preprocessing.features`: what the inferred schema gets wrong."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["numeric", "categorical", "boolean"] | None = None
+    missing: Literal["error", "impute"] | None = Field(None, description="default: impute when the training column has gaps, else error")
+
+
+class TabularPreprocessing(Preprocessing):
+    model_config = ConfigDict(coerce_numbers_to_str=True)  # CSV labels are text: `positive_label: 1` names "1"
+
+    target: str | None = Field(None, description="the column to predict (data.target takes precedence)")
+    features: dict[str, FeatureOverride] = Field(default_factory=dict, description="overrides of the schema inferred from the CSV")
+    exclude: list[str] = Field(default_factory=list, description="columns that are not features")
+    min_category_count: int = Field(1, ge=1, description="rarer categories map to <unknown>")
+    class_weight: Literal["balanced", "none"] = "balanced"
+    positive_label: str | None = Field(None, description="binary: the positive class (default: the rarer one)")
+    threshold_objective: Literal["f1", "accuracy", "youden"] = Field("f1", description="what the validation-chosen threshold maximises")
+    hidden: list[int] = Field(default_factory=lambda: [128, 64], description="MLP layer widths")
+    mixup: float = Field(0.0, ge=0, description="Beta α of mixup on numeric features and targets; 0 = off")
+    # augment_strength: Gaussian noise on the standardised numeric features
+
+
 class TabularClassificationTask(Task):
     name = "tabular-classification"
     modality = "tabular"
     metric = "roc_auc"
     output_names = ["logits"]
+    preprocessing_model = TabularPreprocessing
 
     def __init__(self, recipe, backbone) -> None:
         super().__init__(recipe, backbone)
-        self.options = dict(recipe.preprocessing)
         self.encoder: RowEncoder | None = None
         self.positive: int | None = None
         self.threshold = 0.5
@@ -132,7 +152,7 @@ class TabularClassificationTask(Task):
         d = self.recipe.data
         path = resolve_table(d.source, d.seed)
         columns = read_csv_columns(path)
-        target = d.target or self.options.get("target")
+        target = d.target or self.options.target
         if target is None or target not in columns:
             raise ValueError(f"{path}: target column {target!r} not found; columns: {list(columns)} (set data.target or --target)")
         labels_text = columns.pop(target)
@@ -149,15 +169,15 @@ class TabularClassificationTask(Task):
             raise ValueError(f"{path}: the target {target!r} has a single class")
         self.num_labels = len(label_names)
 
-        exclude = set(self.options.get("exclude", []))
-        overrides: dict[str, dict] = self.options.get("features", {}) or {}
+        exclude = set(self.options.exclude)
+        overrides = self.options.features
         kinds = infer_kinds({k: v for k, v in columns.items() if k not in exclude})
         for name, spec in overrides.items():
             if name not in columns:  # e.g. the recipe's own data differs from a user's file
                 log.warning("recipe preprocessing.features names %r, which is not a column of %s; ignored", name, path)
                 continue
-            if "kind" in spec:
-                kinds[name] = spec["kind"]
+            if spec.kind is not None:
+                kinds[name] = spec.kind
         dropped = [k for k, v in kinds.items() if v is None]
         if dropped:
             log.warning("%s: columns %s are not used as features (identifier-like, free text or empty)", path, dropped)
@@ -176,20 +196,19 @@ class TabularClassificationTask(Task):
         rest, test = train_test_split(all_rows, test_size=d.test_fraction, random_state=d.seed, stratify=y[all_rows])
         train, val = train_test_split(rest, test_size=d.val_fraction / (1 - d.test_fraction), random_state=d.seed, stratify=y[rest])
 
-        min_count = int(self.options.get("min_category_count", 1))
         features = []
         for k in names:
-            policy = (overrides.get(k) or {}).get("missing") or ("impute" if any(v is None for v in parsed[k]) else "error")
-            features.append(fit_feature(k, kinds[k], (parsed[k][i] for i in train), missing=policy, min_count=min_count))
+            policy = (overrides[k].missing if k in overrides else None) or ("impute" if any(v is None for v in parsed[k]) else "error")
+            features.append(fit_feature(k, kinds[k], (parsed[k][i] for i in train), missing=policy, min_count=self.options.min_category_count))
         self.encoder = RowEncoder(features)
         rows = [dict(zip(names, values)) for values in zip(*(parsed[k] for k in names))]
         encoded = self.encoder.encode_all(rows)
 
         counts = np.bincount(y[train], minlength=len(label_names)).astype(np.float64)
-        if self.options.get("class_weight", "balanced") == "balanced":
+        if self.options.class_weight == "balanced":
             self.class_weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
         if len(label_names) == 2:
-            positive = self.options.get("positive_label")
+            positive = self.options.positive_label
             if positive is not None and positive not in index:  # a user's file with other labels
                 log.warning("positive_label %r is not a label of %s (%s); using the rarer class", positive, path, label_names)
                 positive = None
@@ -204,12 +223,10 @@ class TabularClassificationTask(Task):
         self.threshold = float(preprocessing.get("threshold", 0.5))
 
     def build_model(self, label_names: list[str]) -> nn.Module:
-        hidden = [int(h) for h in self.options.get("hidden", [128, 64])]
-        return TabularMLP(self.encoder.numeric_width, self.encoder.cardinalities, len(label_names), hidden, self.recipe.train.dropout)
+        return TabularMLP(self.encoder.numeric_width, self.encoder.cardinalities, len(label_names), self.options.hidden, self.recipe.train.dropout)
 
     def loader(self, split: ArrayExamples, shuffle: bool, batch_size: int | None = None) -> DataLoader:
-        strength = float(self.options.get("augment_strength", 0.0))
-        alpha = float(self.options.get("mixup", 0.0))
+        strength, alpha = self.options.augment_strength, self.options.mixup
         transform = None
         if shuffle and (strength > 0 or alpha > 0):
             rng = np.random.default_rng(self.recipe.train.seed)
@@ -242,17 +259,17 @@ class TabularClassificationTask(Task):
     def after_fit(self, model: nn.Module, splits: Splits) -> None:
         """Undo the class weighting's prior shift, fit the temperature and the threshold on validation,
         then train and score the gradient-boosting baseline on the same split."""
-        from training.evaluate import torch_logits
+        from training.evaluate import torch_outputs
 
         if self.class_weights is not None:
             model.logit_adjust.copy_(torch.as_tensor(np.log(self.class_weights), dtype=torch.float32))
-        raw, targets = torch_logits(model, self.loader(splits.val, shuffle=False, batch_size=1024))
+        raw, targets = torch_outputs(model, self, self.loader(splits.val, shuffle=False, batch_size=1024))
         before = float(log_loss(targets, np.clip(softmax(raw), 1e-12, 1), labels=list(range(len(splits.label_names)))))
         temperature = fit_temperature(raw, targets)
         model.temperature.fill_(temperature)
         probs = softmax(raw / temperature)
         after = float(log_loss(targets, np.clip(probs, 1e-12, 1), labels=list(range(len(splits.label_names)))))
-        objective = self.options.get("threshold_objective", "f1")
+        objective = self.options.threshold_objective
         calibration = {"temperature": temperature, "val_log_loss_before": before, "val_log_loss_after": after}
         if self.positive is not None:
             self.threshold = choose_threshold(probs[:, self.positive].astype(np.float64), targets == self.positive, objective)
@@ -280,7 +297,7 @@ class TabularClassificationTask(Task):
         return binary_metrics(test[:, self.positive], splits.test.targets == self.positive, threshold)
 
     def preprocessing_config(self) -> dict[str, Any]:
-        config = {"kind": "tabular", **self.encoder.config(), "target": self.recipe.data.target or self.options.get("target")}
+        config = {"kind": "tabular", **self.encoder.config(), "target": self.recipe.data.target or self.options.target}
         if self.positive is not None:
             config |= {"positive_index": self.positive, "threshold": self.threshold}
         return config

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -14,9 +15,12 @@ from serving.processing import TextPreprocessor
 from training.augment import augment_text
 from training.data.text import TextExamples, load_text_splits
 from training.evaluate import classification_metrics
-from training.tasks.base import Batch, Splits, Task
+from training.tasks.base import Batch, Preprocessing, Splits, Task
 
-DEFAULT_MAX_LENGTH = 128
+
+class TextPreprocessing(Preprocessing):
+    max_length: int = Field(128, gt=2, description="tokens per text, [CLS] and [SEP] included; longer texts are truncated")
+    # augment_strength: word deletion, swaps, synonym insertion and replacement (training/augment.py)
 
 
 class EncoderWithHead(nn.Module):
@@ -54,13 +58,12 @@ class TextClassificationTask(Task):
     # test accuracy, file 25% of fp32) with ranges fixed at build time.
     quantise_symbolic_shapes = False
     quantise_op_types = ["MatMul", "Gemm", "Gather"]
+    preprocessing_model = TextPreprocessing
 
     def __init__(self, recipe, backbone) -> None:
         super().__init__(recipe, backbone)
-        max_length = int(recipe.preprocessing.get("max_length", DEFAULT_MAX_LENGTH))
-        self.preprocessor = TextPreprocessor(backbone.assets()["tokenizer.json"], max_length)
-        # training-time text augmentation (training/augment.py); 0 = off
-        self.strength = float(recipe.preprocessing.get("augment_strength", 0.0))
+        self.preprocessor = TextPreprocessor(backbone.assets()["tokenizer.json"], self.options.max_length)
+        self.strength = self.options.augment_strength
         self.rng = np.random.default_rng(recipe.train.seed)
 
     def load_data(self) -> Splits:
