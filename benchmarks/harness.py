@@ -19,6 +19,7 @@ import httpx
 
 from serving.loadtest.engine import closed_loop, run
 from serving.loadtest.payloads import Payload
+from serving.loadtest.ready import wait_ready
 from serving.loadtest.server_metrics import scrape, server_delta
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,26 +52,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 180, poll_s: float = 0.5, log_path: Path | None = None) -> None:
-    """Poll `url` until it answers 200; raise (with the log's tail) if `proc` exits or time runs out."""
-    def tail() -> str:
-        return "\n" + log_path.read_text()[-4000:] if log_path is not None and log_path.is_file() else ""
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}{tail()}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, 9)
-            raise RuntimeError(f"server not ready in {timeout_s} s{tail()}")
-        time.sleep(poll_s)
 
 
 @contextmanager

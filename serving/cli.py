@@ -11,6 +11,7 @@ from pathlib import Path
 from serving.errors import ManifestError
 from serving.manifest import MANIFEST_FILE, load_manifest
 from serving.settings import PROJECT_ROOT, Settings
+from serving.tasks import TASKS
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -18,72 +19,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     settings = Settings()
     if args.repository:
-        settings.repository = Path(args.repository)
+        settings = settings.model_copy(update={"repository": Path(args.repository)})
     runtime = Runtime(settings)
     model = runtime.models.get(args.model)
     if model is None:
         print(f"error: unknown model {args.model!r}; available models: {sorted(runtime.models) or 'none'}", file=sys.stderr)
         return 2
+    task = model.task
+    options = {name: getattr(args, name) for name in task.options}
     try:
-        if model.manifest.task == "image-classification":
-            predictions = model.predictor([(model.predictor.prepare(Path(path).read_bytes()), args.top_k) for path in args.inputs])
-        elif model.manifest.task == "tabular-classification":
-            rows = _json_inputs(args.inputs)
-            (predictions,) = model.predictor([model.predictor.prepare(rows)])
-            args.inputs = [json.dumps(r)[:60] for r in rows]
-        elif model.manifest.task == "forecasting":
-            prepared = model.predictor.prepare(_history(args.inputs), args.horizon)
-            answer = model.predictor.finish(prepared, model.predictor([prepared.window])[0])
-            print(json.dumps({"model": model.name, "version": model.manifest.version, "variant": model.variant, **answer}, indent=2 if args.json else None))
-            return 0
-        elif model.manifest.task == "audio-classification":
-            clips = [model.predictor.prepare(Path(path).read_bytes()) for path in args.inputs]
-            predictions = [model.predictor.combine(c, model.predictor([w.features for w in c.windows]) if c.windows else []) for c in clips]
-        else:
-            predictions = model.predictor(args.inputs)
-    except (OSError, ValueError) as exc:  # unreadable file, not an image / not audio
+        request = task.cli_request(args.inputs, options, model.name)
+        results = task.predict(request)
+    except (OSError, ValueError) as exc:  # unreadable file, not an image / not audio, a request error
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps({"model": model.name, "version": model.manifest.version, "variant": model.variant, "predictions": predictions}, indent=2))
+    answer = {"model": model.name, "version": model.manifest.version, "variant": model.variant, **results}
+    rows = None if args.json else task.cli_rows(args.inputs, answer)
+    if rows is None:
+        print(json.dumps(answer, indent=2))
     else:
-        for given, p in zip(args.inputs, predictions):
-            if "entities" in p:
-                found = ", ".join(f"{e['label']} {e['text']!r} [{e['start']}:{e['end']}] {e['score']:.2f}" for e in p["entities"])
-                print(f"{given}\n  → {found or 'no entities'}{' (truncated)' if p['truncated'] else ''}")
-            else:
-                print(f"{p['label']:<24} {p['score']:.3f}  {given}")
+        for given, prediction in rows:
+            print(task.cli_line(given, prediction))
     return 0
-
-
-def _json_inputs(inputs: list[str]) -> list:
-    """Rows given inline as JSON objects, or files: a JSON array of objects, or JSON Lines."""
-    rows: list = []
-    for given in inputs:
-        text = given if given.lstrip().startswith(("{", "[")) else Path(given).read_text(encoding="utf-8")
-        try:
-            value = json.loads(text)
-            rows += value if isinstance(value, list) else [value]
-        except json.JSONDecodeError:
-            rows += [json.loads(line) for line in text.splitlines() if line.strip()]
-    return rows
-
-
-def _history(inputs: list[str]) -> list:
-    """A series from a JSON file (an array, or an object with "history"), a CSV file (its `value` or
-    last column, in file order; empty cells are gaps), or numbers on the command line."""
-    if len(inputs) > 1 or not Path(inputs[0]).is_file():
-        return [None if v.lower() in ("nan", "null", "") else float(v) for v in inputs]
-    text = Path(inputs[0]).read_text(encoding="utf-8")
-    if inputs[0].endswith(".csv"):
-        import csv
-
-        reader = csv.reader(text.splitlines())
-        header = next(reader)
-        col = header.index("value") if "value" in header else len(header) - 1
-        return [float(row[col]) if row[col].strip() else None for row in reader if row]
-    value = json.loads(text)
-    return value["history"] if isinstance(value, dict) else value
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -101,12 +58,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    settings = Settings()
     env = dict(os.environ)
     if args.repository:
         env["TUNESERVE_REPOSITORY"] = str(Path(args.repository).resolve())
     bentoml = Path(sys.executable).with_name("bentoml")
     argv = [str(bentoml), "serve", "serving.service:TuneServe", "--host", args.host, "--port", str(args.port)]
-    grace = Settings().grace_s
+    grace = settings.grace_s
     if grace > 0:  # after SIGTERM, requests still running after this many seconds are cancelled (500)
         argv += ["--timeout-graceful-shutdown", str(grace)]
     os.chdir(PROJECT_ROOT)
@@ -122,9 +80,10 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("predict", help="answer from a model of the repository, no server needed")
     p.add_argument("model", help="model name, e.g. intent or surface-defects")
-    p.add_argument("inputs", nargs="+", help="texts, image files, audio files, table rows (JSON objects or a JSON/JSONL file) or a series (JSON/CSV file)")
-    p.add_argument("--top-k", type=int, default=5, help="image models: classes to rank")
-    p.add_argument("--horizon", type=int, help="forecasting models: steps ahead (default: the model's maximum)")
+    p.add_argument("inputs", nargs="+", help="what the model's task takes: texts, image or audio files, table rows (JSON objects or a JSON/JSONL file), a series (numbers, a JSON or CSV file)")
+    for task in TASKS.values():
+        for name, option in task.options.items():
+            p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=option.type, help=f"{task.name} models: {option.help}")
     p.add_argument("--repository", help="model repository (default: exported/ or $TUNESERVE_REPOSITORY)")
     p.add_argument("--json", action="store_true", help="print the same JSON the HTTP endpoint returns")
     p.set_defaults(func=cmd_predict)

@@ -16,18 +16,11 @@ from typing import Any, Callable
 
 from serving.errors import ManifestError, RequestError, UnknownModel
 from serving.manifest import MANIFEST_FILE, Manifest, asset_files, load_manifest, verify_files
-from serving.predictors import Predictor, make_predictor
 from serving.sessions import SessionInfo, candidate_providers, create_session, usable_accelerators
 from serving.settings import Settings
+from serving.tasks import TASKS, ServingTask, get_task
 
 log = logging.getLogger(__name__)
-
-# Which model answers when a request names none, per task (else the first by name).
-DEFAULT_MODELS = {"text-classification": "intent", "image-classification": "imagenet", "token-classification": "entities", "audio-classification": "keywords",
-                  "tabular-classification": "credit-risk", "forecasting": "energy-demand"}
-# The route that serves each task, for error messages that point the client the right way.
-TASK_ROUTES = {"text-classification": "/v1/text/classify", "image-classification": "/v1/image/classify", "token-classification": "/v1/text/entities", "audio-classification": "/v1/audio/classify",
-               "tabular-classification": "/v1/tabular/predict", "forecasting": "/v1/forecast"}
 
 
 @dataclass
@@ -36,7 +29,7 @@ class LoadedModel:
     directory: Path
     variant: str
     session_info: SessionInfo
-    predictor: Predictor
+    task: ServingTask  # the model's pre-processing, inference and answers
     stamp: str = ""  # sha256 of the manifest file this model was loaded from (reload compares it)
     batcher: Any = None  # the server's MicroBatcher for this model (None outside the server)
 
@@ -58,18 +51,22 @@ def load_model(directory: Path, settings: Settings) -> LoadedModel:
     except FileNotFoundError:
         raise ManifestError(f"{directory / MANIFEST_FILE}: no manifest") from None
     manifest = load_manifest(directory, verify=False, raw=manifest_bytes)  # the stamp and the parse see the same bytes
+    try:
+        task_class = get_task(manifest.task)
+    except ValueError as exc:
+        raise ManifestError(f"model {manifest.name!r}: {exc}") from None
     verify_files(directory, manifest, only=asset_files(manifest))
     stamp = hashlib.sha256(manifest_bytes).hexdigest()
 
     def open_variant(variant: str, providers: list[str]):
         verify_files(directory, manifest, only={manifest.variants[variant].file})
-        return create_session(directory / manifest.variants[variant].file, settings.intra_op_threads(), providers)
+        return create_session(directory / manifest.variants[variant].file, settings.intra_op_threads(), providers, settings.cache, settings.cuda_device)
 
     providers = candidate_providers(settings.device)
     if not usable_accelerators(providers):  # no GPU provider can work here: straight to the CPU variant
         variant = manifest.variant_for("cpu", settings.variant)
         session, info = open_variant(variant, providers)
-        return LoadedModel(manifest, directory, variant, info, make_predictor(directory, manifest, session), stamp)
+        return LoadedModel(manifest, directory, variant, info, task_class(directory, manifest, session, settings), stamp)
     # Variant choice depends on the device, which is known only once a session initialises: try the
     # GPU variant on the GPU providers first, and the CPU variant on the CPU.
     gpu_variant = manifest.variant_for("gpu", settings.variant)
@@ -80,12 +77,12 @@ def load_model(directory: Path, settings: Settings) -> LoadedModel:
         if cpu_variant != gpu_variant:
             session, _ = open_variant(cpu_variant, ["CPUExecutionProvider"])
         variant = cpu_variant
-    return LoadedModel(manifest, directory, variant, info, make_predictor(directory, manifest, session), stamp)
+    return LoadedModel(manifest, directory, variant, info, task_class(directory, manifest, session, settings), stamp)
 
 
 class Runtime:
-    def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings()
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.models: dict[str, LoadedModel] = {}
         self.broken: dict[str, str] = {}  # model folder → why it was refused
         self.stale: dict[str, str] = {}  # model folder → why its new version was refused (the old one serves)
@@ -180,7 +177,7 @@ class Runtime:
             same_task = sorted(m for m, model in self.models.items() if model.manifest.task == task)
             if not same_task:
                 raise UnknownModel(f"no {task} model is loaded; available models: {sorted(self.models) or 'none'}")
-            default = DEFAULT_MODELS.get(task)
+            default = TASKS[task].default_model
             return self.models[default if default in same_task else same_task[0]]
         model = self.models.get(name)
         if model is None:
@@ -189,6 +186,6 @@ class Runtime:
             shown = repr(name) if len(name) <= 100 else f"{name[:100]!r}… ({len(name)} characters)"
             raise UnknownModel(f"unknown model {shown}{hint}; available models: {sorted(self.models) or 'none'}")
         if model.manifest.task != task:
-            route = TASK_ROUTES.get(model.manifest.task, "its own route")
+            route = f"/v1{TASKS[model.manifest.task].route}"
             raise RequestError(f"model {name!r} is a {model.manifest.task} model; send it to {route}")
         return model

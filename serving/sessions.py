@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ def session_options(threads: int) -> ort.SessionOptions:
     return options
 
 
-def provider_options(provider: str, cache_dir: Path) -> dict:
+def provider_options(provider: str, cache_dir: Path, cuda_device: int = 0) -> dict:
     if provider == "TensorrtExecutionProvider":
         return {
             "trt_engine_cache_enable": True,
@@ -59,7 +58,7 @@ def provider_options(provider: str, cache_dir: Path) -> dict:
             "trt_timing_cache_path": str(cache_dir),
         }
     if provider == "CUDAExecutionProvider":
-        return {"device_id": int(os.environ.get("TUNESERVE_CUDA_DEVICE", "0"))}
+        return {"device_id": cuda_device}
     return {}
 
 
@@ -97,10 +96,12 @@ def create_session(
     threads: int,
     providers: list[str] | None = None,
     cache_dir: Path | None = None,
+    cuda_device: int = 0,
 ) -> tuple[ort.InferenceSession, SessionInfo]:
-    """Open `model_path` on the best provider that initialises; every failed try is recorded."""
+    """Open `model_path` on the best provider that initialises; every failed try is recorded.
+    `cache_dir` (TensorRT engines) is only touched when a GPU provider is tried."""
     providers = providers or candidate_providers()
-    cache_dir = cache_dir or Path(os.environ.get("TUNESERVE_CACHE", Path.home() / ".cache" / "tuneserve"))
+    cache_dir = cache_dir or Path.home() / ".cache" / "tuneserve"
     fallbacks: list[str] = []
     for provider in providers:
         if provider == CPU:
@@ -118,7 +119,7 @@ def create_session(
                     session = ort.InferenceSession(
                         str(model_path),
                         sess_options=session_options(threads),
-                        providers=[(provider, provider_options(provider, cache_dir)), CPU],
+                        providers=[(provider, provider_options(provider, cache_dir, cuda_device)), CPU],
                     )
             except Exception as exc:  # a provider that fails to initialise must not stop serving
                 fallbacks.append(f"{provider}: {type(exc).__name__}: {exc}")

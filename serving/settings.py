@@ -1,74 +1,103 @@
-"""Serving settings, read from environment variables so the Bento, the CLI and tests share them."""
+"""Serving settings: one object, read once from `TUNESERVE_*` environment variables and passed down.
+
+Every limit and knob of the server is a field here, with its default and why; nothing else reads a
+`TUNESERVE_*` variable. `docs/settings.md` is generated from this class (`python -m serving.settings`),
+and a test checks the two agree.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# One uploaded file (an image, a clip) may be at most this large.
-MAX_FILE_BYTES = 20 * 1024 * 1024
+ENV_PREFIX = "TUNESERVE_"
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw not in (None, "") else default
+class Settings(BaseSettings):
+    """What the server, `tuneserve predict` and the Bento share. Frozen: change a copy
+    (`settings.model_copy(update=...)`), never the object others hold."""
 
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return float(raw) if raw not in (None, "") else default
+    repository: Path = Field(PROJECT_ROOT / "exported", description="the model repository to serve")
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="which models of the repository to load, comma-separated; empty = all")
+    device: Literal["auto", "cpu"] = Field("auto", description="auto tries TensorRT, then CUDA, then the CPU; cpu never touches a GPU provider")
+    variant: str | None = Field(None, description="serve this variant (fp32, int8, ...) instead of the manifest's default for the device")
+    cuda_device: int = Field(0, ge=0, description="GPU index for the CUDA provider")
+    cache: Path = Field(Path.home() / ".cache" / "tuneserve", description="writable folder for TensorRT engine and timing caches")
+    workers: int = Field(1, ge=1, description="BentoML worker processes; each loads every model")
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per session; 0 = cores / workers")
+    max_batch: int = Field(64, ge=1, description="items merged into one ONNX Runtime call")
+    # A CNN on the CPU gains no throughput past a few images per call, while ONNX Runtime's memory
+    # arena keeps the largest batch's activations for good (benchmarks/results/soak.md); on a GPU
+    # batching pays, and this cap does not apply.
+    max_batch_image: int = Field(4, ge=1, description="items per ONNX Runtime call for image models on the CPU")
+    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits for more items when the queue is nearly empty")
+    max_queue: int = Field(4096, ge=1, description="items queued per model before requests are answered 503")
+    max_items: int = Field(256, ge=1, description="texts per request")
+    max_text_chars: int = Field(20_000, ge=1, description="characters per text")
+    max_files: int = Field(64, ge=1, description="files per multipart request")
+    max_file_mb: float = Field(20.0, gt=0, description="size of one uploaded file (an image, a clip)")
+    max_body_mb: float = Field(25.0, gt=0, description="request body, JSON and multipart alike: 413 before a larger body is read")
+    max_concurrency: int = Field(256, ge=1, description="requests in flight (split over the workers) before BentoML answers 429")
+    timeout_s: float = Field(60.0, gt=0, description="seconds before a request times out (504)")
+    grace_s: int = Field(0, ge=0, description="`tuneserve serve`: seconds after SIGTERM before running requests are cancelled; 0 = wait for all")
+    ready_policy: Literal["all", "any"] = Field(
+        "all", description="/readyz: all = 503 while any model of the repository was refused; any = 200 once one serves")
+    api_key: str | None = Field(None, repr=False, description="when set, /v1 routes (but the OpenAPI document) need `Authorization: Bearer <key>` or `X-API-Key: <key>`")
+    access_log: bool = Field(False, description="one access-log line per request (costs throughput on small models)")
+    trace_sample_rate: float | None = Field(
+        None, ge=0, le=1, description="OpenTelemetry sampling for /v1 routes; unset = /v1 is not traced at all")
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: object) -> object:
+        return [m.strip() for m in value.split(",") if m.strip()] if isinstance(value, str) else value
 
-@dataclass
-class Settings:
-    repository: Path = field(default_factory=lambda: Path(os.environ.get("TUNESERVE_REPOSITORY", PROJECT_ROOT / "exported")))
-    # "auto" tries TensorRT, then CUDA, then the CPU; "cpu" never touches a GPU provider.
-    device: str = field(default_factory=lambda: os.environ.get("TUNESERVE_DEVICE", "auto"))
-    variant: str | None = field(default_factory=lambda: os.environ.get("TUNESERVE_VARIANT") or None)
-    workers: int = field(default_factory=lambda: _int("TUNESERVE_WORKERS", 1))
-    # ONNX Runtime intra-op threads per session; 0 = cores / workers.
-    threads: int = field(default_factory=lambda: _int("TUNESERVE_THREADS", 0))
-    max_batch_size: int = field(default_factory=lambda: _int("TUNESERVE_MAX_BATCH", 64))
-    # image models on the CPU: a CNN gains no throughput past a few images per call (EfficientNet-
-    # Lite0 INT8: 2.6 ms/image at batch 1, 2.6 at 8, 2.9 at 32), while ONNX Runtime's memory arena
-    # keeps the largest batch's activations for good: one 64-image request to each image model took
-    # the worker from 284 MiB to 2.3 GiB with batches of 64; 711 MiB at 8, 517 MiB at 4, 365 MiB
-    # at 1, and the requests were faster too. On a GPU batching pays, and the cap does not apply.
-    max_batch_image: int = field(default_factory=lambda: _int("TUNESERVE_MAX_BATCH_IMAGE", 4))
-    max_wait_ms: float = field(default_factory=lambda: _float("TUNESERVE_MAX_WAIT_MS", 2.0))
-    max_queue: int = field(default_factory=lambda: _int("TUNESERVE_MAX_QUEUE", 4096))
-    max_items_per_request: int = field(default_factory=lambda: _int("TUNESERVE_MAX_ITEMS", 256))
-    # requests in flight (BentoML splits it over the workers) before it answers 429; seconds before a
-    # request times out (504)
-    max_concurrency: int = field(default_factory=lambda: _int("TUNESERVE_MAX_CONCURRENCY", 256))
-    timeout_s: float = field(default_factory=lambda: _float("TUNESERVE_TIMEOUT_S", 60.0))
-    # `tuneserve serve`: seconds after SIGTERM before requests still running are cancelled; 0 = wait
-    # for all of them (each is bounded by timeout_s anyway)
-    grace_s: int = field(default_factory=lambda: _int("TUNESERVE_GRACE_S", 0))
-    # which models of the repository to load (comma-separated names); empty = all
-    models: list[str] = field(default_factory=lambda: [m.strip() for m in os.environ.get("TUNESERVE_MODELS", "").split(",") if m.strip()])
-    max_text_chars: int = field(default_factory=lambda: _int("TUNESERVE_MAX_TEXT_CHARS", 20_000))
-    # request body limit, JSON and multipart alike: 413 before a larger body is read
-    max_body_bytes: int = field(default_factory=lambda: int(_float("TUNESERVE_MAX_BODY_MB", 25.0) * 1024 * 1024))
-    # /readyz: "all" = 503 while any model of the repository was refused; "any" = 200 once one serves
-    ready_policy: str = field(default_factory=lambda: os.environ.get("TUNESERVE_READY_POLICY", "all"))
-    # when set, every /v1 route but the OpenAPI document needs `Authorization: Bearer <key>` or
-    # `X-API-Key: <key>`; health and metrics routes stay open
-    api_key: str | None = field(default_factory=lambda: os.environ.get("TUNESERVE_API_KEY", "").strip() or None, repr=False)
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _strip_key(cls, value: object) -> object:
+        return (value.strip() or None) if isinstance(value, str) else value
 
-    def __post_init__(self) -> None:
-        if self.ready_policy not in ("all", "any"):
-            raise ValueError(f"TUNESERVE_READY_POLICY must be 'all' or 'any', not {self.ready_policy!r}")
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 1024 * 1024)
 
     def batch_limit(self, modality: str, device: str) -> int:
         """Items per ONNX Runtime call for a model of this modality on this device ("cpu"/"gpu")."""
         if modality == "image" and device == "cpu":
-            return min(self.max_batch_size, self.max_batch_image)
-        return self.max_batch_size
+            return min(self.max_batch, self.max_batch_image)
+        return self.max_batch
 
     def intra_op_threads(self) -> int:
         if self.threads > 0:
             return self.threads
-        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+
+def settings_table() -> str:
+    """The Markdown page of every setting (docs/settings.md)."""
+    rows = ["# Settings", "", "Environment variables read once at start-up by `serving/settings.py` (generated by",
+            "`python -m serving.settings`; a test checks this page against the code).", "",
+            "| variable | default | what it does |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+        if isinstance(default, Path):
+            default = str(default).replace(str(PROJECT_ROOT), "<project>").replace(str(Path.home()), "~")
+        shown = "" if default in (None, []) else f"`{default}`"
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")

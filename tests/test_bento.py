@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from serving.loadtest.payloads import _rows, _series
-from benchmarks.harness import wait_ready
+from serving.loadtest.ready import wait_ready
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

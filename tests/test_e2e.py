@@ -35,8 +35,8 @@ def test_health_and_models(server):
 
 def test_concurrent_requests_each_get_their_own_answers(server, tiny_repository):
     texts = _texts(120)
-    offline = Runtime(Settings(repository=tiny_repository, device="cpu", threads=1)).models["intent"].predictor
-    expected = [offline([t])[0] for t in texts]
+    offline = Runtime(Settings(repository=tiny_repository, device="cpu", threads=1)).models["intent"].task
+    expected = [offline.run([t])[0] for t in texts]
 
     async def fire():
         async with httpx.AsyncClient(base_url=server, timeout=60) as client:

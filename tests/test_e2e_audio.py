@@ -14,6 +14,7 @@ import pytest
 from serving.manifest import load_manifest
 from serving.processing.audio import decode_audio
 from serving.processing.vad import SileroVAD
+from serving.tasks import FileRequest, Upload
 
 from .test_audio import encode, tone
 
@@ -110,8 +111,8 @@ def test_concurrent_clips_get_their_own_answers(server, tiny_repository):
 
     rng = np.random.default_rng(0)
     clips = [encode((0.3 * np.sin(2 * np.pi * rng.uniform(100, 3000) * np.arange(16000) / 16000)).astype(np.float32), 16000, "WAV", "PCM_16") for _ in range(24)]
-    model = Runtime(Settings(repository=tiny_repository, device="cpu", threads=1)).models["keywords"].predictor
-    expected = [model.combine(c, model([w.features for w in c.windows])) for c in (model.prepare(b) for b in clips)]
+    model = Runtime(Settings(repository=tiny_repository, device="cpu", threads=1)).models["keywords"].task
+    expected = [model.predict(FileRequest(None, [Upload(0, None, b)]))["predictions"][0] for b in clips]
 
     async def fire():
         async with httpx.AsyncClient(base_url=server, timeout=60) as client:

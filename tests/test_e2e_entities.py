@@ -55,8 +55,8 @@ def test_bad_input(server, body, status, needle):
 def test_concurrent_requests_keep_their_own_spans(server, tiny_repository):
     names = ["Ana", "Bilal", "Chen", "Dmitri", "Emeka", "Fatima", "Goro", "Hana"]
     texts = [f"please send {i * 13 + 7} dollars to {names[i % 8]} Okafor in Lagos on the {i % 28 + 1}th" for i in range(40)]
-    offline = Runtime(Settings(repository=tiny_repository, device="cpu", threads=1)).models["entities"].predictor
-    expected = [offline([t])[0]["entities"] for t in texts]
+    offline = Runtime(Settings(repository=tiny_repository, device="cpu", threads=1)).models["entities"].task
+    expected = [offline.run([t])[0]["entities"] for t in texts]
 
     async def fire():
         async with httpx.AsyncClient(base_url=server, timeout=60) as client:

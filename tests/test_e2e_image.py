@@ -12,6 +12,7 @@ import skimage.data
 
 from serving.runtime import Runtime
 from serving.settings import Settings
+from serving.tasks import FileRequest, Upload
 
 from .test_image import _png_header_only, encode
 
@@ -78,8 +79,8 @@ def test_concurrent_uploads_get_their_own_answers(server, tiny_repository):
     base = cv2.resize(skimage.data.coffee(), (96, 64))
     images = [np.clip(base.astype(int) + rng.integers(-60, 60, (1, 1, 3)), 0, 255).astype(np.uint8) for _ in range(30)]
     blobs = [encode(img, ".png") for img in images]
-    offline = Runtime(Settings(repository=tiny_repository, device="cpu", threads=1)).models[MODEL].predictor
-    expected = [offline([(offline.prepare(b), 4)])[0] for b in blobs]
+    offline = Runtime(Settings(repository=tiny_repository, device="cpu", threads=1)).models[MODEL].task
+    expected = [offline.predict(FileRequest(MODEL, [Upload(0, None, b)], {"top_k": "4"}))["predictions"][0] for b in blobs]
 
     async def fire():
         async with httpx.AsyncClient(base_url=server, timeout=60) as client:

@@ -17,6 +17,7 @@ from PIL import Image
 from serving.processing import ImageError, ImagePreprocessor, decode_image
 from serving.runtime import Runtime
 from serving.settings import Settings
+from serving.tasks import FileRequest, Upload
 
 SKIMAGE = Path(skimage.data.__file__).parent
 
@@ -121,7 +122,7 @@ def test_training_and_serving_tensors_are_identical(tiny_repository):
     splits = task.load_data()
     dataset = task.dataset(splits.test, train=False)
     for i, path in enumerate(splits.test.paths[:5]):
-        served = model.predictor.prepare(Path(path).read_bytes())
+        served = model.task.prepare_file(Path(path).read_bytes())
         trained, _ = dataset[i]
         assert served.dtype == trained.dtype and np.array_equal(served, trained)
 
@@ -138,6 +139,6 @@ def test_tiny_image_model_cycle(tiny_repository):
     assert [i.name for i in m.signature.inputs] == ["images"] and m.signature.inputs[0].shape == ["batch", 3, 64, 64]
     for variant in ("fp32", "int8"):
         model = Runtime(Settings(repository=tiny_repository, device="cpu", variant=variant, threads=1)).models["surface-defects"]
-        image = model.predictor.prepare((SKIMAGE / "coffee.png").read_bytes())
-        (p,) = model.predictor([(image, 3)])
+        data = (SKIMAGE / "coffee.png").read_bytes()
+        (p,) = model.task.predict(FileRequest(None, [Upload(0, "coffee.png", data)], {"top_k": "3"}))["predictions"]
         assert p["label"] in m.labels and len(p["top_k"]) == 3 and p["top_k"][0]["score"] >= p["top_k"][1]["score"]

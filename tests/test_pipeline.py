@@ -44,7 +44,7 @@ def test_runtime_predicts_every_variant_consistently(tiny_repository):
         settings = Settings(repository=tiny_repository, device="cpu", variant=variant, threads=1)
         model = Runtime(settings).resolve("intent", "text-classification")
         assert model.variant == variant
-        results[variant] = model.predictor(texts)
+        results[variant] = model.task.run(texts)
         for p in results[variant]:
             assert p["label"] in model.manifest.labels
             assert abs(sum(p["scores"].values()) - 1) < 1e-4
@@ -56,9 +56,9 @@ def test_runtime_predicts_every_variant_consistently(tiny_repository):
 def test_single_and_batched_answers_agree(tiny_repository):
     model = Runtime(Settings(repository=tiny_repository, device="cpu", variant="fp32", threads=1)).models["intent"]
     texts = ["hi", "please close my savings account, I am moving to another bank next month"]
-    batched = model.predictor(texts)
+    batched = model.task.run(texts)
     for text, b in zip(texts, batched):
-        (single,) = model.predictor([text])
+        (single,) = model.task.run([text])
         assert single["label"] == b["label"]
         assert single["score"] == pytest.approx(b["score"], abs=1e-5)
 

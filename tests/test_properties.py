@@ -18,7 +18,10 @@ from serving.errors import InputError, RequestError
 from serving.processing.audio import decode_audio
 from serving.processing.image import ImagePreprocessor, decode_image
 from serving.processing.series import clean_history
-from serving.schemas import ForecastRequest, TabularRequest, TextRequest, parse_json_body
+from serving.protocols.bodies import parse_json_body
+from serving.tasks.forecasting import ForecastRequest
+from serving.tasks.tabular import TabularRequest
+from serving.tasks.text import TextRequest
 from tests.data.make_hostile import HISTORY, ROW, bmp_header, deep, flac_streaminfo, jpeg, ogg_vorbis_first_page, png, wav
 
 # Bounded and reproducible: the whole file runs in well under a minute on 2 cores.
@@ -67,7 +70,7 @@ def assert_clear_error(exc: Exception, kind: type[Exception] = InputError) -> No
 
 @pytest.fixture(scope="module")
 def loaded(tiny_repository):
-    """The tiny repository's models, loaded once: name → LoadedModel (its predictor does the work)."""
+    """The tiny repository's models, loaded once: name → LoadedModel (its task does the work)."""
     from serving.runtime import Runtime
     from serving.settings import Settings
 
@@ -148,7 +151,7 @@ AUDIO_SEEDS = _audio_seeds()
 def check_audio(data: bytes, predictor=None) -> None:
     try:
         samples = decode_audio(data)
-        clip = predictor.prepare(data) if predictor is not None else None
+        clip = predictor.prepare_file(data) if predictor is not None else None
     except Exception as exc:
         assert_clear_error(exc)
         return
@@ -170,7 +173,7 @@ def test_any_bytes_decode_to_samples_or_an_audio_error(data):
 @SLOW_PROPERTY
 @given(mutations(AUDIO_SEEDS))
 def test_mutated_audio_decodes_to_finite_features_or_is_refused(loaded, data):
-    check_audio(data, loaded["keywords"].predictor)
+    check_audio(data, loaded["keywords"].task)
 
 
 # --- text ---------------------------------------------------------------------------------------
@@ -180,7 +183,7 @@ def test_mutated_audio_decodes_to_finite_features_or_is_refused(loaded, data):
 @example(["\ud800", "a\udfffb", "\x00", ""])
 @example(["\u202e\u0301" * 40 + "\U0001f600" * 30])
 def test_any_unicode_tokenises_into_valid_ids(loaded, texts):
-    pre = loaded["intent"].predictor.preprocessor
+    pre = loaded["intent"].task.preprocessor
     batch = pre.encode(texts)
     vocab = pre.tokenizer.get_vocab_size()
     assert batch.input_ids.shape == batch.attention_mask.shape and batch.input_ids.shape[0] == len(texts)
@@ -192,9 +195,9 @@ def test_any_unicode_tokenises_into_valid_ids(loaded, texts):
 @given(st.lists(any_text, min_size=1, max_size=3))
 @example(["Send $250 to Ma\ud800ria Lopez at Chase in Denver"])
 def test_any_unicode_gets_labels_and_entity_spans_that_render(loaded, texts):
-    for answer in loaded["intent"].predictor(texts):
+    for answer in loaded["intent"].task.run(texts):
         assert math.isfinite(answer["score"]) and renders_as_json(answer)
-    for text, answer in zip(texts, loaded["entities"].predictor(texts)):
+    for text, answer in zip(texts, loaded["entities"].task.run(texts)):
         renders_as_json(answer)
         for span in answer["entities"]:
             assert 0 <= span["start"] <= span["end"] <= len(text)
@@ -227,7 +230,7 @@ def hostile_rows(draw) -> list:
 @example([dict(ROW, age=10**400)])
 @example([ROW] * 1001)
 def test_any_json_rows_encode_to_finite_arrays_or_a_row_error(loaded, rows):
-    encoder = loaded["credit-risk"].predictor.encoder
+    encoder = loaded["credit-risk"].task.encoder
     try:
         block = encoder.encode(rows)
     except Exception as exc:
@@ -257,10 +260,10 @@ def hostile_histories(draw) -> list:
 @example(HISTORY[:-1] + [1e308], 24)
 @example(HISTORY[:190] + [float("nan")] * 10, 1)
 def test_any_json_history_prepares_a_finite_window_or_a_clear_error(loaded, history, horizon):
-    forecaster = loaded["energy-demand"].predictor
+    forecaster = loaded["energy-demand"].task
     try:
         values, _ = clean_history(history, forecaster.window)
-        prepared = forecaster.prepare(history, horizon)
+        prepared = forecaster.prepare(ForecastRequest.model_construct(history=history, horizon=horizon))
     except Exception as exc:
         assert_clear_error(exc, ValueError)
         return

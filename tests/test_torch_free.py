@@ -28,7 +28,7 @@ def test_service_module_defers_the_model_stack():
         "import sys\n"
         "import serving.service\n"
         "print('loaded=' + ','.join(sorted(m for m in ('onnxruntime', 'cv2', 'tokenizers', 'soundfile') if m in sys.modules)))\n"
-        "print(serving.service._PRELOAD)\n"
+        "print(serving.service.LOADING)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded, preload = out.stdout.strip().splitlines()

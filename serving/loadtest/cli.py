@@ -20,6 +20,7 @@ from serving.loadtest import report as reports
 from serving.loadtest.engine import closed_loop, open_loop, run
 from serving.loadtest.payloads import builtin_payloads, get_endpoint, payloads_from_file
 from serving.loadtest.server_metrics import scrape, server_delta
+from serving.tasks import TASKS
 
 _UNITS = {"ms": 1e-3, "s": 1.0, "m": 60.0, "": 1.0}
 
@@ -156,7 +157,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 def add_loadtest_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("loadtest", help="load-test an endpoint: closed or open loop, latency percentiles, reports")
     p.add_argument("url", nargs="?", help="server base URL, e.g. http://localhost:3000")
-    p.add_argument("--endpoint", default="text/classify", help="text/classify, text/entities, image/classify, audio/classify, tabular/predict, forecast")
+    routes = [task.route.lstrip("/") for task in TASKS.values()]
+    p.add_argument("--endpoint", default=routes[0], help=", ".join(routes))
     p.add_argument("--payload", help="built-in payload set, named by the model it targets (e.g. intent)")
     p.add_argument("--payload-file", help="your payloads: JSONL of request bodies, or a folder of files for multipart endpoints")
     p.add_argument("--model", help="model name to put in each request (default: the payload's, else the server's default)")

@@ -16,13 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.errors import InputError
-from serving.settings import MAX_FILE_BYTES
 
 # OpenCV's own guard against decompression bombs; our header check below gives the clear message.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(50_000_000))
 import cv2  # noqa: E402
 
-MAX_IMAGE_BYTES = MAX_FILE_BYTES
 MAX_IMAGE_PIXELS = 50_000_000
 FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "MPO"}
 
@@ -45,11 +43,12 @@ def _header(data: bytes) -> tuple[str, int, int]:
         raise ImageError(f"not a readable image header ({type(exc).__name__})") from None
 
 
-def decode_image(data: bytes, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Bytes → (H, W, 3) uint8 RGB. Raises ImageError naming what is wrong."""
+def decode_image(data: bytes, max_bytes: int | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Bytes → (H, W, 3) uint8 RGB. Raises ImageError naming what is wrong. The server's file size
+    limit (TUNESERVE_MAX_FILE_MB) is applied before decoding; `max_bytes` is for other callers."""
     if not data:
         raise ImageError("zero bytes")
-    if len(data) > max_bytes:
+    if max_bytes is not None and len(data) > max_bytes:
         raise ImageError(f"{len(data) / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB")
     fmt, width, height = _header(data)
     if fmt not in FORMATS:

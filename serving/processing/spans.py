@@ -10,11 +10,13 @@ words' winning tags. Tokens cut by truncation simply yield no spans: offsets nev
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from tokenizers import Encoding
-
 from serving.processing.text import replace_surrogates
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
 
 
 @dataclass

@@ -1,37 +1,17 @@
-"""Request bodies of the HTTP contract, validated with pydantic; errors name the offending field."""
+"""Reading request bodies: bounded, parsed as JSON and validated with a pydantic model; every error
+names what is wrong (the field, the position) and becomes a 4xx."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
 
 from serving.errors import RequestError
 
 Body = TypeVar("Body", bound=BaseModel)
-
-
-class TextRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: StrictStr | None = None
-    texts: list[StrictStr] = Field(min_length=1)
-
-
-class TabularRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: StrictStr | None = None
-    rows: list[Any] = Field(min_length=1)  # each row is checked against the model's schema
-
-
-class ForecastRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: StrictStr | None = None
-    history: list[Any] = Field(min_length=1)  # numbers or null; checked against the model's window
-    horizon: StrictInt | None = None  # default: the model's maximum
 
 
 def _location(loc: tuple) -> str:
@@ -66,3 +46,18 @@ def parse_json_body(raw: bytes, schema: type[Body]) -> Body:
         return schema.model_validate(data)
     except ValidationError as exc:
         raise RequestError(describe_validation_error(exc)) from None
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, at most `limit` bytes: a larger declared Content-Length was refused before
+    the route ran (serving/app.py `Guard`); a chunked body is counted as it arrives."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) <= limit:
+        return await request.body()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"request body exceeds the limit of {limit} bytes", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,111 @@
+"""The app factory: (model server, settings) → the ASGI app of the v1 routes.
+
+BentoML mounts it at /v1 (serving/service.py); tests serve it in-process. It is a FastAPI app so
+that BentoML's docs page (`/docs.json`) lists its routes; the routes themselves bypass FastAPI's
+per-request machinery (serving/protocols/v1.py). Every client mistake becomes a 4xx
+`{"error": "..."}`; nothing a client sends can produce a 5xx.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serving.errors import RequestError
+from serving.protocols import v1
+from serving.settings import Settings
+
+if TYPE_CHECKING:
+    from serving.server import ModelServer
+
+DESCRIPTION = "Predictions from the models of the repository. Every client mistake is a 4xx with {\"error\": message}."
+
+
+def create_app(server: ModelServer | v1.ServerRef, settings: Settings) -> FastAPI:
+    """The v1 app over `server`, or over a function returning it (BentoML creates the server, in
+    its service instance, only after the app is mounted)."""
+    ref: v1.ServerRef = server if callable(server) else (lambda: server)
+    app = FastAPI(
+        title="tuneserve", version="1", description=DESCRIPTION, docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+        servers=[{"url": "/v1"}], routes=[*v1.routes(ref)],
+        exception_handlers={RequestError: request_error, HTTPException: http_error, ClientDisconnect: client_gone},
+        middleware=[Middleware(Guard, settings=settings)],
+    )
+    known = {route.path for route in app.routes if isinstance(route, Route)}
+
+    async def no_route(request: Request) -> JSONResponse:
+        """Catch-all: a known path with the wrong method is a 405, anything else a 404."""
+        raise HTTPException(405 if "/" + request.path_params["path"] in known else 404)
+
+    app.router.routes.append(Route("/{path:path}", no_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False))
+    return app
+
+
+def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
+    """The OpenAPI document of the v1 routes (what GET /v1/openapi.json serves)."""
+    return create_app(lambda: None, settings or Settings()).openapi()  # type: ignore[arg-type, return-value]
+
+
+async def request_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestError)
+    headers = {"Retry-After": "1"} if exc.status == 503 else None  # at capacity: come back shortly
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Unknown /v1 paths and wrong methods answer in the same JSON error shape as everything else."""
+    assert isinstance(exc, HTTPException)
+    what = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+    return JSONResponse({"error": what.get(exc.status_code, str(exc.detail))}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def client_gone(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"error": "client disconnected"}, status_code=499)
+
+
+class Guard:
+    """ASGI middleware in front of every /v1 route, answering before the route runs or any of the body
+    is read: 401 without the API key (when TUNESERVE_API_KEY is set; the OpenAPI document stays
+    open), 413 for a declared Content-Length above the body limit."""
+
+    OPEN_PATHS = ("/openapi.json",)
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.key = settings.api_key.encode() if settings.api_key else None
+        self.limit = settings.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.lower(): v for k, v in scope["headers"] if k.lower() in (b"authorization", b"x-api-key", b"content-length")}
+        refusal = None
+        if self.key is not None and self._route_path(scope) not in self.OPEN_PATHS and not self._authorised(headers):
+            refusal = JSONResponse({"error": "missing or wrong API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"},
+                                   status_code=401, headers={"WWW-Authenticate": 'Bearer realm="tuneserve"'})
+        elif (declared := headers.get(b"content-length", b"").strip()).isdigit() and int(declared) > self.limit:
+            refusal = JSONResponse({"error": f"request body is {int(declared)} bytes; the limit is {self.limit} (TUNESERVE_MAX_BODY_MB)"}, status_code=413)
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _route_path(scope: Scope) -> str:
+        """The path inside this app (the mount's prefix, e.g. /v1, taken off)."""
+        path, root = scope["path"], scope.get("root_path", "")
+        return path[len(root):] if root and path.startswith(root) else path
+
+    def _authorised(self, headers: dict[bytes, bytes]) -> bool:
+        given = headers.get(b"x-api-key")
+        auth = headers.get(b"authorization", b"")
+        if given is None and auth[:7].lower() == b"bearer ":
+            given = auth[7:].strip()
+        return given is not None and hmac.compare_digest(given, self.key)

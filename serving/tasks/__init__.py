@@ -1,0 +1,42 @@
+"""The registry of serving tasks: one module per task, one line here. Routes, the OpenAPI document,
+`tuneserve predict`, load-test payloads and the hostile-input corpus are all derived from `TASKS`."""
+
+from __future__ import annotations
+
+from serving.tasks.audio import AudioClassification
+from serving.tasks.base import FileRequest, FileTask, Sample, ServingTask, Upload
+from serving.tasks.forecasting import Forecasting
+from serving.tasks.image import ImageClassification
+from serving.tasks.tabular import TabularClassification
+from serving.tasks.text import TextClassification, TokenClassification
+
+TASKS: dict[str, type[ServingTask]] = {
+    task.name: task
+    for task in (
+        TextClassification,
+        TokenClassification,
+        ImageClassification,
+        AudioClassification,
+        TabularClassification,
+        Forecasting,
+    )
+}
+
+
+def get_task(name: str) -> type[ServingTask]:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"no serving task {name!r}; known: {', '.join(sorted(TASKS))}") from None
+
+
+def task_for_route(route: str) -> type[ServingTask]:
+    """The task of a route, given as `text/classify`, `/text/classify` or `/v1/text/classify`."""
+    key = "/" + route.strip("/").removeprefix("v1/")
+    for task in TASKS.values():
+        if task.route == key:
+            return task
+    raise ValueError(f"unknown endpoint {route!r}; known: {', '.join(t.route.lstrip('/') for t in TASKS.values())}")
+
+
+__all__ = ["TASKS", "FileRequest", "FileTask", "Sample", "ServingTask", "Upload", "get_task", "task_for_route"]

@@ -1,0 +1,196 @@
+"""What a serving task declares, and the four stages every request goes through.
+
+A task module defines one `ServingTask` subclass. The class says what the task is (its name in the
+manifest, its route, its request and response models, its CLI options, sample requests); an instance
+is made per loaded model and holds that model's session and pre-processing. Every request, from HTTP,
+the v2 protocol or `tuneserve predict`, runs the same stages:
+
+    decode   request body → `request_model` (pydantic) or, for file tasks, a `FileRequest`
+    check    limits that depend on the model or the settings (cheap, on the event loop)
+    prepare  CPU work: decode files, tokenise, encode rows (off the event loop when heavy)
+    run      one ONNX Runtime call for a batch of items, merged across requests by the batcher
+    answer   this request's outputs → the response body
+
+Task modules import OpenCV, the tokenizers, soundfile and ONNX Runtime only inside the instance
+(`__init__`): the service's parent process imports the registry to mount the routes and must not
+load the model stack. The HTTP layer (serving/app.py), the OpenAPI document, `tuneserve predict`, the load tester's
+payloads and the hostile-input corpus read these declarations; none of them names a task.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, StrictStr
+
+from serving.errors import InputError, RequestError
+from serving.manifest import Manifest
+from serving.settings import Settings
+
+Prepared = TypeVar("Prepared")
+Item = TypeVar("Item")
+Output = TypeVar("Output")
+
+
+class TaskRequest(BaseModel):
+    """Every request may name `model`; without it the task's default model answers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr | None = None
+
+
+class Answer(BaseModel):
+    """What every answer carries besides its results."""
+
+    model: str
+    version: str
+    variant: str
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file: its form field's position, filename and bytes (a view into the body)."""
+
+    index: int
+    filename: str | None
+    data: memoryview | bytes
+
+    def label(self, field_name: str) -> str:
+        name = f"{field_name}[{self.index}]"
+        return f"{name} ({self.filename!r})" if self.filename else name
+
+
+@dataclass
+class FileRequest:
+    """A multipart request of a file task: `model`, the uploads, and the task's own text fields."""
+
+    model: str | None
+    files: list[Upload]
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Option:
+    """A request option of a file task (a multipart text field) and of `tuneserve predict`."""
+
+    type: type
+    help: str
+    schema: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One request for the load tester, the hostile corpus and the docs: a JSON body, or files
+    (filename, bytes, content type) with text fields."""
+
+    json: dict[str, Any] | None = None
+    files: tuple[tuple[str, bytes, str], ...] = ()
+    fields: tuple[tuple[str, str], ...] = ()
+
+
+class ServingTask(ABC, Generic[Prepared, Item, Output]):
+    name: ClassVar[str]  # the manifest's `task`
+    route: ClassVar[str]  # path under /v1
+    summary: ClassVar[str]
+    default_model: ClassVar[str]  # answers requests that name no model, when loaded
+    response_model: ClassVar[type[Answer]]
+    request_model: ClassVar[type[TaskRequest] | None] = None  # JSON tasks
+    file_field: ClassVar[str | None] = None  # file tasks: the multipart field holding the files
+    options: ClassVar[dict[str, Option]] = {}  # file tasks' text fields; CLI flags of every task
+    load_samples: ClassVar[int] = 200  # distinct requests the load tester rotates through
+
+    def __init__(self, model_dir: Path, manifest: Manifest, session: Any, settings: Settings) -> None:
+        self.manifest = manifest
+        self.session = session
+        self.settings = settings
+
+    # --- per request ---------------------------------------------------------------------------
+
+    def check(self, request: Any) -> None:
+        """Refuse what this model or the settings cannot take (counts, lengths); RequestError."""
+
+    @abstractmethod
+    def prepare(self, request: Any) -> Prepared:
+        """CPU work before inference; InputError names what is wrong with the input."""
+
+    @abstractmethod
+    def items(self, prepared: Prepared) -> list[Item]:
+        """What goes into the batcher for this request (may be empty)."""
+
+    @abstractmethod
+    def run(self, items: list[Item]) -> list[Output]:
+        """One ONNX Runtime call for a batch of items from any number of requests, one output each."""
+
+    @abstractmethod
+    def answer(self, request: Any, prepared: Prepared, outputs: list[Output]) -> dict[str, Any]:
+        """The response body's results for this request (the model, version and variant are added)."""
+
+    def predict(self, request: Any) -> dict[str, Any]:
+        """Every stage in this thread, without a batcher: what `tuneserve predict` and tests call.
+        Input errors are raised as RequestError, as over HTTP."""
+        self.check(request)
+        try:
+            prepared = self.prepare(request)
+        except InputError as exc:
+            raise RequestError(str(exc)) from None
+        items = self.items(prepared)
+        return self.answer(request, prepared, self.run(items) if items else [])
+
+    def heavy(self, request: Any) -> bool:
+        """Whether `prepare` should run off the event loop (file tasks always prepare there)."""
+        return False
+
+    # --- declarations read by tools ----------------------------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def samples(cls, count: int, model: str | None = None) -> list[Sample]:
+        """Distinct valid requests for the default model (load tests, examples, the hostile corpus)."""
+
+    @classmethod
+    @abstractmethod
+    def cli_request(cls, inputs: list[str], options: dict[str, Any], model: str) -> Any:
+        """The request `tuneserve predict MODEL INPUTS...` makes (files are read from disk)."""
+
+    @staticmethod
+    def cli_line(given: str, prediction: Any) -> str:
+        """One line per prediction for `tuneserve predict` without --json."""
+        return f"{prediction['label']:<24} {prediction['score']:.3f}  {given}"
+
+    @classmethod
+    def cli_rows(cls, inputs: list[str], answer: dict[str, Any]) -> list[tuple[str, Any]] | None:
+        """(input, prediction) pairs to print one per line, or None to print the JSON answer."""
+        return list(zip(inputs, answer["predictions"]))
+
+
+class FileTask(ServingTask[list[Prepared], Item, Output]):
+    """A task whose inputs are uploaded files, each prepared on its own (in parallel over HTTP)."""
+
+    file_field: ClassVar[str]
+    content_types: ClassVar[dict[str, str]] = {}  # file suffix → content type, for --payload-file
+
+    @abstractmethod
+    def prepare_file(self, data: bytes) -> Prepared:
+        """Decode and pre-process one upload; InputError says what is wrong with it."""
+
+    def prepare_upload(self, upload: Upload) -> Prepared:
+        """`prepare_file` with the size limit, and errors that name the file."""
+        name = upload.label(self.file_field)
+        if len(upload.data) > self.settings.max_file_bytes:
+            raise RequestError(f"{name}: {len(upload.data) / 2**20:.1f} MiB; the limit is {self.settings.max_file_mb:g} MiB per file", status=413)
+        try:
+            return self.prepare_file(bytes(upload.data))
+        except InputError as exc:
+            raise RequestError(f"{name}: {exc}") from None
+
+    def prepare(self, request: FileRequest) -> list[Prepared]:
+        return [self.prepare_upload(u) for u in request.files]
+
+    @classmethod
+    def cli_request(cls, inputs: list[str], options: dict[str, Any], model: str) -> FileRequest:
+        fields = {name: str(options[name]) for name in cls.options if options.get(name) is not None}
+        return FileRequest(model, [Upload(i, Path(p).name, Path(p).read_bytes()) for i, p in enumerate(inputs)], fields)
