@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE = 1
 # apt-get when missing (the machines run as root; elsewhere install them by hand).
 SYSTEM_PROGRAMS := espeak-ng
 
-.PHONY: setup system models serve test bench bento container clean
+.PHONY: setup system models serve test test-fast bench bento container clean
 
 system:
 	@missing=""; for p in $(SYSTEM_PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -37,8 +37,14 @@ models: setup
 serve: models
 	$(BIN)/tuneserve serve --host $(HOST) --port $(PORT)
 
+# Every tier: fast contract tests, pipeline tests (tiny models trained in the session), end-to-end
+# tests against real servers.
 test: setup
 	$(BIN)/pytest
+
+# The in-process tier only (seconds): run before every commit.
+test-fast: setup
+	$(BIN)/pytest -m fast -q
 
 bench: models
 	$(BIN)/python benchmarks/text_classify.py

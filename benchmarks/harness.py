@@ -55,8 +55,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(argv: list[str], port: int, env: dict[str, str] | None = None, ready_path: str = "/readyz", timeout_s: float = 180) -> Iterator[str]:
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def server(argv: list[str], port: int, env: dict[str, str] | None = None, ready_path: str = "/readyz", timeout_s: float = 180,
+           cwd: Path = ROOT) -> Iterator[str]:
+    proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base + ready_path, proc, timeout_s)

@@ -35,7 +35,7 @@ from benchmarks.startup import rss_of_workers  # noqa: E402
 from serving.loadtest.engine import StepStats, _attempt, arrival_times, run  # noqa: E402
 from serving.loadtest.payloads import ENDPOINTS, Payload, builtin_payloads  # noqa: E402
 
-MIX = ("text/classify", "text/entities", "image/classify", "audio/classify", "tabular/predict", "forecast")
+MIX = tuple(ENDPOINTS)  # every task route
 MEMORY_SAMPLE_S = 5.0
 
 

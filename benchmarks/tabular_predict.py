@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import eager_model, model_benchmark_args, serve_and_sweep, served_table, time_engines, write_results  # noqa: E402
-from serving.loadtest.payloads import _rows, _series, json_payload  # noqa: E402
+from serving.loadtest.payloads import json_payload  # noqa: E402
+from serving.tasks.forecasting import sample_histories as _series  # noqa: E402
+from serving.tasks.tabular import sample_rows as _rows  # noqa: E402
 from serving.manifest import load_manifest  # noqa: E402
 from serving.processing.series import clean_history, standardise  # noqa: E402
 from serving.processing.tabular import RowEncoder  # noqa: E402
@@ -59,15 +61,15 @@ def request_path_rate(model_dir: Path, body: bytes, seconds: float) -> float:
 
     from benchmarks.harness import timed
     from serving.runtime import load_model
-    from serving.schemas import TabularRequest, parse_json_body
+    from serving.protocols.bodies import parse_json_body
     from serving.settings import Settings
+    from serving.tasks.tabular import TabularRequest
 
     model = load_model(model_dir, Settings(threads=1))
 
     def one() -> None:
         request = parse_json_body(body, TabularRequest)
-        (predictions,) = model.predictor([model.predictor.prepare(request.rows)])
-        JSONResponse({"model": model.name, "predictions": predictions})
+        JSONResponse({"model": model.name, **model.task.predict(request)})
 
     return 1.0 / timed(one, seconds)
 

@@ -11,6 +11,8 @@ import soxr
 
 from serving.processing.audio import AudioError, LogMelFrontEnd, decode_audio
 
+pytestmark = pytest.mark.fast  # in-process, no training, no server
+
 
 def tone(rate: int, seconds: float = 1.0, hz: float = 440.0, channels: int = 1) -> np.ndarray:
     t = np.arange(int(rate * seconds)) / rate

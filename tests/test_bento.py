@@ -16,7 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.loadtest.payloads import _rows, _series
+from serving.tasks.forecasting import sample_histories as _series
+from serving.tasks.tabular import sample_rows as _rows
 from serving.loadtest.ready import wait_ready
 from tests.conftest import free_port
 

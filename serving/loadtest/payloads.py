@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from serving.tasks import FileTask, Sample, ServingTask, task_for_route
+from serving.tasks import TASKS, FileTask, Sample, ServingTask, task_for_route
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,10 @@ class Endpoint:
     @property
     def default_model(self) -> str:
         return self.task.default_model
+
+
+# Every route of the task registry, by its path under /v1 (`text/classify`, ...).
+ENDPOINTS = {task.route.lstrip("/"): Endpoint(f"/v1{task.route}", task) for task in TASKS.values()}
 
 
 def get_endpoint(name: str) -> Endpoint:

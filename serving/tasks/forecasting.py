@@ -80,14 +80,7 @@ class Forecasting(ServingTask[SeriesInput, np.ndarray, np.ndarray]):
 
     @classmethod
     def samples(cls, count: int, model: str | None = None) -> list[Sample]:
-        """Two weeks of hourly load with daily and weekly cycles."""
-        rng = np.random.default_rng(0)
-        hours = np.arange(336)
-        return [
-            Sample(json={**({"model": model} if model else {}), "horizon": 24, "history": np.round(
-                500 + 120 * np.sin(2 * np.pi * (hours + s) / 24) + 40 * np.sin(2 * np.pi * hours / 168) + rng.normal(0, 10, hours.size), 2).tolist()})
-            for s in range(count)
-        ]
+        return [Sample(json={**({"model": model} if model else {}), "history": h, "horizon": 24}) for h in sample_histories(count)]
 
     @classmethod
     def cli_request(cls, inputs: list[str], options: dict[str, Any], model: str) -> ForecastRequest:
@@ -96,6 +89,16 @@ class Forecasting(ServingTask[SeriesInput, np.ndarray, np.ndarray]):
     @classmethod
     def cli_rows(cls, inputs: list[str], answer: dict[str, Any]) -> None:
         return None
+
+
+def sample_histories(count: int, length: int = 336) -> list[list[float]]:
+    """Two weeks of hourly load with daily and weekly cycles, one per phase shift."""
+    rng = np.random.default_rng(0)
+    hours = np.arange(length)
+    return [
+        np.round(500 + 120 * np.sin(2 * np.pi * (hours + s) / 24) + 40 * np.sin(2 * np.pi * hours / 168) + rng.normal(0, 10, length), 2).tolist()
+        for s in range(count)
+    ]
 
 
 def read_history(inputs: list[str]) -> list[Any]:

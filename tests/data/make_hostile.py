@@ -18,17 +18,23 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from serving.tasks import TASKS, task_for_route
+
 HOSTILE = Path(__file__).resolve().parent / "hostile"
 BIG = 64 * 1024  # bodies larger than this are generated at test time, not committed
 JSON = "application/json"
 BOUNDARY = "hostile-corpus-boundary-q7Zt0"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 
-TEXT, ENTITIES, IMAGE, AUDIO, TABULAR, FORECAST = (
-    "/v1/text/classify", "/v1/text/entities", "/v1/image/classify", "/v1/audio/classify", "/v1/tabular/predict", "/v1/forecast",
-)
-JSON_ROUTES = {TEXT: "texts", ENTITIES: "texts", TABULAR: "rows", FORECAST: "history"}
-FILE_ROUTES = {IMAGE: "images", AUDIO: "audio"}
+# Every route of the task registry gets the generic body or form cases; the task-specific groups
+# below build on the routes of the tasks they know.
+ROUTES = {name: f"/v1{task.route}" for name, task in TASKS.items()}
+TEXT, ENTITIES, IMAGE, AUDIO, TABULAR, FORECAST = (ROUTES[t] for t in (
+    "text-classification", "token-classification", "image-classification", "audio-classification", "tabular-classification", "forecasting"))
+# JSON routes → their main field (the request model's first required one); file routes → the file field
+JSON_ROUTES = {f"/v1{t.route}": next(n for n, f in t.request_model.model_fields.items() if f.is_required())
+               for t in TASKS.values() if t.request_model is not None}
+FILE_ROUTES = {f"/v1{t.route}": t.file_field for t in TASKS.values() if t.file_field}
 
 
 @dataclass
@@ -50,6 +56,12 @@ ROW = {"age": 41, "employment": "salaried", "annual_income": 52000, "home_owners
        "loan_amount": 15000, "term_months": 36, "has_cosigner": False}
 # 200 hourly points (the forecaster needs 168): a daily cycle, exact in decimal
 HISTORY = [round(500 + 100 * ((h % 24) - 12) / 12, 2) for h in range(200)]
+
+
+def slug_of(route: str) -> str:
+    """Case-id prefix of a route's generic cases: the old names of the first routes, else the path."""
+    known = {TEXT: "text", ENTITIES: "entities", TABULAR: "tabular", FORECAST: "forecast", IMAGE: "image", AUDIO: "audio"}
+    return known.get(route) or route.removeprefix("/v1/").replace("/", "-")
 
 
 def dumps(value) -> bytes:
@@ -138,8 +150,10 @@ def body_cases() -> list[Case]:
     """Malformed bodies, encodings and content types, on every JSON route."""
     cases = []
     for route, key in JSON_ROUTES.items():
-        slug = {TEXT: "text", ENTITIES: "entities", TABULAR: "tabular", FORECAST: "forecast"}[route]
-        valid = {TEXT: {"texts": ["hello"]}, ENTITIES: {"texts": ["hello"]}, TABULAR: {"rows": [ROW]}, FORECAST: {"history": HISTORY, "horizon": 24}}[route]
+        slug = slug_of(route)
+        valid = {TEXT: {"texts": ["hello"]}, ENTITIES: {"texts": ["hello"]}, TABULAR: {"rows": [ROW]}, FORECAST: {"history": HISTORY, "horizon": 24}}.get(route)
+        if valid is None:  # a task this file has no hand-made body for: its own first sample
+            valid = {k: v for k, v in task_for_route(route).samples(1)[0].json.items() if k != "model"}
         add = lambda name, what, body, ctype=JSON: cases.append(Case(f"{slug}-{name}", route, "body", what, body, ctype))  # noqa: E731
         add("empty", "empty body", b"")
         add("empty-no-ctype", "empty body, no content type", b"", None)
@@ -276,8 +290,8 @@ def file_cases() -> list[Case]:
     """Multipart routes: content types, form structure, fields, model names (both routes)."""
     cases = []
     for route, key in FILE_ROUTES.items():
-        slug = "image" if route == IMAGE else "audio"
-        good = png(16, 16) if route == IMAGE else wav()
+        slug = slug_of(route)
+        good = {IMAGE: png(16, 16), AUDIO: wav()}.get(route) or task_for_route(route).samples(1)[0].files[0][1]
         add = lambda name, what, body, ctype=MULTIPART: cases.append(Case(f"{slug}-{name}", route, "form", what, body, ctype))  # noqa: E731
         add("json-body", "a JSON body on a multipart route", dumps({key: ["aGVsbG8="]}), JSON)
         add("text-plain", "text/plain on a multipart route", good, "text/plain")
@@ -300,7 +314,7 @@ def file_cases() -> list[Case]:
         add("model-unknown", "a model name that is not loaded", multipart(("model", None, b"no-such-model"), (key, "a.bin", good)))
         add("model-traversal", "path traversal as the model name", multipart(("model", None, b"../../exported/intent"), (key, "a.bin", good)))
         add("model-text", "a text model on a file route", multipart(("model", None, b"intent"), (key, "a.bin", good)))
-        other = "keywords" if route == IMAGE else "surface-defects"
+        other = {IMAGE: "keywords", AUDIO: "surface-defects"}.get(route, "intent")
         add("model-other-modality", f"model {other!r} of the other file route", multipart(("model", None, other.encode()), (key, "a.bin", good)))
         add("too-many-files", "65 files (limit 64)", multipart(*[(key, f"{i}.bin", good) for i in range(65)]))
         add("too-many-fields", "20 text fields (limit 16)", multipart(*[("model", None, b"x")] * 20, (key, "a.bin", good)))

@@ -1,0 +1,99 @@
+"""How the text route is served, compared in one run on the same `intent` model and the same texts:
+
+1. tuneserve: the generic v1 route of the task registry (serving/protocols/v1.py), per-model batcher;
+2. BentoML-native: a `@bentoml.api(batchable=True)` method calling the same task's `run`, batched by
+   BentoML's own adaptive batcher (benchmarks/baselines/batchable_text_service.py);
+3. optionally `--reference REF`: tuneserve as of another git commit (e.g. before the registry), from
+   a temporary worktree, serving the same repository.
+
+Servers run one at a time, each swept twice in alternation (ABAB) so drift on a shared machine falls
+on both; each server's best sweep counts. Writes benchmarks/results/route_styles.{json,md}.
+
+    python benchmarks/route_styles.py --repository exported --reference 72c2386
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import ROOT, closed_loop_sweep, free_port, server, tuneserve_server, write_results  # noqa: E402
+from serving.loadtest.payloads import builtin_payloads, json_payload  # noqa: E402
+
+
+def batchable_server(repository: Path, model: str) -> tuple[list[str], int, dict[str, str]]:
+    port = free_port()
+    argv = [str(Path(sys.executable).with_name("bentoml")), "serve", "benchmarks.baselines.batchable_text_service:BatchableText", "--port", str(port)]
+    return argv, port, {"TUNESERVE_REPOSITORY": str(repository), "TUNESERVE_MODELS": model,
+                        "BENTOML_HOME": tempfile.mkdtemp(prefix="batchable-bentoml-home-")}
+
+
+def reference_server(ref: str, repository: Path, workdir: Path) -> tuple[list[str], int, dict[str, str], Path]:
+    tree = workdir / f"ref-{ref}"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), ref], cwd=ROOT, check=True, capture_output=True)
+    argv, port, env = tuneserve_server(repository)
+    return argv, port, env, tree
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repository", default=str(ROOT / "exported"))
+    ap.add_argument("--model", default="intent")
+    ap.add_argument("--concurrency", default="8,32,64")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--reference", help="a git commit of tuneserve to serve the same model with, for comparison")
+    args = ap.parse_args()
+    repository = Path(args.repository).resolve()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    texts = [json.loads(p.json_body)["texts"][0] for p in builtin_payloads("text/classify", None)]
+    v1 = [json_payload({"model": args.model, "texts": [t]}) for t in texts]
+    native = [json_payload({"texts": [t]}) for t in texts]
+
+    workdir = Path(tempfile.mkdtemp(prefix="route-styles-"))
+    contenders = {"tuneserve v1 route": (lambda: tuneserve_server(repository), ROOT, "/v1/text/classify", v1),
+                  "BentoML batchable @api": (lambda: batchable_server(repository, args.model), ROOT, "/classify", native)}
+    if args.reference:
+        def ref() -> tuple[list[str], int, dict[str, str]]:
+            argv, port, env, _ = reference_server(args.reference, repository, workdir)
+            return argv, port, env
+        contenders[f"tuneserve @ {args.reference}"] = (ref, workdir / f"ref-{args.reference}", "/v1/text/classify", v1)
+
+    results: dict[str, list[list[dict]]] = {name: [] for name in contenders}
+    for round_ in range(args.rounds):
+        for name, (make, cwd, route, payloads) in contenders.items():
+            argv, port, env = make()
+            print(f"round {round_ + 1}: {name}", flush=True)
+            with server(argv, port, env={**env, "PYTHONPATH": str(cwd)}, cwd=cwd) as base:
+                results[name].append(closed_loop_sweep(base, route, payloads, concurrencies, args.seconds, name))
+    if args.reference:
+        subprocess.run(["git", "worktree", "remove", "--force", str(workdir / f"ref-{args.reference}")], cwd=ROOT, capture_output=True)
+
+    best = {name: [max((sweep[i] for sweep in sweeps), key=lambda r: r["throughput_rps"]) for i in range(len(concurrencies))]
+            for name, sweeps in results.items()}
+    ours = best["tuneserve v1 route"]
+    lines = ["# Route styles — the `intent` text route served three ways", "",
+             f"{os.cpu_count()} cores, one worker each, one text per request, closed loop, {args.seconds:g} s per step, "
+             f"best of {args.rounds} alternating sweeps per server.", "",
+             "| server | concurrency | req/s | p50 ms | p99 ms | errors | vs tuneserve v1 route |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, rows in best.items():
+        for c, row, mine in zip(concurrencies, rows, ours):
+            lines.append(f"| {name} | {c} | {row['throughput_rps']:.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | "
+                         f"{row['throughput_rps'] / mine['throughput_rps']:.3f} |")
+    report = {"model": args.model, "repository": str(repository), "concurrency": concurrencies, "seconds": args.seconds,
+              "rounds": args.rounds, "reference": args.reference, "best": best, "sweeps": results}
+    write_results("route_styles", report, lines)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
