@@ -26,6 +26,7 @@ from training.loop import FitResult, fit, init_distributed, is_main_process, see
 from training.quantise import quantise_dynamic_int8, quantise_static_int8, time_session
 from training.recipe import Recipe
 from training.tasks import get_task
+from training.tasks.base import Batch
 
 DEFAULT_REPOSITORY = PROJECT_ROOT / "exported"
 
@@ -36,6 +37,14 @@ MIN_SPEEDUP = 1.05
 
 class GateError(RuntimeError):
     pass
+
+
+@dataclass
+class EvalSplit:
+    """A split's batches (the server's pre-processing) and their targets collected for `task.metrics`."""
+
+    batches: list[Batch]
+    targets: Any
 
 
 @dataclass
@@ -116,10 +125,11 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
     task.after_fit(model, splits)
 
     val_batches = list(task.loader(splits.val, shuffle=False, batch_size=64))
+    val = EvalSplit(val_batches, task.collect_targets([t for _, t in val_batches]))
     test_batches = list(task.loader(splits.test, shuffle=False, batch_size=64))
-    reference, targets = torch_outputs(model, task, test_batches)
-    torch_metrics = task.metrics(reference, targets, splits.label_names)
-    val_targets = task.collect_targets([t for _, t in val_batches])
+    reference, test_targets = torch_outputs(model, task, test_batches)
+    test = EvalSplit(test_batches, test_targets)
+    torch_metrics = task.metrics(reference, test.targets, splits.label_names)
     _log(f"{recipe.name}: PyTorch test {task.metric} = {torch_metrics[task.metric]:.4f}", quiet)
 
     repository.mkdir(parents=True, exist_ok=True)
@@ -131,17 +141,16 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
         _log(f"{recipe.name}: exporting ONNX (opset {recipe.export.opset}) and TorchScript", quiet)
         export_onnx(model, task, example, staging / "model.onnx", recipe.export.opset)
         export_torchscript(model, example, staging / "model.ts")
-        parity_report = check_parity(task, reference, test_batches, staging / "model.onnx", staging / "model.ts", recipe.export.parity_atol)
+        parity_report = check_parity(task, reference, test.batches, staging / "model.onnx", staging / "model.ts", recipe.export.parity_atol)
         _log(f"{recipe.name}: parity ok (ONNX max |Δ| {parity_report['onnx']['max_abs_diff']:.1e}, TorchScript {parity_report['torchscript']['max_abs_diff']:.1e})", quiet)
 
         fp32 = onnx_runner(staging / "model.onnx")
-        fp32_metrics = task.metrics(run_batches(fp32, task, test_batches), targets, splits.label_names)
-        validation = {"fp32": _scalars(task.metrics(run_batches(fp32, task, val_batches), val_targets, splits.label_names))}
+        fp32_metrics = task.metrics(run_batches(fp32, task, test.batches), test.targets, splits.label_names)
+        validation = {"fp32": _scalars(task.metrics(run_batches(fp32, task, val.batches), val.targets, splits.label_names))}
         variants = {"fp32": Variant(file="model.onnx", precision="fp32", metrics=_scalars(fp32_metrics), parity=parity_report["onnx"])}
         default, reason = {"cpu": "fp32", "gpu": "fp32"}, "fp32: quantisation disabled in the recipe"
         if recipe.quantise.mode != "none":
-            int8, validation["int8"], reason = quantise_and_gate(
-                task, recipe, splits, staging, (val_batches, val_targets), (test_batches, targets), reference, variants["fp32"], validation["fp32"], quiet)
+            int8, validation["int8"], reason = quantise_and_gate(task, recipe, splits, staging, val, test, reference, variants["fp32"], validation["fp32"], quiet)
             variants["int8"] = int8
             if int8.parity["gate_passed"]:
                 default["cpu"] = "int8"
@@ -239,12 +248,12 @@ def build(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: bool = F
     return result
 
 
-def quantise_and_gate(task, recipe: Recipe, splits, staging: Path, val: tuple[list, Any], test: tuple[list, Any], reference, fp32: Variant,
+def quantise_and_gate(task, recipe: Recipe, splits, staging: Path, val: EvalSplit, test: EvalSplit, reference, fp32: Variant,
                       fp32_val: dict[str, float], quiet: bool) -> tuple[Variant, dict[str, float], str]:
     """Write model.int8.onnx; return its Variant (test metrics; gate result in parity["gate_passed"]),
-    its validation metrics, and why the CPU serves what it serves. Gates, decided on validation
-    (`val` and `test` are (batches, collected targets)): metric drop vs fp32 ≤ max_metric_drop, and
-    (if asked) faster than fp32. The test drop is recorded beside it, not used."""
+    its validation metrics, and why the CPU serves what it serves. Gates, decided on validation:
+    metric drop vs fp32 (`fp32_val`) ≤ max_metric_drop, and (if asked) faster than fp32. The test
+    drop is recorded beside it and decides nothing."""
     q = recipe.quantise
     fp32_path, int8_path = staging / "model.onnx", staging / "model.int8.onnx"
     if q.mode == "dynamic":
@@ -255,12 +264,11 @@ def quantise_and_gate(task, recipe: Recipe, splits, staging: Path, val: tuple[li
         quantise_static_int8(fp32_path, int8_path, task.calibration_inputs(splits, q.calibration_size),
                              symbolic_shapes=task.quantise_symbolic_shapes, op_types=task.quantise_op_types)
     int8 = onnx_runner(int8_path)
-    (val_batches, val_targets), (test_batches, test_targets) = val, test
-    val_metrics = _scalars(task.metrics(run_batches(int8, task, val_batches), val_targets, splits.label_names))
-    int8_outputs = run_batches(int8, task, test_batches)
-    metrics = task.metrics(int8_outputs, test_targets, splits.label_names)
+    val_metrics = _scalars(task.metrics(run_batches(int8, task, val.batches), val.targets, splits.label_names))
+    int8_outputs = run_batches(int8, task, test.batches)
+    metrics = task.metrics(int8_outputs, test.targets, splits.label_names)
     drop = fp32_val[task.metric] - val_metrics[task.metric]
-    feeds = {k: v[:8].numpy() for k, v in val_batches[0][0].items()}
+    feeds = {k: v[:8].numpy() for k, v in val.batches[0][0].items()}
     threads = max(1, torch.get_num_threads())
     fp32.speed = {"ms_per_batch8": time_session(fp32_path, feeds, threads)}
     speed = {"ms_per_batch8": time_session(int8_path, feeds, threads)}
