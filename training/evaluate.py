@@ -32,6 +32,10 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return np.clip(e / e.sum(axis=-1, keepdims=True), 1e-15, 1.0)
 
 
+def max_abs_diff(reference: np.ndarray, candidate: np.ndarray) -> float:
+    return float(np.abs(reference - candidate).max())
+
+
 IGNORE = -100  # target of positions that do not count (padding, non-first sub-tokens)
 
 

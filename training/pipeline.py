@@ -20,7 +20,7 @@ import torch
 from serving.manifest import Manifest, Signature, TensorSpec, Variant, write_manifest
 from serving.settings import PROJECT_ROOT
 from training.backbones import count_parameters, get_backbone
-from training.evaluate import run_batches, torch_outputs
+from training.evaluate import max_abs_diff, run_batches, torch_outputs
 from training.export import check_parity, export_onnx, export_torchscript, onnx_runner
 from training.loop import FitResult, fit, init_distributed, is_main_process, seed_everything
 from training.quantise import quantise_dynamic_int8, quantise_static_int8, time_session
@@ -283,7 +283,7 @@ def quantise_and_gate(task, recipe: Recipe, splits, staging: Path, val: EvalSpli
         file=int8_path.name,
         precision="int8",
         metrics=_scalars(metrics),
-        parity={"max_abs_diff_vs_fp32": float(abs(int8_outputs - reference).max()), "val_metric_drop": float(drop),
+        parity={"max_abs_diff_vs_fp32": max_abs_diff(reference, int8_outputs), "val_metric_drop": float(drop),
                 "metric_drop": float(fp32.metrics[task.metric] - metrics[task.metric]), "speedup_vs_fp32": float(speedup), "gate_passed": passed},
         speed=speed,
         note=f"{q.mode} quantisation",

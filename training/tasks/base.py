@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from training.backbones import Backbone
-from training.evaluate import IGNORE, concat_padded
+from training.evaluate import IGNORE, concat_padded, max_abs_diff
 from training.recipe import Recipe, RecipeError
 
 Batch = tuple[dict[str, torch.Tensor], Any]  # (model inputs by ONNX input name, targets as the task structures them)
@@ -149,7 +149,7 @@ class Task(ABC):
         the variant's `parity`). Default, for classifiers: the largest absolute difference and whether
         every predicted class (argmax) is the same."""
         return {
-            "max_abs_diff": float(np.abs(reference - candidate).max()),
+            "max_abs_diff": max_abs_diff(reference, candidate),
             "argmax_equal": bool((reference.argmax(-1) == candidate.argmax(-1)).all()),
         }
 

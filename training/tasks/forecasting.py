@@ -33,6 +33,7 @@ from serving.processing.series import MAX_GAP, standardise
 from training.augment import augment_series
 from training.data.arrays import ArrayExamples, array_loader
 from training.data.series import read_series_csv, resolve_series, synthetic_corpus
+from training.evaluate import max_abs_diff, torch_outputs
 from training.tasks.base import Preprocessing, Splits, Task
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -186,12 +187,10 @@ class ForecastingTask(Task):
 
     def parity(self, reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
         """Quantiles are values, not scores of classes: the tolerance alone decides."""
-        return {"max_abs_diff": float(np.abs(reference - candidate).max())}
+        return {"max_abs_diff": max_abs_diff(reference, candidate)}
 
     def after_fit(self, model: nn.Module, splits: Splits) -> None:
         """Rolling-origin backtest on the held-out tail, in the series' units (reported, decides nothing)."""
-        from training.evaluate import torch_outputs
-
         if self.series is None:
             return
         train = self.series[: self.train_end]
