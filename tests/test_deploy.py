@@ -4,11 +4,12 @@ the runtime knobs the server reads, and request the memory the startup benchmark
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
+
+from serving.settings import ENV_PREFIX, Settings
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,8 +33,7 @@ def test_probes_knobs_and_resources_match_the_server():
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    settings_source = (ROOT / "serving" / "settings.py").read_text() + (ROOT / "serving" / "http.py").read_text()
-    known = set(re.findall(r'"(TUNESERVE_[A-Z_]+)"', settings_source))
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
     for env in container["env"]:
         if env["name"].startswith("TUNESERVE_"):
             assert env["name"] in known, f"{env['name']} is not read by the server"

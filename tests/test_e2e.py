@@ -51,9 +51,9 @@ def test_concurrent_requests_each_get_their_own_answers(server, tiny_repository)
         body = response.json()
         assert body["model"] == "intent" and len(body["predictions"]) == len(sent)
         for text, pred in zip(sent, body["predictions"]):
-            # dynamic INT8 scales activations per batch, so allow a small numeric difference;
-            # a mixed-up answer would differ completely
-            assert np.abs(_vector(pred) - _vector(expected[index[text]])).max() < 0.02, text
+            # served variants (fp32, static INT8) do not depend on batch-mates: only float summation
+            # order may differ with the batch's padding; a mixed-up answer would differ completely
+            assert np.abs(_vector(pred) - _vector(expected[index[text]])).max() < 1e-4, text
 
     metrics = httpx.get(server + "/metrics").text
     count = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith('tuneserve_batch_size_count{model="intent"}'))
@@ -115,7 +115,7 @@ def test_bad_requests_do_not_disturb_good_ones(server):
     assert all(r.status_code < 500 for r in responses)
     for r in responses[::2]:
         assert r.status_code == 200
-        assert abs(r.json()["predictions"][0]["score"] - before["score"]) < 0.02
+        assert abs(r.json()["predictions"][0]["score"] - before["score"]) < 1e-4
     assert httpx.get(server + "/readyz").status_code == 200
 
 

@@ -121,7 +121,7 @@ def test_concurrent_clips_get_their_own_answers(server, tiny_repository):
     for i, r in enumerate(asyncio.run(fire())):
         (p,) = r.json()["predictions"]
         assert p["file"] == f"{i}.wav"
-        assert max(abs(p["scores"][k] - expected[i]["scores"][k]) for k in p["scores"]) < 0.02
+        assert max(abs(p["scores"][k] - expected[i]["scores"][k]) for k in p["scores"]) < 1e-4  # batch-mates do not move scores
 
 
 

@@ -66,5 +66,6 @@ def test_concurrent_requests_keep_their_own_spans(server, tiny_repository):
         (got,) = r.json()["predictions"]
         for e in got:
             assert text[e["start"] : e["end"]] == e["text"]
-        # dynamic INT8 scales activations per batch: spans may differ only where a tag was a near tie
-        assert {(e["start"], e["end"]) for e in got} ^ {(e["start"], e["end"]) for e in want} <= {(e["start"], e["end"]) for e in got + want if e["score"] < 0.6}
+        # an answer does not depend on its batch-mates (static INT8 ranges are fixed in the graph)
+        assert [(e["start"], e["end"], e["label"]) for e in got] == [(e["start"], e["end"], e["label"]) for e in want]
+        assert all(abs(g["score"] - w["score"]) < 1e-4 for g, w in zip(got, want))

@@ -93,4 +93,4 @@ def test_concurrent_uploads_get_their_own_answers(server, tiny_repository):
         got = {e["label"]: e["score"] for e in p["top_k"]}
         want = {e["label"]: e["score"] for e in expected[i]["top_k"]}
         assert got.keys() == want.keys()
-        assert max(abs(got[k] - want[k]) for k in got) < 0.02  # static INT8 ranges are fixed: batching barely moves scores
+        assert max(abs(got[k] - want[k]) for k in got) < 1e-4  # static INT8 ranges are fixed: batch-mates do not move scores

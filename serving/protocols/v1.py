@@ -163,8 +163,9 @@ def request_body(task: type[ServingTask]) -> dict[str, Any]:
         form = {"type": "object", "required": [task.file_field], "additionalProperties": False, "properties": {
             task.file_field: {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
             "model": {"type": "string"}, **{name: option.schema for name, option in task.options.items()}}}
+        example = {"model": task.default_model, task.file_field: ["(file contents)"]}
         return {"required": True, "content": {"multipart/form-data": {
-            "schema": form, "encoding": {task.file_field: {"contentType": "application/octet-stream"}}}}}
+            "schema": form, "example": example, "encoding": {task.file_field: {"contentType": "application/octet-stream"}}}}}
     assert task.request_model is not None
     schema = task.request_model.model_json_schema()
     if "$defs" in schema:
