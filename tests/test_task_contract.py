@@ -363,3 +363,30 @@ def test_model_list_and_openapi_cover_every_task(settings: Settings, runtime: Ru
     paths = openapi.json()["paths"]
     missing = [task.route for task in TASKS.values() if "post" not in paths.get(task.route, {})]
     assert not missing, f"routes missing from the OpenAPI document: {missing}"
+
+
+def cli_inputs(task: type[ServingTask], sample: Sample, folder: Path) -> list[str]:
+    """The sample as `tuneserve predict` arguments: files on disk, or the body's main list, one
+    argument per item (texts as they are, rows as JSON objects, series values as numbers)."""
+    if sample.files:
+        for name, data, _ in sample.files:
+            (folder / name).write_bytes(data)
+        return [str(folder / name) for name, _, _ in sample.files]
+    items = next(v for v in sample.json.values() if isinstance(v, list))
+    return [item if isinstance(item, str) else json.dumps(item) for item in items]
+
+
+@TASK_PARAMS
+def test_cli_predict_answers_what_the_task_answers(task: type[ServingTask], settings: Settings, runtime: Runtime,
+                                                   tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from serving.cli import main
+
+    name = model_name(task)
+    (sample,) = task.samples(1, name)
+    options = {k: v for k, v in {**(sample.json or {}), **dict(sample.fields)}.items() if k in task.options}
+    flags = [arg for k, v in options.items() for arg in (f"--{k.replace('_', '-')}", str(v))]
+    assert main(["predict", name, *cli_inputs(task, sample, tmp_path), *flags, "--json", "--repository", str(settings.repository)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = runtime.models[name].task.predict(in_process_request(task, sample))
+    assert {k: printed[k] for k in expected} == json.loads(json.dumps(expected))
+    assert printed["model"] == name and printed["variant"] == runtime.models[name].variant
