@@ -10,8 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from serving.batching import MicroBatcher
+from serving.errors import InputError, RequestError
 from serving.runtime import LoadedModel, Runtime
 from serving.settings import Settings
+from serving.tasks import FileTask, ServingTask, Upload
 
 # Per model: called after every batch with (items, seconds); the service feeds its metrics with it.
 BatchObserver = Callable[[str], Callable[[int, float], None] | None]
@@ -37,6 +39,39 @@ class ModelServer:
             max_queue=self.settings.max_queue,
             on_batch=self.observer(model.name) if self.observer else None,
         )
+
+    async def infer(self, model: LoadedModel, request: Any) -> dict[str, Any]:
+        """Every stage of the model's task for one request (from any protocol): check, prepare,
+        the batched run (shared with every other request for this model), answer."""
+        task = model.task
+        task.check(request)
+        prepared = await self.prepare(task, request)
+        items = task.items(prepared)
+        outputs = await model.batcher.submit(items) if items else []
+        return task.answer(request, prepared, outputs)
+
+    async def prepare(self, handler: ServingTask, request: Any) -> Any:
+        """The task's prepare stage: file tasks decode their uploads in the pool, the files dealt
+        round-robin to one job per prepare thread (a job costs the event loop a future and a thread
+        hand-off, which adds up at dozens of files); other tasks prepare inline unless heavy."""
+        loop = asyncio.get_running_loop()
+        try:
+            if isinstance(handler, FileTask):
+                files = request.files
+                groups = min(len(files), self.prepare_threads)
+                done = await asyncio.gather(*(loop.run_in_executor(self.prepare_pool, _prepare_uploads, handler, files[g::groups]) for g in range(groups)))
+                prepared: list[Any] = [None] * len(files)
+                for g, group in enumerate(done):
+                    prepared[g::groups] = group
+                for p in prepared:
+                    if isinstance(p, Exception):
+                        raise p
+                return prepared
+            if handler.heavy(request):
+                return await loop.run_in_executor(self.prepare_pool, handler.prepare, request)
+            return handler.prepare(request)
+        except InputError as exc:
+            raise RequestError(str(exc)) from None
 
     def ready(self) -> bool:
         """/readyz: not until at least one model serves; with ready_policy "all" (the default), also
@@ -68,3 +103,14 @@ class ModelServer:
             if model.batcher is not None:
                 model.batcher.close()
         self.prepare_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _prepare_uploads(handler: FileTask, uploads: list[Upload]) -> list[Any]:
+    """`prepare_upload` for each upload in turn; an exception is returned in its place."""
+    results: list[Any] = []
+    for upload in uploads:
+        try:
+            results.append(handler.prepare_upload(upload))
+        except Exception as exc:
+            results.append(exc if isinstance(exc, RequestError) else RequestError(f"{upload.label(handler.file_field)}: {exc}"))
+    return results

@@ -168,3 +168,20 @@ def test_cli_predict_reads_audio_files(tiny_repository, tmp_path):
     out = subprocess.run([sys.executable, "-m", "serving", "predict", "keywords", str(bad), "--repository", str(tiny_repository)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "not audio" in out.stderr
+
+
+def test_backbone_comparison_is_decided_on_validation(tiny_repository):
+    """keywords builds small-cnn beside EfficientNet-Lite0: the served validation metric per ms picks
+    the backbone; each candidate's test metric is recorded, not used."""
+    from serving.manifest import load_manifest
+
+    m = load_manifest(tiny_repository / "keywords")
+    rows = [r for r in m.metrics["candidates"] if r["passed_gate"]]
+    assert {r["backbone"] for r in m.metrics["candidates"]} == {"efficientnet-lite0", "small-cnn"}
+    for r in rows:
+        assert {"val_accuracy", "test_accuracy"} <= set(r)
+        assert r["metric_per_ms"] == pytest.approx(r["val_accuracy"] / r["ms_per_item"])
+    best = max(rows, key=lambda r: r["metric_per_ms"])
+    assert m.recipe["backbone"] == best["backbone"] and "best validation accuracy per ms" in m.default_reason
+    served = m.default_variant["cpu"]
+    assert best["val_accuracy"] == m.metrics["validation"][served]["accuracy"] and best["test_accuracy"] == m.variants[served].metrics["accuracy"]

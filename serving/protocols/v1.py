@@ -8,7 +8,6 @@ called directly (no dependency injection or response validation per request).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from typing import TYPE_CHECKING, Any, Callable
@@ -20,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import request_response
 
-from serving.errors import InputError, RequestError
+from serving.errors import RequestError
 from serving.protocols.bodies import parse_json_body, read_body
 from serving.protocols.multipart import FilePart, parse_multipart
 from serving.tasks import TASKS, FileRequest, FileTask, ServingTask, Upload
@@ -61,41 +60,6 @@ class DirectRoute(APIRoute):
 
 def answer(model: LoadedModel, results: dict[str, Any]) -> JSONResponse:
     return JSONResponse({"model": model.name, "version": model.manifest.version, "variant": model.variant, **results})
-
-
-async def prepare(server: ModelServer, handler: ServingTask, request: Any) -> Any:
-    """The task's prepare stage: file tasks decode their uploads in the pool, the files dealt
-    round-robin to one job per prepare thread (a job costs the event loop a future and a thread
-    hand-off, which adds up at dozens of files); other tasks prepare inline unless heavy."""
-    loop = asyncio.get_running_loop()
-    try:
-        if isinstance(handler, FileTask):
-            files = request.files
-            groups = min(len(files), server.prepare_threads)
-            done = await asyncio.gather(*(loop.run_in_executor(server.prepare_pool, _prepare_uploads, handler, files[g::groups]) for g in range(groups)))
-            prepared: list[Any] = [None] * len(files)
-            for g, group in enumerate(done):
-                prepared[g::groups] = group
-            for p in prepared:
-                if isinstance(p, Exception):
-                    raise p
-            return prepared
-        if handler.heavy(request):
-            return await loop.run_in_executor(server.prepare_pool, handler.prepare, request)
-        return handler.prepare(request)
-    except InputError as exc:
-        raise RequestError(str(exc)) from None
-
-
-def _prepare_uploads(handler: FileTask, uploads: list[Upload]) -> list[Any]:
-    """`prepare_upload` for each upload in turn; an exception is returned in its place."""
-    results: list[Any] = []
-    for upload in uploads:
-        try:
-            results.append(handler.prepare_upload(upload))
-        except Exception as exc:
-            results.append(exc if isinstance(exc, RequestError) else RequestError(f"{upload.label(handler.file_field)}: {exc}"))
-    return results
 
 
 async def read_form(request: Request, task: type[FileTask], limit: int, max_files: int) -> FormData:
@@ -145,12 +109,7 @@ def task_endpoint(task: type[ServingTask], server: ServerRef) -> Callable[[Reque
             assert task.request_model is not None
             body = parse_json_body(await read_body(request, settings.max_body_bytes), task.request_model)
             model = srv.runtime.resolve(body.model, task.name)
-        handler = model.task
-        handler.check(body)
-        prepared = await prepare(srv, handler, body)
-        items = handler.items(prepared)
-        outputs = await model.batcher.submit(items) if items else []
-        return answer(model, handler.answer(body, prepared, outputs))
+        return answer(model, await srv.infer(model, body))
 
     endpoint.__name__ = task.name.replace("-", "_")
     return endpoint
