@@ -16,36 +16,58 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.errors import RequestError
-from serving.protocols import v1
+from serving.protocols import v1, v2
 from serving.settings import Settings
 
 if TYPE_CHECKING:
     from serving.server import ModelServer
 
 DESCRIPTION = "Predictions from the models of the repository. Every client mistake is a 4xx with {\"error\": message}."
+V2_DESCRIPTION = ("Every model of the repository over the Open Inference Protocol: raw inputs (texts, files, rows as JSON) "
+                  "as BYTES tensors, JSON or binary tensor data, the same pre-processing and batching as /v1.")
 
 
 def create_app(server: ModelServer | v1.ServerRef, settings: Settings) -> FastAPI:
     """The v1 app over `server`, or over a function returning it (BentoML creates the server, in
     its service instance, only after the app is mounted)."""
-    ref: v1.ServerRef = server if callable(server) else (lambda: server)
+    return _app(v1.routes(_ref(server)), "/v1", "", "tuneserve", DESCRIPTION, settings, open_paths=("/openapi.json",))
+
+
+def create_v2_app(server: ModelServer | v1.ServerRef, settings: Settings) -> FastAPI:
+    """The Open Inference Protocol (KServe v2) app over the same server. Its paths carry their /v2
+    prefix and it is mounted at the root: clients ask for `GET /v2` itself, which a mount at /v2
+    would answer with a redirect. It answers nothing outside /v2."""
+    return _app(v2.routes(_ref(server)), "", "/v2", "tuneserve (Open Inference Protocol)", V2_DESCRIPTION, settings,
+                open_paths=("/v2/openapi.json", "/v2/health/live", "/v2/health/ready"))
+
+
+def _ref(server: ModelServer | v1.ServerRef) -> v1.ServerRef:
+    return server if callable(server) else (lambda: server)
+
+
+def _app(routes: list[BaseRoute], mount: str, prefix: str, title: str, description: str, settings: Settings,
+         open_paths: tuple[str, ...]) -> FastAPI:
+    """An app of `routes` (paths under `prefix`) to be mounted at `mount`, with the API-key and body
+    guard, JSON errors, its OpenAPI document at `prefix`/openapi.json and a JSON 404/405 for any
+    other path under `prefix`."""
     app = FastAPI(
-        title="tuneserve", version="1", description=DESCRIPTION, docs_url=None, redoc_url=None, openapi_url="/openapi.json",
-        servers=[{"url": "/v1"}], routes=[*v1.routes(ref)],
+        title=title, version=(mount + prefix).strip("/"), description=description, docs_url=None, redoc_url=None,
+        openapi_url=f"{prefix}/openapi.json", servers=[{"url": mount or "/"}], routes=routes,
         exception_handlers={RequestError: request_error, HTTPException: http_error, ClientDisconnect: client_gone},
-        middleware=[Middleware(Guard, settings=settings)],
+        middleware=[Middleware(Guard, settings=settings, open_paths=open_paths)],
     )
-    known = {route.path for route in app.routes if isinstance(route, Route)}
 
     async def no_route(request: Request) -> JSONResponse:
         """Catch-all: a known path with the wrong method is a 405, anything else a 404."""
-        raise HTTPException(405 if "/" + request.path_params["path"] in known else 404)
+        partial = any(route.matches(request.scope)[0] == Match.PARTIAL for route in app.router.routes if route is not catch_all)
+        raise HTTPException(405 if partial else 404)
 
-    app.router.routes.append(Route("/{path:path}", no_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False))
+    catch_all = Route(prefix + "/{path:path}", no_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    app.router.routes.append(catch_all)
     return app
 
 
@@ -73,13 +95,12 @@ async def client_gone(request: Request, exc: Exception) -> JSONResponse:
 
 class Guard:
     """ASGI middleware in front of every /v1 route, answering before the route runs or any of the body
-    is read: 401 without the API key (when TUNESERVE_API_KEY is set; the OpenAPI document stays
-    open), 413 for a declared Content-Length above the body limit."""
+    is read: 401 without the API key (when TUNESERVE_API_KEY is set; the OpenAPI documents and the
+    v2 health routes stay open, for probes), 413 for a declared Content-Length above the body limit."""
 
-    OPEN_PATHS = ("/openapi.json",)
-
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, open_paths: tuple[str, ...]) -> None:
         self.app = app
+        self.open_paths = open_paths
         self.key = settings.api_key.encode() if settings.api_key else None
         self.limit = settings.max_body_bytes
 
@@ -88,7 +109,7 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.lower(): v for k, v in scope["headers"] if k.lower() in (b"authorization", b"x-api-key", b"content-length")}
         refusal = None
-        if self.key is not None and self._route_path(scope) not in self.OPEN_PATHS and not self._authorised(headers):
+        if self.key is not None and self._route_path(scope) not in self.open_paths and not self._authorised(headers):
             refusal = JSONResponse({"error": "missing or wrong API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"},
                                    status_code=401, headers={"WWW-Authenticate": 'Bearer realm="tuneserve"'})
         elif (declared := headers.get(b"content-length", b"").strip()).isdigit() and int(declared) > self.limit:

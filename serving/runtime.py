@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +32,7 @@ class LoadedModel:
     task: ServingTask  # the model's pre-processing, inference and answers
     stamp: str = ""  # sha256 of the manifest file this model was loaded from (reload compares it)
     batcher: Any = None  # the server's MicroBatcher for this model (None outside the server)
+    views: dict[str, Any] = field(default_factory=dict)  # what protocols work out once per model (v2 tensors)
 
     @property
     def name(self) -> str:

@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import bentoml  # noqa: E402
 
-from serving.app import create_app  # noqa: E402
+from serving.app import create_app, create_v2_app  # noqa: E402
 from serving.settings import Settings  # noqa: E402
 
 SETTINGS = Settings()
@@ -101,6 +101,7 @@ TRACING = {"sample_rate": SETTINGS.trace_sample_rate} if SETTINGS.trace_sample_r
     tracing=TRACING,
 )
 @bentoml.asgi_app(create_app(lambda: bentoml.get_current_service().server, SETTINGS), path="/v1")
+@bentoml.asgi_app(create_v2_app(lambda: bentoml.get_current_service().server, SETTINGS), path="/")
 class TuneServe:
     def __init__(self) -> None:
         from serving.server import ModelServer

@@ -26,7 +26,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_repository(tmp_path_factory) -> Path:
-    """The intent recipe trained for a few steps on a slice: real pipeline, small and fast."""
+    """The intent recipe trained for a few steps on a slice: real pipeline, small and fast.
+    TINY_REPOSITORY=DIR reuses one built by an earlier session (quicker while working on serving)."""
+    if os.environ.get("TINY_REPOSITORY"):
+        return Path(os.environ["TINY_REPOSITORY"])
     from training.pipeline import build, build_recipe
     from training.recipe import load_recipe
 

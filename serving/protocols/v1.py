@@ -157,7 +157,7 @@ class ModelList(BaseModel):
     not_updated: dict[str, str]
 
 
-def _bound(handler: Callable[[Request, ModelServer], Any], server: ServerRef) -> Callable[[Request], Any]:
+def bound(handler: Callable[[Request, ModelServer], Any], server: ServerRef) -> Callable[[Request], Any]:
     async def endpoint(request: Request) -> Response:
         return await handler(request, server())
 
@@ -167,14 +167,14 @@ def _bound(handler: Callable[[Request, ModelServer], Any], server: ServerRef) ->
 
 def routes(server: ServerRef) -> list[APIRoute]:
     """Every v1 route: the model list, one per task of the registry, and hot reload."""
-    out = [DirectRoute("/models", _bound(list_models, server), methods=["GET"], response_model=ModelList,
+    out = [DirectRoute("/models", bound(list_models, server), methods=["GET"], response_model=ModelList,
                        summary="The models that serve, and the folders refused at load with why", responses=error_responses(401))]
     for task in TASKS.values():
         codes = (400, 401, 404, 413, 415, 503) if issubclass(task, FileTask) else (400, 401, 404, 413, 503)
         out.append(DirectRoute(task.route, task_endpoint(task, server), methods=["POST"], summary=task.summary,
                                response_model=task.response_model, responses=error_responses(*codes),
                                openapi_extra={"requestBody": request_body(task)}, operation_id=task.name.replace("-", "_")))
-    out.append(DirectRoute("/admin/reload", _bound(reload_models, server), methods=["POST"],
+    out.append(DirectRoute("/admin/reload", bound(reload_models, server), methods=["POST"],
                            summary="Re-read the model repository; swap in changed models without dropping requests",
                            responses=error_responses(401, 403, 409)))
     return out

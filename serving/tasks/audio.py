@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from serving.manifest import Manifest
 from serving.processing.postprocess import softmax
@@ -41,7 +41,7 @@ class AudioPrediction(BaseModel):
     end_s: float
     scores: dict[str, float]
     speech: bool
-    file: str | None
+    file: str | None = Field(description="the upload's filename", json_schema_extra={"tensor": False})  # v2 sends no filenames
 
 
 class AudioClassifyAnswer(Answer):

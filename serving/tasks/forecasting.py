@@ -20,7 +20,8 @@ from serving.tasks.base import Answer, Option, Sample, ServingTask, TaskRequest
 
 
 class ForecastRequest(TaskRequest):
-    history: list[Any] = Field(min_length=1, description="numbers or null (gaps), oldest first; at least the model's window")
+    history: list[Any] = Field(min_length=1, description="numbers or null (gaps), oldest first; at least the model's window",
+                               json_schema_extra={"tensor": "FP32"})  # on v2: an FP32 tensor, NaN for a gap
     horizon: StrictInt | None = Field(None, description="steps ahead; default: the model's maximum")
 
 

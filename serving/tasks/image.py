@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from serving.errors import RequestError
 from serving.manifest import Manifest
@@ -27,7 +27,7 @@ class ImagePrediction(BaseModel):
     label: str
     score: float
     top_k: list[Ranked]
-    file: str | None
+    file: str | None = Field(description="the upload's filename", json_schema_extra={"tensor": False})  # v2 sends no filenames
 
 
 class ImageClassifyAnswer(Answer):

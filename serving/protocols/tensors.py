@@ -1,0 +1,229 @@
+"""Tasks as Open Inference Protocol tensors: what a task takes and answers, read off its request and
+response models, and the protocol's JSON and binary tensor encodings.
+
+Inputs: a file task takes its files as one BYTES tensor (the encoded file bytes: raw in binary tensor
+data, base64 in JSON tensor data, which must be UTF-8 strings); a JSON task takes
+each list field of its request model as a tensor — texts as BYTES (UTF-8), rows as BYTES (one JSON
+object each), series as FP32 (NaN for a gap) — and its scalar fields, like a file task's options,
+as request `parameters`. Outputs: each field of a prediction becomes a tensor with one row per input
+(`label` BYTES, `score` FP32, `scores` FP32 [n, classes], anything nested as JSON BYTES); fields of
+the answer itself become tensors of their own (a forecast's `forecast` FP32 [h], `quantiles` FP32
+[h, q]). The server's own pre- and post-processing apply exactly as on v1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from pydantic import BaseModel
+
+from serving.errors import RequestError
+from serving.tasks import FileTask, ServingTask
+
+# OIP datatype → numpy dtype (BYTES are Python bytes in an object array)
+DTYPES: dict[str, Any] = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
+}
+ANSWER_FIELDS = {"model", "version", "variant"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # -1: any size
+
+    def public(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class InputSpec(TensorSpec):
+    kind: str = "strings"  # strings | json | numbers | files: how elements become the request's values
+
+
+@dataclass(frozen=True)
+class OutputSpec(TensorSpec):
+    extract: Callable[[dict[str, Any]], np.ndarray] = lambda results: np.empty(0)
+
+
+# --- what a task takes ------------------------------------------------------------------------
+
+
+def _union_args(annotation: Any) -> list[Any]:
+    """X of Optional[X] / X | None; the annotation itself otherwise."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(annotation) if a is not type(None)]
+    return [annotation]
+
+
+def _list_item(annotation: Any) -> Any | None:
+    """The element type of list[X] (also inside Optional; Annotated[X, ...] as X), else None."""
+    for candidate in _union_args(annotation):
+        if typing.get_origin(candidate) is list:
+            (item,) = typing.get_args(candidate) or (Any,)
+            return typing.get_args(item)[0] if typing.get_origin(item) is typing.Annotated else item
+    return None
+
+
+def _is_tensor(extra: Any) -> bool:
+    """False for a field marked `json_schema_extra={"tensor": False}` (e.g. a filename v2 never sends)."""
+    return not (isinstance(extra, dict) and extra.get("tensor") is False)
+
+
+def input_specs(task: type[ServingTask]) -> list[InputSpec]:
+    if issubclass(task, FileTask):
+        return [InputSpec(task.file_field, "BYTES", (-1,), "files")]
+    assert task.request_model is not None
+    specs = []
+    for name, field in task.request_model.model_fields.items():
+        item = _list_item(field.annotation)
+        if name == "model" or item is None:
+            continue
+        tensor = (field.json_schema_extra or {}).get("tensor") if isinstance(field.json_schema_extra, dict) else None
+        if tensor == "FP32":
+            specs.append(InputSpec(name, "FP32", (-1,), "numbers"))
+        else:
+            specs.append(InputSpec(name, "BYTES", (-1,), "strings" if item is str else "json"))
+    return specs
+
+
+def parameter_names(task: type[ServingTask]) -> set[str]:
+    """Request `parameters` the task reads: a file task's options, a JSON task's scalar fields."""
+    if issubclass(task, FileTask) or task.request_model is None:
+        return set(task.options)
+    return {n for n, f in task.request_model.model_fields.items() if n != "model" and _list_item(f.annotation) is None}
+
+
+# --- what a task answers ----------------------------------------------------------------------------
+
+
+def _scalar_type(annotation: Any) -> str | None:
+    args = [typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a for a in _union_args(annotation)]
+    if len(args) != 1:
+        return None
+    return {bool: "BOOL", int: "INT64", float: "FP32", str: "BYTES"}.get(args[0])
+
+
+def _dict_value(annotation: Any) -> Any | None:
+    if typing.get_origin(annotation) is dict:
+        return typing.get_args(annotation)[1]
+    return None
+
+
+def _column(values: list[Any], datatype: str) -> np.ndarray:
+    if datatype == "BYTES":
+        return np.array([(v if isinstance(v, str) else "" if v is None else json.dumps(v)).encode() for v in values], dtype=np.object_)
+    return np.asarray(values, dtype=DTYPES[datatype])
+
+
+def output_specs(task: type[ServingTask], labels: list[str]) -> list[OutputSpec]:
+    """Output tensors of a model of this task; `labels` orders the columns of per-label dicts."""
+    specs: list[OutputSpec] = []
+    for name, field in task.response_model.model_fields.items():
+        if name in ANSWER_FIELDS:
+            continue
+        item = _list_item(field.annotation)
+        if name == "predictions" and isinstance(item, type) and issubclass(item, BaseModel):
+            for key, sub in item.model_fields.items():
+                if _is_tensor(sub.json_schema_extra):
+                    specs.append(_prediction_field(key, sub.annotation, labels))
+        else:
+            specs.append(_answer_field(name, field.annotation, labels))
+    return specs
+
+
+def _prediction_field(key: str, annotation: Any, labels: list[str]) -> OutputSpec:
+    """One field of every prediction, one row per input."""
+    if _dict_value(annotation) is float:  # per-label scores: [n, labels]
+        return OutputSpec(key, "FP32", (-1, len(labels)), extract=lambda r: np.array(
+            [[p[key][label] for label in labels] for p in r["predictions"]], dtype=np.float32).reshape(-1, len(labels)))
+    datatype = _scalar_type(annotation) or "BYTES"  # nested values travel as JSON
+    return OutputSpec(key, datatype, (-1,), extract=lambda r: _column([p[key] for p in r["predictions"]], datatype))
+
+
+def _answer_field(name: str, annotation: Any, labels: list[str]) -> OutputSpec:
+    """A field of the answer itself: a list (per input, or a series), a dict of series, a scalar."""
+    item = _list_item(annotation)
+    if item is not None:
+        datatype = _scalar_type(item) or "BYTES"
+        return OutputSpec(name, datatype, (-1,), extract=lambda r: _column(r[name], datatype))
+    if _list_item(_dict_value(annotation)) is float:  # named series (quantiles): [length, names]
+        return OutputSpec(name, "FP32", (-1, len(labels)), extract=lambda r: np.array(
+            [r[name][label] for label in labels], dtype=np.float32).T.reshape(-1, len(labels)))
+    datatype = _scalar_type(annotation) or "BYTES"
+    return OutputSpec(name, datatype, (1,), extract=lambda r: _column([r[name]], datatype))
+
+
+# --- encodings ----------------------------------------------------------------------------------
+
+
+def decode_binary(raw: memoryview, datatype: str, name: str) -> np.ndarray:
+    """The binary tensor data extension: BYTES elements each prefixed by a 4-byte little-endian
+    length, other types as their little-endian values."""
+    if datatype == "BYTES":
+        out, offset = [], 0
+        while offset < len(raw):
+            if offset + 4 > len(raw):
+                raise RequestError(f"input {name!r}: binary BYTES data ends inside an element's length prefix")
+            (size,) = struct.unpack_from("<I", raw, offset)
+            offset += 4
+            if offset + size > len(raw):
+                raise RequestError(f"input {name!r}: a BYTES element of {size} bytes runs past its binary_data_size")
+            out.append(bytes(raw[offset : offset + size]))
+            offset += size
+        return np.array(out, dtype=np.object_)
+    dtype = np.dtype(DTYPES[datatype]).newbyteorder("<")
+    if len(raw) % dtype.itemsize:
+        raise RequestError(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype} values")
+    return np.frombuffer(raw, dtype=dtype)
+
+
+def decode_json(data: Any, datatype: str, name: str) -> np.ndarray:
+    """JSON `data` (flat or nested, row-major) as a flat array of `datatype`."""
+    flat = list(_flatten(data))
+    if datatype == "BYTES":
+        if not all(isinstance(v, str) for v in flat):
+            raise RequestError(f"input {name!r}: BYTES data must be strings")
+        return np.array([v.encode("utf-8", "surrogatepass") for v in flat], dtype=np.object_)
+    if datatype == "BOOL":
+        if not all(isinstance(v, bool) for v in flat):
+            raise RequestError(f"input {name!r}: BOOL data must be true or false")
+        return np.array(flat, dtype=np.bool_)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
+        raise RequestError(f"input {name!r}: {datatype} data must be numbers")
+    try:
+        return np.array(flat, dtype=DTYPES[datatype])
+    except (OverflowError, ValueError) as exc:
+        raise RequestError(f"input {name!r}: {exc}") from None
+
+
+def _flatten(data: Any) -> typing.Iterator[Any]:
+    if isinstance(data, list):
+        for item in data:
+            yield from _flatten(item)
+    else:
+        yield data
+
+
+def encode_binary(values: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(v)) + v for v in values.reshape(-1))
+    return np.ascontiguousarray(values, dtype=np.dtype(DTYPES[datatype]).newbyteorder("<")).tobytes()
+
+
+def encode_json(values: np.ndarray, datatype: str) -> list[Any]:
+    if datatype == "BYTES":
+        return [v.decode("utf-8", "replace") for v in values.reshape(-1)]
+    if datatype in ("FP16", "FP32", "FP64"):
+        return [None if not math.isfinite(v) else v for v in values.reshape(-1).tolist()]
+    return values.reshape(-1).tolist()

@@ -1,0 +1,303 @@
+"""The Open Inference Protocol (KServe v2) over REST, for every model of the repository.
+
+The tensors of each model come from its task (serving/protocols/tensors.py); an inference request
+becomes the task's own request and runs through `ModelServer.infer`, so it shares the model's
+batcher with v1 (a v1 and a v2 request may land in the same ONNX Runtime batch). JSON tensors and
+the binary tensor data extension (`Inference-Header-Content-Length`, `binary_data_size`,
+`binary_data` / `binary_data_output`) are both understood. Errors are `{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from serving.errors import RequestError, UnknownModel
+from serving.protocols.bodies import describe_validation_error, read_body
+from serving.protocols.tensors import (
+    InputSpec,
+    OutputSpec,
+    decode_binary,
+    decode_json,
+    encode_binary,
+    encode_json,
+    input_specs,
+    output_specs,
+    parameter_names,
+)
+from serving.protocols.v1 import DirectRoute, ServerRef, bound, error_responses
+from serving.tasks import FileRequest, FileTask, Upload
+
+if TYPE_CHECKING:
+    from serving.runtime import LoadedModel
+    from serving.server import ModelServer
+
+HEADER_LENGTH = "inference-header-content-length"
+# Request parameters clients send that concern the protocol, not the model.
+PROTOCOL_PARAMETERS = {"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end", "headers"}
+try:
+    SERVER_VERSION = version("tuneserve")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    SERVER_VERSION = "0"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InferInput(_Strict):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class RequestedOutput(_Strict):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(_Strict):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferInput] = Field(min_length=1)
+    outputs: list[RequestedOutput] | None = None
+
+
+class ModelTensors:
+    """A loaded model's v2 view: its input and output tensors and the parameters its task reads."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        task = type(model.task)
+        self.task = task
+        self.inputs = input_specs(task)
+        self.outputs = output_specs(task, model.manifest.labels)
+        self.parameters = parameter_names(task)
+
+    def metadata(self, model: LoadedModel) -> dict[str, Any]:
+        return {"name": model.name, "versions": [model.manifest.version], "platform": "onnxruntime_onnx",
+                "inputs": [s.public() for s in self.inputs], "outputs": [s.public() for s in self.outputs]}
+
+
+def tensors_of(model: LoadedModel) -> ModelTensors:
+    """The model's tensors, worked out once per loaded model."""
+    view = model.views.get("v2")
+    if view is None:
+        view = model.views["v2"] = ModelTensors(model)
+    return view
+
+
+# --- request → the task's request -----------------------------------------------------------------
+
+
+def parse_infer_body(raw: bytes, header_length: str | None) -> tuple[InferRequest, memoryview]:
+    """The JSON header and the binary part after it (empty without the binary extension)."""
+    view = memoryview(raw)
+    if header_length is not None:
+        if not header_length.strip().isdigit() or int(header_length) > len(raw):
+            raise RequestError(f"Inference-Header-Content-Length {header_length[:20]!r} is not a length within the {len(raw)}-byte body")
+        json_part, binary = view[: int(header_length)], view[int(header_length):]
+    else:
+        json_part, binary = view, view[len(raw):]
+    try:
+        data = json.loads(bytes(json_part))
+    except (ValueError, RecursionError) as exc:
+        raise RequestError(f"inference request is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(data, dict):
+        raise RequestError(f"inference request must be a JSON object, got {type(data).__name__}")
+    try:
+        return InferRequest.model_validate(data), binary
+    except ValidationError as exc:
+        raise RequestError(describe_validation_error(exc)) from None
+
+
+def input_values(request: InferRequest, binary: memoryview, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    """Each input as a flat array, checked against the model's input tensors."""
+    expected = {s.name: s for s in specs}
+    values: dict[str, np.ndarray] = {}
+    offset = 0
+    for tensor in request.inputs:
+        spec = expected.get(tensor.name)
+        if spec is None:
+            raise RequestError(f"unknown input {tensor.name!r}; the model takes {sorted(expected)}")
+        if tensor.name in values:
+            raise RequestError(f"input {tensor.name!r} given twice")
+        if tensor.datatype != spec.datatype:
+            raise RequestError(f"input {tensor.name!r}: datatype {tensor.datatype} does not match the model's {spec.datatype}")
+        if len(tensor.shape) != len(spec.shape) or any(s < 0 for s in tensor.shape):
+            raise RequestError(f"input {tensor.name!r}: shape {tensor.shape} does not match the model's {list(spec.shape)}")
+        size = (tensor.parameters or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+                raise RequestError(f"input {tensor.name!r}: binary_data_size {size!r} runs past the {len(binary)} bytes of binary data")
+            if tensor.data is not None:
+                raise RequestError(f"input {tensor.name!r}: give either data or binary_data_size, not both")
+            array = decode_binary(binary[offset : offset + size], spec.datatype, tensor.name)
+            offset += size
+        elif tensor.data is not None:
+            array = decode_json(tensor.data, spec.datatype, tensor.name)
+            if spec.kind == "files":  # JSON strings cannot hold raw file bytes: they come base64-encoded
+                array = np.array([_base64(v, tensor.name, i) for i, v in enumerate(array)], dtype=np.object_)
+        else:
+            raise RequestError(f"input {tensor.name!r}: no data and no binary_data_size")
+        if array.size != int(np.prod(tensor.shape)):
+            raise RequestError(f"input {tensor.name!r}: shape {tensor.shape} holds {int(np.prod(tensor.shape))} elements, the data {array.size}")
+        values[tensor.name] = array
+    if offset != len(binary):
+        raise RequestError(f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size")
+    missing = sorted(set(expected) - set(values))
+    if missing:
+        raise RequestError(f"missing input(s) {missing}; the model takes {[s.public() for s in specs]}")
+    return values
+
+
+def _base64(value: bytes, name: str, index: int) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise RequestError(f"input {name!r}[{index}]: files in JSON tensor data must be base64-encoded (or send binary data)") from None
+
+
+def _element(value: Any, spec: InputSpec, index: int) -> Any:
+    where = f"input {spec.name!r}[{index}]"
+    if spec.kind == "numbers":
+        number = float(value)
+        return None if np.isnan(number) else number  # NaN marks a gap, as null does on v1
+    try:
+        text = bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError(f"{where}: not UTF-8") from None
+    if spec.kind == "json":
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError):
+            raise RequestError(f"{where}: not a JSON value") from None
+    return text
+
+
+def task_request(tensors: ModelTensors, model: LoadedModel, request: InferRequest, binary: memoryview) -> Any:
+    """The same request the v1 route would build, from tensors and parameters."""
+    values = input_values(request, binary, tensors.inputs)
+    parameters = {k: v for k, v in (request.parameters or {}).items() if k not in PROTOCOL_PARAMETERS}
+    unknown = sorted(set(parameters) - tensors.parameters)
+    if unknown:
+        raise RequestError(f"unknown parameter(s) {unknown}; this model reads {sorted(tensors.parameters) or 'none'}")
+    task = tensors.task
+    if issubclass(task, FileTask):
+        files = [Upload(i, None, bytes(v)) for i, v in enumerate(values[task.file_field])]
+        if not files:
+            raise RequestError(f"input {task.file_field!r}: no files")
+        return FileRequest(model.name, files, {k: str(v) for k, v in parameters.items()})
+    body = {spec.name: [_element(v, spec, i) for i, v in enumerate(values[spec.name])] for spec in tensors.inputs}
+    try:
+        assert task.request_model is not None
+        return task.request_model.model_validate({"model": model.name, **body, **parameters})
+    except ValidationError as exc:
+        raise RequestError(describe_validation_error(exc)) from None
+
+
+# --- the task's answer → response tensors ------------------------------------------------------------
+
+
+def infer_response(model: LoadedModel, tensors: ModelTensors, request: InferRequest, results: dict[str, Any]) -> Response:
+    by_name = {s.name: s for s in tensors.outputs}
+    wanted: list[tuple[OutputSpec, bool]] = []
+    binary_default = bool((request.parameters or {}).get("binary_data_output", False))
+    for requested in request.outputs or [RequestedOutput(name=s.name) for s in tensors.outputs]:
+        spec = by_name.get(requested.name)
+        if spec is None:
+            raise RequestError(f"unknown output {requested.name!r}; the model answers {sorted(by_name)}")
+        wanted.append((spec, bool((requested.parameters or {}).get("binary_data", binary_default))))
+    outputs, blobs = [], []
+    for spec, binary in wanted:
+        values = spec.extract(results)
+        entry: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(values.shape)}
+        if binary:
+            blob = encode_binary(values, spec.datatype)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = encode_json(values, spec.datatype)
+        outputs.append(entry)
+    body = {"model_name": model.name, "model_version": model.manifest.version, "outputs": outputs}
+    if request.id is not None:
+        body["id"] = request.id
+    if not blobs:
+        return JSONResponse(body)
+    header = json.dumps(body, separators=(",", ":")).encode()
+    return Response(header + b"".join(blobs), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(header))})
+
+
+# --- routes ----------------------------------------------------------------------------------------
+
+
+def find_model(server: ModelServer, name: str, model_version: str | None) -> LoadedModel:
+    model = server.runtime.models.get(name)
+    if model is None:
+        shown = repr(name) if len(name) <= 100 else f"{name[:100]!r}…"
+        raise UnknownModel(f"unknown model {shown}; available models: {sorted(server.runtime.models) or 'none'}")
+    if model_version is not None and model_version != model.manifest.version:
+        raise UnknownModel(f"model {name!r} has no version {model_version[:40]!r}; it serves version {model.manifest.version!r}")
+    return model
+
+
+async def server_metadata(request: Request, server: ModelServer) -> JSONResponse:
+    return JSONResponse({"name": "tuneserve", "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
+
+
+async def live(request: Request, server: ModelServer) -> JSONResponse:
+    return JSONResponse({"live": True})
+
+
+async def ready(request: Request, server: ModelServer) -> JSONResponse:
+    is_ready = server.ready()
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+async def model_metadata(request: Request, server: ModelServer) -> JSONResponse:
+    model = find_model(server, request.path_params["name"], request.path_params.get("version"))
+    return JSONResponse(tensors_of(model).metadata(model))
+
+
+async def model_ready(request: Request, server: ModelServer) -> JSONResponse:
+    model = find_model(server, request.path_params["name"], request.path_params.get("version"))
+    return JSONResponse({"name": model.name, "ready": True})
+
+
+async def infer(request: Request, server: ModelServer) -> Response:
+    model = find_model(server, request.path_params["name"], request.path_params.get("version"))
+    body, binary = parse_infer_body(await read_body(request, server.settings.max_body_bytes), request.headers.get(HEADER_LENGTH))
+    tensors = tensors_of(model)
+    results = await server.infer(model, task_request(tensors, model, body, binary))
+    return infer_response(model, tensors, body, results)
+
+
+def routes(server: ServerRef) -> list[APIRoute]:
+    infer_body = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                     "description": "binary tensor data extension: the JSON request (Inference-Header-Content-Length bytes), then the tensors"}}}}
+    out = [
+        DirectRoute("/v2", bound(server_metadata, server), methods=["GET"], summary="Server metadata"),
+        DirectRoute("/v2/health/live", bound(live, server), methods=["GET"], summary="Liveness"),
+        DirectRoute("/v2/health/ready", bound(ready, server), methods=["GET"], summary="Readiness (503 until ready)"),
+    ]
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        out += [
+            DirectRoute(prefix, bound(model_metadata, server), methods=["GET"], summary="Model metadata: its input and output tensors",
+                        responses=error_responses(401, 404)),
+            DirectRoute(prefix + "/ready", bound(model_ready, server), methods=["GET"], summary="Model readiness", responses=error_responses(401, 404)),
+            DirectRoute(prefix + "/infer", bound(infer, server), methods=["POST"], summary="Inference with JSON or binary tensors",
+                        responses=error_responses(400, 401, 404, 413, 503), openapi_extra=infer_body),
+        ]
+    return out

@@ -1,0 +1,135 @@
+"""The Open Inference Protocol (KServe v2) against a real server, with a client nobody here wrote:
+`tritonclient.http`. Health, server and model metadata, and inference on every task's model with
+binary tensor data on and off; every answer equals what v1 answers for the same input."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from serving.protocols.tensors import DTYPES, input_specs, output_specs
+from serving.tasks import TASKS, FileTask, ServingTask
+
+MODELS = {"text-classification": "intent", "token-classification": "entities", "image-classification": "surface-defects",
+          "audio-classification": "keywords", "tabular-classification": "credit-risk", "forecasting": "energy-demand"}
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with triton.InferenceServerClient(server.removeprefix("http://"), network_timeout=60) as c:
+        yield c
+
+
+def test_health_and_server_metadata(client):
+    assert client.is_server_live() and client.is_server_ready()
+    meta = client.get_server_metadata()
+    assert meta["name"] == "tuneserve" and "binary_tensor_data" in meta["extensions"]
+
+
+def test_every_model_has_metadata_and_readiness(client, server):
+    models = httpx.get(server + "/v1/models").json()["models"]
+    for m in models:
+        meta = client.get_model_metadata(m["name"])
+        assert meta["name"] == m["name"] and meta["versions"] == [m["version"]]
+        assert client.is_model_ready(m["name"]) and client.is_model_ready(m["name"], m["version"])
+        task = TASKS[m["task"]]
+        assert meta["inputs"] == [s.public() for s in input_specs(task)]
+        assert meta["outputs"] == [s.public() for s in output_specs(task, m["labels"])]
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        client.get_model_metadata("no-such-model")
+    assert not client.is_model_ready("intent", "999")
+
+
+def v2_inputs(task: type[ServingTask], sample, binary: bool) -> tuple[list[triton.InferInput], dict, dict]:
+    """The sample request as tensors (files, texts, rows as JSON, series as FP32) and parameters."""
+    arrays, parameters = {}, {}
+    if issubclass(task, FileTask):  # raw bytes in binary tensor data; JSON strings carry them base64-encoded
+        encode = (lambda d: d) if binary else base64.b64encode
+        arrays[task.file_field] = np.array([encode(data) for _, data, _ in sample.files], dtype=np.object_)
+        parameters = {k: v for k, v in sample.fields if k in task.options}
+    else:
+        for spec in input_specs(task):
+            values = sample.json[spec.name]
+            if spec.datatype == "FP32":
+                arrays[spec.name] = np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+            else:
+                arrays[spec.name] = np.array([(v if isinstance(v, str) else json.dumps(v)).encode() for v in values], dtype=np.object_)
+        parameters = {k: v for k, v in sample.json.items() if k not in arrays and k != "model"}
+    return [triton.InferInput(name, list(a.shape), "BYTES" if a.dtype == object else "FP32") for name, a in arrays.items()], arrays, parameters
+
+
+def v1_answer(server: str, task: type[ServingTask], sample) -> dict:
+    if sample.json is not None:
+        r = httpx.post(server + "/v1" + task.route, json=sample.json, timeout=60)
+    else:
+        r = httpx.post(server + "/v1" + task.route, files=[(task.file_field, f[:2]) for f in sample.files], data=dict(sample.fields), timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+@pytest.mark.parametrize("task_name", list(TASKS))
+def test_inference_answers_what_v1_answers(client, server, task_name, binary):
+    task, model = TASKS[task_name], MODELS[task_name]
+    (sample,) = task.samples(1, model)
+    inputs, arrays, parameters = v2_inputs(task, sample, binary)
+    for tensor in inputs:
+        tensor.set_data_from_numpy(arrays[tensor.name()], binary_data=binary)
+    expected = v1_answer(server, task, sample)
+    specs = output_specs(task, _labels(server, model))
+    outputs = [triton.InferRequestedOutput(s.name, binary_data=binary) for s in specs]
+    result = client.infer(model, inputs, outputs=outputs, parameters=parameters or None)
+    assert result.get_response()["model_name"] == model
+    for spec in specs:
+        got, want = result.as_numpy(spec.name), spec.extract(expected)
+        assert got.shape == want.shape, spec.name
+        if spec.datatype == "BYTES":
+            assert [g if isinstance(g, bytes) else g.encode() for g in got.reshape(-1)] == list(want.reshape(-1)), spec.name
+        else:
+            np.testing.assert_allclose(got.astype(DTYPES[spec.datatype]), want, rtol=0, atol=1e-4, err_msg=spec.name)
+
+
+def _labels(server: str, model: str) -> list[str]:
+    return next(m["labels"] for m in httpx.get(server + "/v1/models").json()["models"] if m["name"] == model)
+
+
+def test_all_outputs_in_binary_by_default(client):
+    """tritonclient asks for every output in binary when it names none (`binary_data_output`)."""
+    texts = np.array([b"I lost my card", b"what is my balance"], dtype=np.object_)
+    tensor = triton.InferInput("texts", [2], "BYTES")
+    tensor.set_data_from_numpy(texts)
+    result = client.infer("intent", [tensor])
+    assert result.as_numpy("label").shape == (2,) and result.as_numpy("scores").shape[0] == 2
+    assert all("parameters" in o and "data" not in o for o in result.get_response()["outputs"])
+
+
+@pytest.mark.parametrize("body,headers,status,needle", [
+    ({"inputs": [{"name": "texts", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, {}, 400, "datatype FP32"),
+    ({"inputs": [{"name": "texts", "shape": [2], "datatype": "BYTES", "data": ["a"]}]}, {}, 400, "holds 2 elements"),
+    ({"inputs": [{"name": "words", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, {}, 400, "unknown input 'words'"),
+    ({"inputs": [{"name": "texts", "shape": [1], "datatype": "BYTES", "data": ["a"]}], "outputs": [{"name": "nope"}]}, {}, 400, "unknown output 'nope'"),
+    ({"inputs": [{"name": "texts", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 99}}]}, {}, 400, "binary_data_size 99"),
+    ({"inputs": [{"name": "texts", "shape": [1], "datatype": "BYTES", "data": ["a"]}], "parameters": {"top_k": 3}}, {}, 400, "unknown parameter"),
+    ({"inputs": []}, {}, 400, "inputs"),
+    ({"inputs": [{"name": "texts", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, {"Inference-Header-Content-Length": "100000"}, 400, "Inference-Header-Content-Length"),
+])
+def test_bad_requests_are_4xx_with_the_protocol_error(server, body, headers, status, needle):
+    r = httpx.post(server + "/v2/models/intent/infer", content=json.dumps(body).encode(), headers={"content-type": "application/json", **headers})
+    assert r.status_code == status and needle in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize("path,status", [("/v2/models/nope/infer", 404), ("/v2/models/intent/versions/7/infer", 404), ("/v2/nowhere", 404)])
+def test_unknown_models_versions_and_paths_are_404(server, path, status):
+    r = httpx.post(server + path, json={"inputs": [{"name": "texts", "shape": [1], "datatype": "BYTES", "data": ["a"]}]})
+    assert r.status_code == status and r.json()["error"], r.text
+
+
+def test_v2_routes_are_documented_on_the_docs_page(server):
+    paths = httpx.get(server + "/docs.json").json()["paths"]
+    assert {"/v2", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"} <= paths.keys()
