@@ -71,9 +71,10 @@ def _app(routes: list[BaseRoute], mount: str, prefix: str, title: str, descripti
     return app
 
 
-def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
-    """The OpenAPI document of the v1 routes (what GET /v1/openapi.json serves)."""
-    return create_app(lambda: None, settings or Settings()).openapi()  # type: ignore[arg-type, return-value]
+def openapi_document(protocol: str = "v1", settings: Settings | None = None) -> dict[str, Any]:
+    """The OpenAPI document of the v1 or v2 routes (what GET /v1/openapi.json or /v2/openapi.json serves)."""
+    factory = {"v1": create_app, "v2": create_v2_app}[protocol]
+    return factory(lambda: None, settings or Settings()).openapi()  # type: ignore[arg-type, return-value]
 
 
 async def request_error(request: Request, exc: Exception) -> JSONResponse:
@@ -130,3 +131,20 @@ class Guard:
         if given is None and auth[:7].lower() == b"bearer ":
             given = auth[7:].strip()
         return given is not None and hmac.compare_digest(given, self.key)
+
+
+class UnroutablePaths:
+    """ASGI middleware for the whole server: a /v1 or /v2 path holding a newline (sent as %0A)
+    matches no mount (Starlette's path patterns stop at a newline), so BentoML would answer a bare
+    `Not Found`; it gets the same JSON 404 as any other unknown path."""
+
+    def __init__(self, app: ASGIApp, prefixes: tuple[str, ...]) -> None:
+        self.app = app
+        self.prefixes = prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and "\n" in path and path.startswith(self.prefixes):
+            return await JSONResponse({"error": f"no route {path[:200]!r}"}, status_code=404)(scope, receive, send)
+        await self.app(scope, receive, send)
+

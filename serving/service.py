@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import bentoml  # noqa: E402
 
-from serving.app import create_app, create_v2_app  # noqa: E402
+from serving.app import UnroutablePaths, create_app, create_v2_app  # noqa: E402
 from serving.settings import Settings  # noqa: E402
 
 SETTINGS = Settings()
@@ -110,3 +110,6 @@ class TuneServe:
 
     def __is_ready__(self) -> bool:
         return self.server.ready()
+
+
+TuneServe.add_asgi_middleware(UnroutablePaths, prefixes=("/v1/", "/v2"))

@@ -21,15 +21,19 @@ from serving.tasks import TASKS
 EXAMPLES = 110
 MIN_PER_ROUTE = 20
 
-DOCUMENT = openapi_document()
-ROUTES = [(method.upper(), path) for path, item in DOCUMENT["paths"].items() for method in item]
+DOCUMENTS = {protocol: openapi_document(protocol) for protocol in ("v1", "v2")}
+ROUTES = [(protocol, method.upper(), path) for protocol, document in DOCUMENTS.items()
+          for path, item in document["paths"].items() for method in item]
 
 
 @pytest.fixture(scope="module")
-def api_schema(server):
-    schema = schemathesis.openapi.from_url(server + "/v1/openapi.json")
-    schema.config.update(base_url=server + "/v1")
-    return schema
+def api_schemas(server):
+    """v1 paths are relative to /v1; v2 paths carry their /v2 prefix."""
+    schemas = {}
+    for protocol, base in (("v1", "/v1"), ("v2", "")):
+        schemas[protocol] = schemathesis.openapi.from_url(f"{server}/{protocol}/openapi.json")
+        schemas[protocol].config.update(base_url=server + base)
+    return schemas
 
 
 def test_every_task_route_is_documented_with_its_models_and_an_example(server):
@@ -55,8 +59,9 @@ def test_every_task_route_is_documented_with_its_models_and_an_example(server):
     assert {"/models", "/admin/reload"} <= served["paths"].keys()
 
 
-@pytest.mark.parametrize("method,path", ROUTES)
-def test_generated_requests_never_get_a_server_error(api_schema, server, method, path):
+@pytest.mark.parametrize("protocol,method,path", ROUTES)
+def test_generated_requests_never_get_a_server_error(api_schemas, server, protocol, method, path):
+    api_schema = api_schemas[protocol]
     operation = api_schema[path][method].ok() if hasattr(api_schema[path][method], "ok") else api_schema[path][method]
     strategy = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
     sent: Counter = Counter()
@@ -67,12 +72,18 @@ def test_generated_requests_never_get_a_server_error(api_schema, server, method,
         response = case.call(timeout=60)
         sent[response.status_code] += 1
         assert response.status_code < 500, f"{method} {path} → {response.status_code}: {response.text[:300]}\n{case.as_curl_command()}"
-        if response.status_code >= 400:
-            body = response.json()
+        # a generated path parameter like "../.." is resolved by the client to a path outside /v2
+        # (BentoML's own pages); those answers are not ours to shape
+        ours = response.request.path_url.startswith(f"/{protocol}/") or response.request.path_url == f"/{protocol}"
+        if response.status_code >= 400 and ours:
+            try:
+                body = response.json()
+            except ValueError:
+                raise AssertionError(f"{response.status_code} not JSON for {response.request.method} {response.request.url}: {response.text[:200]!r}") from None
             assert isinstance(body.get("error"), str) and body["error"], response.text[:300]
 
     one()
     print(f"\nschemathesis {method} {path}: {sum(sent.values())} requests; statuses {dict(sorted(sent.items()))}")
-    has_body = "requestBody" in DOCUMENT["paths"][path][method.lower()]  # else there is one request to make
+    has_body = "requestBody" in DOCUMENTS[protocol]["paths"][path][method.lower()]  # else there is one request to make
     assert sum(sent.values()) >= (MIN_PER_ROUTE if has_body else 1), dict(sent)
     assert httpx.get(server + "/readyz").status_code == 200

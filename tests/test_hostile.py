@@ -29,6 +29,7 @@ def corpus() -> dict[str, dict]:
 def send(base_url: str, entry: dict) -> httpx.Response:
     """One case on a connection of its own (a server may close a connection after an error)."""
     headers = {"content-type": entry["content_type"]} if entry["content_type"] else {}
+    headers.update(entry.get("headers", {}))
     body = (HOSTILE / entry["body"]).read_bytes()
     with httpx.Client(base_url=base_url, timeout=120) as client:
         return client.request(entry["method"], entry["route"], content=body, headers=headers)

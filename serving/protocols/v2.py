@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -149,8 +150,8 @@ def input_values(request: InferRequest, binary: memoryview, specs: list[InputSpe
                 array = np.array([_base64(v, tensor.name, i) for i, v in enumerate(array)], dtype=np.object_)
         else:
             raise RequestError(f"input {tensor.name!r}: no data and no binary_data_size")
-        if array.size != int(np.prod(tensor.shape)):
-            raise RequestError(f"input {tensor.name!r}: shape {tensor.shape} holds {int(np.prod(tensor.shape))} elements, the data {array.size}")
+        if array.size != math.prod(tensor.shape):  # exact for any size (numpy's product would overflow)
+            raise RequestError(f"input {tensor.name!r}: shape {tensor.shape} holds {math.prod(tensor.shape)} elements, the data {array.size}")
         values[tensor.name] = array
     if offset != len(binary):
         raise RequestError(f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size")

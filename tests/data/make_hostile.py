@@ -47,6 +47,7 @@ class Case:
     content_type: str | None = JSON
     method: str = "POST"
     expect: str = "4xx"
+    headers: dict[str, str] = field(default_factory=dict)  # beside the content type
 
 
 # --- valid pieces that hostile cases are built around ------------------------------------------
@@ -402,6 +403,50 @@ def audio_cases() -> list[Case]:
     return cases
 
 
+def v2_cases() -> list[Case]:
+    """The Open Inference Protocol routes: malformed inference requests, JSON and binary."""
+    infer = "/v2/models/intent/infer"
+    texts = {"name": "texts", "shape": [1], "datatype": "BYTES", "data": ["hello"]}
+
+    def binary(json_part: dict, blob: bytes, declared: int | None = None) -> tuple[bytes, int]:
+        head = dumps(json_part)
+        return head + blob, (len(head) if declared is None else declared)
+
+    cases = [
+        Case("v2-empty", infer, "v2", "empty inference request", b""),
+        Case("v2-not-json", infer, "v2", "an inference request that is not JSON", b"{inputs: nope"),
+        Case("v2-top-array", infer, "v2", "a JSON array instead of an inference request", dumps([texts])),
+        Case("v2-no-inputs", infer, "v2", "an empty inputs list", dumps({"inputs": []})),
+        Case("v2-inputs-object", infer, "v2", "inputs as an object", dumps({"inputs": texts})),
+        Case("v2-wrong-datatype", infer, "v2", "FP32 data for a BYTES input", dumps({"inputs": [{**texts, "datatype": "FP32", "data": [1.5]}]})),
+        Case("v2-unknown-datatype", infer, "v2", "a datatype the protocol does not have", dumps({"inputs": [{**texts, "datatype": "STRING"}]})),
+        Case("v2-shape-mismatch", infer, "v2", "shape [3] with one element of data", dumps({"inputs": [{**texts, "shape": [3]}]})),
+        Case("v2-negative-shape", infer, "v2", "a negative dimension", dumps({"inputs": [{**texts, "shape": [-1]}]})),
+        Case("v2-huge-shape", infer, "v2", "a shape of 2**62 elements", dumps({"inputs": [{**texts, "shape": [2**31, 2**31]}]})),
+        Case("v2-rank-mismatch", infer, "v2", "a rank-2 shape for a rank-1 input", dumps({"inputs": [{**texts, "shape": [1, 1]}]})),
+        Case("v2-unknown-input", infer, "v2", "an input the model does not have", dumps({"inputs": [{**texts, "name": "prompt"}]})),
+        Case("v2-duplicate-input", infer, "v2", "the same input twice", dumps({"inputs": [texts, texts]})),
+        Case("v2-unknown-output", infer, "v2", "an output the model does not have", dumps({"inputs": [texts], "outputs": [{"name": "logits"}]})),
+        Case("v2-unknown-parameter", infer, "v2", "a parameter the model does not read", dumps({"inputs": [texts], "parameters": {"temperature": 2}})),
+        Case("v2-nested-data", infer, "v2", "BYTES data holding numbers", dumps({"inputs": [{**texts, "data": [[1, 2]]}], })),
+        Case("v2-unknown-model", "/v2/models/no-such-model/infer", "v2", "a model that is not loaded", dumps({"inputs": [texts]})),
+        Case("v2-unknown-version", "/v2/models/intent/versions/999/infer", "v2", "a version the model does not have", dumps({"inputs": [texts]})),
+        Case("v2-get-infer", infer, "v2", "GET on the inference route", b"", None, method="GET"),
+    ]
+    for name, what, (body, declared) in [
+        ("v2-binary-header-past-body", "Inference-Header-Content-Length past the end of the body", binary({"inputs": [texts]}, b"", 10_000)),
+        ("v2-binary-size-past-body", "binary_data_size past the end of the binary data",
+         binary({"inputs": [{**{k: v for k, v in texts.items() if k != "data"}, "parameters": {"binary_data_size": 50}}]}, b"\x05\x00\x00\x00hello")),
+        ("v2-binary-length-prefix-past", "a BYTES element whose length prefix runs past its data",
+         binary({"inputs": [{**{k: v for k, v in texts.items() if k != "data"}, "parameters": {"binary_data_size": 9}}]}, b"\xff\xff\x00\x00hello")),
+        ("v2-binary-unclaimed", "binary data no input claims", binary({"inputs": [texts]}, b"\x00" * 64)),
+        ("v2-binary-not-utf8", "a BYTES text that is not UTF-8",
+         binary({"inputs": [{**{k: v for k, v in texts.items() if k != "data"}, "parameters": {"binary_data_size": 6}}]}, b"\x02\x00\x00\x00\xff\xfe")),
+    ]:
+        cases.append(Case(name, infer, "v2", what, body, "application/octet-stream", headers={"Inference-Header-Content-Length": str(declared)}))
+    return cases
+
+
 def route_cases() -> list[Case]:
     return [
         Case("unknown-route", "/v1/text/summarise", "route", "a route that does not exist", dumps({"texts": ["hi"]})),
@@ -412,7 +457,7 @@ def route_cases() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    cases = body_cases() + text_cases() + tabular_cases() + forecast_cases() + file_cases() + image_cases() + audio_cases() + route_cases()
+    cases = body_cases() + text_cases() + tabular_cases() + forecast_cases() + file_cases() + image_cases() + audio_cases() + route_cases() + v2_cases()
     for what, keys in (("ids", [c.id for c in cases]), ("requests", [(c.route, c.method, c.content_type, c.body) for c in cases])):
         assert len(set(keys)) == len(keys), f"duplicate case {what}"
     return cases
@@ -432,7 +477,7 @@ def make_corpus(out: Path = HOSTILE) -> list[dict]:
         name = f"{where}/{case.id}.body"
         _write(out / name, case.body)
         kept.add(name)
-        entry = {k: v for k, v in asdict(case).items() if k != "body"}
+        entry = {k: v for k, v in asdict(case).items() if k != "body" and not (k == "headers" and not v)}
         index.append({**entry, "body": name, "bytes": len(case.body), "generated": where == "generated"})
     for folder in ("cases", "generated"):
         for stale in sorted((out / folder).glob("*.body")):
