@@ -1,6 +1,7 @@
 """How the text route is served, compared in one run on the same `intent` model and the same texts:
 
 1. tuneserve: the generic v1 route of the task registry (serving/protocols/v1.py), per-model batcher;
+   and the same model over the Open Inference Protocol with binary tensors (serving/protocols/v2.py);
 2. BentoML-native: a `@bentoml.api(batchable=True)` method calling the same task's `run`, batched by
    BentoML's own adaptive batcher (benchmarks/baselines/batchable_text_service.py);
 3. optionally `--reference REF`: tuneserve as of another git commit (e.g. before the registry), from
@@ -25,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import ROOT, closed_loop_sweep, free_port, server, tuneserve_server, write_results  # noqa: E402
-from serving.loadtest.payloads import builtin_payloads, json_payload  # noqa: E402
+from serving.loadtest.payloads import builtin_payloads, json_payload, v2_payloads  # noqa: E402
 
 
 def batchable_server(repository: Path, model: str) -> tuple[list[str], int, dict[str, str]]:
@@ -51,7 +52,10 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--reference", help="a git commit of tuneserve to serve the same model with, for comparison")
+    ap.add_argument("--variant", help="serve this variant of the model in every server (e.g. int8)")
     args = ap.parse_args()
+    if args.variant:
+        os.environ["TUNESERVE_VARIANT"] = args.variant
     repository = Path(args.repository).resolve()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     texts = [json.loads(p.json_body)["texts"][0] for p in builtin_payloads("text/classify", None)]
@@ -59,7 +63,9 @@ def main() -> int:
     native = [json_payload({"texts": [t]}) for t in texts]
 
     workdir = Path(tempfile.mkdtemp(prefix="route-styles-"))
+    v2_route, v2 = v2_payloads("text/classify", args.model)
     contenders = {"tuneserve v1 route": (lambda: tuneserve_server(repository), ROOT, "/v1/text/classify", v1),
+                  "tuneserve v2 (binary tensors)": (lambda: tuneserve_server(repository), ROOT, v2_route, v2),
                   "BentoML batchable @api": (lambda: batchable_server(repository, args.model), ROOT, "/classify", native)}
     if args.reference:
         def ref() -> tuple[list[str], int, dict[str, str]]:
@@ -80,15 +86,15 @@ def main() -> int:
     best = {name: [max((sweep[i] for sweep in sweeps), key=lambda r: r["throughput_rps"]) for i in range(len(concurrencies))]
             for name, sweeps in results.items()}
     ours = best["tuneserve v1 route"]
-    lines = ["# Route styles — the `intent` text route served three ways", "",
+    lines = [f"# Route styles — the `{args.model}` text route served {len(best)} ways", "",
              f"{os.cpu_count()} cores, one worker each, one text per request, closed loop, {args.seconds:g} s per step, "
-             f"best of {args.rounds} alternating sweeps per server.", "",
+             f"best of {args.rounds} alternating sweeps per server; variant {args.variant or 'the manifest default'}.", "",
              "| server | concurrency | req/s | p50 ms | p99 ms | errors | vs tuneserve v1 route |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, rows in best.items():
         for c, row, mine in zip(concurrencies, rows, ours):
             lines.append(f"| {name} | {c} | {row['throughput_rps']:.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | "
                          f"{row['throughput_rps'] / mine['throughput_rps']:.3f} |")
-    report = {"model": args.model, "repository": str(repository), "concurrency": concurrencies, "seconds": args.seconds,
+    report = {"model": args.model, "variant": args.variant, "repository": str(repository), "concurrency": concurrencies, "seconds": args.seconds,
               "rounds": args.rounds, "reference": args.reference, "best": best, "sweeps": results}
     write_results("route_styles", report, lines)
     print("\n".join(lines))

@@ -12,6 +12,7 @@ import hmac
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
@@ -29,6 +30,15 @@ if TYPE_CHECKING:
 DESCRIPTION = "Predictions from the models of the repository. Every client mistake is a 4xx with {\"error\": message}."
 V2_DESCRIPTION = ("Every model of the repository over the Open Inference Protocol: raw inputs (texts, files, rows as JSON) "
                   "as BYTES tensors, JSON or binary tensor data, the same pre-processing and batching as /v1.")
+
+
+class DocumentedApp(FastAPI):
+    """A FastAPI app only for what BentoML and clients read (its routes and OpenAPI document); each
+    request goes through Starlette's own middleware stack, without the three layers FastAPI adds
+    for features these routes do not use (dependency exit stacks, its body limit, telemetry)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return Starlette.build_middleware_stack(self)
 
 
 def create_app(server: ModelServer | v1.ServerRef, settings: Settings) -> FastAPI:
@@ -54,7 +64,7 @@ def _app(routes: list[BaseRoute], mount: str, prefix: str, title: str, descripti
     """An app of `routes` (paths under `prefix`) to be mounted at `mount`, with the API-key and body
     guard, JSON errors, its OpenAPI document at `prefix`/openapi.json and a JSON 404/405 for any
     other path under `prefix`."""
-    app = FastAPI(
+    app = DocumentedApp(
         title=title, version=(mount + prefix).strip("/"), description=description, docs_url=None, redoc_url=None,
         openapi_url=f"{prefix}/openapi.json", servers=[{"url": mount or "/"}], routes=routes,
         exception_handlers={RequestError: request_error, HTTPException: http_error, ClientDisconnect: client_gone},

@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, repr=False, description="when set, /v1 routes (but the OpenAPI document) need `Authorization: Bearer <key>` or `X-API-Key: <key>`")
     access_log: bool = Field(False, description="one access-log line per request (costs throughput on small models)")
     trace_sample_rate: float | None = Field(
-        None, ge=0, le=1, description="OpenTelemetry sampling for /v1 routes; unset = /v1 is not traced at all")
+        None, ge=0, le=1, description="OpenTelemetry sampling for /v1 and /v2 routes; unset = they are not traced at all")
 
     @field_validator("models", mode="before")
     @classmethod

@@ -172,3 +172,16 @@ def test_cli_against_the_real_served_model(server, tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert cmp.returncode == 0, cmp.stderr
     assert (tmp_path / "cmp" / "compare.png").exists() and "B/A" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+@pytest.mark.parametrize("endpoint,model", [("text/classify", "intent"), ("image/classify", "surface-defects"), ("forecast", "energy-demand")])
+def test_cli_loads_the_open_inference_protocol_with_binary_tensors(server, tmp_path, endpoint, model):
+    out_dir = tmp_path / "v2"
+    cmd = [sys.executable, "-m", "serving", "loadtest", server, "--protocol", "v2", "--endpoint", endpoint, "--model", model,
+           "--concurrency", "2", "--duration", "1s", "--warmup", "0.3s", "--out", str(out_dir)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["endpoint"] == f"/v2/models/{model}/infer"
+    (step,) = report["steps"]
+    assert step["ok"] > 0 and step["errors"] == 0 and step["server"]["mean_batch_size"] >= 1

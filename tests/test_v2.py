@@ -4,7 +4,6 @@ binary tensor data on and off; every answer equals what v1 answers for the same 
 
 from __future__ import annotations
 
-import base64
 import json
 
 import httpx
@@ -14,7 +13,8 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from serving.protocols.tensors import DTYPES, input_specs, output_specs
-from serving.tasks import TASKS, FileTask, ServingTask
+from serving.protocols.v2 import sample_tensors
+from serving.tasks import TASKS, ServingTask
 
 MODELS = {"text-classification": "intent", "token-classification": "entities", "image-classification": "surface-defects",
           "audio-classification": "keywords", "tabular-classification": "credit-risk", "forecasting": "energy-demand"}
@@ -46,24 +46,6 @@ def test_every_model_has_metadata_and_readiness(client, server):
     assert not client.is_model_ready("intent", "999")
 
 
-def v2_inputs(task: type[ServingTask], sample, binary: bool) -> tuple[list[triton.InferInput], dict, dict]:
-    """The sample request as tensors (files, texts, rows as JSON, series as FP32) and parameters."""
-    arrays, parameters = {}, {}
-    if issubclass(task, FileTask):  # raw bytes in binary tensor data; JSON strings carry them base64-encoded
-        encode = (lambda d: d) if binary else base64.b64encode
-        arrays[task.file_field] = np.array([encode(data) for _, data, _ in sample.files], dtype=np.object_)
-        parameters = {k: v for k, v in sample.fields if k in task.options}
-    else:
-        for spec in input_specs(task):
-            values = sample.json[spec.name]
-            if spec.datatype == "FP32":
-                arrays[spec.name] = np.array([np.nan if v is None else v for v in values], dtype=np.float32)
-            else:
-                arrays[spec.name] = np.array([(v if isinstance(v, str) else json.dumps(v)).encode() for v in values], dtype=np.object_)
-        parameters = {k: v for k, v in sample.json.items() if k not in arrays and k != "model"}
-    return [triton.InferInput(name, list(a.shape), "BYTES" if a.dtype == object else "FP32") for name, a in arrays.items()], arrays, parameters
-
-
 def v1_answer(server: str, task: type[ServingTask], sample) -> dict:
     if sample.json is not None:
         r = httpx.post(server + "/v1" + task.route, json=sample.json, timeout=60)
@@ -78,7 +60,8 @@ def v1_answer(server: str, task: type[ServingTask], sample) -> dict:
 def test_inference_answers_what_v1_answers(client, server, task_name, binary):
     task, model = TASKS[task_name], MODELS[task_name]
     (sample,) = task.samples(1, model)
-    inputs, arrays, parameters = v2_inputs(task, sample, binary)
+    arrays, parameters = sample_tensors(task, sample, binary)
+    inputs = [triton.InferInput(name, list(a.shape), "BYTES" if a.dtype == object else "FP32") for name, a in arrays.items()]
     for tensor in inputs:
         tensor.set_data_from_numpy(arrays[tensor.name()], binary_data=binary)
     expected = v1_answer(server, task, sample)

@@ -18,7 +18,7 @@ import httpx
 
 from serving.loadtest import report as reports
 from serving.loadtest.engine import closed_loop, open_loop, run
-from serving.loadtest.payloads import builtin_payloads, get_endpoint, payloads_from_file
+from serving.loadtest.payloads import builtin_payloads, get_endpoint, payloads_from_file, v2_payloads
 from serving.loadtest.server_metrics import scrape, server_delta
 from serving.tasks import TASKS
 
@@ -108,7 +108,13 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     try:
         endpoint = get_endpoint(args.endpoint)
         model = args.model or (args.payload if args.payload not in (None, "builtin") else None)
-        payloads = payloads_from_file(args.endpoint, Path(args.payload_file), model) if args.payload_file else builtin_payloads(args.endpoint, model)
+        if args.protocol == "v2":
+            if args.payload_file:
+                raise ValueError("--protocol v2 sends the task's built-in samples as binary tensors; --payload-file is for v1")
+            route, payloads = v2_payloads(args.endpoint, model)
+        else:
+            route = endpoint.route
+            payloads = payloads_from_file(args.endpoint, Path(args.payload_file), model) if args.payload_file else builtin_payloads(args.endpoint, model)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -117,10 +123,10 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     if args.mode == "open" and not args.rate:
         print("error: --mode open needs --rate (e.g. --rate 50,100,200)", file=sys.stderr)
         return 2
-    url = base + endpoint.route
+    url = base + route
     print(f"load test {url} ({args.mode} loop, {len(payloads)} rotating payloads, {args.duration:g} s per step after {args.warmup:g} s warm-up)", flush=True)
     try:
-        steps = run(run_steps(args, url, payloads, base, endpoint.route))
+        steps = run(run_steps(args, url, payloads, base, route))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -128,7 +134,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         "tool": "tuneserve loadtest",
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "target": base,
-        "endpoint": endpoint.route,
+        "endpoint": route,
         "served": served_model(base, model or endpoint.default_model),
         "machine": machine_info(),
         "config": {
@@ -159,6 +165,7 @@ def add_loadtest_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("url", nargs="?", help="server base URL, e.g. http://localhost:3000")
     routes = [task.route.lstrip("/") for task in TASKS.values()]
     p.add_argument("--endpoint", default=routes[0], help=", ".join(routes))
+    p.add_argument("--protocol", choices=["v1", "v2"], default="v1", help="v2: the Open Inference Protocol with binary tensors, on the endpoint's task")
     p.add_argument("--payload", help="built-in payload set, named by the model it targets (e.g. intent)")
     p.add_argument("--payload-file", help="your payloads: JSONL of request bodies, or a folder of files for multipart endpoints")
     p.add_argument("--model", help="model name to put in each request (default: the payload's, else the server's default)")

@@ -22,8 +22,12 @@ class Payload:
     files: tuple[tuple[str, bytes, str], ...] = ()  # (filename, content, content type)
     file_field: str = ""
     fields: tuple[tuple[str, str], ...] = field(default=())
+    body: bytes | None = None  # any other body (v2 binary tensors), sent with `headers`
+    headers: tuple[tuple[str, str], ...] = ()
 
     def request_kwargs(self) -> dict[str, Any]:
+        if self.body is not None:
+            return {"data": self.body, "headers": dict(self.headers)}
         if self.json_body is not None:
             return {"data": self.json_body, "headers": {"content-type": "application/json"}}
         form = aiohttp.FormData()  # single-use in aiohttp: built per request
@@ -72,6 +76,19 @@ def builtin_payloads(endpoint: str, model: str | None) -> list[Payload]:
     """The task's own sample requests (distinct, so no cache can flatter the numbers)."""
     ep = get_endpoint(endpoint)
     return [from_sample(s, ep.file_field) for s in ep.task.samples(ep.task.load_samples, model)]
+
+
+def v2_payloads(endpoint: str, model: str | None) -> tuple[str, list[Payload]]:
+    """The task's samples as Open Inference Protocol requests with binary tensors, and the route
+    (`/v2/models/<model>/infer`, the task's default model unless `model` names one)."""
+    from serving.protocols.v2 import binary_infer_body, sample_tensors
+
+    task = get_endpoint(endpoint).task
+    payloads = []
+    for sample in task.samples(task.load_samples):
+        body, header = binary_infer_body(*sample_tensors(task, sample))
+        payloads.append(Payload(body=body, headers=(("content-type", "application/octet-stream"), ("inference-header-content-length", str(header)))))
+    return f"/v2/models/{model or task.default_model}/infer", payloads
 
 
 def payloads_from_file(endpoint: str, path: Path, model: str | None = None) -> list[Payload]:

@@ -35,7 +35,7 @@ from serving.protocols.tensors import (
     parameter_names,
 )
 from serving.protocols.v1 import DirectRoute, ServerRef, bound, error_responses
-from serving.tasks import FileRequest, FileTask, Upload
+from serving.tasks import FileRequest, FileTask, Sample, ServingTask, Upload
 
 if TYPE_CHECKING:
     from serving.runtime import LoadedModel
@@ -237,6 +237,40 @@ def infer_response(model: LoadedModel, tensors: ModelTensors, request: InferRequ
     header = json.dumps(body, separators=(",", ":")).encode()
     return Response(header + b"".join(blobs), media_type="application/octet-stream",
                     headers={"Inference-Header-Content-Length": str(len(header))})
+
+
+# --- clients' side: a task's sample as an inference request ----------------------------------------
+
+
+def sample_tensors(task: type[ServingTask], sample: Sample, binary: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A sample request of the task (serving/tasks) as v2 input arrays and parameters: files as
+    BYTES (base64 unless `binary`), texts as UTF-8 BYTES, rows as JSON BYTES, series as FP32."""
+    if issubclass(task, FileTask):
+        encode = (lambda d: d) if binary else base64.b64encode
+        files = np.array([encode(data) for _, data, _ in sample.files], dtype=np.object_)
+        return {task.file_field: files}, {k: v for k, v in sample.fields if k in task.options}
+    assert sample.json is not None
+    arrays: dict[str, np.ndarray] = {}
+    for spec in input_specs(task):
+        values = sample.json[spec.name]
+        if spec.kind == "numbers":
+            arrays[spec.name] = np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+        else:
+            arrays[spec.name] = np.array([(v if isinstance(v, str) else json.dumps(v)).encode() for v in values], dtype=np.object_)
+    return arrays, {k: v for k, v in sample.json.items() if k not in arrays and k != "model"}
+
+
+def binary_infer_body(arrays: dict[str, np.ndarray], parameters: dict[str, Any]) -> tuple[bytes, int]:
+    """An inference request with every input as binary tensor data and every output asked for in
+    binary (what tritonclient sends by default); returns the body and its JSON header's length."""
+    inputs, blobs = [], []
+    for name, values in arrays.items():
+        datatype = "BYTES" if values.dtype == np.object_ else "FP32"
+        blob = encode_binary(values, datatype)
+        inputs.append({"name": name, "shape": list(values.shape), "datatype": datatype, "parameters": {"binary_data_size": len(blob)}})
+        blobs.append(blob)
+    header = json.dumps({"inputs": inputs, "parameters": {**parameters, "binary_data_output": True}}).encode()
+    return header + b"".join(blobs), len(header)
 
 
 # --- routes ----------------------------------------------------------------------------------------
