@@ -53,6 +53,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--reference", help="a git commit of tuneserve to serve the same model with, for comparison")
     ap.add_argument("--variant", help="serve this variant of the model in every server (e.g. int8)")
+    ap.add_argument("--only", help="comma-separated subset of: v1, v2, batchable, reference (default: all)")
     args = ap.parse_args()
     if args.variant:
         os.environ["TUNESERVE_VARIANT"] = args.variant
@@ -73,6 +74,10 @@ def main() -> int:
             return argv, port, env
         contenders[f"tuneserve @ {args.reference}"] = (ref, workdir / f"ref-{args.reference}", "/v1/text/classify", v1)
 
+    if args.only:
+        keys = dict(zip(["v1", "v2", "batchable", "reference"], list(contenders) + [None] * 4))
+        chosen = {keys[k.strip()] for k in args.only.split(",") if keys.get(k.strip())}
+        contenders = {name: c for name, c in contenders.items() if name in chosen}
     results: dict[str, list[list[dict]]] = {name: [] for name in contenders}
     for round_ in range(args.rounds):
         for name, (make, cwd, route, payloads) in contenders.items():
@@ -85,7 +90,7 @@ def main() -> int:
 
     best = {name: [max((sweep[i] for sweep in sweeps), key=lambda r: r["throughput_rps"]) for i in range(len(concurrencies))]
             for name, sweeps in results.items()}
-    ours = best["tuneserve v1 route"]
+    ours = best.get("tuneserve v1 route") or next(iter(best.values()))
     lines = [f"# Route styles — the `{args.model}` text route served {len(best)} ways", "",
              f"{os.cpu_count()} cores, one worker each, one text per request, closed loop, {args.seconds:g} s per step, "
              f"best of {args.rounds} alternating sweeps per server; variant {args.variant or 'the manifest default'}.", "",
@@ -96,7 +101,7 @@ def main() -> int:
                          f"{row['throughput_rps'] / mine['throughput_rps']:.3f} |")
     report = {"model": args.model, "variant": args.variant, "repository": str(repository), "concurrency": concurrencies, "seconds": args.seconds,
               "rounds": args.rounds, "reference": args.reference, "best": best, "sweeps": results}
-    write_results("route_styles", report, lines)
+    write_results("route_styles" if not args.only else "route_styles_" + args.only.replace(",", "_"), report, lines)
     print("\n".join(lines))
     return 0
 

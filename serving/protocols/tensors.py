@@ -53,7 +53,8 @@ class InputSpec(TensorSpec):
 
 @dataclass(frozen=True)
 class OutputSpec(TensorSpec):
-    extract: Callable[[dict[str, Any]], np.ndarray] = lambda results: np.empty(0)
+    # the answer's results → this output as a flat row-major list of Python values, and its shape
+    extract: Callable[[dict[str, Any]], tuple[list[Any], tuple[int, ...]]] = lambda results: ([], (0,))
 
 
 # --- what a task takes ------------------------------------------------------------------------
@@ -120,10 +121,11 @@ def _dict_value(annotation: Any) -> Any | None:
     return None
 
 
-def _column(values: list[Any], datatype: str) -> np.ndarray:
+def _column(values: list[Any], datatype: str) -> list[Any]:
+    """A flat column of Python values: BYTES as str (JSON for anything nested), numbers as they are."""
     if datatype == "BYTES":
-        return np.array([(v if isinstance(v, str) else "" if v is None else json.dumps(v)).encode() for v in values], dtype=np.object_)
-    return np.asarray(values, dtype=DTYPES[datatype])
+        return [v if isinstance(v, str) else "" if v is None else json.dumps(v) for v in values]
+    return values
 
 
 def output_specs(task: type[ServingTask], labels: list[str]) -> list[OutputSpec]:
@@ -145,10 +147,13 @@ def output_specs(task: type[ServingTask], labels: list[str]) -> list[OutputSpec]
 def _prediction_field(key: str, annotation: Any, labels: list[str]) -> OutputSpec:
     """One field of every prediction, one row per input."""
     if _dict_value(annotation) is float:  # per-label scores: [n, labels]
-        return OutputSpec(key, "FP32", (-1, len(labels)), extract=lambda r: np.array(
-            [[p[key][label] for label in labels] for p in r["predictions"]], dtype=np.float32).reshape(-1, len(labels)))
+        def scores(r: dict[str, Any]) -> tuple[list[Any], tuple[int, ...]]:
+            rows = r["predictions"]
+            return [p[key][label] for p in rows for label in labels], (len(rows), len(labels))
+
+        return OutputSpec(key, "FP32", (-1, len(labels)), extract=scores)
     datatype = _scalar_type(annotation) or "BYTES"  # nested values travel as JSON
-    return OutputSpec(key, datatype, (-1,), extract=lambda r: _column([p[key] for p in r["predictions"]], datatype))
+    return OutputSpec(key, datatype, (-1,), extract=lambda r: (_column([p[key] for p in r["predictions"]], datatype), (len(r["predictions"]),)))
 
 
 def _answer_field(name: str, annotation: Any, labels: list[str]) -> OutputSpec:
@@ -156,20 +161,23 @@ def _answer_field(name: str, annotation: Any, labels: list[str]) -> OutputSpec:
     item = _list_item(annotation)
     if item is not None:
         datatype = _scalar_type(item) or "BYTES"
-        return OutputSpec(name, datatype, (-1,), extract=lambda r: _column(r[name], datatype))
+        return OutputSpec(name, datatype, (-1,), extract=lambda r: (_column(r[name], datatype), (len(r[name]),)))
     if _list_item(_dict_value(annotation)) is float:  # named series (quantiles): [length, names]
-        return OutputSpec(name, "FP32", (-1, len(labels)), extract=lambda r: np.array(
-            [r[name][label] for label in labels], dtype=np.float32).T.reshape(-1, len(labels)))
+        def series(r: dict[str, Any]) -> tuple[list[Any], tuple[int, ...]]:
+            columns = [r[name][label] for label in labels]
+            return [v for row in zip(*columns) for v in row], (len(columns[0]) if columns else 0, len(labels))
+
+        return OutputSpec(name, "FP32", (-1, len(labels)), extract=series)
     datatype = _scalar_type(annotation) or "BYTES"
-    return OutputSpec(name, datatype, (1,), extract=lambda r: _column([r[name]], datatype))
+    return OutputSpec(name, datatype, (1,), extract=lambda r: (_column([r[name]], datatype), (1,)))
 
 
 # --- encodings ----------------------------------------------------------------------------------
 
 
-def decode_binary(raw: memoryview, datatype: str, name: str) -> np.ndarray:
+def decode_binary(raw: memoryview, datatype: str, name: str) -> list[bytes] | np.ndarray:
     """The binary tensor data extension: BYTES elements each prefixed by a 4-byte little-endian
-    length, other types as their little-endian values."""
+    length (a list of bytes), other types as their little-endian values (an array)."""
     if datatype == "BYTES":
         out, offset = [], 0
         while offset < len(raw):
@@ -181,20 +189,20 @@ def decode_binary(raw: memoryview, datatype: str, name: str) -> np.ndarray:
                 raise RequestError(f"input {name!r}: a BYTES element of {size} bytes runs past its binary_data_size")
             out.append(bytes(raw[offset : offset + size]))
             offset += size
-        return np.array(out, dtype=np.object_)
+        return out
     dtype = np.dtype(DTYPES[datatype]).newbyteorder("<")
     if len(raw) % dtype.itemsize:
         raise RequestError(f"input {name!r}: {len(raw)} bytes is not a whole number of {datatype} values")
     return np.frombuffer(raw, dtype=dtype)
 
 
-def decode_json(data: Any, datatype: str, name: str) -> np.ndarray:
-    """JSON `data` (flat or nested, row-major) as a flat array of `datatype`."""
+def decode_json(data: Any, datatype: str, name: str) -> list[bytes] | np.ndarray:
+    """JSON `data` (flat or nested, row-major) as flat values of `datatype` (BYTES as a list)."""
     flat = list(_flatten(data))
     if datatype == "BYTES":
         if not all(isinstance(v, str) for v in flat):
             raise RequestError(f"input {name!r}: BYTES data must be strings")
-        return np.array([v.encode("utf-8", "surrogatepass") for v in flat], dtype=np.object_)
+        return [v.encode("utf-8", "surrogatepass") for v in flat]
     if datatype == "BOOL":
         if not all(isinstance(v, bool) for v in flat):
             raise RequestError(f"input {name!r}: BOOL data must be true or false")
@@ -215,15 +223,17 @@ def _flatten(data: Any) -> typing.Iterator[Any]:
         yield data
 
 
-def encode_binary(values: np.ndarray, datatype: str) -> bytes:
+def encode_binary(values: Any, datatype: str) -> bytes:
+    """Flat values (a list, or an array) as binary tensor data: BYTES elements (str or bytes) each
+    prefixed by its 4-byte little-endian length, numbers as little-endian values."""
     if datatype == "BYTES":
-        return b"".join(struct.pack("<I", len(v)) + v for v in values.reshape(-1))
+        encoded = [v.encode() if isinstance(v, str) else bytes(v) for v in values]
+        return b"".join(struct.pack("<I", len(v)) + v for v in encoded)
     return np.ascontiguousarray(values, dtype=np.dtype(DTYPES[datatype]).newbyteorder("<")).tobytes()
 
 
-def encode_json(values: np.ndarray, datatype: str) -> list[Any]:
-    if datatype == "BYTES":
-        return [v.decode("utf-8", "replace") for v in values.reshape(-1)]
+def encode_json(values: list[Any], datatype: str) -> list[Any]:
+    """Flat values as JSON tensor data (non-finite floats, which JSON cannot hold, as null)."""
     if datatype in ("FP16", "FP32", "FP64"):
-        return [None if not math.isfinite(v) else v for v in values.reshape(-1).tolist()]
-    return values.reshape(-1).tolist()
+        return [v if math.isfinite(v) else None for v in values]
+    return values

@@ -25,7 +25,6 @@ from serving.errors import RequestError, UnknownModel
 from serving.protocols.bodies import describe_validation_error, read_body
 from serving.protocols.tensors import (
     InputSpec,
-    OutputSpec,
     decode_binary,
     decode_json,
     encode_binary,
@@ -82,6 +81,7 @@ class ModelTensors:
         self.task = task
         self.inputs = input_specs(task)
         self.outputs = output_specs(task, model.manifest.labels)
+        self.outputs_by_name = {s.name: s for s in self.outputs}
         self.parameters = parameter_names(task)
 
     def metadata(self, model: LoadedModel) -> dict[str, Any]:
@@ -109,22 +109,21 @@ def parse_infer_body(raw: bytes, header_length: str | None) -> tuple[InferReques
         json_part, binary = view[: int(header_length)], view[int(header_length):]
     else:
         json_part, binary = view, view[len(raw):]
-    try:
-        data = json.loads(bytes(json_part))
-    except (ValueError, RecursionError) as exc:
-        raise RequestError(f"inference request is not valid JSON: {str(exc)[:200]}") from None
-    if not isinstance(data, dict):
-        raise RequestError(f"inference request must be a JSON object, got {type(data).__name__}")
-    try:
-        return InferRequest.model_validate(data), binary
+    try:  # pydantic parses and validates in one pass
+        return InferRequest.model_validate_json(bytes(json_part)), binary
     except ValidationError as exc:
+        if exc.errors()[0]["type"] == "json_invalid":
+            raise RequestError(f"inference request is not valid JSON: {exc.errors()[0]['msg'][:200]}") from None
+        if exc.errors()[0]["type"] == "model_type":
+            raise RequestError("inference request must be a JSON object") from None
         raise RequestError(describe_validation_error(exc)) from None
 
 
-def input_values(request: InferRequest, binary: memoryview, specs: list[InputSpec]) -> dict[str, np.ndarray]:
-    """Each input as a flat array, checked against the model's input tensors."""
+def input_values(request: InferRequest, binary: memoryview, specs: list[InputSpec]) -> dict[str, Any]:
+    """Each input's flat values (BYTES as a list of bytes, numbers as an array), checked against
+    the model's input tensors."""
     expected = {s.name: s for s in specs}
-    values: dict[str, np.ndarray] = {}
+    values: dict[str, Any] = {}
     offset = 0
     for tensor in request.inputs:
         spec = expected.get(tensor.name)
@@ -147,11 +146,11 @@ def input_values(request: InferRequest, binary: memoryview, specs: list[InputSpe
         elif tensor.data is not None:
             array = decode_json(tensor.data, spec.datatype, tensor.name)
             if spec.kind == "files":  # JSON strings cannot hold raw file bytes: they come base64-encoded
-                array = np.array([_base64(v, tensor.name, i) for i, v in enumerate(array)], dtype=np.object_)
+                array = [_base64(v, tensor.name, i) for i, v in enumerate(array)]
         else:
             raise RequestError(f"input {tensor.name!r}: no data and no binary_data_size")
-        if array.size != math.prod(tensor.shape):  # exact for any size (numpy's product would overflow)
-            raise RequestError(f"input {tensor.name!r}: shape {tensor.shape} holds {math.prod(tensor.shape)} elements, the data {array.size}")
+        if len(array) != math.prod(tensor.shape):  # exact for any size (numpy's product would overflow)
+            raise RequestError(f"input {tensor.name!r}: shape {tensor.shape} holds {math.prod(tensor.shape)} elements, the data {len(array)}")
         values[tensor.name] = array
     if offset != len(binary):
         raise RequestError(f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size")
@@ -194,7 +193,7 @@ def task_request(tensors: ModelTensors, model: LoadedModel, request: InferReques
         raise RequestError(f"unknown parameter(s) {unknown}; this model reads {sorted(tensors.parameters) or 'none'}")
     task = tensors.task
     if issubclass(task, FileTask):
-        files = [Upload(i, None, bytes(v)) for i, v in enumerate(values[task.file_field])]
+        files = [Upload(i, None, v) for i, v in enumerate(values[task.file_field])]
         if not files:
             raise RequestError(f"input {task.file_field!r}: no files")
         return FileRequest(model.name, files, {k: str(v) for k, v in parameters.items()})
@@ -210,18 +209,20 @@ def task_request(tensors: ModelTensors, model: LoadedModel, request: InferReques
 
 
 def infer_response(model: LoadedModel, tensors: ModelTensors, request: InferRequest, results: dict[str, Any]) -> Response:
-    by_name = {s.name: s for s in tensors.outputs}
-    wanted: list[tuple[OutputSpec, bool]] = []
     binary_default = bool((request.parameters or {}).get("binary_data_output", False))
-    for requested in request.outputs or [RequestedOutput(name=s.name) for s in tensors.outputs]:
-        spec = by_name.get(requested.name)
-        if spec is None:
-            raise RequestError(f"unknown output {requested.name!r}; the model answers {sorted(by_name)}")
-        wanted.append((spec, bool((requested.parameters or {}).get("binary_data", binary_default))))
+    if request.outputs is None:
+        wanted = [(spec, binary_default) for spec in tensors.outputs]
+    else:
+        wanted = []
+        for requested in request.outputs:
+            spec = tensors.outputs_by_name.get(requested.name)
+            if spec is None:
+                raise RequestError(f"unknown output {requested.name!r}; the model answers {sorted(tensors.outputs_by_name)}")
+            wanted.append((spec, bool((requested.parameters or {}).get("binary_data", binary_default))))
     outputs, blobs = [], []
     for spec, binary in wanted:
-        values = spec.extract(results)
-        entry: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(values.shape)}
+        values, shape = spec.extract(results)
+        entry: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": shape}
         if binary:
             blob = encode_binary(values, spec.datatype)
             entry["parameters"] = {"binary_data_size": len(blob)}
@@ -322,7 +323,11 @@ def routes(server: ServerRef) -> list[APIRoute]:
         "application/json": {"schema": InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
                                      "description": "binary tensor data extension: the JSON request (Inference-Header-Content-Length bytes), then the tensors"}}}}
-    out = [
+    out: list[APIRoute] = []
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):  # inference first: matched on every request
+        out.append(DirectRoute(prefix + "/infer", bound(infer, server), methods=["POST"], summary="Inference with JSON or binary tensors",
+                               responses=error_responses(400, 401, 404, 413, 503), openapi_extra=infer_body))
+    out += [
         DirectRoute("/v2", bound(server_metadata, server), methods=["GET"], summary="Server metadata"),
         DirectRoute("/v2/health/live", bound(live, server), methods=["GET"], summary="Liveness"),
         DirectRoute("/v2/health/ready", bound(ready, server), methods=["GET"], summary="Readiness (503 until ready)"),
@@ -332,7 +337,5 @@ def routes(server: ServerRef) -> list[APIRoute]:
             DirectRoute(prefix, bound(model_metadata, server), methods=["GET"], summary="Model metadata: its input and output tensors",
                         responses=error_responses(401, 404)),
             DirectRoute(prefix + "/ready", bound(model_ready, server), methods=["GET"], summary="Model readiness", responses=error_responses(401, 404)),
-            DirectRoute(prefix + "/infer", bound(infer, server), methods=["POST"], summary="Inference with JSON or binary tensors",
-                        responses=error_responses(400, 401, 404, 413, 503), openapi_extra=infer_body),
         ]
     return out
