@@ -111,5 +111,19 @@ class TuneServe:
     def __is_ready__(self) -> bool:
         return self.server.ready()
 
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        """The Open Inference Protocol over gRPC, on this worker's event loop (TUNESERVE_GRPC_PORT)."""
+        self.grpc = None
+        if SETTINGS.grpc_port:
+            from serving.protocols.grpc_v2 import start_grpc_server
+
+            self.grpc = await start_grpc_server(lambda: self.server, SETTINGS)
+
+    @bentoml.on_shutdown
+    async def stop_grpc(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop(grace=SETTINGS.grace_s or None)
+
 
 TuneServe.add_asgi_middleware(UnroutablePaths, prefixes=("/v1/", "/v2"))

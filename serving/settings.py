@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     grace_s: int = Field(0, ge=0, description="`tuneserve serve`: seconds after SIGTERM before running requests are cancelled; 0 = wait for all")
     ready_policy: Literal["all", "any"] = Field(
         "all", description="/readyz: all = 503 while any model of the repository was refused; any = 200 once one serves")
+    grpc_port: int = Field(0, ge=0, le=65535, description="serve the Open Inference Protocol over gRPC on this port too, in each worker; 0 = off")
+    grpc_host: str = Field("127.0.0.1", description="address the gRPC server binds (0.0.0.0 in a container)")
     api_key: str | None = Field(None, repr=False, description="when set, /v1 routes (but the OpenAPI document) need `Authorization: Bearer <key>` or `X-API-Key: <key>`")
     access_log: bool = Field(False, description="one access-log line per request (costs throughput on small models)")
     trace_sample_rate: float | None = Field(

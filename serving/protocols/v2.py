@@ -25,6 +25,7 @@ from serving.errors import RequestError, UnknownModel
 from serving.protocols.bodies import describe_validation_error, read_body
 from serving.protocols.tensors import (
     InputSpec,
+    OutputSpec,
     decode_binary,
     decode_json,
     encode_binary,
@@ -208,19 +209,29 @@ def task_request(tensors: ModelTensors, model: LoadedModel, request: InferReques
 # --- the task's answer → response tensors ------------------------------------------------------------
 
 
-def infer_response(model: LoadedModel, tensors: ModelTensors, request: InferRequest, results: dict[str, Any]) -> Response:
+def requested_outputs(tensors: ModelTensors, request: InferRequest) -> list[tuple[OutputSpec, bool]]:
+    """The outputs to answer (all unless the request names some), each with whether it goes back as
+    binary tensor data (per output `binary_data`, else the request's `binary_data_output`)."""
     binary_default = bool((request.parameters or {}).get("binary_data_output", False))
     if request.outputs is None:
-        wanted = [(spec, binary_default) for spec in tensors.outputs]
-    else:
-        wanted = []
-        for requested in request.outputs:
-            spec = tensors.outputs_by_name.get(requested.name)
-            if spec is None:
-                raise RequestError(f"unknown output {requested.name!r}; the model answers {sorted(tensors.outputs_by_name)}")
-            wanted.append((spec, bool((requested.parameters or {}).get("binary_data", binary_default))))
+        return [(spec, binary_default) for spec in tensors.outputs]
+    wanted = []
+    for requested in request.outputs:
+        spec = tensors.outputs_by_name.get(requested.name)
+        if spec is None:
+            raise RequestError(f"unknown output {requested.name!r}; the model answers {sorted(tensors.outputs_by_name)}")
+        wanted.append((spec, bool((requested.parameters or {}).get("binary_data", binary_default))))
+    return wanted
+
+
+def output_values(tensors: ModelTensors, request: InferRequest, results: dict[str, Any]) -> list[tuple[OutputSpec, list[Any], tuple[int, ...]]]:
+    """Each requested output's flat values and shape, from the task's answer."""
+    return [(spec, *spec.extract(results)) for spec, _ in requested_outputs(tensors, request)]
+
+
+def infer_response(model: LoadedModel, tensors: ModelTensors, request: InferRequest, results: dict[str, Any]) -> Response:
     outputs, blobs = [], []
-    for spec, binary in wanted:
+    for spec, binary in requested_outputs(tensors, request):
         values, shape = spec.extract(results)
         entry: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": shape}
         if binary:
