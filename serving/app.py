@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Match, Route
+from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.errors import RequestError
@@ -34,11 +34,22 @@ V2_DESCRIPTION = ("Every model of the repository over the Open Inference Protoco
 
 class DocumentedApp(FastAPI):
     """A FastAPI app only for what BentoML and clients read (its routes and OpenAPI document); each
-    request goes through Starlette's own middleware stack, without the three layers FastAPI adds
-    for features these routes do not use (dependency exit stacks, its body limit, telemetry)."""
+    request goes through Starlette's own middleware stack and router, without what FastAPI adds per
+    request for features these routes do not use (dependency exit stacks, its body limit, route
+    context and telemetry)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # FastAPI's own telemetry (a span and metrics per request whenever OpenTelemetry is set up,
+        # as BentoML sets it up) is skipped: BentoML's tracing, under TUNESERVE_TRACE_SAMPLE_RATE, covers it
+        await Starlette.__call__(self, scope, receive, send)
 
     def build_middleware_stack(self) -> ASGIApp:
-        return Starlette.build_middleware_stack(self)
+        documented = self.router
+        self.router = Router(routes=documented.routes)  # type: ignore[assignment]
+        try:
+            return Starlette.build_middleware_stack(self)
+        finally:
+            self.router = documented
 
 
 def create_app(server: ModelServer | v1.ServerRef, settings: Settings) -> FastAPI:

@@ -45,7 +45,13 @@ class ModelServer:
         the batched run (shared with every other request for this model), answer."""
         task = model.task
         task.check(request)
-        prepared = await self.prepare(task, request)
+        if isinstance(task, FileTask) or task.heavy(request):
+            prepared = await self.prepare(task, request)
+        else:  # cheap: inline, without a hand-off
+            try:
+                prepared = task.prepare(request)
+            except InputError as exc:
+                raise RequestError(str(exc)) from None
         items = task.items(prepared)
         outputs = await model.batcher.submit(items) if items else []
         return task.answer(request, prepared, outputs)

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import request_response
+from starlette.routing import Route, request_response
 
 from serving.errors import RequestError
 from serving.protocols.bodies import parse_json_body, read_body
@@ -56,6 +56,10 @@ class DirectRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
         self.app = request_response(endpoint)
+
+    # Starlette's matching and handling: FastAPI's per-request route context is not used here
+    matches = Route.matches
+    handle = Route.handle
 
 
 def answer(model: LoadedModel, results: dict[str, Any]) -> JSONResponse:
