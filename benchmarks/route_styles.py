@@ -1,7 +1,8 @@
 """How the text route is served, compared in one run on the same `intent` model and the same texts:
 
 1. tuneserve: the generic v1 route of the task registry (serving/protocols/v1.py), per-model batcher;
-   and the same model over the Open Inference Protocol with binary tensors (serving/protocols/v2.py);
+   and the same model over the Open Inference Protocol, REST with binary tensors (serving/protocols/v2.py)
+   and gRPC (serving/protocols/grpc_v2.py);
 2. BentoML-native: a `@bentoml.api(batchable=True)` method calling the same task's `run`, batched by
    BentoML's own adaptive batcher (benchmarks/baselines/batchable_text_service.py);
 3. optionally `--reference REF`: tuneserve as of another git commit (e.g. before the registry), from
@@ -16,17 +17,69 @@ on both; each server's best sweep counts. Writes benchmarks/results/route_styles
 from __future__ import annotations
 
 import argparse
+import asyncio
+import itertools
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import ROOT, closed_loop_sweep, free_port, server, tuneserve_server, write_results  # noqa: E402
+from serving.loadtest.engine import StepStats  # noqa: E402
 from serving.loadtest.payloads import builtin_payloads, json_payload, v2_payloads  # noqa: E402
+
+
+async def grpc_closed_loop(target: str, model: str, texts: list[str], concurrency: int, seconds: float, warmup_s: float = 1.0) -> StepStats:
+    """`concurrency` users calling ModelInfer one text at a time (raw_input_contents, as
+    tritonclient sends), measured like the HTTP loops (serving/loadtest/engine.py)."""
+    import grpc
+
+    from serving.protocols import grpc_predict_v2_pb2 as pb
+    from serving.protocols import grpc_predict_v2_pb2_grpc as pb_grpc
+    from serving.protocols.tensors import encode_binary
+
+    requests = []
+    for text in texts:
+        request = pb.ModelInferRequest(model_name=model)
+        request.inputs.add(name="texts", datatype="BYTES", shape=[1])
+        request.raw_input_contents.append(encode_binary([text], "BYTES"))
+        requests.append(request)
+    stats = StepStats("closed", concurrency)
+    rotation = itertools.cycle(requests)
+    async with grpc.aio.insecure_channel(target) as channel:
+        infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        start = time.perf_counter()
+        measure_from, stop_at = start + warmup_s, start + warmup_s + seconds
+
+        async def user() -> None:
+            while (sent := time.perf_counter()) < stop_at:
+                try:
+                    await infer(next(rotation), timeout=30)
+                    status, error = 200, None
+                except grpc.aio.AioRpcError as exc:
+                    status, error = None, exc.code().name
+                if sent >= measure_from:
+                    stats.sent += 1
+                    stats.record(time.perf_counter() - sent, status, error)
+
+        await asyncio.gather(*(user() for _ in range(concurrency)))
+    stats.duration_s = min(time.perf_counter(), stop_at) - measure_from
+    return stats
+
+
+def grpc_sweep(target: str, model: str, texts: list[str], concurrencies: list[int], seconds: float, label: str) -> list[dict]:
+    rows = []
+    for c in concurrencies:
+        row = asyncio.run(grpc_closed_loop(target, model, texts, c, seconds)).summary()
+        rows.append(row)
+        print(f"  {label} c={c:3}: {row['throughput_rps']:7.1f} req/s  p50 {row['p50_ms']:.1f} p95 {row['p95_ms']:.1f} p99 {row['p99_ms']:.1f} ms"
+              f"  errors {row['errors']}", flush=True)
+    return rows
 
 
 def batchable_server(repository: Path, model: str) -> tuple[list[str], int, dict[str, str]]:
@@ -53,7 +106,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--reference", help="a git commit of tuneserve to serve the same model with, for comparison")
     ap.add_argument("--variant", help="serve this variant of the model in every server (e.g. int8)")
-    ap.add_argument("--only", help="comma-separated subset of: v1, v2, batchable, reference (default: all)")
+    ap.add_argument("--only", help="comma-separated subset of: v1, v2, grpc, batchable, reference (default: all)")
     args = ap.parse_args()
     if args.variant:
         os.environ["TUNESERVE_VARIANT"] = args.variant
@@ -65,8 +118,15 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="route-styles-"))
     v2_route, v2 = v2_payloads("text/classify", args.model)
+    grpc_port = free_port()
+
+    def grpc_server() -> tuple[list[str], int, dict[str, str]]:
+        argv, port, env = tuneserve_server(repository)
+        return argv, port, {**env, "TUNESERVE_GRPC_PORT": str(grpc_port)}
+
     contenders = {"tuneserve v1 route": (lambda: tuneserve_server(repository), ROOT, "/v1/text/classify", v1),
                   "tuneserve v2 (binary tensors)": (lambda: tuneserve_server(repository), ROOT, v2_route, v2),
+                  "tuneserve v2 gRPC": (grpc_server, ROOT, "grpc", texts),
                   "BentoML batchable @api": (lambda: batchable_server(repository, args.model), ROOT, "/classify", native)}
     if args.reference:
         def ref() -> tuple[list[str], int, dict[str, str]]:
@@ -75,7 +135,7 @@ def main() -> int:
         contenders[f"tuneserve @ {args.reference}"] = (ref, workdir / f"ref-{args.reference}", "/v1/text/classify", v1)
 
     if args.only:
-        keys = dict(zip(["v1", "v2", "batchable", "reference"], list(contenders) + [None] * 4))
+        keys = dict(zip(["v1", "v2", "grpc", "batchable", "reference"], list(contenders) + [None] * 5))
         chosen = {keys[k.strip()] for k in args.only.split(",") if keys.get(k.strip())}
         contenders = {name: c for name, c in contenders.items() if name in chosen}
     results: dict[str, list[list[dict]]] = {name: [] for name in contenders}
@@ -84,7 +144,10 @@ def main() -> int:
             argv, port, env = make()
             print(f"round {round_ + 1}: {name}", flush=True)
             with server(argv, port, env={**env, "PYTHONPATH": str(cwd)}, cwd=cwd) as base:
-                results[name].append(closed_loop_sweep(base, route, payloads, concurrencies, args.seconds, name))
+                if route == "grpc":
+                    results[name].append(grpc_sweep(f"127.0.0.1:{grpc_port}", args.model, payloads, concurrencies, args.seconds, name))
+                else:
+                    results[name].append(closed_loop_sweep(base, route, payloads, concurrencies, args.seconds, name))
     if args.reference:
         subprocess.run(["git", "worktree", "remove", "--force", str(workdir / f"ref-{args.reference}")], cwd=ROOT, capture_output=True)
 

@@ -100,8 +100,10 @@ TRACING = {"sample_rate": SETTINGS.trace_sample_rate} if SETTINGS.trace_sample_r
     logging={"access": {"enabled": SETTINGS.access_log}},
     tracing=TRACING,
 )
-@bentoml.asgi_app(create_app(lambda: bentoml.get_current_service().server, SETTINGS), path="/v1")
+# Decorators apply bottom-up and BentoML tries mounts in that order: v1 (the busiest) first, then
+# the v2 app at the root, which would otherwise try its routes on every /v1 request.
 @bentoml.asgi_app(create_v2_app(lambda: bentoml.get_current_service().server, SETTINGS), path="/")
+@bentoml.asgi_app(create_app(lambda: bentoml.get_current_service().server, SETTINGS), path="/v1")
 class TuneServe:
     def __init__(self) -> None:
         from serving.server import ModelServer
