@@ -10,11 +10,11 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from serving.protocols.tensors import DTYPES, output_specs
+from serving.protocols.tensors import output_specs
 from serving.protocols.v2 import sample_tensors
 from serving.tasks import TASKS
 from tests.conftest import free_port, start_server
-from tests.test_v2 import MODELS, _labels, v1_answer
+from tests.test_v2 import MODELS, _labels, assert_outputs_equal, v1_answer
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +52,7 @@ def test_inference_answers_what_v1_answers(client, grpc_server, task_name):
         tensor.set_data_from_numpy(values)
         inputs.append(tensor)
     result = client.infer(model, inputs, parameters=parameters or None)
-    expected = v1_answer(http, task, sample)
-    for spec in output_specs(task, _labels(http, model)):
-        got, (want, shape) = result.as_numpy(spec.name), spec.extract(expected)
-        assert got.shape == shape, spec.name
-        if spec.datatype == "BYTES":
-            assert [g if isinstance(g, bytes) else g.encode() for g in got.reshape(-1)] == [w.encode() for w in want], spec.name
-        else:
-            np.testing.assert_allclose(got.reshape(-1).astype(DTYPES[spec.datatype]), np.array(want, dtype=DTYPES[spec.datatype]),
-                                       rtol=0, atol=1e-4, err_msg=spec.name)
+    assert_outputs_equal(result, output_specs(task, _labels(http, model)), v1_answer(http, task, sample))
 
 
 def _texts(values: list[bytes], name: str = "texts", datatype: str = "BYTES") -> triton.InferInput:

@@ -69,6 +69,11 @@ def test_inference_answers_what_v1_answers(client, server, task_name, binary):
     outputs = [triton.InferRequestedOutput(s.name, binary_data=binary) for s in specs]
     result = client.infer(model, inputs, outputs=outputs, parameters=parameters or None)
     assert result.get_response()["model_name"] == model
+    assert_outputs_equal(result, specs, expected)
+
+
+def assert_outputs_equal(result, specs, expected: dict) -> None:
+    """Every output tensor of a tritonclient result (HTTP or gRPC) equals v1's answer for it."""
     for spec in specs:
         got, (want, shape) = result.as_numpy(spec.name), spec.extract(expected)
         assert got.shape == shape, spec.name
