@@ -15,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 from serving.protocols.tensors import DTYPES, input_specs, output_specs
 from serving.protocols.v2 import sample_tensors
 from serving.tasks import TASKS, ServingTask
+from serving.tasks.tabular import sample_rows
 
 MODELS = {"text-classification": "intent", "token-classification": "entities", "image-classification": "surface-defects",
           "audio-classification": "keywords", "tabular-classification": "credit-risk", "forecasting": "energy-demand"}
@@ -39,7 +40,11 @@ def test_every_model_has_metadata_and_readiness(client, server):
         assert meta["name"] == m["name"] and meta["versions"] == [m["version"]]
         assert client.is_model_ready(m["name"]) and client.is_model_ready(m["name"], m["version"])
         task = TASKS[m["task"]]
-        assert meta["inputs"] == [s.public() for s in input_specs(task)]
+        inputs = [s.public() for s in input_specs(task)]
+        assert meta["inputs"][: len(inputs)] == inputs
+        columns = meta["inputs"][len(inputs):]  # a table model also takes one typed tensor per feature
+        assert all(c["datatype"] in ("FP32", "BYTES", "BOOL") and c["shape"] == [-1] for c in columns)
+        assert bool(columns) == (m["task"] == "tabular-classification")
         assert meta["outputs"] == [s.public() for s in output_specs(task, m["labels"])]
     with pytest.raises(InferenceServerException, match="unknown model"):
         client.get_model_metadata("no-such-model")
@@ -122,3 +127,47 @@ def test_unknown_models_versions_and_paths_are_404(server, path, status):
 def test_v2_routes_are_documented_on_the_docs_page(server):
     paths = httpx.get(server + "/docs.json").json()["paths"]
     assert {"/v2", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"} <= paths.keys()
+
+
+def feature_tensors(client, rows: list[dict], binary: bool) -> list[triton.InferInput]:
+    """Rows as one typed tensor per feature of `credit-risk` (NaN for a missing number)."""
+    kinds = {c["name"]: c["datatype"] for c in client.get_model_metadata("credit-risk")["inputs"][1:]}
+    assert set(kinds) == set(rows[0])
+    inputs = []
+    for name, datatype in kinds.items():
+        values = [row[name] for row in rows]
+        if datatype == "FP32":
+            array = np.array([np.nan if v is None else v for v in values], dtype=np.float32)
+        elif datatype == "BOOL":
+            array = np.array(values, dtype=bool)
+        else:
+            array = np.array([v.encode() for v in values], dtype=np.object_)
+        tensor = triton.InferInput(name, [len(rows)], datatype)
+        tensor.set_data_from_numpy(array, binary_data=binary)
+        inputs.append(tensor)
+    return inputs
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_table_rows_as_typed_feature_tensors(client, server, binary):
+    """A table model takes one typed tensor per feature (numbers FP32, NaN for missing; strings
+    BYTES; booleans BOOL) instead of rows as JSON, and answers the same as v1."""
+    rows = sample_rows(3)
+    rows[1]["annual_income"] = None  # a feature the model imputes
+    v1 = httpx.post(server + "/v1/tabular/predict", json={"model": "credit-risk", "rows": rows})
+    assert v1.status_code == 200, v1.text
+    wanted = ("label", "score", "scores")
+    result = client.infer("credit-risk", feature_tensors(client, rows, binary),
+                          outputs=[triton.InferRequestedOutput(n, binary_data=binary) for n in wanted])
+    specs = [s for s in output_specs(TASKS["tabular-classification"], _labels(server, "credit-risk")) if s.name in wanted]
+    assert_outputs_equal(result, specs, v1.json())
+    rows[2]["delinquencies_2y"] = None  # a required feature missing is refused naming it, as on v1
+    with pytest.raises(InferenceServerException, match=r"rows\[2\]\.delinquencies_2y"):
+        client.infer("credit-risk", feature_tensors(client, rows, binary))
+
+
+def test_rows_and_feature_tensors_together_are_refused(server):
+    body = {"inputs": [{"name": "rows", "shape": [1], "datatype": "BYTES", "data": [json.dumps(sample_rows(1)[0])]},
+                       {"name": "age", "shape": [1], "datatype": "FP32", "data": [40.0]}]}
+    r = httpx.post(server + "/v2/models/credit-risk/infer", json=body)
+    assert r.status_code == 400 and "not both" in r.json()["error"]

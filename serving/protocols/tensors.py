@@ -1,14 +1,15 @@
 """Tasks as Open Inference Protocol tensors: what a task takes and answers, read off its request and
 response models, and the protocol's JSON and binary tensor encodings.
 
-Inputs: a file task takes its files as one BYTES tensor (the encoded file bytes: raw in binary tensor
-data, base64 in JSON tensor data, which must be UTF-8 strings); a JSON task takes
-each list field of its request model as a tensor — texts as BYTES (UTF-8), rows as BYTES (one JSON
-object each), series as FP32 (NaN for a gap) — and its scalar fields, like a file task's options,
-as request `parameters`. Outputs: each field of a prediction becomes a tensor with one row per input
-(`label` BYTES, `score` FP32, `scores` FP32 [n, classes], anything nested as JSON BYTES); fields of
-the answer itself become tensors of their own (a forecast's `forecast` FP32 [h], `quantiles` FP32
-[h, q]). The server's own pre- and post-processing apply exactly as on v1.
+Inputs: a file task takes its files as one BYTES tensor (the encoded file bytes: raw in binary
+tensor data, base64 in JSON tensor data, which must be UTF-8 strings). A JSON task takes each list
+field of its request model as a tensor — texts as BYTES (UTF-8), rows as BYTES (one JSON object
+each), series as FP32 (NaN for a gap) — and its scalar fields, like a file task's options, as
+request `parameters`. A list of objects whose keys the model knows (a table model's features) can
+come instead as one typed tensor per key. Outputs: each field of a prediction becomes a tensor with
+one row per input (`label` BYTES, `score` FP32, `scores` FP32 [n, classes], anything nested as JSON
+BYTES); fields of the answer itself become tensors of their own (a forecast's `forecast` FP32 [h],
+`quantiles` FP32 [h, q]). The server's own pre- and post-processing apply exactly as on v1.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class InputSpec(TensorSpec):
-    kind: str = "strings"  # strings | json | numbers | files: how elements become the request's values
+    kind: str = "strings"  # strings | json | numbers | files | column: how elements become the request's values
+    column_of: str = ""  # a column: the request's list field whose objects it fills (e.g. rows)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,14 @@ def input_specs(task: type[ServingTask]) -> list[InputSpec]:
         else:
             specs.append(InputSpec(name, "BYTES", (-1,), "strings" if item is str else "json"))
     return specs
+
+
+def column_specs(task: ServingTask) -> list[InputSpec]:
+    """Typed per-field tensors a model also takes in place of a list of objects (a table model's
+    features instead of rows as JSON): numbers FP32 (NaN for missing), strings BYTES, booleans BOOL."""
+    datatypes = {"number": "FP32", "string": "BYTES", "boolean": "BOOL"}
+    return [InputSpec(key, datatypes[kind], (-1,), "column", field)
+            for field, keys in task.item_fields().items() for key, kind in keys.items()]
 
 
 def parameter_names(task: type[ServingTask]) -> set[str]:

@@ -25,6 +25,7 @@ from serving.errors import RequestError, UnknownModel
 from serving.protocols.bodies import describe_validation_error, read_body
 from serving.protocols.tensors import (
     InputSpec,
+    column_specs,
     OutputSpec,
     decode_binary,
     decode_json,
@@ -81,13 +82,15 @@ class ModelTensors:
         task = type(model.task)
         self.task = task
         self.inputs = input_specs(task)
+        taken = {s.name for s in self.inputs}
+        self.columns = [c for c in column_specs(model.task) if c.name not in taken]
         self.outputs = output_specs(task, model.manifest.labels)
         self.outputs_by_name = {s.name: s for s in self.outputs}
         self.parameters = parameter_names(task)
 
     def metadata(self, model: LoadedModel) -> dict[str, Any]:
         return {"name": model.name, "versions": [model.manifest.version], "platform": "onnxruntime_onnx",
-                "inputs": [s.public() for s in self.inputs], "outputs": [s.public() for s in self.outputs]}
+                "inputs": [s.public() for s in self.inputs + self.columns], "outputs": [s.public() for s in self.outputs]}
 
 
 def tensors_of(model: LoadedModel) -> ModelTensors:
@@ -155,9 +158,6 @@ def input_values(request: InferRequest, binary: memoryview, specs: list[InputSpe
         values[tensor.name] = array
     if offset != len(binary):
         raise RequestError(f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size")
-    missing = sorted(set(expected) - set(values))
-    if missing:
-        raise RequestError(f"missing input(s) {missing}; the model takes {[s.public() for s in specs]}")
     return values
 
 
@@ -166,6 +166,24 @@ def _base64(value: bytes, name: str, index: int) -> bytes:
         return base64.b64decode(value, validate=True)
     except ValueError:
         raise RequestError(f"input {name!r}[{index}]: files in JSON tensor data must be base64-encoded (or send binary data)") from None
+
+
+def objects_from_columns(columns: list[InputSpec], values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Objects (table rows) from equally long column tensors: NaN for a missing number, as null."""
+    lengths = {c.name: len(values[c.name]) for c in columns}
+    if len(set(lengths.values())) > 1:
+        raise RequestError(f"column tensors differ in length: {lengths}")
+    decoded = {c.name: [_column_value(v, c, i) for i, v in enumerate(values[c.name])] for c in columns}
+    return [{name: column[i] for name, column in decoded.items()} for i in range(next(iter(lengths.values())))]
+
+
+def _column_value(value: Any, spec: InputSpec, index: int) -> Any:
+    if spec.datatype == "FP32":
+        number = float(value)
+        return None if math.isnan(number) else number
+    if spec.datatype == "BOOL":
+        return bool(value)
+    return _element(value, InputSpec(spec.name, "BYTES", spec.shape, "strings"), index)
 
 
 def _element(value: Any, spec: InputSpec, index: int) -> Any:
@@ -187,7 +205,7 @@ def _element(value: Any, spec: InputSpec, index: int) -> Any:
 
 def task_request(tensors: ModelTensors, model: LoadedModel, request: InferRequest, binary: memoryview) -> Any:
     """The same request the v1 route would build, from tensors and parameters."""
-    values = input_values(request, binary, tensors.inputs)
+    values = input_values(request, binary, tensors.inputs + tensors.columns)
     parameters = {k: v for k, v in (request.parameters or {}).items() if k not in PROTOCOL_PARAMETERS}
     unknown = sorted(set(parameters) - tensors.parameters)
     if unknown:
@@ -198,7 +216,18 @@ def task_request(tensors: ModelTensors, model: LoadedModel, request: InferReques
         if not files:
             raise RequestError(f"input {task.file_field!r}: no files")
         return FileRequest(model.name, files, {k: str(v) for k, v in parameters.items()})
-    body = {spec.name: [_element(v, spec, i) for i, v in enumerate(values[spec.name])] for spec in tensors.inputs}
+    body = {}
+    for spec in tensors.inputs:
+        columns = [c for c in tensors.columns if c.column_of == spec.name and c.name in values]
+        if spec.name in values and columns:
+            raise RequestError(f"give either {spec.name!r} or its column tensors {[c.name for c in columns]}, not both")
+        if spec.name in values:
+            body[spec.name] = [_element(v, spec, i) for i, v in enumerate(values[spec.name])]
+        elif columns:
+            body[spec.name] = objects_from_columns(columns, values)
+        else:
+            alternative = " (or its column tensors)" if any(c.column_of == spec.name for c in tensors.columns) else ""
+            raise RequestError(f"missing input {spec.name!r}{alternative}; the model takes {[s.public() for s in tensors.inputs]}")
     try:
         assert task.request_model is not None
         return task.request_model.model_validate({"model": model.name, **body, **parameters})

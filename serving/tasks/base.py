@@ -140,6 +140,12 @@ class ServingTask(ABC, Generic[Prepared, Item, Output]):
         items = self.items(prepared)
         return self.answer(request, prepared, self.run(items) if items else [])
 
+    def item_fields(self) -> dict[str, dict[str, str]]:
+        """For request fields that are lists of objects (table rows): each object's keys and their
+        JSON types ("number", "string", "boolean") for this model. Protocols that take columns
+        (the v2 protocol's typed per-feature tensors) build the objects from them."""
+        return {}
+
     def heavy(self, request: Any) -> bool:
         """Whether `prepare` should run off the event loop (file tasks always prepare there)."""
         return False

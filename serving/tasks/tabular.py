@@ -56,6 +56,10 @@ class TabularClassification(ServingTask[Block, Block, list[dict[str, Any]]]):
         if len(request.rows) > self.encoder.max_rows:
             raise RequestError(f"rows: {len(request.rows)} rows; at most {self.encoder.max_rows} per request", status=413)
 
+    def item_fields(self) -> dict[str, dict[str, str]]:
+        kinds = {"numeric": "number", "categorical": "string", "boolean": "boolean"}
+        return {"rows": {f.name: kinds[f.kind] for f in self.encoder.features}}
+
     def heavy(self, request: TabularRequest) -> bool:
         return len(request.rows) > INLINE_ROWS
 
