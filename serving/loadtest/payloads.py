@@ -62,12 +62,12 @@ class Endpoint:
         return self.task.default_model
 
 
-# Every route of the task registry, by its path under /v1 (`text/classify`, ...).
+# Every route of the task registry, by its path under /v1 without the leading slash.
 ENDPOINTS = {task.route.lstrip("/"): Endpoint(f"/v1{task.route}", task) for task in TASKS.values()}
 
 
 def get_endpoint(name: str) -> Endpoint:
-    """An endpoint named by its route: `text/classify`, `/v1/text/classify`, ..."""
+    """An endpoint named by its route under /v1, with or without the prefix."""
     task = task_for_route(name)
     return Endpoint(f"/v1{task.route}", task)
 

@@ -31,7 +31,7 @@ def get_task(name: str) -> type[ServingTask]:
 
 
 def task_for_route(route: str) -> type[ServingTask]:
-    """The task of a route, given as `text/classify`, `/text/classify` or `/v1/text/classify`."""
+    """The task of a route, given with or without its leading `/` or `/v1/`."""
     key = "/" + route.strip("/").removeprefix("v1/")
     for task in TASKS.values():
         if task.route == key:
