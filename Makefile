@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE = 1
 # apt-get when missing (the machines run as root; elsewhere install them by hand).
 SYSTEM_PROGRAMS := espeak-ng
 
-.PHONY: setup system models serve test test-fast protos bench bento container clean
+.PHONY: setup system models serve test test-fast lint protos bench bento container clean
 
 system:
 	@missing=""; for p in $(SYSTEM_PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -41,6 +41,12 @@ serve: models
 # tests against real servers.
 test: setup
 	$(BIN)/pytest
+
+# ruff (lint and format) over the tree, mypy over the packages.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy serving
 
 # gRPC stubs of the Open Inference Protocol (committed; regenerate after editing the .proto).
 protos: setup

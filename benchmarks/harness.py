@@ -11,9 +11,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
@@ -28,7 +28,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def model_benchmark_args(description: str, model: str, concurrency: str) -> argparse.Namespace:
     """The options every model benchmark takes."""
-    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--repository", default=str(ROOT / "exported"))
     ap.add_argument("--model", default=model)
     ap.add_argument("--batches", default="1,8,32")
@@ -55,9 +57,22 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(argv: list[str], port: int, env: dict[str, str] | None = None, ready_path: str = "/readyz", timeout_s: float = 180,
-           cwd: Path = ROOT) -> Iterator[str]:
-    proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def server(
+    argv: list[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    ready_path: str = "/readyz",
+    timeout_s: float = 180,
+    cwd: Path = ROOT,
+) -> Iterator[str]:
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base + ready_path, proc, timeout_s)
@@ -72,14 +87,22 @@ def server(argv: list[str], port: int, env: dict[str, str] | None = None, ready_
 
 def tuneserve_server(repository: Path) -> tuple[list[str], int, dict[str, str]]:
     port = free_port()
-    argv = [str(Path(sys.executable).with_name("bentoml")), "serve", "serving.service:TuneServe", "--port", str(port)]
+    argv = [
+        str(Path(sys.executable).with_name("bentoml")),
+        "serve",
+        "serving.service:TuneServe",
+        "--port",
+        str(port),
+    ]
     # BentoML keeps Prometheus' multi-process files under BENTOML_HOME and wipes them when a server
     # starts: a server of its own home keeps its /metrics apart from any other server on the machine.
     home = tempfile.mkdtemp(prefix="tuneserve-bentoml-home-")
     return argv, port, {"TUNESERVE_REPOSITORY": str(repository), "BENTOML_HOME": home}
 
 
-def closed_loop_sweep(base: str, route: str, payloads: list[Payload], concurrencies: list[int], seconds: float, label: str) -> list[dict]:
+def closed_loop_sweep(
+    base: str, route: str, payloads: list[Payload], concurrencies: list[int], seconds: float, label: str
+) -> list[dict]:
     rows = []
     for c in concurrencies:
         before = scrape(base)
@@ -122,8 +145,13 @@ def time_engines(runs: dict, batch: int, seconds: float, unit: str) -> list[dict
     rows = []
     for engine, fn in runs.items():
         sec = timed(fn, seconds)
-        rows.append({"engine": engine, "batch": batch, "ms_per_batch": sec * 1000, f"{unit}_per_s": batch / sec})
-        print(f"  {engine:22} batch {batch:3}: {batch / sec:8.1f} {unit}/s  ({sec * 1000:.1f} ms/batch)", flush=True)
+        rows.append(
+            {"engine": engine, "batch": batch, "ms_per_batch": sec * 1000, f"{unit}_per_s": batch / sec}
+        )
+        print(
+            f"  {engine:22} batch {batch:3}: {batch / sec:8.1f} {unit}/s  ({sec * 1000:.1f} ms/batch)",
+            flush=True,
+        )
     return rows
 
 
@@ -137,7 +165,14 @@ def timed(fn, seconds: float, min_iters: int = 5) -> float:
     return (time.perf_counter() - start) / n
 
 
-def serve_and_sweep(repository: Path, model: str, route: str, payloads: list[Payload], concurrencies: list[int], seconds: float) -> tuple[dict, list[dict]]:
+def serve_and_sweep(
+    repository: Path,
+    model: str,
+    route: str,
+    payloads: list[Payload],
+    concurrencies: list[int],
+    seconds: float,
+) -> tuple[dict, list[dict]]:
     """Start tuneserve on the repository, read the model's public info, run the closed-loop sweep."""
     argv, port, env = tuneserve_server(repository)
     with server(argv, port, env) as base:
@@ -182,7 +217,9 @@ class OtherLoad:
         stats = {}
         for entry in os.listdir("/proc"):
             try:
-                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split() if entry.isdigit() else None
+                fields = (
+                    open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split() if entry.isdigit() else None
+                )
             except OSError:
                 continue
             if fields:
@@ -196,7 +233,9 @@ class OtherLoad:
         cpu = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
         with self.lock:
             for pid in own:
-                self.seen[pid] = max(self.seen.get(pid, 0.0), stats[pid][1]) if pid in stats else self.seen.get(pid, 0.0)
+                self.seen[pid] = (
+                    max(self.seen.get(pid, 0.0), stats[pid][1]) if pid in stats else self.seen.get(pid, 0.0)
+                )
             return (sum(cpu) - cpu[3] - cpu[4]) / self.tick, sum(self.seen.values()), time.monotonic()
 
     def cores_since(self, start) -> float | None:

@@ -22,13 +22,20 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import eager_model, model_benchmark_args, serve_and_sweep, served_table, time_engines, write_results  # noqa: E402
-from serving.loadtest.payloads import Payload  # noqa: E402
-from serving.manifest import load_manifest  # noqa: E402
-from serving.processing import ImagePreprocessor, decode_image  # noqa: E402
-from serving.sessions import create_session  # noqa: E402
-from training.data.images import read_class_folder, resolve_dataset_folder  # noqa: E402
-from training.recipe import Recipe  # noqa: E402
+from benchmarks.harness import (
+    eager_model,
+    model_benchmark_args,
+    serve_and_sweep,
+    served_table,
+    time_engines,
+    write_results,
+)
+from serving.loadtest.payloads import Payload
+from serving.manifest import load_manifest
+from serving.processing import ImagePreprocessor, decode_image
+from serving.sessions import create_session
+from training.data.images import read_class_folder, resolve_dataset_folder
+from training.recipe import Recipe
 
 ROUTE = "/v1/image/classify"
 
@@ -40,10 +47,15 @@ def sample_files(manifest, count: int) -> list[Path]:
     return [paths[i] for i in rng.choice(len(paths), size=min(count, len(paths)), replace=False)]
 
 
-def engines(model_dir: Path, manifest, images: list[np.ndarray], batch_sizes: list[int], seconds: float, threads: int) -> list[dict]:
+def engines(
+    model_dir: Path, manifest, images: list[np.ndarray], batch_sizes: list[int], seconds: float, threads: int
+) -> list[dict]:
     eager = eager_model(model_dir)
     torch.set_num_threads(threads)
-    sessions = {v: create_session(model_dir / manifest.variants[v].file, threads, ["CPUExecutionProvider"])[0] for v in manifest.variants}
+    sessions = {
+        v: create_session(model_dir / manifest.variants[v].file, threads, ["CPUExecutionProvider"])[0]
+        for v in manifest.variants
+    }
     rows = []
     for bs in batch_sizes:
         batch = np.stack([images[i % len(images)] for i in range(bs)])
@@ -70,21 +82,48 @@ def main() -> None:
     files = sample_files(manifest, 64)
     pre = ImagePreprocessor.from_config(manifest.preprocessing)
     images = [pre(decode_image(p.read_bytes())) for p in files]
-    jpegs = [cv2.imencode(".jpg", cv2.imread(str(p)), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for p in files]
-    payloads = [Payload(files=((f"{i}.jpg", data, "image/jpeg"),), file_field="images", fields=(("model", args.model),)) for i, data in enumerate(jpegs)]
+    jpegs = [
+        cv2.imencode(".jpg", cv2.imread(str(p)), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for p in files
+    ]
+    payloads = [
+        Payload(
+            files=((f"{i}.jpg", data, "image/jpeg"),), file_field="images", fields=(("model", args.model),)
+        )
+        for i, data in enumerate(jpegs)
+    ]
 
     print(f"engines ({args.threads} threads):", flush=True)
-    engine_rows = engines(model_dir, manifest, images, [int(b) for b in args.batches.split(",")], args.engine_seconds, args.threads)
+    engine_rows = engines(
+        model_dir,
+        manifest,
+        images,
+        [int(b) for b in args.batches.split(",")],
+        args.engine_seconds,
+        args.threads,
+    )
     print("served endpoint (one JPEG per request):", flush=True)
-    info, served = serve_and_sweep(repository, args.model, ROUTE, payloads, [int(c) for c in args.concurrency.split(",")], args.served_seconds)
+    info, served = serve_and_sweep(
+        repository,
+        args.model,
+        ROUTE,
+        payloads,
+        [int(c) for c in args.concurrency.split(",")],
+        args.served_seconds,
+    )
 
     variant = info["variant"]
-    raw32 = next(e["images_per_s"] for e in engine_rows if e["engine"] == f"onnxruntime_{variant}" and e["batch"] == 32)
+    raw32 = next(
+        e["images_per_s"] for e in engine_rows if e["engine"] == f"onnxruntime_{variant}" and e["batch"] == 32
+    )
     c32 = next((s for s in served if s["load"] == 32), served[-1])
     ratios = {
         "served_c32_vs_engine_b32": c32["throughput_rps"] / raw32,
-        "int8_vs_fp32_b32": next(e["images_per_s"] for e in engine_rows if e["engine"] == "onnxruntime_int8" and e["batch"] == 32)
-        / next(e["images_per_s"] for e in engine_rows if e["engine"] == "onnxruntime_fp32" and e["batch"] == 32),
+        "int8_vs_fp32_b32": next(
+            e["images_per_s"] for e in engine_rows if e["engine"] == "onnxruntime_int8" and e["batch"] == 32
+        )
+        / next(
+            e["images_per_s"] for e in engine_rows if e["engine"] == "onnxruntime_fp32" and e["batch"] == 32
+        ),
         "errors_total": sum(s["errors"] for s in served),
     }
     report = {
@@ -92,7 +131,12 @@ def main() -> None:
         "served_variant": variant,
         "served_reason": manifest.default_reason,
         "served_accuracy": manifest.variants[variant].metrics.get("accuracy"),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "onnxruntime": __import__("onnxruntime").__version__,
+        },
         "config": vars(args),
         "engines": engine_rows,
         "served": served,
@@ -108,7 +152,10 @@ def main() -> None:
         "",
         "| engine | batch | images/s | ms/batch |",
         "|---|---:|---:|---:|",
-        *[f"| {e['engine']} | {e['batch']} | {e['images_per_s']:.1f} | {e['ms_per_batch']:.1f} |" for e in engine_rows],
+        *[
+            f"| {e['engine']} | {e['batch']} | {e['images_per_s']:.1f} | {e['ms_per_batch']:.1f} |"
+            for e in engine_rows
+        ],
         "",
         "## Served endpoint (`POST /v1/image/classify`, one JPEG per request, decoding in the loop)",
         "",

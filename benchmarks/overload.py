@@ -37,9 +37,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import closed_loop_sweep, served_table, server, tuneserve_server, write_results  # noqa: E402
-from serving.loadtest.engine import arrival_times, closed_loop, run  # noqa: E402
-from serving.loadtest.payloads import Payload, builtin_payloads, json_payload  # noqa: E402
+from benchmarks.harness import closed_loop_sweep, served_table, server, tuneserve_server, write_results
+from serving.loadtest.engine import arrival_times, closed_loop, run
+from serving.loadtest.payloads import Payload, builtin_payloads, json_payload
 
 ROUTE = "/v1/text/classify"
 REFUSALS = {429, 503}
@@ -53,7 +53,12 @@ def text_batches(model: str | None, per_request: int, count: int) -> list[Payloa
     """`count` distinct requests of `per_request` texts each, from the load tester's built-in texts."""
     texts = [json.loads(p.json_body)["texts"][0] for p in builtin_payloads("text/classify", None)]
     body = {"model": model} if model else {}
-    return [json_payload({**body, "texts": [texts[(i * per_request + j) % len(texts)] for j in range(per_request)]}) for i in range(count)]
+    return [
+        json_payload(
+            {**body, "texts": [texts[(i * per_request + j) % len(texts)] for j in range(per_request)]}
+        )
+        for i in range(count)
+    ]
 
 
 @dataclass
@@ -89,7 +94,9 @@ async def send(session: aiohttp.ClientSession, url: str, payloads: list[Payload]
 
 
 def session(limit: int = 1024, timeout_s: float = 60) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit), timeout=aiohttp.ClientTimeout(total=timeout_s))
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit), timeout=aiohttp.ClientTimeout(total=timeout_s)
+    )
 
 
 async def alone(url: str, payloads: list[Payload], passes: int = 2) -> tuple[list[Any], float]:
@@ -109,7 +116,9 @@ async def alone(url: str, payloads: list[Payload], passes: int = 2) -> tuple[lis
 def answer_difference(got: list[dict], expected: list[dict]) -> float:
     """Largest score difference between two answers to the same texts; infinite when they have a
     different shape or a label differs where the answer alone was not a close call."""
-    if len(got) != len(expected) or any(g["scores"].keys() != e["scores"].keys() for g, e in zip(got, expected)):
+    if len(got) != len(expected) or any(
+        g["scores"].keys() != e["scores"].keys() for g, e in zip(got, expected)
+    ):
         return float("inf")
     worst = 0.0
     for g, e in zip(got, expected):
@@ -131,7 +140,9 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-async def probe_recovery(url: str, payloads: list[Payload], since: float, baseline_ms: float, limit_s: float) -> dict[str, Any]:
+async def probe_recovery(
+    url: str, payloads: list[Payload], since: float, baseline_ms: float, limit_s: float
+) -> dict[str, Any]:
     """Requests one at a time from `since` (the burst's last arrival) until the median latency of
     RECOVERY_WINDOW in a row is within RECOVERY_FACTOR x `baseline_ms`; a refusal counts as not
     recovered. `recovered_s`: seconds from `since` to the answer of that window's first request
@@ -145,14 +156,28 @@ async def probe_recovery(url: str, payloads: list[Payload], since: float, baseli
             if probes[-1].status != 200:
                 await asyncio.sleep(0.01)  # refused at once: do not spin on the server
             window = probes[-RECOVERY_WINDOW:]
-            if len(window) == RECOVERY_WINDOW and statistics.median(o.ms if o.status == 200 else float("inf") for o in window) <= threshold:
+            if (
+                len(window) == RECOVERY_WINDOW
+                and statistics.median(o.ms if o.status == 200 else float("inf") for o in window) <= threshold
+            ):
                 recovered = next(o.done for o in window if o.status == 200 and o.ms <= threshold) - since
-    return {"recovered_s": recovered, "threshold_ms": threshold, "refused_probes": sum(o.status != 200 for o in probes),
-            # (seconds after `since` it was answered, ms or None when refused) of every probe
-            "probes": [(round(o.done - since, 3), round(o.ms, 1) if o.status == 200 else None) for o in probes]}
+    return {
+        "recovered_s": recovered,
+        "threshold_ms": threshold,
+        "refused_probes": sum(o.status != 200 for o in probes),
+        # (seconds after `since` it was answered, ms or None when refused) of every probe
+        "probes": [(round(o.done - since, 3), round(o.ms, 1) if o.status == 200 else None) for o in probes],
+    }
 
 
-async def burst(url: str, payloads: list[Payload], rate: float, seconds: float, baseline_ms: float, recovery_limit_s: float) -> tuple[list[Outcome], dict, dict]:
+async def burst(
+    url: str,
+    payloads: list[Payload],
+    rate: float,
+    seconds: float,
+    baseline_ms: float,
+    recovery_limit_s: float,
+) -> tuple[list[Outcome], dict, dict]:
     """Arrivals at `rate` per second, evenly spaced, for `seconds`, whatever the answers; recovery
     probing starts at the last arrival, while the admitted requests are still draining. Returns the
     outcomes; the client side (how long the arrivals took, the client's own event-loop lag until the
@@ -178,7 +203,11 @@ async def burst(url: str, payloads: list[Payload], rate: float, seconds: float, 
         outcomes = list(await asyncio.gather(*tasks))
         done.set()
         await watcher
-    client = {"achieved_rps": len(outcomes) / sending_s, "client_lag_p99_ms": percentile(lags, 99), "client_lag_max_ms": max(lags, default=None)}
+    client = {
+        "achieved_rps": len(outcomes) / sending_s,
+        "client_lag_p99_ms": percentile(lags, 99),
+        "client_lag_max_ms": max(lags, default=None),
+    }
     return outcomes, client, recovery
 
 
@@ -196,7 +225,9 @@ def summarize(outcomes: list[Outcome], reference: list[Any]) -> dict[str, Any]:
         "admitted": len(admitted),
         "refused": len(refused),
         "statuses": statuses,
-        "other_5xx": sum(1 for o in outcomes if o.status is not None and o.status >= 500 and o.status not in REFUSALS),
+        "other_5xx": sum(
+            1 for o in outcomes if o.status is not None and o.status >= 500 and o.status not in REFUSALS
+        ),
         "no_response": sum(1 for o in outcomes if o.error is not None),
         "refusals_without_message": sum(1 for o in refused if refusal_message(o.body) is None),
         "refusal_messages": sorted({refusal_message(o.body) or "" for o in refused})[:5],
@@ -210,20 +241,41 @@ def summarize(outcomes: list[Outcome], reference: list[Any]) -> dict[str, Any]:
     }
 
 
-def overload_run(base: str, payloads: list[Payload], limit_concurrency: int, factor: float = 10.0,
-                 capacity_seconds: float = 4.0, burst_seconds: float = 3.0, recovery_limit_s: float = 20.0) -> dict[str, Any]:
+def overload_run(
+    base: str,
+    payloads: list[Payload],
+    limit_concurrency: int,
+    factor: float = 10.0,
+    capacity_seconds: float = 4.0,
+    burst_seconds: float = 3.0,
+    recovery_limit_s: float = 20.0,
+) -> dict[str, Any]:
     """Reference answers and baseline, capacity at `limit_concurrency`, then the burst at `factor` x
     capacity and the recovery, against the server at `base`."""
     url = base + ROUTE
     reference, baseline_ms = asyncio.run(alone(url, payloads))
     capacity = run(closed_loop(url, payloads, limit_concurrency, capacity_seconds, warmup_s=1.0)).summary()
     rate = factor * capacity["throughput_rps"]
-    outcomes, client, recovery = asyncio.run(burst(url, payloads, rate, burst_seconds, baseline_ms, recovery_limit_s))
+    outcomes, client, recovery = asyncio.run(
+        burst(url, payloads, rate, burst_seconds, baseline_ms, recovery_limit_s)
+    )
     return {
         "baseline_p50_ms": baseline_ms,
-        "capacity": {"concurrency": limit_concurrency, "rps": capacity["throughput_rps"], "p50_ms": capacity["p50_ms"],
-                     "p99_ms": capacity["p99_ms"], "errors": capacity["errors"], "statuses": capacity["statuses"]},
-        "burst": {"factor": factor, "target_rps": rate, "seconds": burst_seconds, **client, **summarize(outcomes, reference)},
+        "capacity": {
+            "concurrency": limit_concurrency,
+            "rps": capacity["throughput_rps"],
+            "p50_ms": capacity["p50_ms"],
+            "p99_ms": capacity["p99_ms"],
+            "errors": capacity["errors"],
+            "statuses": capacity["statuses"],
+        },
+        "burst": {
+            "factor": factor,
+            "target_rps": rate,
+            "seconds": burst_seconds,
+            **client,
+            **summarize(outcomes, reference),
+        },
         "recovery": recovery,
     }
 
@@ -233,7 +285,9 @@ def main() -> None:
     ap.add_argument("--repository", default=str(ROOT / "exported"))
     ap.add_argument("--model", default="intent")
     ap.add_argument("--texts-per-request", type=int, default=32)
-    ap.add_argument("--max-concurrency", type=int, default=16, help="TUNESERVE_MAX_CONCURRENCY for the 429 run")
+    ap.add_argument(
+        "--max-concurrency", type=int, default=16, help="TUNESERVE_MAX_CONCURRENCY for the 429 run"
+    )
     ap.add_argument("--factor", type=float, default=10.0)
     ap.add_argument("--burst-seconds", type=float, default=3.0)
     ap.add_argument("--seconds", type=float, default=4.0, help="per closed-loop step")
@@ -249,10 +303,18 @@ def main() -> None:
     start = others.mark()
     argv, port, env = tuneserve_server(repository)
     with server(argv, port, env) as base:
-        single = closed_loop_sweep(base, ROUTE, builtin_payloads("text/classify", args.model), [16, 64], args.seconds, "1 text")
-        multi = closed_loop_sweep(base, ROUTE, batches, [16, 64], args.seconds, f"{args.texts_per_request} texts")
-    defaults = {"single_text": single, "texts_per_request": multi, "errors": sum(r["errors"] for r in single + multi),
-                "other_processes_cores": others.cores_since(start)}
+        single = closed_loop_sweep(
+            base, ROUTE, builtin_payloads("text/classify", args.model), [16, 64], args.seconds, "1 text"
+        )
+        multi = closed_loop_sweep(
+            base, ROUTE, batches, [16, 64], args.seconds, f"{args.texts_per_request} texts"
+        )
+    defaults = {
+        "single_text": single,
+        "texts_per_request": multi,
+        "errors": sum(r["errors"] for r in single + multi),
+        "other_processes_cores": others.cores_since(start),
+    }
 
     limits = {
         # BentoML's MaxConcurrencyMiddleware: 429 once `limit` requests are in flight in the worker
@@ -270,10 +332,19 @@ def main() -> None:
         result |= {"settings": settings, "other_processes_cores": others.cores_since(start)}
         runs[name] = result
         b, r = result["burst"], result["recovery"]
-        print(f"  capacity {result['capacity']['rps']:.1f} req/s; burst {b['sent']} at {b['achieved_rps']:.0f} req/s: {b['statuses']}; "
-              f"refused p50 {b['refused_p50_ms']} p99 {b['refused_p99_ms']} ms; correct {b['admitted_correct']}/{b['admitted']}; recovered in {r['recovered_s']} s", flush=True)
+        print(
+            f"  capacity {result['capacity']['rps']:.1f} req/s; burst {b['sent']} at {b['achieved_rps']:.0f} req/s: {b['statuses']}; "
+            f"refused p50 {b['refused_p50_ms']} p99 {b['refused_p99_ms']} ms; correct {b['admitted_correct']}/{b['admitted']}; recovered in {r['recovered_s']} s",
+            flush=True,
+        )
 
-    report = {"model": args.model, "cores": os.cpu_count(), "config": vars(args), "defaults": defaults, "runs": runs}
+    report = {
+        "model": args.model,
+        "cores": os.cpu_count(),
+        "config": vars(args),
+        "defaults": defaults,
+        "runs": runs,
+    }
     write_results("overload", report, markdown(report))
 
 
@@ -316,13 +387,23 @@ def markdown(report: dict[str, Any]) -> list[str]:
         b, rec = r["burst"], r["recovery"]
         setting = ", ".join(f"`{k}={v}`" for k, v in r["settings"].items())
         statuses = ", ".join(f"{s}×{n}" for s, n in sorted(b["statuses"].items()))
-        correct = f"{b['admitted_correct']}/{b['admitted']} (max Δ {b['admitted_max_score_difference'] or 0:.3f})"
+        correct = (
+            f"{b['admitted_correct']}/{b['admitted']} (max Δ {b['admitted_max_score_difference'] or 0:.3f})"
+        )
         recovered = "not in time" if rec["recovered_s"] is None else f"{rec['recovered_s']:.2f}"
         lines.append(
             f"| {name} | {setting} | {r['capacity']['rps']:.1f} | {r['baseline_p50_ms']:.1f} | {b['sent']} | {b['achieved_rps']:.0f} | {b['admitted']} | {b['refused']} | {statuses} | "
             f"{_ms(b['refused_p50_ms'])} | {_ms(b['refused_p99_ms'])} | {_ms(b['client_lag_p99_ms'])} / {_ms(b['client_lag_max_ms'])} | {_ms(b['admitted_p99_ms'])} | {correct} | {recovered} | {r['other_processes_cores'] or 0:.2f} |"
         )
-    lines += ["", "Refusal messages: " + "; ".join(f"{name}: " + " / ".join(f"`{m}`" for m in r["burst"]["refusal_messages"]) for name, r in report["runs"].items()), ""]
+    lines += [
+        "",
+        "Refusal messages: "
+        + "; ".join(
+            f"{name}: " + " / ".join(f"`{m}`" for m in r["burst"]["refusal_messages"])
+            for name, r in report["runs"].items()
+        ),
+        "",
+    ]
     return lines
 
 

@@ -29,12 +29,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import ROOT, closed_loop_sweep, free_port, server, tuneserve_server, write_results  # noqa: E402
-from serving.loadtest.engine import StepStats  # noqa: E402
-from serving.loadtest.payloads import builtin_payloads, json_payload, v2_payloads  # noqa: E402
+from benchmarks.harness import ROOT, closed_loop_sweep, free_port, server, tuneserve_server, write_results
+from serving.loadtest.engine import StepStats
+from serving.loadtest.payloads import builtin_payloads, json_payload, v2_payloads
 
 
-async def grpc_closed_loop(target: str, model: str, texts: list[str], concurrency: int, seconds: float, warmup_s: float = 1.0) -> StepStats:
+async def grpc_closed_loop(
+    target: str, model: str, texts: list[str], concurrency: int, seconds: float, warmup_s: float = 1.0
+) -> StepStats:
     """`concurrency` users calling ModelInfer one text at a time (raw_input_contents, as
     tritonclient sends), measured like the HTTP loops (serving/loadtest/engine.py)."""
     import grpc
@@ -72,27 +74,49 @@ async def grpc_closed_loop(target: str, model: str, texts: list[str], concurrenc
     return stats
 
 
-def grpc_sweep(target: str, model: str, texts: list[str], concurrencies: list[int], seconds: float, label: str) -> list[dict]:
+def grpc_sweep(
+    target: str, model: str, texts: list[str], concurrencies: list[int], seconds: float, label: str
+) -> list[dict]:
     rows = []
     for c in concurrencies:
         row = asyncio.run(grpc_closed_loop(target, model, texts, c, seconds)).summary()
         rows.append(row)
-        print(f"  {label} c={c:3}: {row['throughput_rps']:7.1f} req/s  p50 {row['p50_ms']:.1f} p95 {row['p95_ms']:.1f} p99 {row['p99_ms']:.1f} ms"
-              f"  errors {row['errors']}", flush=True)
+        print(
+            f"  {label} c={c:3}: {row['throughput_rps']:7.1f} req/s  p50 {row['p50_ms']:.1f} p95 {row['p95_ms']:.1f} p99 {row['p99_ms']:.1f} ms"
+            f"  errors {row['errors']}",
+            flush=True,
+        )
     return rows
 
 
 def batchable_server(repository: Path, model: str) -> tuple[list[str], int, dict[str, str]]:
     port = free_port()
-    argv = [str(Path(sys.executable).with_name("bentoml")), "serve", "benchmarks.baselines.batchable_text_service:BatchableText", "--port", str(port)]
-    return argv, port, {"TUNESERVE_REPOSITORY": str(repository), "TUNESERVE_MODELS": model,
-                        "BENTOML_HOME": tempfile.mkdtemp(prefix="batchable-bentoml-home-")}
+    argv = [
+        str(Path(sys.executable).with_name("bentoml")),
+        "serve",
+        "benchmarks.baselines.batchable_text_service:BatchableText",
+        "--port",
+        str(port),
+    ]
+    return (
+        argv,
+        port,
+        {
+            "TUNESERVE_REPOSITORY": str(repository),
+            "TUNESERVE_MODELS": model,
+            "BENTOML_HOME": tempfile.mkdtemp(prefix="batchable-bentoml-home-"),
+        },
+    )
 
 
-def reference_server(ref: str, repository: Path, workdir: Path) -> tuple[list[str], int, dict[str, str], Path]:
+def reference_server(
+    ref: str, repository: Path, workdir: Path
+) -> tuple[list[str], int, dict[str, str], Path]:
     tree = workdir / f"ref-{ref}"
     if not tree.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), ref], cwd=ROOT, check=True, capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), ref], cwd=ROOT, check=True, capture_output=True
+        )
     argv, port, env = tuneserve_server(repository)
     return argv, port, env, tree
 
@@ -104,9 +128,13 @@ def main() -> int:
     ap.add_argument("--concurrency", default="8,32,64")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--reference", help="a git commit of tuneserve to serve the same model with, for comparison")
+    ap.add_argument(
+        "--reference", help="a git commit of tuneserve to serve the same model with, for comparison"
+    )
     ap.add_argument("--variant", help="serve this variant of the model in every server (e.g. int8)")
-    ap.add_argument("--only", help="comma-separated subset of: v1, v2, grpc, batchable, reference (default: all)")
+    ap.add_argument(
+        "--only", help="comma-separated subset of: v1, v2, grpc, batchable, reference (default: all)"
+    )
     args = ap.parse_args()
     if args.variant:
         os.environ["TUNESERVE_VARIANT"] = args.variant
@@ -124,15 +152,29 @@ def main() -> int:
         argv, port, env = tuneserve_server(repository)
         return argv, port, {**env, "TUNESERVE_GRPC_PORT": str(grpc_port)}
 
-    contenders = {"tuneserve v1 route": (lambda: tuneserve_server(repository), ROOT, "/v1/text/classify", v1),
-                  "tuneserve v2 (binary tensors)": (lambda: tuneserve_server(repository), ROOT, v2_route, v2),
-                  "tuneserve v2 gRPC": (grpc_server, ROOT, "grpc", texts),
-                  "BentoML batchable @api": (lambda: batchable_server(repository, args.model), ROOT, "/classify", native)}
+    contenders = {
+        "tuneserve v1 route": (lambda: tuneserve_server(repository), ROOT, "/v1/text/classify", v1),
+        "tuneserve v2 (binary tensors)": (lambda: tuneserve_server(repository), ROOT, v2_route, v2),
+        "tuneserve v2 gRPC": (grpc_server, ROOT, "grpc", texts),
+        "BentoML batchable @api": (
+            lambda: batchable_server(repository, args.model),
+            ROOT,
+            "/classify",
+            native,
+        ),
+    }
     if args.reference:
+
         def ref() -> tuple[list[str], int, dict[str, str]]:
             argv, port, env, _ = reference_server(args.reference, repository, workdir)
             return argv, port, env
-        contenders[f"tuneserve @ {args.reference}"] = (ref, workdir / f"ref-{args.reference}", "/v1/text/classify", v1)
+
+        contenders[f"tuneserve @ {args.reference}"] = (
+            ref,
+            workdir / f"ref-{args.reference}",
+            "/v1/text/classify",
+            v1,
+        )
 
     if args.only:
         keys = dict(zip(["v1", "v2", "grpc", "batchable", "reference"], list(contenders) + [None] * 5))
@@ -145,26 +187,59 @@ def main() -> int:
             print(f"round {round_ + 1}: {name}", flush=True)
             with server(argv, port, env={**env, "PYTHONPATH": str(cwd)}, cwd=cwd) as base:
                 if route == "grpc":
-                    results[name].append(grpc_sweep(f"127.0.0.1:{grpc_port}", args.model, payloads, concurrencies, args.seconds, name))
+                    results[name].append(
+                        grpc_sweep(
+                            f"127.0.0.1:{grpc_port}", args.model, payloads, concurrencies, args.seconds, name
+                        )
+                    )
                 else:
-                    results[name].append(closed_loop_sweep(base, route, payloads, concurrencies, args.seconds, name))
+                    results[name].append(
+                        closed_loop_sweep(base, route, payloads, concurrencies, args.seconds, name)
+                    )
     if args.reference:
-        subprocess.run(["git", "worktree", "remove", "--force", str(workdir / f"ref-{args.reference}")], cwd=ROOT, capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "remove", "--force", str(workdir / f"ref-{args.reference}")],
+            cwd=ROOT,
+            capture_output=True,
+        )
 
-    best = {name: [max((sweep[i] for sweep in sweeps), key=lambda r: r["throughput_rps"]) for i in range(len(concurrencies))]
-            for name, sweeps in results.items()}
+    best = {
+        name: [
+            max((sweep[i] for sweep in sweeps), key=lambda r: r["throughput_rps"])
+            for i in range(len(concurrencies))
+        ]
+        for name, sweeps in results.items()
+    }
     ours = best.get("tuneserve v1 route") or next(iter(best.values()))
-    lines = [f"# Route styles — the `{args.model}` text route served {len(best)} ways", "",
-             f"{os.cpu_count()} cores, one worker each, one text per request, closed loop, {args.seconds:g} s per step, "
-             f"best of {args.rounds} alternating sweeps per server; variant {args.variant or 'the manifest default'}.", "",
-             "| server | concurrency | req/s | p50 ms | p99 ms | errors | vs tuneserve v1 route |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Route styles — the `{args.model}` text route served {len(best)} ways",
+        "",
+        f"{os.cpu_count()} cores, one worker each, one text per request, closed loop, {args.seconds:g} s per step, "
+        f"best of {args.rounds} alternating sweeps per server; variant {args.variant or 'the manifest default'}.",
+        "",
+        "| server | concurrency | req/s | p50 ms | p99 ms | errors | vs tuneserve v1 route |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, rows in best.items():
         for c, row, mine in zip(concurrencies, rows, ours):
-            lines.append(f"| {name} | {c} | {row['throughput_rps']:.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | "
-                         f"{row['throughput_rps'] / mine['throughput_rps']:.3f} |")
-    report = {"model": args.model, "variant": args.variant, "repository": str(repository), "concurrency": concurrencies, "seconds": args.seconds,
-              "rounds": args.rounds, "reference": args.reference, "best": best, "sweeps": results}
-    write_results("route_styles" if not args.only else "route_styles_" + args.only.replace(",", "_"), report, lines)
+            lines.append(
+                f"| {name} | {c} | {row['throughput_rps']:.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | "
+                f"{row['throughput_rps'] / mine['throughput_rps']:.3f} |"
+            )
+    report = {
+        "model": args.model,
+        "variant": args.variant,
+        "repository": str(repository),
+        "concurrency": concurrencies,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "reference": args.reference,
+        "best": best,
+        "sweeps": results,
+    }
+    write_results(
+        "route_styles" if not args.only else "route_styles_" + args.only.replace(",", "_"), report, lines
+    )
     print("\n".join(lines))
     return 0
 

@@ -30,10 +30,10 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import RESULTS, server, tuneserve_server, write_results  # noqa: E402
-from benchmarks.startup import rss_of_workers  # noqa: E402
-from serving.loadtest.engine import StepStats, _attempt, arrival_times, run  # noqa: E402
-from serving.loadtest.payloads import ENDPOINTS, Payload, builtin_payloads  # noqa: E402
+from benchmarks.harness import RESULTS, server, tuneserve_server, write_results
+from benchmarks.startup import rss_of_workers
+from serving.loadtest.engine import StepStats, _attempt, arrival_times, run
+from serving.loadtest.payloads import ENDPOINTS, Payload, builtin_payloads
 
 MIX = tuple(ENDPOINTS)  # every task route
 MEMORY_SAMPLE_S = 5.0
@@ -43,14 +43,22 @@ def mixed_stream() -> list[tuple[str, Payload]]:
     """(route, payload) for every endpoint of MIX in turn, each rotating through its built-in payloads."""
     payloads = {name: builtin_payloads(name, None) for name in MIX}
     rounds = max(len(p) for p in payloads.values())
-    return [(ENDPOINTS[name].route, payloads[name][i % len(payloads[name])]) for i in range(rounds) for name in MIX]
+    return [
+        (ENDPOINTS[name].route, payloads[name][i % len(payloads[name])])
+        for i in range(rounds)
+        for name in MIX
+    ]
 
 
 def _client(limit: int) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit), timeout=aiohttp.ClientTimeout(total=30))
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit), timeout=aiohttp.ClientTimeout(total=30)
+    )
 
 
-async def mixed_capacity(base: str, stream: list[tuple[str, Payload]], concurrency: int, seconds: float, warmup_s: float = 1.0) -> dict[str, Any]:
+async def mixed_capacity(
+    base: str, stream: list[tuple[str, Payload]], concurrency: int, seconds: float, warmup_s: float = 1.0
+) -> dict[str, Any]:
     """Closed loop of the mixed stream: `concurrency` users, each sending its next request on an answer."""
     stats, rotation = StepStats("closed", concurrency), itertools.cycle(stream)
     start = time.perf_counter()
@@ -70,7 +78,15 @@ async def mixed_capacity(base: str, stream: list[tuple[str, Payload]], concurren
     return stats.summary()
 
 
-async def soak(base: str, stream: list[tuple[str, Payload]], rate: float, seconds: float, interval_s: float, others, max_in_flight: int = 1024) -> dict[str, Any]:
+async def soak(
+    base: str,
+    stream: list[tuple[str, Payload]],
+    rate: float,
+    seconds: float,
+    interval_s: float,
+    others,
+    max_in_flight: int = 1024,
+) -> dict[str, Any]:
     """Open loop (Poisson arrivals at `rate`) for `seconds`: per interval the latency and errors (by
     intended send time) and the worker's memory; per route the latency over the whole run."""
     count = max(1, round(seconds / interval_s))
@@ -87,7 +103,9 @@ async def soak(base: str, stream: list[tuple[str, Payload]], rate: float, second
             cpu_marks.append(others.mark())
             while time.perf_counter() < start + (k + 1) * interval_s:
                 memory.append((time.perf_counter() - start, sum(rss_of_workers(os.getpid()))))
-                await asyncio.sleep(min(MEMORY_SAMPLE_S, max(0.0, start + (k + 1) * interval_s - time.perf_counter())))
+                await asyncio.sleep(
+                    min(MEMORY_SAMPLE_S, max(0.0, start + (k + 1) * interval_s - time.perf_counter()))
+                )
             intervals[k].server["other_processes_cores"] = others.cores_since(cpu_marks[k])
 
     async with _client(max_in_flight) as session:
@@ -157,7 +175,9 @@ def plot(result: dict[str, Any], interval_s: float, warmup_s: float, path: Path)
     latency.set_yscale("log")
     latency.legend()
     latency.grid(True, which="both", alpha=0.3)
-    memory.plot([t for t, _ in result["memory"]], [rss / 2**20 for _, rss in result["memory"]], color="tab:green")
+    memory.plot(
+        [t for t, _ in result["memory"]], [rss / 2**20 for _, rss in result["memory"]], color="tab:green"
+    )
     memory.set_ylabel("worker RSS (MiB)")
     memory.set_xlabel("seconds")
     memory.grid(True, alpha=0.3)
@@ -174,7 +194,12 @@ def main() -> None:
     ap.add_argument("--repository", default=str(ROOT / "exported"))
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--interval-s", type=float, default=30.0)
-    ap.add_argument("--warmup-s", type=float, default=60.0, help="excluded from growth and stability (at most half the run)")
+    ap.add_argument(
+        "--warmup-s",
+        type=float,
+        default=60.0,
+        help="excluded from growth and stability (at most half the run)",
+    )
     ap.add_argument("--load", type=float, default=0.5, help="fraction of the measured capacity")
     ap.add_argument("--capacity-concurrency", type=int, default=32)
     ap.add_argument("--capacity-seconds", type=float, default=5.0)
@@ -191,10 +216,21 @@ def main() -> None:
         capacity = run(mixed_capacity(base, stream, args.capacity_concurrency, args.capacity_seconds))
         capacity["other_processes_cores"] = others.cores_since(mark)
         rate = args.load * capacity["throughput_rps"]
-        print(f"capacity {capacity['throughput_rps']:.1f} mixed req/s (p99 {capacity['p99_ms']:.1f} ms, errors {capacity['errors']}); soak at {rate:.1f} req/s for {seconds:g} s", flush=True)
+        print(
+            f"capacity {capacity['throughput_rps']:.1f} mixed req/s (p99 {capacity['p99_ms']:.1f} ms, errors {capacity['errors']}); soak at {rate:.1f} req/s for {seconds:g} s",
+            flush=True,
+        )
         result = run(soak(base, stream, rate, seconds, args.interval_s, others))
     summary = analyse(result, args.interval_s, warmup_s)
-    report = {"cores": os.cpu_count(), "config": vars(args), "mix": list(MIX), "capacity": capacity, "rate_rps": rate, "summary": summary, **result}
+    report = {
+        "cores": os.cpu_count(),
+        "config": vars(args),
+        "mix": list(MIX),
+        "capacity": capacity,
+        "rate_rps": rate,
+        "summary": summary,
+        **result,
+    }
     plot(result, args.interval_s, warmup_s, RESULTS / "soak.png")
     write_results("soak", report, markdown(report))
 
@@ -236,7 +272,10 @@ def markdown(report: dict[str, Any]) -> list[str]:
         "",
         "| route | requests | errors | p50 ms | p99 ms |",
         "|---|---:|---:|---:|---:|",
-        *[f"| `{route}` | {s['requests']} | {s['errors']} | {_ms(s['p50_ms'])} | {_ms(s['p99_ms'])} |" for route, s in report["per_route"].items()],
+        *[
+            f"| `{route}` | {s['requests']} | {s['errors']} | {_ms(s['p50_ms'])} | {_ms(s['p99_ms'])} |"
+            for route, s in report["per_route"].items()
+        ],
         "",
         "![latency and memory over the soak](soak.png)",
         "",

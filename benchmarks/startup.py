@@ -21,7 +21,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import tuneserve_server, wait_ready, write_results  # noqa: E402
+from benchmarks.harness import tuneserve_server, wait_ready, write_results
 
 SESSIONS_ONLY = r"""
 import json, sys, time
@@ -61,7 +61,14 @@ def empty_start() -> float:
         argv, port, env = tuneserve_server(ROOT / "exported")
         argv[argv.index("serving.service:TuneServe")] = "empty_service:Empty"
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=folder, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=folder,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             wait_ready(f"http://127.0.0.1:{port}/readyz", proc, 60, poll_s=0.02)
             return time.perf_counter() - started
@@ -84,7 +91,7 @@ def rss_of_workers(root_pid: int) -> list[int]:
         if "_bentoml_impl.worker.service" not in cmdline:
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        pid, ppid = int(proc.name), int(fields["PPid"].strip())
+        _pid, ppid = int(proc.name), int(fields["PPid"].strip())
         if ppid == root_pid or _ancestor(root_pid, ppid):
             out.append(int(fields["VmRSS"].split()[0]) * 1024)
     return out
@@ -95,7 +102,13 @@ def _ancestor(root: int, pid: int) -> bool:
         if pid == root:
             return True
         try:
-            pid = int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("PPid:")).split()[1])
+            pid = int(
+                next(
+                    line
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if line.startswith("PPid:")
+                ).split()[1]
+            )
         except (OSError, StopIteration):
             return False
     return False
@@ -104,7 +117,14 @@ def _ancestor(root: int, pid: int) -> bool:
 def one_start(repository: Path) -> dict:
     argv, port, env = tuneserve_server(repository)
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         wait_ready(f"http://127.0.0.1:{port}/readyz", proc, 180, poll_s=0.02)
         ready_s = time.perf_counter() - started
@@ -127,20 +147,41 @@ def main() -> None:
     sessions, starts, empties = [], [], []
     for i in range(args.runs):
         empties.append(empty_start())
-        done = subprocess.run([sys.executable, "-c", SESSIONS_ONLY], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", SESSIONS_ONLY],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         sessions.append(json.loads(done.stdout.strip().splitlines()[-1]))
         starts.append(one_start(repository))
-        print(f"  run {i + 1}: sessions only {sessions[-1]['sessions_s']:.2f} s (+ import {sessions[-1]['import_s']:.2f} s); "
-              f"server ready {starts[-1]['ready_s']:.2f} s (empty BentoML service {empties[-1]:.2f} s); worker RSS {[round(r / 2**20) for r in starts[-1]['worker_rss_bytes']]} MiB", flush=True)
+        print(
+            f"  run {i + 1}: sessions only {sessions[-1]['sessions_s']:.2f} s (+ import {sessions[-1]['import_s']:.2f} s); "
+            f"server ready {starts[-1]['ready_s']:.2f} s (empty BentoML service {empties[-1]:.2f} s); worker RSS {[round(r / 2**20) for r in starts[-1]['worker_rss_bytes']]} MiB",
+            flush=True,
+        )
     best_sessions = min(s["sessions_s"] + s["import_s"] for s in sessions)
     best_ready = min(s["ready_s"] for s in starts)
     rss = max(max(s["worker_rss_bytes"]) for s in starts)
     ratio = best_ready / best_sessions
     best_empty = min(empties)
     added = best_ready - best_empty
-    report = {"cores": os.cpu_count(), "repository": str(repository), "models": starts[0]["models"], "sessions_only": sessions, "server": starts,
-              "empty_service_ready_s": empties, "best_empty_ready_s": best_empty,
-              "best_ready_s": best_ready, "best_sessions_s": best_sessions, "ready_vs_sessions": ratio, "added_vs_sessions": added / best_sessions, "max_worker_rss_bytes": rss}
+    report = {
+        "cores": os.cpu_count(),
+        "repository": str(repository),
+        "models": starts[0]["models"],
+        "sessions_only": sessions,
+        "server": starts,
+        "empty_service_ready_s": empties,
+        "best_empty_ready_s": best_empty,
+        "best_ready_s": best_ready,
+        "best_sessions_s": best_sessions,
+        "ready_vs_sessions": ratio,
+        "added_vs_sessions": added / best_sessions,
+        "max_worker_rss_bytes": rss,
+    }
     lines = [
         "# Startup and memory",
         "",

@@ -20,7 +20,16 @@ def make_app(mode: str):
 
     async def respond(send, status: int, body: dict) -> None:
         payload = json.dumps(body).encode()
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
     async def app(scope, receive, send):
@@ -36,7 +45,9 @@ def make_app(mode: str):
         state["count"] += 1
         if mode == "errors":
             status = ERROR_CYCLE[n % len(ERROR_CYCLE)]
-            return await respond(send, status, {"n": n} if status == 200 else {"error": f"request {n} fails on purpose"})
+            return await respond(
+                send, status, {"n": n} if status == 200 else {"error": f"request {n} fails on purpose"}
+            )
         if mode == "stall":
             # one request at a time; the first request after STALL_AT_S holds the line for STALL_FOR_S
             async with lock:

@@ -22,23 +22,38 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import closed_loop_sweep, eager_model, free_port, model_benchmark_args, serve_and_sweep, served_table, server, time_engines, write_results  # noqa: E402
-from serving.loadtest.payloads import json_payload  # noqa: E402
-from serving.manifest import load_manifest  # noqa: E402
-from serving.processing import TextPreprocessor  # noqa: E402
-from serving.sessions import create_session  # noqa: E402
-from training.data.text import read_labelled_texts, resolve_source  # noqa: E402
-from training.recipe import Recipe  # noqa: E402
+from benchmarks.harness import (
+    closed_loop_sweep,
+    eager_model,
+    free_port,
+    model_benchmark_args,
+    serve_and_sweep,
+    served_table,
+    server,
+    time_engines,
+    write_results,
+)
+from serving.loadtest.payloads import json_payload
+from serving.manifest import load_manifest
+from serving.processing import TextPreprocessor
+from serving.sessions import create_session
+from training.data.text import read_labelled_texts, resolve_source
+from training.recipe import Recipe
 
 ROUTE = "/v1/text/classify"
 
 
-def engine_benchmarks(model_dir: Path, texts: list[str], batch_sizes: list[int], seconds: float, threads: int) -> list[dict]:
+def engine_benchmarks(
+    model_dir: Path, texts: list[str], batch_sizes: list[int], seconds: float, threads: int
+) -> list[dict]:
     manifest = load_manifest(model_dir)
     pre = TextPreprocessor.from_config(model_dir, manifest.preprocessing)
     eager = eager_model(model_dir)
     torch.set_num_threads(threads)
-    sessions = {v: create_session(model_dir / manifest.variants[v].file, threads, ["CPUExecutionProvider"])[0] for v in manifest.variants}
+    sessions = {
+        v: create_session(model_dir / manifest.variants[v].file, threads, ["CPUExecutionProvider"])[0]
+        for v in manifest.variants
+    }
 
     rows = []
     for bs in batch_sizes:
@@ -74,7 +89,10 @@ def write_report(report: dict) -> None:
         "",
         "| engine | batch | seq/s | ms/batch |",
         "|---|---:|---:|---:|",
-        *[f"| {e['engine']} | {e['batch']} | {e['seq_per_s']:.1f} | {e['ms_per_batch']:.2f} |" for e in report["engines"]],
+        *[
+            f"| {e['engine']} | {e['batch']} | {e['seq_per_s']:.1f} | {e['ms_per_batch']:.2f} |"
+            for e in report["engines"]
+        ],
         "",
         "## Served endpoint (`POST /v1/text/classify`, one text per request, closed loop)",
         "",
@@ -108,15 +126,30 @@ def main() -> None:
     np.random.default_rng(0).shuffle(texts)
 
     print(f"engines ({args.threads} threads):", flush=True)
-    engines = engine_benchmarks(model_dir, texts, [int(b) for b in args.batches.split(",")], args.engine_seconds, args.threads)
+    engines = engine_benchmarks(
+        model_dir, texts, [int(b) for b in args.batches.split(",")], args.engine_seconds, args.threads
+    )
     payloads = [json_payload({"model": args.model, "texts": [t]}) for t in texts]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     print("served endpoint:", flush=True)
-    info, served = serve_and_sweep(repository, args.model, ROUTE, payloads, concurrencies, args.served_seconds)
+    info, served = serve_and_sweep(
+        repository, args.model, ROUTE, payloads, concurrencies, args.served_seconds
+    )
     print("baseline server (PyTorch eager, one request per forward):", flush=True)
     port = free_port()
-    with server([sys.executable, str(ROOT / "benchmarks/baselines/eager_text_server.py"), str(model_dir), "--port", str(port)], port) as base:
-        baseline = closed_loop_sweep(base, ROUTE, payloads, [c for c in concurrencies if c <= 32], args.served_seconds, "baseline ")
+    with server(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/baselines/eager_text_server.py"),
+            str(model_dir),
+            "--port",
+            str(port),
+        ],
+        port,
+    ) as base:
+        baseline = closed_loop_sweep(
+            base, ROUTE, payloads, [c for c in concurrencies if c <= 32], args.served_seconds, "baseline "
+        )
 
     def eng(name: str, bs: int) -> float:
         return next(e["seq_per_s"] for e in engines if e["engine"] == name and e["batch"] == bs)

@@ -18,9 +18,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import closed_loop_sweep, server, tuneserve_server, write_results  # noqa: E402
-from serving.loadtest.payloads import builtin_payloads  # noqa: E402
-from serving.manifest import load_manifest  # noqa: E402
+from benchmarks.harness import closed_loop_sweep, server, tuneserve_server, write_results
+from serving.loadtest.payloads import builtin_payloads
+from serving.manifest import load_manifest
 
 
 def main() -> None:
@@ -32,7 +32,10 @@ def main() -> None:
     repository = Path(args.repository)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     # the same texts for both routes: the entity sample sentences
-    payloads = {"entities": builtin_payloads("text/entities", "entities"), "intent": builtin_payloads("text/entities", "intent")}
+    payloads = {
+        "entities": builtin_payloads("text/entities", "entities"),
+        "intent": builtin_payloads("text/entities", "intent"),
+    }
     routes = {"entities": "/v1/text/entities", "intent": "/v1/text/classify"}
     argv, port, env = tuneserve_server(repository)
     results, variants = {}, {}
@@ -40,7 +43,9 @@ def main() -> None:
         models = {m["name"]: m for m in httpx.get(base + "/v1/models").json()["models"]}
         for name in ("intent", "entities"):
             variants[name] = models[name]["variant"]
-            results[name] = closed_loop_sweep(base, routes[name], payloads[name], concurrencies, args.served_seconds, f"{name:8}")
+            results[name] = closed_loop_sweep(
+                base, routes[name], payloads[name], concurrencies, args.served_seconds, f"{name:8}"
+            )
 
     def at(rows: list[dict], c: int) -> dict:
         return next((r for r in rows if r["load"] == c), rows[-1])
@@ -48,7 +53,13 @@ def main() -> None:
     ratio = at(results["entities"], 32)["throughput_rps"] / at(results["intent"], 32)["throughput_rps"]
     manifest = load_manifest(repository / "entities")
     served = manifest.variants[variants["entities"]].metrics
-    report = {"cores": os.cpu_count(), "variants": variants, "served": results, "entities_vs_classify_c32": ratio, "entities_test": served}
+    report = {
+        "cores": os.cpu_count(),
+        "variants": variants,
+        "served": results,
+        "entities_vs_classify_c32": ratio,
+        "entities_test": served,
+    }
     lines = [
         "# Entities vs classification — same backbone, same server, same texts",
         "",
@@ -58,7 +69,8 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
         *[
             f"| {routes[name]} | {s['load']:g} | {s['throughput_rps']:.1f} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['p99_ms']:.1f} | {s['errors']} | {s['server'].get('mean_batch_size', 0):.1f} |"
-            for name in ("intent", "entities") for s in results[name]
+            for name in ("intent", "entities")
+            for s in results[name]
         ],
         "",
         f"- entities req/s at concurrency 32 = **{ratio * 100:.0f}%** of classify (target ≥ 80%)",

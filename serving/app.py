@@ -27,9 +27,13 @@ from serving.settings import Settings
 if TYPE_CHECKING:
     from serving.server import ModelServer
 
-DESCRIPTION = "Predictions from the models of the repository. Every client mistake is a 4xx with {\"error\": message}."
-V2_DESCRIPTION = ("Every model of the repository over the Open Inference Protocol: raw inputs (texts, files, rows as JSON) "
-                  "as BYTES tensors, JSON or binary tensor data, the same pre-processing and batching as /v1.")
+DESCRIPTION = (
+    'Predictions from the models of the repository. Every client mistake is a 4xx with {"error": message}.'
+)
+V2_DESCRIPTION = (
+    "Every model of the repository over the Open Inference Protocol: raw inputs (texts, files, rows as JSON) "
+    "as BYTES tensors, JSON or binary tensor data, the same pre-processing and batching as /v1."
+)
 
 
 class DocumentedApp(FastAPI):
@@ -55,39 +59,74 @@ class DocumentedApp(FastAPI):
 def create_app(server: ModelServer | v1.ServerRef, settings: Settings) -> FastAPI:
     """The v1 app over `server`, or over a function returning it (BentoML creates the server, in
     its service instance, only after the app is mounted)."""
-    return _app(v1.routes(_ref(server)), "/v1", "", "tuneserve", DESCRIPTION, settings, open_paths=("/openapi.json",))
+    return _app(
+        v1.routes(_ref(server)), "/v1", "", "tuneserve", DESCRIPTION, settings, open_paths=("/openapi.json",)
+    )
 
 
 def create_v2_app(server: ModelServer | v1.ServerRef, settings: Settings) -> FastAPI:
     """The Open Inference Protocol (KServe v2) app over the same server. Its paths carry their /v2
     prefix and it is mounted at the root: clients ask for `GET /v2` itself, which a mount at /v2
     would answer with a redirect. It answers nothing outside /v2."""
-    return _app(v2.routes(_ref(server)), "", "/v2", "tuneserve (Open Inference Protocol)", V2_DESCRIPTION, settings,
-                open_paths=("/v2/openapi.json", "/v2/health/live", "/v2/health/ready"))
+    return _app(
+        v2.routes(_ref(server)),
+        "",
+        "/v2",
+        "tuneserve (Open Inference Protocol)",
+        V2_DESCRIPTION,
+        settings,
+        open_paths=("/v2/openapi.json", "/v2/health/live", "/v2/health/ready"),
+    )
 
 
 def _ref(server: ModelServer | v1.ServerRef) -> v1.ServerRef:
     return server if callable(server) else (lambda: server)
 
 
-def _app(routes: list[BaseRoute], mount: str, prefix: str, title: str, description: str, settings: Settings,
-         open_paths: tuple[str, ...]) -> FastAPI:
+def _app(
+    routes: list[BaseRoute],
+    mount: str,
+    prefix: str,
+    title: str,
+    description: str,
+    settings: Settings,
+    open_paths: tuple[str, ...],
+) -> FastAPI:
     """An app of `routes` (paths under `prefix`) to be mounted at `mount`, with the API-key and body
     guard, JSON errors, its OpenAPI document at `prefix`/openapi.json and a JSON 404/405 for any
     other path under `prefix`."""
     app = DocumentedApp(
-        title=title, version=(mount + prefix).strip("/"), description=description, docs_url=None, redoc_url=None,
-        openapi_url=f"{prefix}/openapi.json", servers=[{"url": mount or "/"}], routes=routes,
-        exception_handlers={RequestError: request_error, HTTPException: http_error, ClientDisconnect: client_gone},
+        title=title,
+        version=(mount + prefix).strip("/"),
+        description=description,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=f"{prefix}/openapi.json",
+        servers=[{"url": mount or "/"}],
+        routes=routes,
+        exception_handlers={
+            RequestError: request_error,
+            HTTPException: http_error,
+            ClientDisconnect: client_gone,
+        },
         middleware=[Middleware(Guard, settings=settings, open_paths=open_paths)],
     )
 
     async def no_route(request: Request) -> JSONResponse:
         """Catch-all: a known path with the wrong method is a 405, anything else a 404."""
-        partial = any(route.matches(request.scope)[0] == Match.PARTIAL for route in app.router.routes if route is not catch_all)
+        partial = any(
+            route.matches(request.scope)[0] == Match.PARTIAL
+            for route in app.router.routes
+            if route is not catch_all
+        )
         raise HTTPException(405 if partial else 404)
 
-    catch_all = Route(prefix + "/{path:path}", no_route, methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    catch_all = Route(
+        prefix + "/{path:path}",
+        no_route,
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )
     app.router.routes.append(catch_all)
     return app
 
@@ -107,8 +146,15 @@ async def request_error(request: Request, exc: Exception) -> JSONResponse:
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     """Unknown /v1 paths and wrong methods answer in the same JSON error shape as everything else."""
     assert isinstance(exc, HTTPException)
-    what = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
-    return JSONResponse({"error": what.get(exc.status_code, str(exc.detail))}, status_code=exc.status_code, headers=exc.headers)
+    what = {
+        404: f"no route {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }
+    return JSONResponse(
+        {"error": what.get(exc.status_code, str(exc.detail))},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
 
 
 async def client_gone(request: Request, exc: Exception) -> JSONResponse:
@@ -129,13 +175,33 @@ class Guard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {k.lower(): v for k, v in scope["headers"] if k.lower() in (b"authorization", b"x-api-key", b"content-length")}
+        headers = {
+            k.lower(): v
+            for k, v in scope["headers"]
+            if k.lower() in (b"authorization", b"x-api-key", b"content-length")
+        }
         refusal = None
-        if self.key is not None and self._route_path(scope) not in self.open_paths and not self._authorised(headers):
-            refusal = JSONResponse({"error": "missing or wrong API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"},
-                                   status_code=401, headers={"WWW-Authenticate": 'Bearer realm="tuneserve"'})
-        elif (declared := headers.get(b"content-length", b"").strip()).isdigit() and int(declared) > self.limit:
-            refusal = JSONResponse({"error": f"request body is {int(declared)} bytes; the limit is {self.limit} (TUNESERVE_MAX_BODY_MB)"}, status_code=413)
+        if (
+            self.key is not None
+            and self._route_path(scope) not in self.open_paths
+            and not self._authorised(headers)
+        ):
+            refusal = JSONResponse(
+                {
+                    "error": "missing or wrong API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
+                },
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="tuneserve"'},
+            )
+        elif (declared := headers.get(b"content-length", b"").strip()).isdigit() and int(
+            declared
+        ) > self.limit:
+            refusal = JSONResponse(
+                {
+                    "error": f"request body is {int(declared)} bytes; the limit is {self.limit} (TUNESERVE_MAX_BODY_MB)"
+                },
+                status_code=413,
+            )
         if refusal is not None:
             return await refusal(scope, receive, send)
         await self.app(scope, receive, send)
@@ -144,7 +210,7 @@ class Guard:
     def _route_path(scope: Scope) -> str:
         """The path inside this app (the mount's prefix, e.g. /v1, taken off)."""
         path, root = scope["path"], scope.get("root_path", "")
-        return path[len(root):] if root and path.startswith(root) else path
+        return path[len(root) :] if root and path.startswith(root) else path
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
         given = headers.get(b"x-api-key")
@@ -166,6 +232,7 @@ class UnroutablePaths:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] == "http" and "\n" in path and path.startswith(self.prefixes):
-            return await JSONResponse({"error": f"no route {path[:200]!r}"}, status_code=404)(scope, receive, send)
+            return await JSONResponse({"error": f"no route {path[:200]!r}"}, status_code=404)(
+                scope, receive, send
+            )
         await self.app(scope, receive, send)
-

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from serving.errors import Overloaded
 
@@ -127,6 +128,3 @@ class MicroBatcher(Generic[In, Out]):
             if not future.done():
                 future.set_exception(Overloaded("this model was just replaced; retry"))
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-

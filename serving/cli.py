@@ -23,7 +23,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     runtime = Runtime(settings)
     model = runtime.models.get(args.model)
     if model is None:
-        print(f"error: unknown model {args.model!r}; available models: {sorted(runtime.models) or 'none'}", file=sys.stderr)
+        print(
+            f"error: unknown model {args.model!r}; available models: {sorted(runtime.models) or 'none'}",
+            file=sys.stderr,
+        )
         return 2
     task = model.task
     options = {name: getattr(args, name) for name in task.options}
@@ -50,7 +53,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         try:
             m = load_manifest(path.parent, verify=args.verify)
             metric = m.metrics.get("decisive", "accuracy")
-            rows.append(f"{m.name:<20} {m.task:<22} v{m.version:<4} cpu={m.default_variant['cpu']:<5} test_{metric}={m.metrics.get('test_' + metric, float('nan')):.4f}")
+            rows.append(
+                f"{m.name:<20} {m.task:<22} v{m.version:<4} cpu={m.default_variant['cpu']:<5} test_{metric}={m.metrics.get('test_' + metric, float('nan')):.4f}"
+            )
         except ManifestError as exc:
             rows.append(f"{path.parent.name:<20} REFUSED: {exc}")
     print("\n".join(rows) if rows else f"no models in {root}")
@@ -80,10 +85,19 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("predict", help="answer from a model of the repository, no server needed")
     p.add_argument("model", help="model name, e.g. intent or surface-defects")
-    p.add_argument("inputs", nargs="+", help="what the model's task takes: texts, image or audio files, table rows (JSON objects or a JSON/JSONL file), a series (numbers, a JSON or CSV file)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="what the model's task takes: texts, image or audio files, table rows (JSON objects or a JSON/JSONL file), a series (numbers, a JSON or CSV file)",
+    )
     for task in TASKS.values():
         for name, option in task.options.items():
-            p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=option.type, help=f"{task.name} models: {option.help}")
+            p.add_argument(
+                f"--{name.replace('_', '-')}",
+                dest=name,
+                type=option.type,
+                help=f"{task.name} models: {option.help}",
+            )
     p.add_argument("--repository", help="model repository (default: exported/ or $TUNESERVE_REPOSITORY)")
     p.add_argument("--json", action="store_true", help="print the same JSON the HTTP endpoint returns")
     p.set_defaults(func=cmd_predict)

@@ -77,7 +77,9 @@ class Manifest(BaseModel):
             "base_model": self.base_model,
             "labels": self.labels,
             "variant": variant or self.default_variant["cpu"],
-            "variants": {k: {"precision": v.precision, "metrics": v.metrics} for k, v in self.variants.items()},
+            "variants": {
+                k: {"precision": v.precision, "metrics": v.metrics} for k, v in self.variants.items()
+            },
             "metrics": {k: v for k, v in self.metrics.items() if not isinstance(v, (list, dict))},
         }
 
@@ -94,7 +96,9 @@ def describe_files(model_dir: Path) -> dict[str, FileEntry]:
     """Size and sha256 of every file in a model folder except the manifest itself."""
     entries = {}
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
-        entries[path.relative_to(model_dir).as_posix()] = FileEntry(bytes=path.stat().st_size, sha256=sha256_file(path))
+        entries[path.relative_to(model_dir).as_posix()] = FileEntry(
+            bytes=path.stat().st_size, sha256=sha256_file(path)
+        )
     return entries
 
 
@@ -147,4 +151,6 @@ def verify_files(model_dir: Path, manifest: Manifest, only: set[str] | None = No
                 raise ManifestError(f"{model_dir}: {rel} is listed in the manifest but missing")
             continue
         if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
-            raise ManifestError(f"{model_dir}: {rel} does not match its sha256 in the manifest; refusing to load")
+            raise ManifestError(
+                f"{model_dir}: {rel} does not match its sha256 in the manifest; refusing to load"
+            )

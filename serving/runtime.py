@@ -9,10 +9,11 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from serving.errors import ManifestError, RequestError, UnknownModel
 from serving.manifest import MANIFEST_FILE, Manifest, asset_files, load_manifest, verify_files
@@ -51,7 +52,9 @@ def load_model(directory: Path, settings: Settings) -> LoadedModel:
         manifest_bytes = (directory / MANIFEST_FILE).read_bytes()
     except FileNotFoundError:
         raise ManifestError(f"{directory / MANIFEST_FILE}: no manifest") from None
-    manifest = load_manifest(directory, verify=False, raw=manifest_bytes)  # the stamp and the parse see the same bytes
+    manifest = load_manifest(
+        directory, verify=False, raw=manifest_bytes
+    )  # the stamp and the parse see the same bytes
     try:
         task_class = get_task(manifest.task)
     except ValueError as exc:
@@ -61,13 +64,21 @@ def load_model(directory: Path, settings: Settings) -> LoadedModel:
 
     def open_variant(variant: str, providers: list[str]):
         verify_files(directory, manifest, only={manifest.variants[variant].file})
-        return create_session(directory / manifest.variants[variant].file, settings.intra_op_threads(), providers, settings.cache, settings.cuda_device)
+        return create_session(
+            directory / manifest.variants[variant].file,
+            settings.intra_op_threads(),
+            providers,
+            settings.cache,
+            settings.cuda_device,
+        )
 
     providers = candidate_providers(settings.device)
     if not usable_accelerators(providers):  # no GPU provider can work here: straight to the CPU variant
         variant = manifest.variant_for("cpu", settings.variant)
         session, info = open_variant(variant, providers)
-        return LoadedModel(manifest, directory, variant, info, task_class(directory, manifest, session, settings), stamp)
+        return LoadedModel(
+            manifest, directory, variant, info, task_class(directory, manifest, session, settings), stamp
+        )
     # Variant choice depends on the device, which is known only once a session initialises: try the
     # GPU variant on the GPU providers first, and the CPU variant on the CPU.
     gpu_variant = manifest.variant_for("gpu", settings.variant)
@@ -78,7 +89,9 @@ def load_model(directory: Path, settings: Settings) -> LoadedModel:
         if cpu_variant != gpu_variant:
             session, _ = open_variant(cpu_variant, ["CPUExecutionProvider"])
         variant = cpu_variant
-    return LoadedModel(manifest, directory, variant, info, task_class(directory, manifest, session, settings), stamp)
+    return LoadedModel(
+        manifest, directory, variant, info, task_class(directory, manifest, session, settings), stamp
+    )
 
 
 class Runtime:
@@ -89,7 +102,7 @@ class Runtime:
         self.stale: dict[str, str] = {}  # model folder → why its new version was refused (the old one serves)
         self.lock = threading.Lock()  # one reload at a time
         directories = self._scan(self.broken)
-        for directory, model in zip(directories, self._load_all(directories, self.broken)):
+        for model in self._load_all(directories, self.broken):
             if model is not None:
                 self.models[model.name] = model
 
@@ -101,7 +114,9 @@ class Runtime:
         for name in sorted(wanted - found):
             broken[name] = f"asked for in TUNESERVE_MODELS but not in {root}"
             log.error("not serving %s: not in %s", name, root)
-        return [p.parent for p in sorted(root.glob(f"*/{MANIFEST_FILE}")) if not wanted or p.parent.name in wanted]
+        return [
+            p.parent for p in sorted(root.glob(f"*/{MANIFEST_FILE}")) if not wanted or p.parent.name in wanted
+        ]
 
     def _load_all(self, directories: list[Path], broken: dict[str, str]) -> list[LoadedModel | None]:
         """Load folders side by side, one per core (hashing and session creation are native code that
@@ -112,10 +127,14 @@ class Runtime:
         first: list[LoadedModel | None] = []
         if len(directories) > 1 and usable_accelerators(candidate_providers(self.settings.device)):
             first, directories = [self._try_load(directories[0], broken)], directories[1:]
-        with ThreadPoolExecutor(max_workers=max(1, min(len(directories), os.cpu_count() or 1)), thread_name_prefix="load") as pool:
+        with ThreadPoolExecutor(
+            max_workers=max(1, min(len(directories), os.cpu_count() or 1)), thread_name_prefix="load"
+        ) as pool:
             return first + list(pool.map(lambda d: self._try_load(d, broken), directories))
 
-    def reload(self, prepare: Callable[[LoadedModel], None] | None = None) -> tuple[dict[str, Any], list[LoadedModel]]:
+    def reload(
+        self, prepare: Callable[[LoadedModel], None] | None = None
+    ) -> tuple[dict[str, Any], list[LoadedModel]]:
         """Re-read the repository and swap in what changed, without stopping anything that runs.
 
         A folder whose manifest changed is loaded (and verified) beside the model that serves now and
@@ -130,7 +149,10 @@ class Runtime:
             broken: dict[str, str] = {}
             directories = self._scan(broken)
             if not directories and current:
-                raise RequestError(f"{self.settings.repository} holds no model now; refusing to unload every model", status=409)
+                raise RequestError(
+                    f"{self.settings.repository} holds no model now; refusing to unload every model",
+                    status=409,
+                )
             changed = []
             for directory in directories:
                 model = current.get(directory)
@@ -142,7 +164,12 @@ class Runtime:
                     changed.append(directory)
             models = {m.name: m for d, m in current.items() if d in directories}
             stale: dict[str, str] = {}
-            report: dict[str, Any] = {"loaded": [], "kept": [], "removed": sorted(m.name for d, m in current.items() if d not in directories), "refused": {}}
+            report: dict[str, Any] = {
+                "loaded": [],
+                "kept": [],
+                "removed": sorted(m.name for d, m in current.items() if d not in directories),
+                "refused": {},
+            }
             for directory, model in zip(changed, self._load_all(changed, broken)):
                 if model is None:
                     report["refused"][directory.name] = broken[directory.name]
@@ -164,12 +191,21 @@ class Runtime:
     def _try_load(self, directory: Path, broken: dict[str, str]) -> LoadedModel | None:
         try:
             model = load_model(directory, self.settings)
-        except Exception as exc:  # a bad model folder (manifest, hashes, an ONNX file ORT rejects) is refused alone
+        except (
+            Exception
+        ) as exc:  # a bad model folder (manifest, hashes, an ONNX file ORT rejects) is refused alone
             reason = str(exc) if isinstance(exc, ManifestError) else f"{type(exc).__name__}: {exc}"
             broken[directory.name] = reason
             log.error("not serving %s: %s", directory.name, reason)
             return None
-        log.info("loaded %s v%s (%s, %s on %s)", model.name, model.manifest.version, model.manifest.task, model.variant, model.session_info.provider)
+        log.info(
+            "loaded %s v%s (%s, %s on %s)",
+            model.name,
+            model.manifest.version,
+            model.manifest.task,
+            model.variant,
+            model.session_info.provider,
+        )
         return model
 
     def resolve(self, name: str | None, task: str) -> LoadedModel:
@@ -177,7 +213,9 @@ class Runtime:
         if name is None:
             same_task = sorted(m for m, model in self.models.items() if model.manifest.task == task)
             if not same_task:
-                raise UnknownModel(f"no {task} model is loaded; available models: {sorted(self.models) or 'none'}")
+                raise UnknownModel(
+                    f"no {task} model is loaded; available models: {sorted(self.models) or 'none'}"
+                )
             default = TASKS[task].default_model
             return self.models[default if default in same_task else same_task[0]]
         model = self.models.get(name)
@@ -185,7 +223,9 @@ class Runtime:
             broken = self.broken  # read once: a reload replaces the dict
             hint = f" (refused at load: {broken[name]})" if name in broken else ""
             shown = repr(name) if len(name) <= 100 else f"{name[:100]!r}… ({len(name)} characters)"
-            raise UnknownModel(f"unknown model {shown}{hint}; available models: {sorted(self.models) or 'none'}")
+            raise UnknownModel(
+                f"unknown model {shown}{hint}; available models: {sorted(self.models) or 'none'}"
+            )
         if model.manifest.task != task:
             route = f"/v1{TASKS[model.manifest.task].route}"
             raise RequestError(f"model {name!r} is a {model.manifest.task} model; send it to {route}")

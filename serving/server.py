@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 from serving.batching import MicroBatcher
 from serving.errors import InputError, RequestError
@@ -20,7 +21,9 @@ BatchObserver = Callable[[str], Callable[[int, float], None] | None]
 
 
 class ModelServer:
-    def __init__(self, settings: Settings, runtime: Runtime | None = None, observer: BatchObserver | None = None) -> None:
+    def __init__(
+        self, settings: Settings, runtime: Runtime | None = None, observer: BatchObserver | None = None
+    ) -> None:
         self.settings = settings
         self.runtime = runtime or Runtime(settings)
         self.observer = observer
@@ -65,7 +68,12 @@ class ModelServer:
             if isinstance(handler, FileTask):
                 files = request.files
                 groups = min(len(files), self.prepare_threads)
-                done = await asyncio.gather(*(loop.run_in_executor(self.prepare_pool, _prepare_uploads, handler, files[g::groups]) for g in range(groups)))
+                done = await asyncio.gather(
+                    *(
+                        loop.run_in_executor(self.prepare_pool, _prepare_uploads, handler, files[g::groups])
+                        for g in range(groups)
+                    )
+                )
                 prepared: list[Any] = [None] * len(files)
                 for g, group in enumerate(done):
                     prepared[g::groups] = group
@@ -118,5 +126,9 @@ def _prepare_uploads(handler: FileTask, uploads: list[Upload]) -> list[Any]:
         try:
             results.append(handler.prepare_upload(upload))
         except Exception as exc:
-            results.append(exc if isinstance(exc, RequestError) else RequestError(f"{upload.label(handler.file_field)}: {exc}"))
+            results.append(
+                exc
+                if isinstance(exc, RequestError)
+                else RequestError(f"{upload.label(handler.file_field)}: {exc}")
+            )
     return results

@@ -17,10 +17,10 @@ from concurrent.futures import Future
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import bentoml  # noqa: E402
+import bentoml
 
-from serving.app import UnroutablePaths, create_app, create_v2_app  # noqa: E402
-from serving.settings import Settings  # noqa: E402
+from serving.app import UnroutablePaths, create_app, create_v2_app
+from serving.settings import Settings
 
 SETTINGS = Settings()
 
@@ -59,7 +59,9 @@ def _loaded(future: Future | None):
     try:
         return future.result()
     except ImportError as exc:
-        logging.getLogger(__name__).warning("opening the models in the background failed (%s); opening them now", exc)
+        logging.getLogger(__name__).warning(
+            "opening the models in the background failed (%s); opening them now", exc
+        )
         return None
 
 
@@ -90,7 +92,11 @@ def observe_batches(model: str):
 
 # BentoML samples no traces by default, yet its OpenTelemetry middleware still builds a span per
 # request (~20% of the event loop's time here). Unless tracing is asked for, skip it on /v1 and /v2 routes.
-TRACING = {"sample_rate": SETTINGS.trace_sample_rate} if SETTINGS.trace_sample_rate is not None else {"excluded_urls": ["/v1/", "/v2/"]}
+TRACING = (
+    {"sample_rate": SETTINGS.trace_sample_rate}
+    if SETTINGS.trace_sample_rate is not None
+    else {"excluded_urls": ["/v1/", "/v2/"]}
+)
 
 
 @bentoml.service(

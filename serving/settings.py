@@ -26,36 +26,77 @@ class Settings(BaseSettings):
 
     repository: Path = Field(PROJECT_ROOT / "exported", description="the model repository to serve")
     models: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="which models of the repository to load, comma-separated; empty = all")
-    device: Literal["auto", "cpu"] = Field("auto", description="auto tries TensorRT, then CUDA, then the CPU; cpu never touches a GPU provider")
-    variant: str | None = Field(None, description="serve this variant (fp32, int8, ...) instead of the manifest's default for the device")
+        default_factory=list,
+        description="which models of the repository to load, comma-separated; empty = all",
+    )
+    device: Literal["auto", "cpu"] = Field(
+        "auto", description="auto tries TensorRT, then CUDA, then the CPU; cpu never touches a GPU provider"
+    )
+    variant: str | None = Field(
+        None,
+        description="serve this variant (fp32, int8, ...) instead of the manifest's default for the device",
+    )
     cuda_device: int = Field(0, ge=0, description="GPU index for the CUDA provider")
-    cache: Path = Field(Path.home() / ".cache" / "tuneserve", description="writable folder for TensorRT engine and timing caches")
+    cache: Path = Field(
+        Path.home() / ".cache" / "tuneserve",
+        description="writable folder for TensorRT engine and timing caches",
+    )
     workers: int = Field(1, ge=1, description="BentoML worker processes; each loads every model")
-    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per session; 0 = cores / workers")
+    threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads per session; 0 = cores / workers"
+    )
     max_batch: int = Field(64, ge=1, description="items merged into one ONNX Runtime call")
     # A CNN on the CPU gains no throughput past a few images per call, while ONNX Runtime's memory
     # arena keeps the largest batch's activations for good (benchmarks/results/soak.md); on a GPU
     # batching pays, and this cap does not apply.
-    max_batch_image: int = Field(4, ge=1, description="items per ONNX Runtime call for image models on the CPU")
-    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits for more items when the queue is nearly empty")
+    max_batch_image: int = Field(
+        4, ge=1, description="items per ONNX Runtime call for image models on the CPU"
+    )
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="how long a batch waits for more items when the queue is nearly empty"
+    )
     max_queue: int = Field(4096, ge=1, description="items queued per model before requests are answered 503")
     max_items: int = Field(256, ge=1, description="texts per request")
     max_text_chars: int = Field(20_000, ge=1, description="characters per text")
     max_files: int = Field(64, ge=1, description="files per multipart request")
     max_file_mb: float = Field(20.0, gt=0, description="size of one uploaded file (an image, a clip)")
-    max_body_mb: float = Field(25.0, gt=0, description="request body, JSON and multipart alike: 413 before a larger body is read")
-    max_concurrency: int = Field(256, ge=1, description="requests in flight (split over the workers) before BentoML answers 429")
+    max_body_mb: float = Field(
+        25.0, gt=0, description="request body, JSON and multipart alike: 413 before a larger body is read"
+    )
+    max_concurrency: int = Field(
+        256, ge=1, description="requests in flight (split over the workers) before BentoML answers 429"
+    )
     timeout_s: float = Field(60.0, gt=0, description="seconds before a request times out (504)")
-    grace_s: int = Field(0, ge=0, description="`tuneserve serve`: seconds after SIGTERM before running requests are cancelled; 0 = wait for all")
+    grace_s: int = Field(
+        0,
+        ge=0,
+        description="`tuneserve serve`: seconds after SIGTERM before running requests are cancelled; 0 = wait for all",
+    )
     ready_policy: Literal["all", "any"] = Field(
-        "all", description="/readyz: all = 503 while any model of the repository was refused; any = 200 once one serves")
-    grpc_port: int = Field(0, ge=0, le=65535, description="serve the Open Inference Protocol over gRPC on this port too, in each worker; 0 = off")
+        "all",
+        description="/readyz: all = 503 while any model of the repository was refused; any = 200 once one serves",
+    )
+    grpc_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="serve the Open Inference Protocol over gRPC on this port too, in each worker; 0 = off",
+    )
     grpc_host: str = Field("127.0.0.1", description="address the gRPC server binds (0.0.0.0 in a container)")
-    api_key: str | None = Field(None, repr=False, description="when set, /v1 routes (but the OpenAPI document) need `Authorization: Bearer <key>` or `X-API-Key: <key>`")
-    access_log: bool = Field(False, description="one access-log line per request (costs throughput on small models)")
+    api_key: str | None = Field(
+        None,
+        repr=False,
+        description="when set, /v1 routes (but the OpenAPI document) need `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+    )
+    access_log: bool = Field(
+        False, description="one access-log line per request (costs throughput on small models)"
+    )
     trace_sample_rate: float | None = Field(
-        None, ge=0, le=1, description="OpenTelemetry sampling for /v1 and /v2 routes; unset = they are not traced at all")
+        None,
+        ge=0,
+        le=1,
+        description="OpenTelemetry sampling for /v1 and /v2 routes; unset = they are not traced at all",
+    )
 
     @field_validator("models", mode="before")
     @classmethod
@@ -89,9 +130,15 @@ class Settings(BaseSettings):
 
 def settings_table() -> str:
     """The Markdown page of every setting (docs/settings.md)."""
-    rows = ["# Settings", "", "Environment variables read once at start-up by `serving/settings.py` (generated by",
-            "`python -m serving.settings`; a test checks this page against the code).", "",
-            "| variable | default | what it does |", "|---|---|---|"]
+    rows = [
+        "# Settings",
+        "",
+        "Environment variables read once at start-up by `serving/settings.py` (generated by",
+        "`python -m serving.settings`; a test checks this page against the code).",
+        "",
+        "| variable | default | what it does |",
+        "|---|---|---|",
+    ]
     for name, field in Settings.model_fields.items():
         default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
         if isinstance(default, Path):

@@ -30,14 +30,19 @@ def tiny_repository(tmp_path_factory) -> Path:
     TINY_REPOSITORY=DIR reuses one built by an earlier session (quicker while working on serving)."""
     if os.environ.get("TINY_REPOSITORY"):
         return Path(os.environ["TINY_REPOSITORY"])
+    from training.data.surface_defects import generate_surface_defects
     from training.pipeline import build, build_recipe
     from training.recipe import load_recipe
 
-    from training.data.surface_defects import generate_surface_defects
-
     repo = tmp_path_factory.mktemp("exported")
     recipe = load_recipe("intent").with_overrides(
-        {"data.limit": 300, "train.epochs": 1, "train.max_steps": 12, "train.freeze_backbone_epochs": 0, "gates.min_test_metric": 0.0}
+        {
+            "data.limit": 300,
+            "train.epochs": 1,
+            "train.max_steps": 12,
+            "train.freeze_backbone_epochs": 0,
+            "gates.min_test_metric": 0.0,
+        }
     )
     build_recipe(recipe, repo, quiet=True)
     recipe = load_recipe("entities").with_overrides(
@@ -48,25 +53,45 @@ def tiny_repository(tmp_path_factory) -> Path:
 
     clips = generate_keyword_clips(tmp_path_factory.mktemp("clips"), per_label=14, seed=2)
     recipe = load_recipe("keywords").with_overrides(
-        {"data.source": str(clips), "train.epochs": 1, "train.max_steps": 2, "train.batch_size": 16,
-         "quantise.calibration_size": 32, "gates.min_test_metric": 0.0}
+        {
+            "data.source": str(clips),
+            "train.epochs": 1,
+            "train.max_steps": 2,
+            "train.batch_size": 16,
+            "quantise.calibration_size": 32,
+            "gates.min_test_metric": 0.0,
+        }
     )
     build(recipe, repo, quiet=True)
     images = generate_surface_defects(tmp_path_factory.mktemp("defects"), per_class=10, size=96, seed=3)
     recipe = load_recipe("surface-defects").with_overrides(
         {
-            "data.source": str(images), "preprocessing.resize_shorter": 72, "preprocessing.crop": 64,
-            "train.epochs": 1, "train.max_steps": 2, "train.batch_size": 8, "train.freeze_backbone_epochs": 0,
-            "quantise.calibration_size": 16, "gates.min_test_metric": 0.0,
+            "data.source": str(images),
+            "preprocessing.resize_shorter": 72,
+            "preprocessing.crop": 64,
+            "train.epochs": 1,
+            "train.max_steps": 2,
+            "train.batch_size": 8,
+            "train.freeze_backbone_epochs": 0,
+            "quantise.calibration_size": 16,
+            "gates.min_test_metric": 0.0,
         }
     )
     build_recipe(recipe, repo, quiet=True)
     for name, overrides in {
         "credit-risk": {"data.limit": 3000, "train.epochs": 2},
         "diagnosis": {"train.epochs": 3},
-        "energy-demand": {"data.limit": 1500, "train.epochs": 1, "pretrain.series": 16, "pretrain.length": 600, "pretrain.epochs": 1},
+        "energy-demand": {
+            "data.limit": 1500,
+            "train.epochs": 1,
+            "pretrain.series": 16,
+            "pretrain.length": 600,
+            "pretrain.epochs": 1,
+        },
     }.items():
-        build_recipe(load_recipe(name).with_overrides({**overrides, "gates.min_test_metric": 0.0}), repo, quiet=True)
+        build_recipe(
+            load_recipe(name).with_overrides({**overrides, "gates.min_test_metric": 0.0}), repo, quiet=True
+        )
     return repo
 
 
@@ -91,20 +116,31 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def start_server(repository: Path, folder: Path, ready_timeout: float = 120, ready_path: str = "/readyz", **settings: str):
+def start_server(
+    repository: Path, folder: Path, ready_timeout: float = 120, ready_path: str = "/readyz", **settings: str
+):
     """`bentoml serve` on a free local port over `repository`, with extra environment `settings`
     (e.g. TUNESERVE_API_KEY="k"); `folder` holds its log and its own BENTOML_HOME (BentoML wipes
     the Prometheus files there when a server starts). Returns once `ready_path` answers 200 (use
     /livez for a server that is up but not ready). Stopped with SIGTERM on exit."""
     port = free_port()
     log_path = folder / "server.log"
-    env = dict(os.environ, TUNESERVE_REPOSITORY=str(repository), TUNESERVE_MAX_WAIT_MS="5", BENTOML_HOME=str(folder / "bentoml_home"))
+    env = dict(
+        os.environ,
+        TUNESERVE_REPOSITORY=str(repository),
+        TUNESERVE_MAX_WAIT_MS="5",
+        BENTOML_HOME=str(folder / "bentoml_home"),
+    )
     env.update(settings)
     bentoml = Path(sys.executable).with_name("bentoml")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [str(bentoml), "serve", "serving.service:TuneServe", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     server = RunningServer(f"http://127.0.0.1:{port}", proc, log_path)
     try:

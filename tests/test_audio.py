@@ -31,7 +31,18 @@ def dominant_hz(x: np.ndarray, rate: int = 16000) -> float:
     return float(np.fft.rfftfreq(len(x), 1 / rate)[spectrum.argmax()])
 
 
-@pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_U8"), ("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_32"), ("WAV", "FLOAT"), ("FLAC", "PCM_16"), ("OGG", "VORBIS")])
+@pytest.mark.parametrize(
+    "fmt,subtype",
+    [
+        ("WAV", "PCM_U8"),
+        ("WAV", "PCM_16"),
+        ("WAV", "PCM_24"),
+        ("WAV", "PCM_32"),
+        ("WAV", "FLOAT"),
+        ("FLAC", "PCM_16"),
+        ("OGG", "VORBIS"),
+    ],
+)
 def test_formats_decode(fmt, subtype):
     out = decode_audio(encode(tone(16000), 16000, fmt, subtype))
     assert out.dtype == np.float32 and abs(len(out) - 16000) <= 16
@@ -69,13 +80,29 @@ def test_front_end_matches_librosa():
     import librosa
 
     fe = LogMelFrontEnd()
-    reference_fb = librosa.filters.mel(sr=fe.sample_rate, n_fft=fe.n_fft, n_mels=fe.n_mels, fmin=fe.fmin, fmax=fe.fmax)
+    reference_fb = librosa.filters.mel(
+        sr=fe.sample_rate, n_fft=fe.n_fft, n_mels=fe.n_mels, fmin=fe.fmin, fmax=fe.fmax
+    )
     np.testing.assert_allclose(fe.filterbank, reference_fb, rtol=1e-5, atol=1e-8)
 
     rng = np.random.default_rng(0)
-    x = (0.3 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000) + 0.05 * rng.standard_normal(16000)).astype(np.float32)
-    mel = librosa.feature.melspectrogram(y=x, sr=16000, n_fft=fe.n_fft, hop_length=fe.hop_length, win_length=fe.win_length,
-                                         window="hann", center=True, pad_mode="constant", power=2.0, n_mels=fe.n_mels, fmin=fe.fmin, fmax=fe.fmax)
+    x = (0.3 * np.sin(2 * np.pi * 300 * np.arange(16000) / 16000) + 0.05 * rng.standard_normal(16000)).astype(
+        np.float32
+    )
+    mel = librosa.feature.melspectrogram(
+        y=x,
+        sr=16000,
+        n_fft=fe.n_fft,
+        hop_length=fe.hop_length,
+        win_length=fe.win_length,
+        window="hann",
+        center=True,
+        pad_mode="constant",
+        power=2.0,
+        n_mels=fe.n_mels,
+        fmin=fe.fmin,
+        fmax=fe.fmax,
+    )
     ours = fe(x)[0]
     assert ours.shape == mel.shape == (64, 101)
     np.testing.assert_allclose(ours, np.log(mel + fe.log_floor), rtol=1e-4, atol=1e-4)
@@ -100,8 +127,15 @@ def test_integer_reads_and_column_mixing_give_libsndfiles_samples(channels, subt
     reference, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     expected = soxr.resample(reference.mean(axis=1), 22050, 16000, quality="HQ").astype(np.float32)
     np.testing.assert_allclose(decode_audio(data), expected, rtol=0, atol=1e-6)
-    at_16k = encode(audio if channels > 1 else audio[:, 0], 16000, "WAV", subtype)  # no resampling: the mix itself
-    np.testing.assert_allclose(decode_audio(at_16k), sf.read(io.BytesIO(at_16k), dtype="float32", always_2d=True)[0].mean(axis=1), rtol=0, atol=1e-7)
+    at_16k = encode(
+        audio if channels > 1 else audio[:, 0], 16000, "WAV", subtype
+    )  # no resampling: the mix itself
+    np.testing.assert_allclose(
+        decode_audio(at_16k),
+        sf.read(io.BytesIO(at_16k), dtype="float32", always_2d=True)[0].mean(axis=1),
+        rtol=0,
+        atol=1e-7,
+    )
 
 
 @pytest.mark.parametrize("length", [100, 8000, 16000, 40000])
@@ -110,7 +144,10 @@ def test_front_end_matches_the_direct_definition(length):
     fe = LogMelFrontEnd()
     x = np.random.default_rng(length).standard_normal(length).astype(np.float32) * 0.1
     left = (fe.n_fft - fe.win_length) // 2
-    window = np.pad(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(fe.win_length) / fe.win_length), (left, fe.n_fft - fe.win_length - left))
+    window = np.pad(
+        0.5 - 0.5 * np.cos(2 * np.pi * np.arange(fe.win_length) / fe.win_length),
+        (left, fe.n_fft - fe.win_length - left),
+    )
     padded = np.pad(fe.fit_window(x).astype(np.float64), fe.n_fft // 2)
     frames = np.stack([padded[i : i + fe.n_fft] for i in range(0, len(padded) - fe.n_fft + 1, fe.hop_length)])
     power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2
@@ -119,4 +156,3 @@ def test_front_end_matches_the_direct_definition(length):
     assert ours.shape == (1, 64, 101) and ours.dtype == np.float32
     np.testing.assert_allclose(ours[0], expected, rtol=0, atol=1e-4)
     np.testing.assert_allclose(fe.power_spectrogram(fe.fit_window(x)), power.T, rtol=1e-4, atol=1e-9)
-

@@ -3,6 +3,8 @@ are distributions, series targets and the seasonal-naive reference stay consiste
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -28,7 +30,9 @@ def test_entity_spans_survive_text_augmentation(strength):
         changed += text != ex.text
         assert [k for _, _, k in spans] == [k for _, _, k in ex.spans]
         assert [text[s:e] for s, e, _ in spans] == [ex.text[s:e] for s, e, _ in ex.spans]
-        assert all(e1 <= s2 for (_, e1, _), (s2, _, _) in zip(spans, spans[1:]))  # still ordered, disjoint
+        assert all(
+            e1 <= s2 for (_, e1, _), (s2, _, _) in itertools.pairwise(spans)
+        )  # still ordered, disjoint
         assert text.strip() and "  " not in text.strip()
     assert changed > 100
 
@@ -46,13 +50,17 @@ def test_tabular_noise_touches_only_numeric_columns_and_mixup_targets_are_distri
     rng = np.random.default_rng(0)
     numeric = rng.normal(size=(64, 5)).astype(np.float32)
     noisy = tabular_noise(numeric, [0, 2], 1.0, rng)
-    assert not np.allclose(noisy[:, [0, 2]], numeric[:, [0, 2]]) and np.array_equal(noisy[:, [1, 3, 4]], numeric[:, [1, 3, 4]])
+    assert not np.allclose(noisy[:, [0, 2]], numeric[:, [0, 2]]) and np.array_equal(
+        noisy[:, [1, 3, 4]], numeric[:, [1, 3, 4]]
+    )
     assert abs(float((noisy - numeric)[:, [0, 2]].std()) - 0.1) < 0.03
     inputs = {"numeric": numeric, "categorical": rng.integers(0, 4, (64, 2))}
     targets = rng.integers(0, 3, 64)
     mixed, soft = mixup(inputs, targets, 3, 0.4, rng)
     assert soft.shape == (64, 3) and np.allclose(soft.sum(1), 1) and (soft >= 0).all() and (soft <= 1).all()
-    assert mixed["categorical"].dtype == inputs["categorical"].dtype and set(np.unique(mixed["categorical"])) <= {0, 1, 2, 3}
+    assert mixed["categorical"].dtype == inputs["categorical"].dtype and set(
+        np.unique(mixed["categorical"])
+    ) <= {0, 1, 2, 3}
 
 
 def test_series_augmentation_keeps_targets_consistent():
@@ -61,7 +69,9 @@ def test_series_augmentation_keeps_targets_consistent():
 
     rng = np.random.default_rng(0)
     t = np.arange(168 + 24)
-    raw = np.stack([100 + 20 * np.sin(2 * np.pi * (t + k) / 24) + rng.normal(0, 1, t.size) for k in range(32)])
+    raw = np.stack(
+        [100 + 20 * np.sin(2 * np.pi * (t + k) / 24) + rng.normal(0, 1, t.size) for k in range(32)]
+    )
     x, loc, scale = standardise(raw[:, :168])
     y = ((raw[:, 168:] - loc) / scale).astype(np.float32)
     ax, ay = augment_series(x, y, 1.0, rng)

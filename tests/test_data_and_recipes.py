@@ -10,8 +10,16 @@ from training.data.text import load_text_splits, read_labelled_texts, resolve_so
 from training.recipe import Recipe, RecipeError, list_recipes, load_recipe
 
 INTENTS = {
-    "check_balance", "transfer_money", "report_lost_card", "dispute_charge", "change_pin",
-    "open_account", "close_account", "loan_inquiry", "update_contact_details", "speak_to_agent",
+    "check_balance",
+    "transfer_money",
+    "report_lost_card",
+    "dispute_charge",
+    "change_pin",
+    "open_account",
+    "close_account",
+    "loan_inquiry",
+    "update_contact_details",
+    "speak_to_agent",
 }
 
 
@@ -40,18 +48,33 @@ def test_every_recipe_preprocessing_fits_its_task():
         options = get_task(recipe.task).validate_preprocessing(recipe)
         assert options.model_dump(exclude_unset=True).keys() == recipe.preprocessing.keys()
     # one default for augmentation, off: the recipes that train with it say so
-    assert {task.preprocessing_model.model_fields["augment_strength"].default for task in TASKS.values()} == {0.0}
+    assert {task.preprocessing_model.model_fields["augment_strength"].default for task in TASKS.values()} == {
+        0.0
+    }
     assert load_recipe("keywords").preprocessing["augment_strength"] == 1.0
     assert load_recipe("surface-defects").preprocessing["augment_strength"] == 1.0
 
 
-@pytest.mark.parametrize("name, key, value, message", [
-    ("intent", "max_lenght", 64, "preprocessing.max_lenght: Extra inputs are not permitted"),
-    ("energy-demand", "horizon", 500, "preprocessing.horizon: Input should be less than or equal to 168"),
-    ("credit-risk", "features", {"age": {"knd": "numeric"}}, "preprocessing.features.age.knd: Extra inputs"),
-    ("diagnosis", "class_weight", "balance", "preprocessing.class_weight: Input should be 'balanced' or 'none'"),
-    ("surface-defects", "crops", 64, "preprocessing.crops: Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    "name, key, value, message",
+    [
+        ("intent", "max_lenght", 64, "preprocessing.max_lenght: Extra inputs are not permitted"),
+        ("energy-demand", "horizon", 500, "preprocessing.horizon: Input should be less than or equal to 168"),
+        (
+            "credit-risk",
+            "features",
+            {"age": {"knd": "numeric"}},
+            "preprocessing.features.age.knd: Extra inputs",
+        ),
+        (
+            "diagnosis",
+            "class_weight",
+            "balance",
+            "preprocessing.class_weight: Input should be 'balanced' or 'none'",
+        ),
+        ("surface-defects", "crops", 64, "preprocessing.crops: Extra inputs are not permitted"),
+    ],
+)
 def test_a_preprocessing_typo_fails_naming_the_key(name, key, value, message):
     from training.tasks import get_task
 

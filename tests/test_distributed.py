@@ -23,7 +23,20 @@ def _run(argv: list[str], tmp: Path) -> None:
 def test_two_process_ddp_matches_single_process(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     _run([sys.executable, "-m", "training", *ARGS, "--repository", str(tmp_path / "single")], tmp_path)
-    _run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "training", *ARGS, "--repository", str(tmp_path / "ddp")], tmp_path)
+    _run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "training",
+            *ARGS,
+            "--repository",
+            str(tmp_path / "ddp"),
+        ],
+        tmp_path,
+    )
     single = load_manifest(tmp_path / "single" / "diagnosis").variants["fp32"].metrics
     ddp = load_manifest(tmp_path / "ddp" / "diagnosis").variants["fp32"].metrics
     assert abs(single["accuracy"] - ddp["accuracy"]) <= 0.02  # ≤ 3 of 143 test cases

@@ -13,8 +13,20 @@ ROUTE = "/v1/text/classify"
 
 
 def _texts(n: int) -> list[str]:
-    subjects = ["my card", "the transfer", "my pin", "a loan", "my address", "an agent", "my balance", "that charge"]
-    return [f"request {i}: something about {subjects[i % len(subjects)]} and {i * 37 % 101} dollars" for i in range(n)]
+    subjects = [
+        "my card",
+        "the transfer",
+        "my pin",
+        "a loan",
+        "my address",
+        "an agent",
+        "my balance",
+        "that charge",
+    ]
+    return [
+        f"request {i}: something about {subjects[i % len(subjects)]} and {i * 37 % 101} dollars"
+        for i in range(n)
+    ]
 
 
 def _vector(pred: dict) -> np.ndarray:
@@ -26,10 +38,22 @@ def test_health_and_models(server):
         assert httpx.get(server + path).status_code == 200
     body = httpx.get(server + "/v1/models").json()
     models = {m["name"]: m for m in body["models"]}
-    assert set(models) == {"intent", "entities", "surface-defects", "keywords", "credit-risk", "diagnosis", "energy-demand"}
+    assert set(models) == {
+        "intent",
+        "entities",
+        "surface-defects",
+        "keywords",
+        "credit-risk",
+        "diagnosis",
+        "energy-demand",
+    }
     assert body["refused"] == {}
     intent = models["intent"]
-    assert intent["task"] == "text-classification" and len(intent["labels"]) == 10 and intent["provider"] == "CPUExecutionProvider"
+    assert (
+        intent["task"] == "text-classification"
+        and len(intent["labels"]) == 10
+        and intent["provider"] == "CPUExecutionProvider"
+    )
     assert models["surface-defects"]["labels"] == ["ok", "scratch", "spot", "crack"]
 
 
@@ -41,8 +65,10 @@ def test_concurrent_requests_each_get_their_own_answers(server, tiny_repository)
     async def fire():
         async with httpx.AsyncClient(base_url=server, timeout=60) as client:
             # mix single-text and two-text requests so batches merge requests of different sizes
-            reqs = [texts[i : i + 1] if i % 3 else texts[i : i + 2] for i in range(0, len(texts))]
-            return reqs, await asyncio.gather(*[client.post(ROUTE, json={"model": "intent", "texts": r}) for r in reqs])
+            reqs = [texts[i : i + 1] if i % 3 else texts[i : i + 2] for i in range(len(texts))]
+            return reqs, await asyncio.gather(
+                *[client.post(ROUTE, json={"model": "intent", "texts": r}) for r in reqs]
+            )
 
     reqs, responses = asyncio.run(fire())
     assert [r.status_code for r in responses] == [200] * len(responses)
@@ -56,8 +82,16 @@ def test_concurrent_requests_each_get_their_own_answers(server, tiny_repository)
             assert np.abs(_vector(pred) - _vector(expected[index[text]])).max() < 1e-4, text
 
     metrics = httpx.get(server + "/metrics").text
-    count = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith('tuneserve_batch_size_count{model="intent"}'))
-    total = next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith('tuneserve_batch_size_sum{model="intent"}'))
+    count = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith('tuneserve_batch_size_count{model="intent"}')
+    )
+    total = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith('tuneserve_batch_size_sum{model="intent"}')
+    )
     assert total / count > 1.0, "concurrent requests were not batched"
 
 
@@ -95,7 +129,11 @@ def test_limits(server):
     assert r.status_code == 413 and "256" in r.json()["error"]
     r = httpx.post(server + ROUTE, json={"texts": ["x" * 30_000]})
     assert r.status_code == 413 and "texts[0]" in r.json()["error"]
-    r = httpx.post(server + ROUTE, content=b'{"texts": ["' + b"a" * (9 * 1024 * 1024) + b'"]}', headers={"content-type": "application/json"})
+    r = httpx.post(
+        server + ROUTE,
+        content=b'{"texts": ["' + b"a" * (9 * 1024 * 1024) + b'"]}',
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413
 
 
@@ -108,7 +146,11 @@ def test_bad_requests_do_not_disturb_good_ones(server):
             calls = []
             for i in range(40):
                 calls.append(client.post(ROUTE, json=good))
-                calls.append(client.post(ROUTE, content=BAD[i % len(BAD)][0], headers={"content-type": "application/json"}))
+                calls.append(
+                    client.post(
+                        ROUTE, content=BAD[i % len(BAD)][0], headers={"content-type": "application/json"}
+                    )
+                )
             return await asyncio.gather(*calls)
 
     responses = asyncio.run(mixed())

@@ -19,7 +19,9 @@ from serving.tasks import FileRequest, Upload
 from .test_audio import encode, tone
 
 ROUTE = "/v1/audio/classify"
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (make setup installs it)")
+needs_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (make setup installs it)"
+)
 
 
 def speech(text: str) -> np.ndarray:
@@ -45,17 +47,37 @@ def test_vad_finds_speech_in_the_middle(tiny_repository):
     start, end = segments[0][0], segments[-1][1]
     spoken = len(word) / 16000
     assert 1.5 <= start <= 2.3 and 2.0 + spoken - 0.5 <= end <= 2.0 + spoken + 0.5
-    assert SileroVAD(tiny_repository / "keywords" / "silero_vad.onnx").segments(np.zeros(48000, np.float32)) == []
+    assert (
+        SileroVAD(tiny_repository / "keywords" / "silero_vad.onnx").segments(np.zeros(48000, np.float32))
+        == []
+    )
 
 
 @needs_espeak
 def test_formats_and_rates_in_one_request(server):
     word = speech("yes")
     files = []
-    for i, (rate, fmt, subtype) in enumerate([(16000, "WAV", "PCM_16"), (8000, "WAV", "PCM_U8"), (44100, "FLAC", "PCM_24"), (48000, "OGG", "VORBIS"), (22050, "WAV", "FLOAT")]):
+    for i, (rate, fmt, subtype) in enumerate(
+        [
+            (16000, "WAV", "PCM_16"),
+            (8000, "WAV", "PCM_U8"),
+            (44100, "FLAC", "PCM_24"),
+            (48000, "OGG", "VORBIS"),
+            (22050, "WAV", "FLOAT"),
+        ]
+    ):
         import soxr
 
-        files.append(("audio", (f"clip{i}.{fmt.lower()}", encode(soxr.resample(word, 16000, rate), rate, fmt, subtype), "application/octet-stream")))
+        files.append(
+            (
+                "audio",
+                (
+                    f"clip{i}.{fmt.lower()}",
+                    encode(soxr.resample(word, 16000, rate), rate, fmt, subtype),
+                    "application/octet-stream",
+                ),
+            )
+        )
     r = httpx.post(server + ROUTE, data={"model": "keywords"}, files=files, timeout=60)
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
@@ -72,7 +94,9 @@ def test_long_clips_use_vad(server):
     (p,) = r.json()["predictions"]
     assert p["label"] == "_silence_" and p["speech"] is False and p["end_s"] == 4.0
     talk = np.concatenate([np.zeros(40000, np.float32), speech("go"), np.zeros(40000, np.float32)])
-    (p,) = httpx.post(server + ROUTE, files={"audio": ("talk.wav", encode(talk, 16000, "WAV", "PCM_16"))}).json()["predictions"]
+    (p,) = httpx.post(
+        server + ROUTE, files={"audio": ("talk.wav", encode(talk, 16000, "WAV", "PCM_16"))}
+    ).json()["predictions"]
     assert p["speech"] is True and 1.5 <= p["start_s"] and p["end_s"] <= len(talk) / 16000
 
 
@@ -98,7 +122,9 @@ def test_bad_audio_gets_a_4xx_naming_the_file(server, name, data, status, needle
 
 def test_other_bad_requests(server):
     wav = encode(tone(16000), 16000, "WAV", "PCM_16")
-    assert httpx.post(server + ROUTE, data={"model": "nope"}, files={"audio": ("a.wav", wav)}).status_code == 404
+    assert (
+        httpx.post(server + ROUTE, data={"model": "nope"}, files={"audio": ("a.wav", wav)}).status_code == 404
+    )
     r = httpx.post(server + ROUTE, files={"audio": (None, "https://example.com/a.wav")})
     assert r.status_code == 400 and "URLs are not fetched" in r.json()["error"]
     r = httpx.post(server + ROUTE, data={"model": "surface-defects"}, files={"audio": ("a.wav", wav)})
@@ -110,20 +136,30 @@ def test_concurrent_clips_get_their_own_answers(server, tiny_repository):
     from serving.settings import Settings
 
     rng = np.random.default_rng(0)
-    clips = [encode((0.3 * np.sin(2 * np.pi * rng.uniform(100, 3000) * np.arange(16000) / 16000)).astype(np.float32), 16000, "WAV", "PCM_16") for _ in range(24)]
+    clips = [
+        encode(
+            (0.3 * np.sin(2 * np.pi * rng.uniform(100, 3000) * np.arange(16000) / 16000)).astype(np.float32),
+            16000,
+            "WAV",
+            "PCM_16",
+        )
+        for _ in range(24)
+    ]
     model = Runtime(Settings(repository=tiny_repository, device="cpu", threads=1)).models["keywords"].task
     expected = [model.predict(FileRequest(None, [Upload(0, None, b)]))["predictions"][0] for b in clips]
 
     async def fire():
         async with httpx.AsyncClient(base_url=server, timeout=60) as client:
-            return await asyncio.gather(*[client.post(ROUTE, files={"audio": (f"{i}.wav", b)}) for i, b in enumerate(clips)])
+            return await asyncio.gather(
+                *[client.post(ROUTE, files={"audio": (f"{i}.wav", b)}) for i, b in enumerate(clips)]
+            )
 
     for i, r in enumerate(asyncio.run(fire())):
         (p,) = r.json()["predictions"]
         assert p["file"] == f"{i}.wav"
-        assert max(abs(p["scores"][k] - expected[i]["scores"][k]) for k in p["scores"]) < 1e-4  # batch-mates do not move scores
-
-
+        assert (
+            max(abs(p["scores"][k] - expected[i]["scores"][k]) for k in p["scores"]) < 1e-4
+        )  # batch-mates do not move scores
 
 
 def test_many_clips_in_one_request_answer_like_one_each(server):
@@ -133,22 +169,44 @@ def test_many_clips_in_one_request_answer_like_one_each(server):
     clips = []
     for i in range(40):
         rate, channels = [(16000, 1), (44100, 2), (22050, 1), (48000, 2)][i % 4]
-        signal = (0.3 * np.sin(2 * np.pi * rng.uniform(100, 3000) * np.arange(rate) / rate)).astype(np.float32)
-        clips.append((f"clip-{i}-é.wav", encode(np.stack([signal] * channels, axis=1) if channels > 1 else signal, rate, "WAV", "PCM_16")))
-    r = httpx.post(server + ROUTE, data={"model": "keywords"}, files=[("audio", c) for c in clips], timeout=60)
+        signal = (0.3 * np.sin(2 * np.pi * rng.uniform(100, 3000) * np.arange(rate) / rate)).astype(
+            np.float32
+        )
+        clips.append(
+            (
+                f"clip-{i}-é.wav",
+                encode(
+                    np.stack([signal] * channels, axis=1) if channels > 1 else signal, rate, "WAV", "PCM_16"
+                ),
+            )
+        )
+    r = httpx.post(
+        server + ROUTE, data={"model": "keywords"}, files=[("audio", c) for c in clips], timeout=60
+    )
     assert r.status_code == 200, r.text
     preds = r.json()["predictions"]
     assert [p["file"] for p in preds] == [name for name, _ in clips]
     for i in (0, 1, 2, 3, 39):
         (alone,) = httpx.post(server + ROUTE, files={"audio": clips[i]}, timeout=60).json()["predictions"]
-        assert alone["label"] == preds[i]["label"] and max(abs(alone["scores"][k] - preds[i]["scores"][k]) for k in alone["scores"]) < 1e-4
+        assert (
+            alone["label"] == preds[i]["label"]
+            and max(abs(alone["scores"][k] - preds[i]["scores"][k]) for k in alone["scores"]) < 1e-4
+        )
 
-    bad = [("audio", c) for c in clips[:5]] + [("audio", ("broken.wav", b"RIFF not really"))] + [("audio", c) for c in clips[5:10]]
+    bad = (
+        [("audio", c) for c in clips[:5]]
+        + [("audio", ("broken.wav", b"RIFF not really"))]
+        + [("audio", c) for c in clips[5:10]]
+    )
     r = httpx.post(server + ROUTE, files=bad, timeout=60)
     assert r.status_code == 400 and "audio[5] ('broken.wav')" in r.json()["error"]
     r = httpx.post(server + ROUTE, files=[("audio", clips[0])] * 65, timeout=60)
     assert r.status_code == 400 and "Too many files" in r.json()["error"]
-    r = httpx.post(server + ROUTE, content=b"--xyz\r\nnot a part", headers={"content-type": "multipart/form-data; boundary=abc"})
+    r = httpx.post(
+        server + ROUTE,
+        content=b"--xyz\r\nnot a part",
+        headers={"content-type": "multipart/form-data; boundary=abc"},
+    )
     assert r.status_code == 400 and "malformed multipart body" in r.json()["error"]
 
 
@@ -160,13 +218,40 @@ def test_cli_predict_reads_audio_files(tiny_repository, tmp_path):
     path.write_bytes(encode(tone(22050, 0.8, 600.0, 2), 22050, "WAV", "PCM_16"))
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio")
-    out = subprocess.run([sys.executable, "-m", "serving", "predict", "keywords", str(path), "--json", "--repository", str(tiny_repository)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "predict",
+            "keywords",
+            str(path),
+            "--json",
+            "--repository",
+            str(tiny_repository),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     (p,) = json.loads(out.stdout)["predictions"]
     assert p["label"] in p["scores"] and p["end_s"] == 0.8
-    out = subprocess.run([sys.executable, "-m", "serving", "predict", "keywords", str(bad), "--repository", str(tiny_repository)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "predict",
+            "keywords",
+            str(bad),
+            "--repository",
+            str(tiny_repository),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "not audio" in out.stderr
 
 
@@ -184,4 +269,7 @@ def test_backbone_comparison_is_decided_on_validation(tiny_repository):
     best = max(rows, key=lambda r: r["metric_per_ms"])
     assert m.recipe["backbone"] == best["backbone"] and "best validation accuracy per ms" in m.default_reason
     served = m.default_variant["cpu"]
-    assert best["val_accuracy"] == m.metrics["validation"][served]["accuracy"] and best["test_accuracy"] == m.variants[served].metrics["accuracy"]
+    assert (
+        best["val_accuracy"] == m.metrics["validation"][served]["accuracy"]
+        and best["test_accuracy"] == m.variants[served].metrics["accuracy"]
+    )

@@ -26,12 +26,17 @@ def photo() -> np.ndarray:
 
 
 def test_every_format_in_one_request_in_order(server, photo):
-    files = [("images", (f"astronaut{ext}", encode(photo, ext), "application/octet-stream")) for ext in (".jpg", ".png", ".bmp", ".webp", ".tiff")]
+    files = [
+        ("images", (f"astronaut{ext}", encode(photo, ext), "application/octet-stream"))
+        for ext in (".jpg", ".png", ".bmp", ".webp", ".tiff")
+    ]
     r = httpx.post(server + ROUTE, data={"model": MODEL, "top_k": "2"}, files=files, timeout=60)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == MODEL
-    assert [p["file"] for p in body["predictions"]] == [f"astronaut{ext}" for ext in (".jpg", ".png", ".bmp", ".webp", ".tiff")]
+    assert [p["file"] for p in body["predictions"]] == [
+        f"astronaut{ext}" for ext in (".jpg", ".png", ".bmp", ".webp", ".tiff")
+    ]
     for p in body["predictions"]:
         assert len(p["top_k"]) == 2 and p["label"] == p["top_k"][0]["label"]
 
@@ -59,7 +64,17 @@ BAD = [
 
 @pytest.mark.parametrize("files,fields,status,needle", BAD)
 def test_bad_uploads_get_a_4xx_naming_the_file(server, photo, files, fields, status, needle):
-    files = {k: (name, encode(photo, ".jpg")[:5000] if data is None else encode(photo, ".png") if data == "PNG" else data) for k, (name, data) in files.items()}
+    files = {
+        k: (
+            name,
+            encode(photo, ".jpg")[:5000]
+            if data is None
+            else encode(photo, ".png")
+            if data == "PNG"
+            else data,
+        )
+        for k, (name, data) in files.items()
+    }
     data = {"model": MODEL, **fields}
     if files:
         r = httpx.post(server + ROUTE, data=data, files=files, timeout=60)
@@ -77,14 +92,25 @@ def test_json_body_is_refused(server):
 def test_concurrent_uploads_get_their_own_answers(server, tiny_repository):
     rng = np.random.default_rng(0)
     base = cv2.resize(skimage.data.coffee(), (96, 64))
-    images = [np.clip(base.astype(int) + rng.integers(-60, 60, (1, 1, 3)), 0, 255).astype(np.uint8) for _ in range(30)]
+    images = [
+        np.clip(base.astype(int) + rng.integers(-60, 60, (1, 1, 3)), 0, 255).astype(np.uint8)
+        for _ in range(30)
+    ]
     blobs = [encode(img, ".png") for img in images]
     offline = Runtime(Settings(repository=tiny_repository, device="cpu", threads=1)).models[MODEL].task
-    expected = [offline.predict(FileRequest(MODEL, [Upload(0, None, b)], {"top_k": "4"}))["predictions"][0] for b in blobs]
+    expected = [
+        offline.predict(FileRequest(MODEL, [Upload(0, None, b)], {"top_k": "4"}))["predictions"][0]
+        for b in blobs
+    ]
 
     async def fire():
         async with httpx.AsyncClient(base_url=server, timeout=60) as client:
-            return await asyncio.gather(*[client.post(ROUTE, data={"model": MODEL, "top_k": "4"}, files={"images": (f"{i}.png", b)}) for i, b in enumerate(blobs)])
+            return await asyncio.gather(
+                *[
+                    client.post(ROUTE, data={"model": MODEL, "top_k": "4"}, files={"images": (f"{i}.png", b)})
+                    for i, b in enumerate(blobs)
+                ]
+            )
 
     for i, r in enumerate(asyncio.run(fire())):
         assert r.status_code == 200, r.text
@@ -93,4 +119,6 @@ def test_concurrent_uploads_get_their_own_answers(server, tiny_repository):
         got = {e["label"]: e["score"] for e in p["top_k"]}
         want = {e["label"]: e["score"] for e in expected[i]["top_k"]}
         assert got.keys() == want.keys()
-        assert max(abs(got[k] - want[k]) for k in got) < 1e-4  # static INT8 ranges are fixed: batch-mates do not move scores
+        assert (
+            max(abs(got[k] - want[k]) for k in got) < 1e-4
+        )  # static INT8 ranges are fixed: batch-mates do not move scores

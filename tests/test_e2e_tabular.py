@@ -10,14 +10,16 @@ import httpx
 import numpy as np
 import pytest
 
+from serving.manifest import load_manifest
 from serving.tasks.forecasting import sample_histories as _series
 from serving.tasks.tabular import sample_rows as _rows
-from serving.manifest import load_manifest
 
 
 def _post(server, route, body, raw: bytes | None = None):
     content = raw if raw is not None else json.dumps(body).encode()
-    return httpx.post(f"{server}{route}", content=content, headers={"content-type": "application/json"}, timeout=60)
+    return httpx.post(
+        f"{server}{route}", content=content, headers={"content-type": "application/json"}, timeout=60
+    )
 
 
 def test_credit_risk_rows_are_scored_and_thresholded(server, tiny_repository):
@@ -27,18 +29,33 @@ def test_credit_risk_rows_are_scored_and_thresholded(server, tiny_repository):
     r = _post(server, "/v1/tabular/predict", {"model": "credit-risk", "rows": rows})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["model"] == "credit-risk" and body["version"] == manifest.version and len(body["predictions"]) == 40
+    assert (
+        body["model"] == "credit-risk"
+        and body["version"] == manifest.version
+        and len(body["predictions"]) == 40
+    )
     for p in body["predictions"]:
-        assert set(p["scores"]) == {"no", "yes"} and math.isclose(sum(p["scores"].values()), 1.0, abs_tol=1e-5)
+        assert set(p["scores"]) == {"no", "yes"} and math.isclose(
+            sum(p["scores"].values()), 1.0, abs_tol=1e-5
+        )
         assert p["label"] == ("yes" if p["scores"]["yes"] >= threshold else "no")
         assert p["score"] == p["scores"][p["label"]]
 
 
 def test_a_row_gets_the_same_answer_alone_in_a_block_and_under_concurrency(server):
     rows = _rows(24)
-    together = _post(server, "/v1/tabular/predict", {"rows": rows}).json()["predictions"]  # default model: credit-risk
+    together = _post(server, "/v1/tabular/predict", {"rows": rows}).json()[
+        "predictions"
+    ]  # default model: credit-risk
     with ThreadPoolExecutor(12) as pool:
-        alone = list(pool.map(lambda row: _post(server, "/v1/tabular/predict", {"model": "credit-risk", "rows": [row]}).json()["predictions"][0], rows))
+        alone = list(
+            pool.map(
+                lambda row: _post(
+                    server, "/v1/tabular/predict", {"model": "credit-risk", "rows": [row]}
+                ).json()["predictions"][0],
+                rows,
+            )
+        )
     for a, b in zip(together, alone):
         assert a["label"] == b["label"] and abs(a["scores"]["yes"] - b["scores"]["yes"]) < 1e-5
 
@@ -46,7 +63,9 @@ def test_a_row_gets_the_same_answer_alone_in_a_block_and_under_concurrency(serve
 def test_unseen_categories_and_imputed_features_are_answered(server):
     row = dict(_rows(1)[0], employment="astronaut", loan_purpose="spaceship")
     del row["annual_income"]  # had gaps in training: imputed
-    r = _post(server, "/v1/tabular/predict", {"model": "credit-risk", "rows": [row, dict(row, annual_income=None)]})
+    r = _post(
+        server, "/v1/tabular/predict", {"model": "credit-risk", "rows": [row, dict(row, annual_income=None)]}
+    )
     assert r.status_code == 200, r.text
     a, b = r.json()["predictions"]
     assert a == b
@@ -56,40 +75,72 @@ def test_diagnosis_serves_its_own_schema(server):
     from sklearn.datasets import load_breast_cancer
 
     data = load_breast_cancer()
-    rows = [{name.replace(" ", "_"): float(v) for name, v in zip(data.feature_names, x)} for x in data.data[:30]]
+    rows = [
+        {name.replace(" ", "_"): float(v) for name, v in zip(data.feature_names, x)} for x in data.data[:30]
+    ]
     r = _post(server, "/v1/tabular/predict", {"model": "diagnosis", "rows": rows})
     assert r.status_code == 200, r.text
     labels = [p["label"] for p in r.json()["predictions"]]
     assert set(labels) <= {"malignant", "benign"}
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"model": "credit-risk", "rows": [{"age": 41}]}, 400, "rows[0]: missing required feature(s)"),
-    ({"model": "credit-risk", "rows": [dict(_rows(1)[0], colour="red")]}, 400, "rows[0]: unknown feature(s) ['colour']"),
-    ({"model": "credit-risk", "rows": [_rows(1)[0], dict(_rows(1)[0], age="forty")]}, 400, "rows[1].age: expected a number, got string"),
-    ({"model": "credit-risk", "rows": [dict(_rows(1)[0], has_cosigner="maybe")]}, 400, "rows[0].has_cosigner: expected true or false"),
-    ({"model": "credit-risk", "rows": [dict(_rows(1)[0], age=None)]}, 400, "rows[0].age: null is not allowed"),
-    ({"model": "credit-risk", "rows": [7]}, 400, "rows[0]: expected an object"),
-    ({"model": "credit-risk", "rows": []}, 400, "rows"),
-    ({"model": "credit-risk", "rows": "all of them"}, 400, "rows"),
-    ({"model": "credit-risk", "rows": [_rows(1)[0]] * 1001}, 413, "rows: 1001 rows; at most 1000"),
-    ({"model": "credit-risk", "rows": [_rows(1)[0]], "extra": 1}, 400, "extra"),
-    ({"model": "no-such-model", "rows": [{}]}, 404, "unknown model 'no-such-model'"),
-    ({"model": "intent", "rows": [{}]}, 400, "send it to /v1/text/classify"),
-    ({"model": "energy-demand", "rows": [{}]}, 400, "send it to /v1/forecast"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"model": "credit-risk", "rows": [{"age": 41}]}, 400, "rows[0]: missing required feature(s)"),
+        (
+            {"model": "credit-risk", "rows": [dict(_rows(1)[0], colour="red")]},
+            400,
+            "rows[0]: unknown feature(s) ['colour']",
+        ),
+        (
+            {"model": "credit-risk", "rows": [_rows(1)[0], dict(_rows(1)[0], age="forty")]},
+            400,
+            "rows[1].age: expected a number, got string",
+        ),
+        (
+            {"model": "credit-risk", "rows": [dict(_rows(1)[0], has_cosigner="maybe")]},
+            400,
+            "rows[0].has_cosigner: expected true or false",
+        ),
+        (
+            {"model": "credit-risk", "rows": [dict(_rows(1)[0], age=None)]},
+            400,
+            "rows[0].age: null is not allowed",
+        ),
+        ({"model": "credit-risk", "rows": [7]}, 400, "rows[0]: expected an object"),
+        ({"model": "credit-risk", "rows": []}, 400, "rows"),
+        ({"model": "credit-risk", "rows": "all of them"}, 400, "rows"),
+        ({"model": "credit-risk", "rows": [_rows(1)[0]] * 1001}, 413, "rows: 1001 rows; at most 1000"),
+        ({"model": "credit-risk", "rows": [_rows(1)[0]], "extra": 1}, 400, "extra"),
+        ({"model": "no-such-model", "rows": [{}]}, 404, "unknown model 'no-such-model'"),
+        ({"model": "intent", "rows": [{}]}, 400, "send it to /v1/text/classify"),
+        ({"model": "energy-demand", "rows": [{}]}, 400, "send it to /v1/forecast"),
+    ],
+)
 def test_bad_tabular_requests_get_4xx_naming_row_and_column(server, body, status, message):
     r = _post(server, "/v1/tabular/predict", body)
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
 
 
-@pytest.mark.parametrize("raw, message", [
-    (json.dumps({"model": "credit-risk", "rows": [dict(_rows(1)[0], age=float("nan"))]}).encode(), "rows[0].age: NaN is not allowed"),
-    (json.dumps({"model": "credit-risk", "rows": [dict(_rows(1)[0], debt_to_income=float("-inf"))]}).encode(), "rows[0].debt_to_income: -inf is not a finite"),
-    (b'{"model": "credit-risk", "rows": [', "not valid JSON"),
-    (b"", "empty"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (
+            json.dumps({"model": "credit-risk", "rows": [dict(_rows(1)[0], age=float("nan"))]}).encode(),
+            "rows[0].age: NaN is not allowed",
+        ),
+        (
+            json.dumps(
+                {"model": "credit-risk", "rows": [dict(_rows(1)[0], debt_to_income=float("-inf"))]}
+            ).encode(),
+            "rows[0].debt_to_income: -inf is not a finite",
+        ),
+        (b'{"model": "credit-risk", "rows": [', "not valid JSON"),
+        (b"", "empty"),
+    ],
+)
 def test_nan_inf_and_malformed_json(server, raw, message):
     r = _post(server, "/v1/tabular/predict", None, raw=raw)
     assert r.status_code == 400 and message in r.json()["error"]
@@ -102,10 +153,17 @@ def test_forecast_quantiles_are_ordered_and_scale_with_the_history(server, tiny_
     assert r.status_code == 200, r.text
     body = r.json()
     q = body["quantiles"]
-    assert body["horizon"] == 12 and len(body["forecast"]) == 12 and body["forecast"] == q["p50"] and body["interpolated"] == 0
+    assert (
+        body["horizon"] == 12
+        and len(body["forecast"]) == 12
+        and body["forecast"] == q["p50"]
+        and body["interpolated"] == 0
+    )
     assert all(lo <= mid <= hi for lo, mid, hi in zip(q["p10"], q["p50"], q["p90"]))
     # scaling is done in the server from the history: a rescaled history gets a rescaled forecast
-    scaled = _post(server, "/v1/forecast", {"history": [10 * v + 5000 for v in history], "horizon": 12}).json()
+    scaled = _post(
+        server, "/v1/forecast", {"history": [10 * v + 5000 for v in history], "horizon": 12}
+    ).json()
     np.testing.assert_allclose(scaled["forecast"], [10 * v + 5000 for v in body["forecast"]], rtol=1e-4)
     # default horizon: the model's maximum
     full = _post(server, "/v1/forecast", {"history": history}).json()
@@ -123,19 +181,26 @@ def test_forecast_interpolates_short_gaps_and_says_so(server):
     assert _post(server, "/v1/forecast", None, raw=raw).json()["interpolated"] == 1
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"history": [1.0] * 100}, 400, "history: 100 points; the model needs at least 168"),
-    ({"history": [1.0] * 200, "horizon": 25}, 400, "horizon: 25 is out of range"),
-    ({"history": [1.0] * 200, "horizon": 0}, 400, "horizon: 0 is out of range"),
-    ({"history": [1.0] * 200, "horizon": "24"}, 400, "horizon"),
-    ({"history": [1.0] * 190 + [None] * 4 + [1.0] * 6}, 400, "history[190..193]: 4 missing points in a row"),
-    ({"history": [1.0] * 199 + ["12"]}, 400, "history[199]: expected a number or null, got str"),
-    ({"history": [1.0] * 199 + [[1]]}, 400, "history[199]: expected a number or null, got list"),
-    ({"history": []}, 400, "history"),
-    ({"history": 5}, 400, "history"),
-    ({"model": "credit-risk", "history": [1.0] * 200}, 400, "send it to /v1/tabular/predict"),
-    ({"model": "nope", "history": [1.0] * 200}, 404, "unknown model"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"history": [1.0] * 100}, 400, "history: 100 points; the model needs at least 168"),
+        ({"history": [1.0] * 200, "horizon": 25}, 400, "horizon: 25 is out of range"),
+        ({"history": [1.0] * 200, "horizon": 0}, 400, "horizon: 0 is out of range"),
+        ({"history": [1.0] * 200, "horizon": "24"}, 400, "horizon"),
+        (
+            {"history": [1.0] * 190 + [None] * 4 + [1.0] * 6},
+            400,
+            "history[190..193]: 4 missing points in a row",
+        ),
+        ({"history": [1.0] * 199 + ["12"]}, 400, "history[199]: expected a number or null, got str"),
+        ({"history": [1.0] * 199 + [[1]]}, 400, "history[199]: expected a number or null, got list"),
+        ({"history": []}, 400, "history"),
+        ({"history": 5}, 400, "history"),
+        ({"model": "credit-risk", "history": [1.0] * 200}, 400, "send it to /v1/tabular/predict"),
+        ({"model": "nope", "history": [1.0] * 200}, 404, "unknown model"),
+    ],
+)
 def test_bad_forecast_requests_get_4xx(server, body, status, message):
     r = _post(server, "/v1/forecast", body)
     assert r.status_code == status, r.text

@@ -20,7 +20,9 @@ from tests.test_v2 import MODELS, _labels, assert_outputs_equal, v1_answer
 @pytest.fixture(scope="module")
 def grpc_server(tiny_repository, tmp_path_factory):
     port = free_port()
-    with start_server(tiny_repository, tmp_path_factory.mktemp("grpc"), TUNESERVE_GRPC_PORT=str(port)) as running:
+    with start_server(
+        tiny_repository, tmp_path_factory.mktemp("grpc"), TUNESERVE_GRPC_PORT=str(port)
+    ) as running:
         yield running.url, f"127.0.0.1:{port}"
 
 
@@ -35,7 +37,9 @@ def test_health_and_metadata(client, grpc_server):
     assert client.get_server_metadata(as_json=True)["name"] == "tuneserve"
     meta = client.get_model_metadata("intent", as_json=True)
     rest = httpx.get(grpc_server[0] + "/v2/models/intent").json()
-    assert meta["name"] == "intent" and [i["name"] for i in meta["inputs"]] == [i["name"] for i in rest["inputs"]]
+    assert meta["name"] == "intent" and [i["name"] for i in meta["inputs"]] == [
+        i["name"] for i in rest["inputs"]
+    ]
     assert [o["datatype"] for o in meta["outputs"]] == [o["datatype"] for o in rest["outputs"]]
     assert client.is_model_ready("intent") and not client.is_model_ready("no-such-model")
 
@@ -61,15 +65,20 @@ def _texts(values: list[bytes], name: str = "texts", datatype: str = "BYTES") ->
     return tensor
 
 
-@pytest.mark.parametrize("model,tensor,outputs,status,needle", [
-    ("no-such-model", _texts([b"hi"]), None, "NOT_FOUND", "unknown model"),
-    ("intent", _texts([b"hi"], name="words"), None, "INVALID_ARGUMENT", "unknown input 'words'"),
-    ("intent", _texts([1.0], datatype="FP32"), None, "INVALID_ARGUMENT", "datatype FP32"),
-    ("intent", _texts([b"\xff\xfe"]), None, "INVALID_ARGUMENT", "not UTF-8"),
-    ("intent", _texts([b"hi"]), ["logits"], "INVALID_ARGUMENT", "unknown output 'logits'"),
-])
+@pytest.mark.parametrize(
+    "model,tensor,outputs,status,needle",
+    [
+        ("no-such-model", _texts([b"hi"]), None, "NOT_FOUND", "unknown model"),
+        ("intent", _texts([b"hi"], name="words"), None, "INVALID_ARGUMENT", "unknown input 'words'"),
+        ("intent", _texts([1.0], datatype="FP32"), None, "INVALID_ARGUMENT", "datatype FP32"),
+        ("intent", _texts([b"\xff\xfe"]), None, "INVALID_ARGUMENT", "not UTF-8"),
+        ("intent", _texts([b"hi"]), ["logits"], "INVALID_ARGUMENT", "unknown output 'logits'"),
+    ],
+)
 def test_bad_requests_get_the_right_status(client, model, tensor, outputs, status, needle):
     with pytest.raises(InferenceServerException) as caught:
-        client.infer(model, [tensor], outputs=[triton.InferRequestedOutput(o) for o in outputs] if outputs else None)
+        client.infer(
+            model, [tensor], outputs=[triton.InferRequestedOutput(o) for o in outputs] if outputs else None
+        )
     assert caught.value.status() == f"StatusCode.{status}" and needle in caught.value.message()
     assert client.is_server_ready()

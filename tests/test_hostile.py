@@ -58,7 +58,9 @@ def test_hostile_case_gets_a_4xx_with_a_json_error(answers, corpus, case_id):
     entry = corpus[case_id]
     where = f"{case_id} ({entry['method']} {entry['route']}: {entry['exercises']})"
     assert status is not None and 400 <= status < 500, f"{where}: status {status}, body {str(body)[:300]}"
-    assert isinstance(body, dict) and set(body) == {"error"}, f"{where}: body is not {{'error': ...}}: {str(body)[:300]}"
+    assert isinstance(body, dict) and set(body) == {"error"}, (
+        f"{where}: body is not {{'error': ...}}: {str(body)[:300]}"
+    )
     assert isinstance(body["error"], str) and body["error"].strip(), f"{where}: empty error message"
     assert len(body["error"]) <= MAX_MESSAGE_CHARS, f"{where}: a {len(body['error'])}-character error message"
 
@@ -66,13 +68,17 @@ def test_hostile_case_gets_a_4xx_with_a_json_error(answers, corpus, case_id):
 def test_corpus_summary_and_the_server_still_answers(server, answers, corpus, tiny_repository):
     statuses = Counter(status for status, _ in answers.values())
     categories = Counter(entry["category"] for entry in corpus.values())
-    print(f"\nhostile corpus: {len(answers)} cases; by status {dict(sorted(statuses.items(), key=str))}; by category {dict(sorted(categories.items()))}")
+    print(
+        f"\nhostile corpus: {len(answers)} cases; by status {dict(sorted(statuses.items(), key=str))}; by category {dict(sorted(categories.items()))}"
+    )
     assert len(corpus) >= 100 and len(set(corpus)) == len(corpus)
     server_errors = {i: answers[i] for i in answers if answers[i][0] is None or answers[i][0] >= 500}
     assert not server_errors, f"5xx or no answer: {server_errors}"
     with httpx.Client(base_url=server, timeout=60) as client:
         assert client.get("/readyz").status_code == 200
-        r = client.post("/v1/text/classify", json={"model": "intent", "texts": ["I lost my card", "what is my balance"]})
+        r = client.post(
+            "/v1/text/classify", json={"model": "intent", "texts": ["I lost my card", "what is my balance"]}
+        )
         assert r.status_code == 200, r.text
         labels = json.loads((tiny_repository / "intent" / "manifest.json").read_text())["labels"]
         predictions = r.json()["predictions"]
@@ -84,7 +90,9 @@ def test_corpus_is_deterministic_and_committed_part_is_small(corpus):
     before = {p: p.read_bytes() for p in sorted((HOSTILE / "cases").glob("*.body"))}
     make_corpus()
     assert before == {p: p.read_bytes() for p in sorted((HOSTILE / "cases").glob("*.body"))}
-    committed = sum(e["bytes"] for e in corpus.values() if not e["generated"]) + len((HOSTILE / "cases.json").read_bytes())
+    committed = sum(e["bytes"] for e in corpus.values() if not e["generated"]) + len(
+        (HOSTILE / "cases.json").read_bytes()
+    )
     assert committed < 1024 * 1024
     assert all(Path(HOSTILE / e["body"]).exists() for e in corpus.values())
 

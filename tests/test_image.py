@@ -46,7 +46,7 @@ def test_grey_alpha_and_16_bit(photo):
     out = decode_image(encode(grey, ".png"))
     assert out.shape == (*grey.shape, 3) and (out[..., 0] == grey).all() and (out[..., 2] == grey).all()
     rgba = np.dstack([photo, np.full(photo.shape[:2], 7, np.uint8)])
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    _ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
     assert (decode_image(buf.tobytes()) == photo).all()
     wide = photo.astype(np.uint16) * 257
     assert (decode_image(encode(wide, ".png")) == photo).all()
@@ -66,7 +66,12 @@ def _png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize(
@@ -134,11 +139,28 @@ def test_tiny_image_model_cycle(tiny_repository):
     assert m.task == "image-classification" and m.labels == ["ok", "scratch", "spot", "crack"]
     assert m.variants["fp32"].parity["max_abs_diff"] <= 1e-4 and m.variants["fp32"].parity["argmax_equal"]
     int8 = m.variants["int8"]
-    assert int8.note.startswith("static") and "speedup_vs_fp32" in int8.parity and int8.speed["ms_per_batch8"] > 0
+    assert (
+        int8.note.startswith("static")
+        and "speedup_vs_fp32" in int8.parity
+        and int8.speed["ms_per_batch8"] > 0
+    )
     assert m.default_reason
-    assert [i.name for i in m.signature.inputs] == ["images"] and m.signature.inputs[0].shape == ["batch", 3, 64, 64]
+    assert [i.name for i in m.signature.inputs] == ["images"] and m.signature.inputs[0].shape == [
+        "batch",
+        3,
+        64,
+        64,
+    ]
     for variant in ("fp32", "int8"):
-        model = Runtime(Settings(repository=tiny_repository, device="cpu", variant=variant, threads=1)).models["surface-defects"]
+        model = Runtime(
+            Settings(repository=tiny_repository, device="cpu", variant=variant, threads=1)
+        ).models["surface-defects"]
         data = (SKIMAGE / "coffee.png").read_bytes()
-        (p,) = model.task.predict(FileRequest(None, [Upload(0, "coffee.png", data)], {"top_k": "3"}))["predictions"]
-        assert p["label"] in m.labels and len(p["top_k"]) == 3 and p["top_k"][0]["score"] >= p["top_k"][1]["score"]
+        (p,) = model.task.predict(FileRequest(None, [Upload(0, "coffee.png", data)], {"top_k": "3"}))[
+            "predictions"
+        ]
+        assert (
+            p["label"] in m.labels
+            and len(p["top_k"]) == 3
+            and p["top_k"][0]["score"] >= p["top_k"][1]["score"]
+        )

@@ -58,8 +58,13 @@ def damaged_repository(tiny_repository, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def guarded(damaged_repository, tmp_path_factory):
     """A server over the damaged repository with an API key, a 1 MB body limit and the `any` policy."""
-    with start_server(damaged_repository, tmp_path_factory.mktemp("guarded"), TUNESERVE_API_KEY=KEY,
-                      TUNESERVE_MAX_BODY_MB="1", TUNESERVE_READY_POLICY="any") as running:
+    with start_server(
+        damaged_repository,
+        tmp_path_factory.mktemp("guarded"),
+        TUNESERVE_API_KEY=KEY,
+        TUNESERVE_MAX_BODY_MB="1",
+        TUNESERVE_READY_POLICY="any",
+    ) as running:
         yield running
 
 
@@ -82,7 +87,9 @@ def test_damaged_models_are_refused_and_the_rest_serve(guarded):
     assert httpx.get(guarded.url + "/readyz").status_code == 200
     r = httpx.post(guarded.url + "/v1/text/classify", json=TEXT, headers=_auth())
     assert r.status_code == 200 and len(r.json()["predictions"]) == 2
-    r = httpx.post(guarded.url + "/v1/tabular/predict", json={"model": "diagnosis", "rows": [{}]}, headers=_auth())
+    r = httpx.post(
+        guarded.url + "/v1/tabular/predict", json={"model": "diagnosis", "rows": [{}]}, headers=_auth()
+    )
     assert r.status_code == 404 and "refused at load" in r.json()["error"] and "sha256" in r.json()["error"]
 
 
@@ -94,9 +101,30 @@ def test_ready_policy_all_holds_readiness_while_a_model_is_refused(damaged_repos
         assert r.status_code == 200  # not ready for new traffic, but what it has serves
 
 
-@pytest.mark.parametrize("route", ["/v1/models", "/v1/text/classify", "/v1/text/entities", "/v1/image/classify", "/v1/audio/classify",
-                                   "/v1/tabular/predict", "/v1/forecast", "/v1/admin/reload", "/v1/no/such/route"])
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "s3cret-kez"}, {"Authorization": KEY}, {"Authorization": "Basic czNjcmV0LWtleQ=="}])
+@pytest.mark.parametrize(
+    "route",
+    [
+        "/v1/models",
+        "/v1/text/classify",
+        "/v1/text/entities",
+        "/v1/image/classify",
+        "/v1/audio/classify",
+        "/v1/tabular/predict",
+        "/v1/forecast",
+        "/v1/admin/reload",
+        "/v1/no/such/route",
+    ],
+)
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"X-API-Key": "s3cret-kez"},
+        {"Authorization": KEY},
+        {"Authorization": "Basic czNjcmV0LWtleQ=="},
+    ],
+)
 def test_every_v1_route_needs_the_key(guarded, route, headers):
     method = "GET" if route == "/v1/models" else "POST"
     r = httpx.request(method, guarded.url + route, json=TEXT, headers=headers)
@@ -120,8 +148,12 @@ def test_body_over_the_limit_is_refused_before_it_is_read(guarded):
     # answered from Content-Length alone instead of reading (or waiting for) the body.
     host, port = guarded.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall((f"POST /v1/text/classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                      f"X-API-Key: {KEY}\r\nContent-Length: {50 * 2**20}\r\n\r\n").encode())
+        sock.sendall(
+            (
+                f"POST /v1/text/classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"X-API-Key: {KEY}\r\nContent-Length: {50 * 2**20}\r\n\r\n"
+            ).encode()
+        )
         started, answer = time.monotonic(), ""
         while "}" not in answer and time.monotonic() - started < 5:
             answer += sock.recv(65536).decode(errors="replace")
@@ -138,7 +170,11 @@ def test_chunked_body_over_the_limit_is_cut_off(guarded):
             yield b"a" * 65536
         yield b'"]}'
 
-    r = httpx.post(guarded.url + "/v1/text/classify", content=chunks(), headers={**_auth(), "Content-Type": "application/json"})
+    r = httpx.post(
+        guarded.url + "/v1/text/classify",
+        content=chunks(),
+        headers={**_auth(), "Content-Type": "application/json"},
+    )
     assert r.status_code == 413 and "exceeds the limit" in r.json()["error"]
     assert httpx.post(guarded.url + "/v1/text/classify", json=TEXT, headers=_auth()).status_code == 200
 
@@ -152,7 +188,13 @@ def test_hot_reload_swaps_a_model_without_dropping_requests(guarded, damaged_rep
         with httpx.Client(timeout=30) as client:
             while not stop.is_set():
                 r = client.post(url + "/v1/text/classify", json=TEXT, headers=headers)
-                outcomes.append((r.status_code, r.json().get("version"), [p["label"] for p in r.json().get("predictions", [])]))
+                outcomes.append(
+                    (
+                        r.status_code,
+                        r.json().get("version"),
+                        [p["label"] for p in r.json().get("predictions", [])],
+                    )
+                )
 
     threads = [threading.Thread(target=traffic) for _ in range(4)]
     for t in threads:
@@ -180,11 +222,16 @@ def test_hot_reload_swaps_a_model_without_dropping_requests(guarded, damaged_rep
     assert all(status == 200 for status, _, _ in outcomes), [o for o in outcomes if o[0] != 200][:5]
     assert all(labels == [p["label"] for p in expected] for _, _, labels in outcomes)
     versions = [v for _, v, _ in outcomes]
-    assert versions[0] == manifest["version"][:-2] and versions[-1] == manifest["version"], (versions[0], versions[-1])
+    assert versions[0] == manifest["version"][:-2] and versions[-1] == manifest["version"], (
+        versions[0],
+        versions[-1],
+    )
     body = httpx.get(url + "/v1/models", headers=headers).json()
     assert {"credit-risk", "diagnosis", "intent"} == {m["name"] for m in body["models"]}
     r = httpx.post(url + "/v1/tabular/predict", json={"model": "diagnosis", "rows": [{}]}, headers=headers)
-    assert r.status_code in (200, 400), r.text  # served again: an empty row is the client's mistake, not an unknown model
+    assert r.status_code in (200, 400), (
+        r.text
+    )  # served again: an empty row is the client's mistake, not an unknown model
 
 
 def test_reload_is_off_without_an_api_key(server):
@@ -212,14 +259,22 @@ def test_reload_refuses_to_unload_everything(guarded, damaged_repository):
 @pytest.mark.parametrize("top_k", ["\u00b2", "--3", "9" * 5000, "1e3"])
 def test_odd_top_k_is_a_400(server, top_k):
     png = b"\x89PNG\r\n\x1a\n"
-    r = httpx.post(server + "/v1/image/classify", files={"images": ("a.png", png, "image/png")}, data={"top_k": top_k})
+    r = httpx.post(
+        server + "/v1/image/classify", files={"images": ("a.png", png, "image/png")}, data={"top_k": top_k}
+    )
     assert r.status_code == 400, r.text
 
 
 @pytest.mark.parametrize("charset", ["punycode", "unicode_escape", "utf-16", "rot13"])
 def test_multipart_charsets_other_than_utf8_and_latin1_are_refused(server, charset):
     boundary = "XyZ"
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n'
-            f'Content-Type: image/png\r\n\r\nnot-a-png\r\n--{boundary}--\r\n').encode()
-    r = httpx.post(server + "/v1/image/classify", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}; charset={charset}"})
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n'
+        f"Content-Type: image/png\r\n\r\nnot-a-png\r\n--{boundary}--\r\n"
+    ).encode()
+    r = httpx.post(
+        server + "/v1/image/classify",
+        content=body,
+        headers={"content-type": f"multipart/form-data; boundary={boundary}; charset={charset}"},
+    )
     assert r.status_code == 400 and "charset" in r.json()["error"], r.text

@@ -11,12 +11,19 @@ import pytest
 import soundfile as sf
 
 from training.data.keywords import (
-    KEYWORDS, LABELS, NOISE_KINDS, UNKNOWN_WORDS, espeak_voices, generate_keyword_clips,
-    make_noise, split_voices,
+    KEYWORDS,
+    LABELS,
+    NOISE_KINDS,
+    UNKNOWN_WORDS,
+    espeak_voices,
+    generate_keyword_clips,
+    make_noise,
+    split_voices,
 )
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
-                                  reason="espeak-ng is not installed (apt-get install espeak-ng)")
+needs_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)"
+)
 PER_LABEL = 4
 
 
@@ -67,7 +74,10 @@ def test_noise_spectral_tilt():
 def test_split_holds_out_whole_variants():
     voices = [f"{accent}+{variant}" for accent in ("en-us", "en-gb") for variant in "abcdefghij"]
     train, test = split_voices(voices, test_fraction=0.2, seed=5)
-    variants = lambda vs: {v.split("+")[1] for v in vs}
+
+    def variants(vs):
+        return {v.split("+")[1] for v in vs}
+
     assert len(variants(test)) == 2 and not variants(train) & variants(test)
     assert sorted(train + test) == sorted(voices) and len(test) == 4
     assert split_voices(voices, 0.2, 5) == (train, test)

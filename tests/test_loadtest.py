@@ -25,7 +25,9 @@ ROUTE = "/v1/text/classify"
 
 def _start_target(mode: str):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "targets.py"), mode, "--port", str(port)], cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks" / "targets.py"), mode, "--port", str(port)], cwd=ROOT
+    )
     base = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:
@@ -48,7 +50,9 @@ def target(request):
 @pytest.mark.parametrize("target", ["errors"], indirect=True)
 def test_errors_are_counted_by_status(target):
     payloads = builtin_payloads("text/classify", None)
-    stats = run(closed_loop(target + ROUTE, payloads, concurrency=1, duration_s=30, warmup_s=0, max_requests=40))
+    stats = run(
+        closed_loop(target + ROUTE, payloads, concurrency=1, duration_s=30, warmup_s=0, max_requests=40)
+    )
     served = httpx.get(target + "/count").json()["count"]
     assert stats.completed == served == 40
     per_status = 40 // len(ERROR_CYCLE)
@@ -60,7 +64,9 @@ def test_errors_are_counted_by_status(target):
 
 def test_refused_connections_are_counted_as_exceptions():
     url = f"http://127.0.0.1:{free_port()}{ROUTE}"  # nothing listens there
-    stats = run(closed_loop(url, builtin_payloads("text/classify", None), concurrency=2, duration_s=0.5, warmup_s=0))
+    stats = run(
+        closed_loop(url, builtin_payloads("text/classify", None), concurrency=2, duration_s=0.5, warmup_s=0)
+    )
     assert stats.completed > 0 and stats.ok == 0
     assert set(stats.exceptions) == {"ClientConnectorError"}
 
@@ -68,7 +74,9 @@ def test_refused_connections_are_counted_as_exceptions():
 @pytest.mark.parametrize("target", ["stall"], indirect=True)
 def test_open_loop_shows_a_stall_that_closed_loop_hides(target):
     payloads = builtin_payloads("text/classify", None)
-    opened = run(open_loop(target + ROUTE, payloads, rate=50, duration_s=3.0, warmup_s=0, arrival="constant")).summary()
+    opened = run(
+        open_loop(target + ROUTE, payloads, rate=50, duration_s=3.0, warmup_s=0, arrival="constant")
+    ).summary()
     # requests meant to go out during the 1 s stall waited up to that long: the tail must show it
     assert opened["max_ms"] >= 0.9 * STALL_FOR_S * 1000
     assert opened["p99_ms"] >= 0.75 * STALL_FOR_S * 1000
@@ -99,7 +107,7 @@ def test_builtin_payloads_for_every_endpoint():
         assert len(payloads) >= 16, name
         first = payloads[0]
         if endpoint.file_field:
-            (filename, content, ctype), = first.files
+            ((_filename, content, ctype),) = first.files
             if ctype.startswith("image/"):
                 assert Image.open(io.BytesIO(content)).size == (224, 224)
             else:
@@ -130,7 +138,12 @@ def test_payload_files(tmp_path):
 
 
 def test_durations_knee_and_safety():
-    assert parse_seconds("20s") == 20 and parse_seconds("500ms") == 0.5 and parse_seconds("2m") == 120 and parse_seconds("3") == 3
+    assert (
+        parse_seconds("20s") == 20
+        and parse_seconds("500ms") == 0.5
+        and parse_seconds("2m") == 120
+        and parse_seconds("3") == 3
+    )
     steps = [
         {"load": 1, "p99_ms": 10.0, "error_rate": 0.0, "throughput_rps": 100},
         {"load": 8, "p99_ms": 150.0, "error_rate": 0.0, "throughput_rps": 500},
@@ -144,18 +157,51 @@ def test_durations_knee_and_safety():
 
 
 def test_remote_target_needs_allow_remote(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "serving", "loadtest", "http://10.0.0.1:3000", "--duration", "1s", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "loadtest",
+            "http://10.0.0.1:3000",
+            "--duration",
+            "1s",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "--allow-remote" in out.stderr
     assert not list(tmp_path.iterdir())
 
 
 def test_cli_against_the_real_served_model(server, tmp_path):
     runs = []
-    for name, extra in (("closed", ["--concurrency", "1,4"]), ("open", ["--mode", "open", "--rate", "20,40", "--slo-p99", "2s"])):
+    for name, extra in (
+        ("closed", ["--concurrency", "1,4"]),
+        ("open", ["--mode", "open", "--rate", "20,40", "--slo-p99", "2s"]),
+    ):
         out_dir = tmp_path / name
-        cmd = [sys.executable, "-m", "serving", "loadtest", server, "--endpoint", "text/classify", "--payload", "intent",
-               "--duration", "1.5s", "--warmup", "0.5s", "--out", str(out_dir), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "serving",
+            "loadtest",
+            server,
+            "--endpoint",
+            "text/classify",
+            "--payload",
+            "intent",
+            "--duration",
+            "1.5s",
+            "--warmup",
+            "0.5s",
+            "--out",
+            str(out_dir),
+            *extra,
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         report = json.loads((out_dir / "report.json").read_text())
@@ -168,17 +214,54 @@ def test_cli_against_the_real_served_model(server, tmp_path):
             assert step["server"]["mean_batch_size"] >= 1 and step["server"]["server_requests"] >= step["ok"]
         runs.append(out_dir / "report.json")
     assert report["slo"]["knee"] is not None
-    cmp = subprocess.run([sys.executable, "-m", "serving", "loadtest", "--compare", *map(str, runs), "--out", str(tmp_path / "cmp")],
-                         capture_output=True, text=True, timeout=60)
+    cmp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "loadtest",
+            "--compare",
+            *map(str, runs),
+            "--out",
+            str(tmp_path / "cmp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert cmp.returncode == 0, cmp.stderr
-    assert (tmp_path / "cmp" / "compare.png").exists() and "B/A" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert (tmp_path / "cmp" / "compare.png").exists() and "B/A" in (
+        tmp_path / "cmp" / "compare.md"
+    ).read_text()
 
 
-@pytest.mark.parametrize("endpoint,model", [("text/classify", "intent"), ("image/classify", "surface-defects"), ("forecast", "energy-demand")])
+@pytest.mark.parametrize(
+    "endpoint,model",
+    [("text/classify", "intent"), ("image/classify", "surface-defects"), ("forecast", "energy-demand")],
+)
 def test_cli_loads_the_open_inference_protocol_with_binary_tensors(server, tmp_path, endpoint, model):
     out_dir = tmp_path / "v2"
-    cmd = [sys.executable, "-m", "serving", "loadtest", server, "--protocol", "v2", "--endpoint", endpoint, "--model", model,
-           "--concurrency", "2", "--duration", "1s", "--warmup", "0.3s", "--out", str(out_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving",
+        "loadtest",
+        server,
+        "--protocol",
+        "v2",
+        "--endpoint",
+        endpoint,
+        "--model",
+        model,
+        "--concurrency",
+        "2",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0.3s",
+        "--out",
+        str(out_dir),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     report = json.loads((out_dir / "report.json").read_text())

@@ -18,7 +18,9 @@ class Interrupted(Exception):
 
 
 def _setup(**overrides):
-    recipe = load_recipe("diagnosis").with_overrides({"preprocessing.class_weight": "none", "train.dropout": 0.0, "train.patience": 99, **overrides})
+    recipe = load_recipe("diagnosis").with_overrides(
+        {"preprocessing.class_weight": "none", "train.dropout": 0.0, "train.patience": 99, **overrides}
+    )
     task = get_task(recipe.task)(recipe, get_backbone(recipe.backbone))
     task.progress = False
     splits = task.load_data()
@@ -34,9 +36,13 @@ def _params(model) -> torch.Tensor:
 def test_gradient_accumulation_equals_the_larger_batch():
     recipe, task, splits, big = _setup(**{"train.epochs": 2, "train.batch_size": 32})
     fit(big, task, splits, recipe.train, progress=False)
-    recipe2, task2, splits2, small = _setup(**{"train.epochs": 2, "train.batch_size": 16, "train.grad_accum_steps": 2})
+    recipe2, task2, splits2, small = _setup(
+        **{"train.epochs": 2, "train.batch_size": 16, "train.grad_accum_steps": 2}
+    )
     # the same permutation of examples: batch 16 × 2 micro-batches = the same 32 examples per step
-    task2.loader = lambda split, shuffle, batch_size=None: task.loader(split, shuffle, 16 if shuffle else batch_size)
+    task2.loader = lambda split, shuffle, batch_size=None: task.loader(
+        split, shuffle, 16 if shuffle else batch_size
+    )
     fit(small, task2, splits2, recipe2.train, progress=False)
     torch.testing.assert_close(_params(big), _params(small), rtol=1e-4, atol=1e-5)
 
@@ -52,7 +58,9 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(tmp_p
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        fit(first, task, splits, recipe.train, progress=False, run_dir=tmp_path / "b", on_epoch=stop_after_two)
+        fit(
+            first, task, splits, recipe.train, progress=False, run_dir=tmp_path / "b", on_epoch=stop_after_two
+        )
     recipe, task, splits, resumed = _setup(**{"train.epochs": 4})
     again = fit(resumed, task, splits, recipe.train, progress=False, run_dir=tmp_path / "b", resume=True)
     assert again.resumed_from_epoch == 2 and [h["epoch"] for h in again.history] == [1, 2, 3, 4]

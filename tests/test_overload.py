@@ -39,13 +39,20 @@ TEXTS_PER_REQUEST = 32
 
 @pytest.mark.parametrize(
     "setting, value, refusal",
-    [("TUNESERVE_MAX_CONCURRENCY", str(LIMIT), 429), ("TUNESERVE_MAX_QUEUE", str(LIMIT * TEXTS_PER_REQUEST), 503)],
+    [
+        ("TUNESERVE_MAX_CONCURRENCY", str(LIMIT), 429),
+        ("TUNESERVE_MAX_QUEUE", str(LIMIT * TEXTS_PER_REQUEST), 503),
+    ],
     ids=["max-concurrency", "max-queue"],
 )
-def test_burst_far_above_capacity_is_refused_fast_and_admitted_requests_answer_correctly(tiny_repository, tmp_path, setting, value, refusal):
+def test_burst_far_above_capacity_is_refused_fast_and_admitted_requests_answer_correctly(
+    tiny_repository, tmp_path, setting, value, refusal
+):
     payloads = text_batches("intent", TEXTS_PER_REQUEST, 8)
     with start_server(tiny_repository, tmp_path, **{setting: value}) as server:
-        result = overload_run(server.url, payloads, LIMIT, factor=10, capacity_seconds=2, burst_seconds=2, recovery_limit_s=30)
+        result = overload_run(
+            server.url, payloads, LIMIT, factor=10, capacity_seconds=2, burst_seconds=2, recovery_limit_s=30
+        )
         log = server.log()
     burst, recovery = result["burst"], result["recovery"]
     context = f"{result}\n{log[-3000:]}"
@@ -61,7 +68,9 @@ def test_burst_far_above_capacity_is_refused_fast_and_admitted_requests_answer_c
     assert recovery["recovered_s"] is not None and recovery["recovered_s"] < 15, context
 
 
-async def _load_then_sigterm(server, payloads, users: int, before_s: float, after_s: float) -> tuple[list[Outcome], float]:
+async def _load_then_sigterm(
+    server, payloads, users: int, before_s: float, after_s: float
+) -> tuple[list[Outcome], float]:
     """`users` clients in a closed loop; SIGTERM to the `bentoml serve` process (the CLI, leader of
     the process group) after `before_s`; each client stops at its first failure or `after_s` later."""
     url, outcomes, signalled = server.url + ROUTE, [], []
@@ -88,12 +97,18 @@ def test_sigterm_lets_requests_in_flight_finish(tiny_repository, tmp_path):
     payloads = text_batches("intent", TEXTS_PER_REQUEST, 8)
     with start_server(tiny_repository, tmp_path) as server:
         reference, _ = asyncio.run(alone(server.url + ROUTE, payloads, passes=1))
-        outcomes, signalled = asyncio.run(_load_then_sigterm(server, payloads, users=16, before_s=1.5, after_s=3))
+        outcomes, signalled = asyncio.run(
+            _load_then_sigterm(server, payloads, users=16, before_s=1.5, after_s=3)
+        )
         exit_code = server.proc.wait(timeout=60)
         exited_s = time.perf_counter() - signalled
         log = server.log()
     before = [o for o in outcomes if o.sent < signalled]
-    context = f"exit {exit_code} after {exited_s:.1f} s\n" + "\n".join(map(str, (o for o in outcomes if o.status != 200))) + f"\n{log[-3000:]}"
+    context = (
+        f"exit {exit_code} after {exited_s:.1f} s\n"
+        + "\n".join(map(str, (o for o in outcomes if o.status != 200)))
+        + f"\n{log[-3000:]}"
+    )
     # the signal landed while requests were being served
     assert sum(o.done > signalled for o in before) > 0, context
     for o in before:

@@ -45,7 +45,9 @@ def test_truncation_is_flagged(pre):
 
 def test_empty_text_encodes_to_special_tokens(pre):
     batch = pre.encode([""])
-    assert batch.input_ids.tolist() == [[pre.tokenizer.token_to_id("[CLS]"), pre.tokenizer.token_to_id("[SEP]")]]
+    assert batch.input_ids.tolist() == [
+        [pre.tokenizer.token_to_id("[CLS]"), pre.tokenizer.token_to_id("[SEP]")]
+    ]
 
 
 def test_softmax_is_stable_and_normalised():

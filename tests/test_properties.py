@@ -22,19 +22,43 @@ from serving.protocols.bodies import parse_json_body
 from serving.tasks.forecasting import ForecastRequest
 from serving.tasks.tabular import TabularRequest
 from serving.tasks.text import TextRequest
-from tests.data.make_hostile import HISTORY, ROW, bmp_header, deep, flac_streaminfo, jpeg, ogg_vorbis_first_page, png, wav
+from tests.data.make_hostile import (
+    HISTORY,
+    ROW,
+    bmp_header,
+    deep,
+    flac_streaminfo,
+    jpeg,
+    ogg_vorbis_first_page,
+    png,
+    wav,
+)
 
 # Bounded and reproducible: the whole file runs in well under a minute on 2 cores.
-PROPERTY = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PROPERTY = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 SLOW_PROPERTY = settings(PROPERTY, max_examples=100)
 
 # JSON as clients send it, including what Python's json module accepts beyond the standard
 # (NaN, Infinity) and integers far outside any machine type.
 json_scalars = (
-    st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10**400), max_value=10**400)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([1e308, -1e308, 5e-324, 1e30, 1e31]) | st.text(max_size=12)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from([1e308, -1e308, 5e-324, 1e30, 1e31])
+    | st.text(max_size=12)
 )
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 # any unicode, lone surrogates included (valid in a Python str and in JSON \uXXXX escapes)
 any_text = st.text(st.characters(exclude_categories=()), max_size=60)
 
@@ -80,6 +104,7 @@ def loaded(tiny_repository):
 
 
 # --- images -------------------------------------------------------------------------------------
+
 
 def _image_seeds() -> list[bytes]:
     import cv2
@@ -132,13 +157,25 @@ def test_mutated_images_decode_or_are_refused(data):
 
 # --- audio --------------------------------------------------------------------------------------
 
+
 def _audio_seeds() -> list[bytes]:
     import soundfile as sf
 
     t = np.arange(3200) / 16000
     tone = (0.4 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    seeds = [flac_streaminfo(), ogg_vorbis_first_page(), wav(), wav(rate=8000, channels=2, bits=8, data=bytes(range(256)) * 8)]
-    for fmt, subtype in (("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "FLOAT"), ("WAV", "PCM_U8"), ("FLAC", "PCM_16")):
+    seeds = [
+        flac_streaminfo(),
+        ogg_vorbis_first_page(),
+        wav(),
+        wav(rate=8000, channels=2, bits=8, data=bytes(range(256)) * 8),
+    ]
+    for fmt, subtype in (
+        ("WAV", "PCM_16"),
+        ("WAV", "PCM_24"),
+        ("WAV", "FLOAT"),
+        ("WAV", "PCM_U8"),
+        ("FLAC", "PCM_16"),
+    ):
         out = io.BytesIO()
         sf.write(out, tone, 16000, format=fmt, subtype=subtype)
         seeds.append(out.getvalue())
@@ -155,7 +192,9 @@ def check_audio(data: bytes, predictor=None) -> None:
     except Exception as exc:
         assert_clear_error(exc)
         return
-    assert samples.dtype == np.float32 and samples.ndim == 1 and len(samples) > 0 and np.isfinite(samples).all()
+    assert (
+        samples.dtype == np.float32 and samples.ndim == 1 and len(samples) > 0 and np.isfinite(samples).all()
+    )
     if clip is not None:
         assert all(np.isfinite(w.features).all() for w in clip.windows)
 
@@ -178,6 +217,7 @@ def test_mutated_audio_decodes_to_finite_features_or_is_refused(loaded, data):
 
 # --- text ---------------------------------------------------------------------------------------
 
+
 @PROPERTY
 @given(st.lists(any_text, min_size=1, max_size=4))
 @example(["\ud800", "a\udfffb", "\x00", ""])
@@ -188,7 +228,9 @@ def test_any_unicode_tokenises_into_valid_ids(loaded, texts):
     vocab = pre.tokenizer.get_vocab_size()
     assert batch.input_ids.shape == batch.attention_mask.shape and batch.input_ids.shape[0] == len(texts)
     assert batch.input_ids.shape[1] <= pre.max_length and batch.input_ids.dtype == np.int64
-    assert ((batch.input_ids >= 0) & (batch.input_ids < vocab)).all() and set(np.unique(batch.attention_mask)) <= {0, 1}
+    assert ((batch.input_ids >= 0) & (batch.input_ids < vocab)).all() and set(
+        np.unique(batch.attention_mask)
+    ) <= {0, 1}
 
 
 @SLOW_PROPERTY
@@ -205,6 +247,7 @@ def test_any_unicode_gets_labels_and_entity_spans_that_render(loaded, texts):
 
 
 # --- table rows ---------------------------------------------------------------------------------
+
 
 @st.composite
 def hostile_rows(draw) -> list:
@@ -237,12 +280,17 @@ def test_any_json_rows_encode_to_finite_arrays_or_a_row_error(loaded, rows):
         assert_clear_error(exc)
         return
     numeric = block["numeric"]
-    assert numeric.dtype == np.float32 and numeric.shape == (len(rows), encoder.numeric_width) and np.isfinite(numeric).all()
+    assert (
+        numeric.dtype == np.float32
+        and numeric.shape == (len(rows), encoder.numeric_width)
+        and np.isfinite(numeric).all()
+    )
     codes = block["categorical"]
     assert codes.dtype == np.int64 and ((codes >= 0) & (codes < np.array(encoder.cardinalities))).all()
 
 
 # --- series -------------------------------------------------------------------------------------
+
 
 @st.composite
 def hostile_histories(draw) -> list:
@@ -282,7 +330,9 @@ body_bytes = (
     st.binary(max_size=512)
     | json_values.map(lambda v: json.dumps(v).encode())
     | body_objects.map(lambda v: json.dumps(v).encode())
-    | st.text(st.characters(exclude_categories=()), max_size=80).map(lambda t: t.encode("utf-8", "surrogatepass"))
+    | st.text(st.characters(exclude_categories=()), max_size=80).map(
+        lambda t: t.encode("utf-8", "surrogatepass")
+    )
 )
 
 
@@ -308,9 +358,12 @@ def test_any_body_parses_to_a_request_or_a_request_error(raw, schema):
 
 # Documents that make Python's json module raise something other than JSONDecodeError
 # (RecursionError, ValueError for integers over the digit limit): still a 4xx.
-@pytest.mark.parametrize("raw", [
-    pytest.param(b'{"texts": ' + deep(100_000).encode() + b"}", id="nested-100k"),
-    pytest.param(b'{"texts": [' + b"9" * 5000 + b"]}", id="int-5000-digits"),
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b'{"texts": ' + deep(100_000).encode() + b"}", id="nested-100k"),
+        pytest.param(b'{"texts": [' + b"9" * 5000 + b"]}", id="int-5000-digits"),
+    ],
+)
 def test_pathological_json_is_a_request_error(raw):
     check_body(raw, TextRequest)

@@ -115,7 +115,9 @@ def test_structured_efficientnet_whole_model():
         reference = model(x)
     pruned = copy.deepcopy(model)
     layers = P.apply_structured(pruned, "efficientnet-lite0", 0.3)
-    assert len(layers) == 15  # every inverted-residual block (the first, depthwise-separable one has no hidden width)
+    assert (
+        len(layers) == 15
+    )  # every inverted-residual block (the first, depthwise-separable one has no hidden width)
     assert pruned.head.in_features == 1280  # only hidden widths change
     with torch.no_grad():
         assert pruned(x).shape == reference.shape == (2, 4)
@@ -130,7 +132,9 @@ def test_structured_efficientnet_whole_model():
 def test_batchnorm_recalibration_re_estimates_statistics():
     model = _small_cnn_classifier()
     x = torch.randn(64, 1, 32, 48) * 3 + 1
-    P.recalibrate_batchnorm(model, [({"features": x[:32]}, torch.zeros(32)), ({"features": x[32:]}, torch.zeros(32))])
+    P.recalibrate_batchnorm(
+        model, [({"features": x[:32]}, torch.zeros(32)), ({"features": x[32:]}, torch.zeros(32))]
+    )
     assert not model.training and model.norm.momentum == 0.1
     assert model.norm.running_mean.item() == pytest.approx(x.mean().item(), abs=1e-4)
     assert model.norm.running_var.item() == pytest.approx(x.var().item(), rel=0.02)
@@ -161,31 +165,48 @@ def test_method_resolution():
 
 
 def test_decision_is_honest_about_unstructured_sparsity():
-    before = {"val_accuracy": 0.95, "test_accuracy": 0.95, "ms_per_batch8": 10.0, "onnx_bytes": 1000, "onnx_deflate_bytes": 900}
+    before = {
+        "val_accuracy": 0.95,
+        "test_accuracy": 0.95,
+        "ms_per_batch8": 10.0,
+        "onnx_bytes": 1000,
+        "onnx_deflate_bytes": 900,
+    }
     same_size = dict(before, ms_per_batch8=10.1, onnx_deflate_bytes=700)
     kept, _, why = P.decide("unstructured", before, same_size, "accuracy", 0.01)
     assert not kept and "neither faster nor smaller" in why and "stored densely" in why
 
 
 def _measured(val: float, test: float, ms: float = 7.0, size: int = 700) -> dict:
-    return {"val_accuracy": val, "test_accuracy": test, "ms_per_batch8": ms, "onnx_bytes": size, "onnx_deflate_bytes": size}
+    return {
+        "val_accuracy": val,
+        "test_accuracy": test,
+        "ms_per_batch8": ms,
+        "onnx_bytes": size,
+        "onnx_deflate_bytes": size,
+    }
 
 
-@pytest.mark.parametrize("after, kept, because", [
-    (_measured(0.895, 0.80), True, "kept"),  # the test split fell far: it is reported, it does not decide
-    (_measured(0.88, 0.90), False, "not accurate enough"),  # validation fell past the limit, test did not
-    (_measured(0.89, 0.90), True, "kept"),  # exactly at the limit
-    (_measured(0.90, 0.90, ms=9.8, size=950), False, "neither faster nor smaller"),  # 1.02× and 95%
-    (_measured(0.90, 0.90, ms=10.0, size=890), True, "kept"),  # smaller only is enough
-    (_measured(0.90, 0.90, ms=9.5, size=1000), True, "kept"),  # faster only (1.05×) is enough
-])
+@pytest.mark.parametrize(
+    "after, kept, because",
+    [
+        (_measured(0.895, 0.80), True, "kept"),  # the test split fell far: it is reported, it does not decide
+        (_measured(0.88, 0.90), False, "not accurate enough"),  # validation fell past the limit, test did not
+        (_measured(0.89, 0.90), True, "kept"),  # exactly at the limit
+        (_measured(0.90, 0.90, ms=9.8, size=950), False, "neither faster nor smaller"),  # 1.02× and 95%
+        (_measured(0.90, 0.90, ms=10.0, size=890), True, "kept"),  # smaller only is enough
+        (_measured(0.90, 0.90, ms=9.5, size=1000), True, "kept"),  # faster only (1.05×) is enough
+    ],
+)
 def test_keep_rule_reads_the_validation_drop(after, kept, because):
     before = _measured(0.90, 0.90, ms=10.0, size=1000)
     decision, numbers, why = P.decide("structured", before, after, "accuracy", 0.01)
     assert decision == kept and because in why and why.startswith("kept" if kept else "not kept")
     assert numbers["val_metric_drop"] == pytest.approx(0.90 - after["val_accuracy"])
     assert numbers["metric_drop"] == pytest.approx(0.90 - after["test_accuracy"])
-    assert numbers["speedup"] == pytest.approx(10.0 / after["ms_per_batch8"]) and numbers["size_ratio"] == pytest.approx(after["onnx_bytes"] / 1000)
+    assert numbers["speedup"] == pytest.approx(10.0 / after["ms_per_batch8"]) and numbers[
+        "size_ratio"
+    ] == pytest.approx(after["onnx_bytes"] / 1000)
 
 
 def test_build_with_pruning_records_the_comparison(tmp_path, monkeypatch):
@@ -197,14 +218,22 @@ def test_build_with_pruning_records_the_comparison(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "TIMING_SECONDS", 0.2)
     monkeypatch.setattr(P, "TIMING_ROUNDS", 1)
     images = generate_surface_defects(tmp_path / "defects", per_class=10, size=96, seed=3)
-    recipe = load_recipe("surface-defects").with_overrides({
-        "data.source": str(images), "preprocessing.resize_shorter": 72, "preprocessing.crop": 64,
-        "train.epochs": 1, "train.max_steps": 2, "train.batch_size": 8, "train.freeze_backbone_epochs": 0,
-        "quantise.mode": "none", "gates.min_test_metric": 0.0,
-        # a 2-step model has large, unscaled logits: float32 rounding between engines reaches ~1e-4
-        "export.parity_atol": 1e-3,
-        "prune": {"amount": 0.3, "recovery_epochs": 1, "max_metric_drop": 1.0},
-    })
+    recipe = load_recipe("surface-defects").with_overrides(
+        {
+            "data.source": str(images),
+            "preprocessing.resize_shorter": 72,
+            "preprocessing.crop": 64,
+            "train.epochs": 1,
+            "train.max_steps": 2,
+            "train.batch_size": 8,
+            "train.freeze_backbone_epochs": 0,
+            "quantise.mode": "none",
+            "gates.min_test_metric": 0.0,
+            # a 2-step model has large, unscaled logits: float32 rounding between engines reaches ~1e-4
+            "export.parity_atol": 1e-3,
+            "prune": {"amount": 0.3, "recovery_epochs": 1, "max_metric_drop": 1.0},
+        }
+    )
     result = build_recipe(recipe, tmp_path / "repo", quiet=True)
     m = load_manifest(result.directory, verify=True)
     report = m.metrics["pruning"]
@@ -212,24 +241,41 @@ def test_build_with_pruning_records_the_comparison(tmp_path, monkeypatch):
     assert report["channels"]["after"] < report["channels"]["before"]
     assert report["recovery"]["steps"] >= 1
     for side in ("before", "after"):
-        assert {"val_accuracy", "test_accuracy", "parameters", "nonzero_parameters", "onnx_bytes", "ms_per_batch8"} <= set(report[side])
+        assert {
+            "val_accuracy",
+            "test_accuracy",
+            "parameters",
+            "nonzero_parameters",
+            "onnx_bytes",
+            "ms_per_batch8",
+        } <= set(report[side])
     assert report["after"]["parameters"] < report["before"]["parameters"]
     assert report["after"]["onnx_bytes"] < report["before"]["onnx_bytes"]
     before, after = report["before"], report["after"]
     assert report["val_metric_drop"] == pytest.approx(before["val_accuracy"] - after["val_accuracy"])
     assert report["metric_drop"] == pytest.approx(before["test_accuracy"] - after["test_accuracy"])
     assert report["speedup"] == pytest.approx(before["ms_per_batch8"] / after["ms_per_batch8"])
-    wins = report["speedup"] >= P.MIN_SPEEDUP or after["onnx_bytes"] <= (1 - P.MIN_SIZE_REDUCTION) * before["onnx_bytes"]
-    assert report["kept"] == (report["val_metric_drop"] <= 1.0 + 1e-9 and wins) and report["reason"].startswith("kept" if report["kept"] else "not kept")
+    wins = (
+        report["speedup"] >= P.MIN_SPEEDUP
+        or after["onnx_bytes"] <= (1 - P.MIN_SIZE_REDUCTION) * before["onnx_bytes"]
+    )
+    assert report["kept"] == (report["val_metric_drop"] <= 1.0 + 1e-9 and wins) and report[
+        "reason"
+    ].startswith("kept" if report["kept"] else "not kept")
     assert m.recipe["prune"]["amount"] == 0.3
     # the exported model is the one the rule chose
-    assert m.files["model.onnx"].bytes == pytest.approx((after if report["kept"] else before)["onnx_bytes"], rel=0.01)
+    assert m.files["model.onnx"].bytes == pytest.approx(
+        (after if report["kept"] else before)["onnx_bytes"], rel=0.01
+    )
 
 
-@pytest.mark.parametrize("build, backbone, x", [
-    (_small_cnn_classifier, "small-cnn", (2, 1, 64, 101)),
-    (_efficientnet_classifier, "efficientnet-lite0", (2, 3, 64, 64)),
-])
+@pytest.mark.parametrize(
+    "build, backbone, x",
+    [
+        (_small_cnn_classifier, "small-cnn", (2, 1, 64, 101)),
+        (_efficientnet_classifier, "efficientnet-lite0", (2, 3, 64, 64)),
+    ],
+)
 def test_a_fresh_model_takes_the_pruned_weights(build, backbone, x):
     pruned = build()
     P.apply_structured(pruned, backbone, 0.5)

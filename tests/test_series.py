@@ -20,17 +20,20 @@ def test_short_gaps_are_interpolated_and_counted():
     assert values[-1] == 198.0
 
 
-@pytest.mark.parametrize("history, message", [
-    ([1.0] * 100, "history: 100 points; the model needs at least 168"),
-    ([1.0] * 196 + [None] * 4, "history[196..199]: 4 missing points in a row; at most 3"),
-    ([1.0] * 199 + ["12"], "history[199]: expected a number or null, got str"),
-    (["x"] + [1.0] * 199, "history[0]: expected a number or null"),
-    ([True] + [1.0] * 199, "history[0]: expected a number or null, got bool"),
-    ([1.0] * 199 + [float("inf")], "history[199]: inf is not a usable number"),
-    ([1.0] * 199 + [10**400], "history[199]: integer out of range"),
-    ({"a": 1}, "history: expected an array"),
-    ([None] * 200, "all missing"),
-])
+@pytest.mark.parametrize(
+    "history, message",
+    [
+        ([1.0] * 100, "history: 100 points; the model needs at least 168"),
+        ([1.0] * 196 + [None] * 4, "history[196..199]: 4 missing points in a row; at most 3"),
+        ([1.0] * 199 + ["12"], "history[199]: expected a number or null, got str"),
+        (["x"] + [1.0] * 199, "history[0]: expected a number or null"),
+        ([True] + [1.0] * 199, "history[0]: expected a number or null, got bool"),
+        ([1.0] * 199 + [float("inf")], "history[199]: inf is not a usable number"),
+        ([1.0] * 199 + [10**400], "history[199]: integer out of range"),
+        ({"a": 1}, "history: expected an array"),
+        ([None] * 200, "all missing"),
+    ],
+)
 def test_bad_histories_are_refused_with_position(history, message):
     with pytest.raises(SeriesError) as err:
         clean_history(history, window=168)
@@ -50,8 +53,12 @@ def test_windows_targets_are_the_future_and_its_seasonal_naive_baseline():
     series = np.arange(1000, dtype=np.float64) % 168 * 3 + 10  # exactly weekly-periodic
     examples, loc, scale = windows(series, np.array([300, 500]), 168, 24)
     truth, naive = examples.targets["future"], examples.targets["naive"]
-    np.testing.assert_allclose(truth * scale[:, None] + loc[:, None], series[[[t] for t in (300, 500)] + np.arange(24)], rtol=1e-5)
-    np.testing.assert_allclose(truth, naive, atol=1e-5)  # a weekly-periodic series is forecast perfectly by seasonal-naive
+    np.testing.assert_allclose(
+        truth * scale[:, None] + loc[:, None], series[[[t] for t in (300, 500)] + np.arange(24)], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        truth, naive, atol=1e-5
+    )  # a weekly-periodic series is forecast perfectly by seasonal-naive
     np.testing.assert_allclose(examples.inputs["history"][0] * scale[0] + loc[0], series[132:300], rtol=1e-5)
 
 
@@ -92,7 +99,9 @@ def test_forecast_parity_is_a_tolerance_not_an_argmax():
     task = ForecastingTask(recipe, get_backbone(recipe.backbone))
     reference = np.zeros((4, 24, 3), dtype=np.float32)
     reference[..., 1] = 1e-6  # the median edges out the other quantiles by less than the tolerance
-    close = reference + np.float32(2e-6) * (np.arange(3) == 0)  # ... and an engine's rounding flips the argmax
+    close = reference + np.float32(2e-6) * (
+        np.arange(3) == 0
+    )  # ... and an engine's rounding flips the argmax
     report = task.parity(reference, close)
     assert set(report) == {"max_abs_diff"} and task.parity_problem(report, atol=1e-4) is None
     assert "limit" in task.parity_problem(task.parity(reference, reference + 1e-3), atol=1e-4)

@@ -68,7 +68,9 @@ def test_batcher_failure_affects_only_its_batch():
 
     async def main():
         b = MicroBatcher(fn, max_batch_size=1, max_wait_ms=0)
-        out = await asyncio.gather(b.submit(["a"]), b.submit(["boom"]), b.submit(["c"]), return_exceptions=True)
+        out = await asyncio.gather(
+            b.submit(["a"]), b.submit(["boom"]), b.submit(["c"]), return_exceptions=True
+        )
         b.close()
         return out
 

@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_settings_page_is_generated_from_the_code():
-    assert (ROOT / "docs" / "settings.md").read_text() == settings_table(), "run `python -m serving.settings > docs/settings.md`"
+    assert (ROOT / "docs" / "settings.md").read_text() == settings_table(), (
+        "run `python -m serving.settings > docs/settings.md`"
+    )
 
 
 def test_environment_is_read_into_typed_fields(monkeypatch):
@@ -33,8 +35,15 @@ def test_environment_is_read_into_typed_fields(monkeypatch):
     assert settings.model_copy(update={"workers": 3}).workers == 3
 
 
-@pytest.mark.parametrize("name,value", [("TUNESERVE_READY_POLICY", "some"), ("TUNESERVE_WORKERS", "0"), ("TUNESERVE_DEVICE", "tpu"),
-                                        ("TUNESERVE_MAX_WAIT_MS", "soon")])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("TUNESERVE_READY_POLICY", "some"),
+        ("TUNESERVE_WORKERS", "0"),
+        ("TUNESERVE_DEVICE", "tpu"),
+        ("TUNESERVE_MAX_WAIT_MS", "soon"),
+    ],
+)
 def test_bad_values_are_refused_naming_the_setting(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=name.removeprefix("TUNESERVE_").lower()):
@@ -44,7 +53,9 @@ def test_bad_values_are_refused_naming_the_setting(monkeypatch, name, value):
 def test_no_other_module_reads_tuneserve_variables():
     readers = []
     for path in [*ROOT.glob("serving/**/*.py"), *ROOT.glob("training/**/*.py")]:
-        if path.name != "settings.py" and re.search(r"(environ|getenv)[^\n]*[\"']TUNESERVE_", path.read_text()):
+        if path.name != "settings.py" and re.search(
+            r"(environ|getenv)[^\n]*[\"']TUNESERVE_", path.read_text()
+        ):
             readers.append(str(path.relative_to(ROOT)))
     assert not readers, f"read TUNESERVE_* through serving.settings.Settings instead: {readers}"
 
@@ -52,5 +63,9 @@ def test_no_other_module_reads_tuneserve_variables():
 def test_each_route_path_is_written_in_at_most_two_files_under_serving():
     sources = {p: p.read_text() for p in ROOT.glob("serving/**/*.py")}
     for task in TASKS.values():
-        holders = [str(p.relative_to(ROOT)) for p, text in sources.items() if re.search(rf"[\"'](/v1)?{re.escape(task.route)}[\"']", text)]
+        holders = [
+            str(p.relative_to(ROOT))
+            for p, text in sources.items()
+            if re.search(rf"[\"'](/v1)?{re.escape(task.route)}[\"']", text)
+        ]
         assert 1 <= len(holders) <= 2, (task.route, holders)

@@ -13,7 +13,19 @@ from serving.processing.spans import decode_spans, words_from_encoding
 
 pytestmark = pytest.mark.fast  # in-process, no training, no server
 
-TAGS = ["O", "B-PERSON", "I-PERSON", "B-ORG", "I-ORG", "B-LOCATION", "I-LOCATION", "B-DATE", "I-DATE", "B-MONEY", "I-MONEY"]
+TAGS = [
+    "O",
+    "B-PERSON",
+    "I-PERSON",
+    "B-ORG",
+    "I-ORG",
+    "B-LOCATION",
+    "I-LOCATION",
+    "B-DATE",
+    "I-DATE",
+    "B-MONEY",
+    "I-MONEY",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +56,24 @@ def spans(pre, text, word_tags, prob=0.9):
 
 def test_issue_example(pre):
     text = "Send $250 to Maria Lopez at Chase in Denver on March 3rd"
-    tags = {"$": "B-MONEY", "250": "I-MONEY", "Maria": "B-PERSON", "Lopez": "I-PERSON", "Chase": "B-ORG",
-            "Denver": "B-LOCATION", "March": "B-DATE", "3rd": "I-DATE"}
+    tags = {
+        "$": "B-MONEY",
+        "250": "I-MONEY",
+        "Maria": "B-PERSON",
+        "Lopez": "I-PERSON",
+        "Chase": "B-ORG",
+        "Denver": "B-LOCATION",
+        "March": "B-DATE",
+        "3rd": "I-DATE",
+    }
     got = [(s["label"], s["text"]) for s in spans(pre, text, tags)]
-    assert got == [("MONEY", "$250"), ("PERSON", "Maria Lopez"), ("ORG", "Chase"), ("LOCATION", "Denver"), ("DATE", "March 3rd")]
+    assert got == [
+        ("MONEY", "$250"),
+        ("PERSON", "Maria Lopez"),
+        ("ORG", "Chase"),
+        ("LOCATION", "Denver"),
+        ("DATE", "March 3rd"),
+    ]
     for s in spans(pre, text, tags):
         assert text[s["start"] : s["end"]] == s["text"] and s["score"] == pytest.approx(0.9)
 
@@ -74,8 +100,17 @@ def test_bio_repair_and_type_change(pre):
 
 def test_unicode_repeated_spaces_and_subwords(pre):
     text = "Transfer  €1,200.50 to   Zoë Ñúñez-Ángel"
-    tags = {"€1": "B-MONEY", ",": "I-MONEY", "200": "I-MONEY", ".": "I-MONEY", "50": "I-MONEY",
-            "Zoë": "B-PERSON", "Ñúñez": "I-PERSON", "-": "I-PERSON", "Ángel": "I-PERSON"}
+    tags = {
+        "€1": "B-MONEY",
+        ",": "I-MONEY",
+        "200": "I-MONEY",
+        ".": "I-MONEY",
+        "50": "I-MONEY",
+        "Zoë": "B-PERSON",
+        "Ñúñez": "I-PERSON",
+        "-": "I-PERSON",
+        "Ángel": "I-PERSON",
+    }
     got = spans(pre, text, tags)
     assert [s["text"] for s in got] == ["€1,200.50", "Zoë Ñúñez-Ángel"]
     for s in got:
@@ -85,7 +120,11 @@ def test_unicode_repeated_spaces_and_subwords(pre):
 def test_score_is_mean_of_word_probabilities(pre):
     text = "Maria Lopez"
     enc, probs = tag_words(pre, text, {"Maria": "B-PERSON", "Lopez": "I-PERSON"})
-    first_tokens = [i for i, (w, prev) in enumerate(zip(enc.word_ids, [None] + enc.word_ids[:-1])) if w is not None and w != prev]
+    first_tokens = [
+        i
+        for i, (w, prev) in enumerate(zip(enc.word_ids, [None] + enc.word_ids[:-1]))
+        if w is not None and w != prev
+    ]
     probs[first_tokens[1], TAGS.index("I-PERSON")] = 0.5
     (span,) = decode_spans(text, words_from_encoding(enc, probs, TAGS))
     assert span["score"] == pytest.approx((0.9 + 0.5) / 2)

@@ -55,9 +55,13 @@ def weights(*shape: int) -> np.ndarray:
     return rng.normal(0, 1, shape).astype(np.float32)
 
 
-def graph_file(path: Path, nodes: list, inputs: list, outputs: list, params: dict[str, np.ndarray]) -> Signature:
+def graph_file(
+    path: Path, nodes: list, inputs: list, outputs: list, params: dict[str, np.ndarray]
+) -> Signature:
     """Check and save the graph; its signature (as the manifest lists it) is returned."""
-    graph = helper.make_graph(nodes, path.stem, inputs, outputs, [numpy_helper.from_array(v, k) for k, v in params.items()])
+    graph = helper.make_graph(
+        nodes, path.stem, inputs, outputs, [numpy_helper.from_array(v, k) for k, v in params.items()]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8  # old enough for any ONNX Runtime the project supports
     onnx.checker.check_model(model, full_check=True)
@@ -65,17 +69,28 @@ def graph_file(path: Path, nodes: list, inputs: list, outputs: list, params: dic
 
     def spec(v: onnx.ValueInfoProto) -> TensorSpec:
         dims = v.type.tensor_type.shape.dim
-        return TensorSpec(name=v.name, dtype=DTYPES[v.type.tensor_type.elem_type], shape=[d.dim_param or d.dim_value for d in dims])
+        return TensorSpec(
+            name=v.name,
+            dtype=DTYPES[v.type.tensor_type.elem_type],
+            shape=[d.dim_param or d.dim_value for d in dims],
+        )
 
     return Signature(inputs=[spec(v) for v in inputs], outputs=[spec(v) for v in outputs])
 
 
 def pooled_classifier(path: Path, input_name: str, channels: int, classes: int) -> Signature:
     """float32 [batch, channels, ...2 dims] → mean over the last two axes → linear → logits [batch, classes]."""
-    nodes = [helper.make_node("ReduceMean", [input_name], ["pooled"], axes=[2, 3], keepdims=0),
-             helper.make_node("MatMul", ["pooled", "w"], ["logits"])]
-    return graph_file(path, nodes, [tensor(input_name, TensorProto.FLOAT, ["batch", channels, "h", "w"])],
-                      [tensor("logits", TensorProto.FLOAT, ["batch", classes])], {"w": weights(channels, classes)})
+    nodes = [
+        helper.make_node("ReduceMean", [input_name], ["pooled"], axes=[2, 3], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "w"], ["logits"]),
+    ]
+    return graph_file(
+        path,
+        nodes,
+        [tensor(input_name, TensorProto.FLOAT, ["batch", channels, "h", "w"])],
+        [tensor("logits", TensorProto.FLOAT, ["batch", classes])],
+        {"w": weights(channels, classes)},
+    )
 
 
 def text_graph(path: Path, vocab: int, classes: int, per_token: bool) -> Signature:
@@ -88,7 +103,10 @@ def text_graph(path: Path, vocab: int, classes: int, per_token: bool) -> Signatu
     ]
     if not per_token:
         nodes.append(helper.make_node("ReduceMean", ["masked"], ["logits"], axes=[1], keepdims=0))
-    inputs = [tensor("input_ids", TensorProto.INT64, ["batch", "seq"]), tensor("attention_mask", TensorProto.INT64, ["batch", "seq"])]
+    inputs = [
+        tensor("input_ids", TensorProto.INT64, ["batch", "seq"]),
+        tensor("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+    ]
     out = ["batch", "seq", classes] if per_token else ["batch", classes]
     params = {"embedding": weights(vocab, classes), "last_axis": np.array([2], dtype=np.int64)}
     return graph_file(path, nodes, inputs, [tensor("logits", TensorProto.FLOAT, out)], params)
@@ -97,14 +115,29 @@ def text_graph(path: Path, vocab: int, classes: int, per_token: bool) -> Signatu
 # --- model folders -------------------------------------------------------------------------------
 
 
-def write_model(folder: Path, task: type[ServingTask], modality: str, labels: list[str], preprocessing: dict[str, Any],
-                make_graph: Callable[[Path], Signature]) -> None:
+def write_model(
+    folder: Path,
+    task: type[ServingTask],
+    modality: str,
+    labels: list[str],
+    preprocessing: dict[str, Any],
+    make_graph: Callable[[Path], Signature],
+) -> None:
     """model.onnx (and whatever assets are already in `folder`) under a manifest with their sha256s."""
     folder.mkdir(parents=True, exist_ok=True)
     signature = make_graph(folder / "model.onnx")
-    manifest = Manifest(name=folder.name, version="1", task=task.name, modality=modality, base_model="contract-test",
-                        labels=labels, signature=signature, preprocessing=preprocessing,
-                        variants={"fp32": Variant(file="model.onnx", precision="fp32")}, default_variant={"cpu": "fp32", "gpu": "fp32"})
+    manifest = Manifest(
+        name=folder.name,
+        version="1",
+        task=task.name,
+        modality=modality,
+        base_model="contract-test",
+        labels=labels,
+        signature=signature,
+        preprocessing=preprocessing,
+        variants={"fp32": Variant(file="model.onnx", precision="fp32")},
+        default_variant={"cpu": "fp32", "gpu": "fp32"},
+    )
     write_manifest(folder, manifest)
 
 
@@ -117,7 +150,9 @@ def write_tokenizer(path: Path, texts: list[str]) -> int:
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
     tokenizer.save(str(path))
     return len(vocab)
 
@@ -131,7 +166,9 @@ def build_text(task: type[ServingTask], labels: list[str], per_token: bool) -> C
         folder.mkdir(parents=True)
         vocab = write_tokenizer(folder / "tokenizer.json", sample_texts(task))
         config = {"tokenizer": "tokenizer.json", "max_length": 32, "lowercase": False, "padding": "longest"}
-        write_model(folder, task, "text", labels, config, lambda p: text_graph(p, vocab, len(labels), per_token))
+        write_model(
+            folder, task, "text", labels, config, lambda p: text_graph(p, vocab, len(labels), per_token)
+        )
 
     return build
 
@@ -140,8 +177,17 @@ def build_image(folder: Path) -> None:
     from serving.processing.image import ImagePreprocessor
 
     labels = ["crack", "dent", "ok", "scratch", "stain", "other"]
-    config = ImagePreprocessor(resize_shorter=32, crop=32).config()  # small: the test is about the contract, not pixels
-    write_model(folder, TASKS["image-classification"], "image", labels, config, lambda p: pooled_classifier(p, "images", 3, len(labels)))
+    config = ImagePreprocessor(
+        resize_shorter=32, crop=32
+    ).config()  # small: the test is about the contract, not pixels
+    write_model(
+        folder,
+        TASKS["image-classification"],
+        "image",
+        labels,
+        config,
+        lambda p: pooled_classifier(p, "images", 3, len(labels)),
+    )
 
 
 def build_audio(folder: Path) -> None:
@@ -149,7 +195,14 @@ def build_audio(folder: Path) -> None:
 
     labels = ["_silence_", "_unknown_", "yes", "no"]
     config = LogMelFrontEnd(n_mels=16).config()  # no `vad`: clips of one window are classified as they are
-    write_model(folder, TASKS["audio-classification"], "audio", labels, config, lambda p: pooled_classifier(p, "features", 1, len(labels)))
+    write_model(
+        folder,
+        TASKS["audio-classification"],
+        "audio",
+        labels,
+        config,
+        lambda p: pooled_classifier(p, "features", 1, len(labels)),
+    )
 
 
 def build_tabular(folder: Path) -> None:
@@ -158,18 +211,38 @@ def build_tabular(folder: Path) -> None:
 
     row = TASKS["tabular-classification"].samples(1)[0].json["rows"][0]
     kinds = {bool: "boolean", str: "categorical", int: "numeric", float: "numeric"}
-    features = [Feature(name, kinds[type(value)], vocabulary=[UNKNOWN, value] if isinstance(value, str) else []) for name, value in row.items()]
+    features = [
+        Feature(name, kinds[type(value)], vocabulary=[UNKNOWN, value] if isinstance(value, str) else [])
+        for name, value in row.items()
+    ]
     encoder = RowEncoder(features)
     width, cats = encoder.numeric_width, len(encoder.categorical)
-    config = {"kind": "tabular", **encoder.config(), "target": "default", "positive_index": 1, "threshold": 0.5}
+    config = {
+        "kind": "tabular",
+        **encoder.config(),
+        "target": "default",
+        "positive_index": 1,
+        "threshold": 0.5,
+    }
 
     def graph(path: Path) -> Signature:
-        nodes = [helper.make_node("MatMul", ["numeric", "wn"], ["dense"]),
-                 helper.make_node("Cast", ["categorical"], ["codes"], to=TensorProto.FLOAT),
-                 helper.make_node("MatMul", ["codes", "wc"], ["coded"]),
-                 helper.make_node("Add", ["dense", "coded"], ["logits"])]
-        inputs = [tensor("numeric", TensorProto.FLOAT, ["batch", width]), tensor("categorical", TensorProto.INT64, ["batch", cats])]
-        return graph_file(path, nodes, inputs, [tensor("logits", TensorProto.FLOAT, ["batch", 2])], {"wn": weights(width, 2), "wc": weights(cats, 2)})
+        nodes = [
+            helper.make_node("MatMul", ["numeric", "wn"], ["dense"]),
+            helper.make_node("Cast", ["categorical"], ["codes"], to=TensorProto.FLOAT),
+            helper.make_node("MatMul", ["codes", "wc"], ["coded"]),
+            helper.make_node("Add", ["dense", "coded"], ["logits"]),
+        ]
+        inputs = [
+            tensor("numeric", TensorProto.FLOAT, ["batch", width]),
+            tensor("categorical", TensorProto.INT64, ["batch", cats]),
+        ]
+        return graph_file(
+            path,
+            nodes,
+            inputs,
+            [tensor("logits", TensorProto.FLOAT, ["batch", 2])],
+            {"wn": weights(width, 2), "wc": weights(cats, 2)},
+        )
 
     assert encoder.input_names == ["numeric", "categorical"]
     write_model(folder, TASKS["tabular-classification"], "tabular", ["repaid", "default"], config, graph)
@@ -178,26 +251,47 @@ def build_tabular(folder: Path) -> None:
 def build_forecasting(folder: Path) -> None:
     """history [batch, window] → its mean, spread into [batch, horizon, 3] ordered quantiles."""
     window, horizon, quantiles = 48, 24, ["p10", "p50", "p90"]
-    config = {"kind": "series", "window": window, "horizon": horizon, "quantiles": [0.1, 0.5, 0.9], "max_gap": 3,
-              "frequency": "hourly", "scaling": "mean and standard deviation of the input window"}
+    config = {
+        "kind": "series",
+        "window": window,
+        "horizon": horizon,
+        "quantiles": [0.1, 0.5, 0.9],
+        "max_gap": 3,
+        "frequency": "hourly",
+        "scaling": "mean and standard deviation of the input window",
+    }
 
     def graph(path: Path) -> Signature:
-        nodes = [helper.make_node("ReduceMean", ["history"], ["level"], axes=[1], keepdims=1),
-                 helper.make_node("MatMul", ["level", "w"], ["flat"]),
-                 helper.make_node("Add", ["flat", "spread"], ["shifted"]),
-                 helper.make_node("Reshape", ["shifted", "shape"], ["quantiles"])]
-        params = {"w": weights(1, horizon * 3), "spread": np.tile(np.array([-1.0, 0.0, 1.0], np.float32), horizon),
-                  "shape": np.array([-1, horizon, 3], dtype=np.int64)}
-        return graph_file(path, nodes, [tensor("history", TensorProto.FLOAT, ["batch", window])],
-                          [tensor("quantiles", TensorProto.FLOAT, ["batch", horizon, 3])], params)
+        nodes = [
+            helper.make_node("ReduceMean", ["history"], ["level"], axes=[1], keepdims=1),
+            helper.make_node("MatMul", ["level", "w"], ["flat"]),
+            helper.make_node("Add", ["flat", "spread"], ["shifted"]),
+            helper.make_node("Reshape", ["shifted", "shape"], ["quantiles"]),
+        ]
+        params = {
+            "w": weights(1, horizon * 3),
+            "spread": np.tile(np.array([-1.0, 0.0, 1.0], np.float32), horizon),
+            "shape": np.array([-1, horizon, 3], dtype=np.int64),
+        }
+        return graph_file(
+            path,
+            nodes,
+            [tensor("history", TensorProto.FLOAT, ["batch", window])],
+            [tensor("quantiles", TensorProto.FLOAT, ["batch", horizon, 3])],
+            params,
+        )
 
     write_model(folder, TASKS["forecasting"], "series", quantiles, config, graph)
 
 
 # One builder per task of the registry: a new task adds its line here.
 BUILDERS: dict[str, Callable[[Path], None]] = {
-    "text-classification": build_text(TASKS["text-classification"], ["balance", "card", "transfer"], per_token=False),
-    "token-classification": build_text(TASKS["token-classification"], ["O", "B-PER", "I-PER", "B-ORG", "I-ORG"], per_token=True),
+    "text-classification": build_text(
+        TASKS["text-classification"], ["balance", "card", "transfer"], per_token=False
+    ),
+    "token-classification": build_text(
+        TASKS["token-classification"], ["O", "B-PER", "I-PER", "B-ORG", "I-ORG"], per_token=True
+    ),
     "image-classification": build_image,
     "audio-classification": build_audio,
     "tabular-classification": build_tabular,
@@ -207,7 +301,9 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
 
 def test_every_task_has_a_builder() -> None:
     missing = sorted(set(TASKS) - set(BUILDERS))
-    assert not missing, f"tasks without a model builder in tests/test_task_contract.py BUILDERS: {missing}; add one per task"
+    assert not missing, (
+        f"tasks without a model builder in tests/test_task_contract.py BUILDERS: {missing}; add one per task"
+    )
 
 
 # --- the repository, served ----------------------------------------------------------------------
@@ -218,7 +314,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """A repository with one model per task, keyed by task name through `model_name`."""
     missing = sorted(set(TASKS) - set(BUILDERS))
     if missing:
-        pytest.fail(f"no model builder for task(s) {missing}: add them to BUILDERS in tests/test_task_contract.py")
+        pytest.fail(
+            f"no model builder for task(s) {missing}: add them to BUILDERS in tests/test_task_contract.py"
+        )
     repo = tmp_path_factory.mktemp("repository")
     for name, task in TASKS.items():
         BUILDERS[name](repo / model_name(task))
@@ -263,12 +361,18 @@ def in_process_request(task: type[ServingTask], sample: Sample) -> Any:
         return task.request_model.model_validate(sample.json)
     fields = dict(sample.fields)
     model = fields.pop("model", None)
-    return FileRequest(model, [Upload(i, name, data) for i, (name, data, _) in enumerate(sample.files)], fields)
+    return FileRequest(
+        model, [Upload(i, name, data) for i, (name, data, _) in enumerate(sample.files)], fields
+    )
 
 
 def inputs_sent(sample: Sample) -> int:
     """Files uploaded, or the items of the JSON body's list (texts, rows)."""
-    return len(sample.files) if sample.files else len(next(v for v in sample.json.values() if isinstance(v, list)))
+    return (
+        len(sample.files)
+        if sample.files
+        else len(next(v for v in sample.json.values() if isinstance(v, list)))
+    )
 
 
 def check_counts(sample: Sample, body: dict[str, Any]) -> None:
@@ -276,7 +380,9 @@ def check_counts(sample: Sample, body: dict[str, Any]) -> None:
         assert len(body["predictions"]) == inputs_sent(sample)
     else:  # a forecast answers its one series: every quantile covers the horizon it reports
         assert body["horizon"] == sample.json["horizon"]
-        assert all(len(values) == body["horizon"] for values in [body["forecast"], *body["quantiles"].values()])
+        assert all(
+            len(values) == body["horizon"] for values in [body["forecast"], *body["quantiles"].values()]
+        )
 
 
 def error_of(response: httpx.Response, status: int) -> str:
@@ -296,10 +402,14 @@ TASK_PARAMS = pytest.mark.parametrize("task", list(TASKS.values()), ids=list(TAS
 def test_task_declares_what_tools_need(task: type[ServingTask]) -> None:
     assert task.route.startswith("/") and task.summary and task.default_model
     assert issubclass(task.response_model, Answer)
-    assert (task.request_model is None) != (task.file_field is None), "exactly one of request_model and file_field"
+    assert (task.request_model is None) != (task.file_field is None), (
+        "exactly one of request_model and file_field"
+    )
     assert issubclass(task, FileTask) == (task.file_field is not None)
     samples = task.samples(3)
-    assert len(samples) == 3 and len({repr(s) for s in samples}) == 3, "samples(3) must be 3 distinct requests"
+    assert len(samples) == 3 and len({repr(s) for s in samples}) == 3, (
+        "samples(3) must be 3 distinct requests"
+    )
     assert all(isinstance(s, Sample) and (s.json is None) == bool(s.files) for s in samples)
 
 
@@ -309,7 +419,9 @@ def test_routes_are_unique() -> None:
 
 
 @TASK_PARAMS
-def test_sample_answers_over_http_as_in_process(task: type[ServingTask], settings: Settings, runtime: Runtime) -> None:
+def test_sample_answers_over_http_as_in_process(
+    task: type[ServingTask], settings: Settings, runtime: Runtime
+) -> None:
     name = model_name(task)
     (sample,) = task.samples(1, model=name)
     response = serve(settings, runtime, lambda client: post_sample(client, task, sample))
@@ -335,17 +447,28 @@ def test_contract_errors_are_4xx_json(task: type[ServingTask], settings: Setting
         # Another task's model on this route: a 400 that says where to send it.
         assert f"/v1{other.route}" in error_of(await post_sample(client, task, misrouted), 400)
         if task.file_field is None:
-            error_of(await client.post(task.route, content=b"", headers={"content-type": "application/json"}), 400)
+            error_of(
+                await client.post(task.route, content=b"", headers={"content-type": "application/json"}), 400
+            )
             error_of(await client.post(task.route, json={}), 400)
         else:
             error_of(await client.post(task.route, json={"model": model_name(task)}), 415)
             suffix = next(iter(task.content_types), ".bin")
-            corrupt = [(task.file_field, (f"broken{suffix}", b"\x00not really a file\xff" * 8, "application/octet-stream"))]
-            message = error_of(await client.post(task.route, files=corrupt, data={"model": model_name(task)}), 400)
+            corrupt = [
+                (
+                    task.file_field,
+                    (f"broken{suffix}", b"\x00not really a file\xff" * 8, "application/octet-stream"),
+                )
+            ]
+            message = error_of(
+                await client.post(task.route, files=corrupt, data={"model": model_name(task)}), 400
+            )
             assert f"broken{suffix}" in message and f"{task.file_field}[0]" in message, message
             # `tuneserve predict` refuses it with the same message
             with pytest.raises(RequestError) as caught:
-                runtime.models[model_name(task)].task.predict(FileRequest(None, [Upload(0, corrupt[0][1][0], corrupt[0][1][1])]))
+                runtime.models[model_name(task)].task.predict(
+                    FileRequest(None, [Upload(0, corrupt[0][1][0], corrupt[0][1][1])])
+                )
             assert (caught.value.status, caught.value.message) == (400, message)
 
     serve(settings, runtime, calls)
@@ -377,15 +500,33 @@ def cli_inputs(task: type[ServingTask], sample: Sample, folder: Path) -> list[st
 
 
 @TASK_PARAMS
-def test_cli_predict_answers_what_the_task_answers(task: type[ServingTask], settings: Settings, runtime: Runtime,
-                                                   tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_predict_answers_what_the_task_answers(
+    task: type[ServingTask],
+    settings: Settings,
+    runtime: Runtime,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from serving.cli import main
 
     name = model_name(task)
     (sample,) = task.samples(1, name)
     options = {k: v for k, v in {**(sample.json or {}), **dict(sample.fields)}.items() if k in task.options}
     flags = [arg for k, v in options.items() for arg in (f"--{k.replace('_', '-')}", str(v))]
-    assert main(["predict", name, *cli_inputs(task, sample, tmp_path), *flags, "--json", "--repository", str(settings.repository)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                name,
+                *cli_inputs(task, sample, tmp_path),
+                *flags,
+                "--json",
+                "--repository",
+                str(settings.repository),
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     expected = runtime.models[name].task.predict(in_process_request(task, sample))
     assert {k: printed[k] for k in expected} == json.loads(json.dumps(expected))

@@ -1,6 +1,7 @@
-import pytest
 import subprocess
 import sys
+
+import pytest
 
 pytestmark = pytest.mark.fast  # in-process, no training, no server
 

@@ -59,8 +59,13 @@ def _synonym(word: str, lexicon: dict[str, list[str]], rng: np.random.Generator)
     return f"{lead}{choice}{trail}"
 
 
-def augment_text(text: str, spans: list[tuple[int, int, str]], strength: float, rng: np.random.Generator,
-                 lexicon: dict[str, list[str]] | None = None) -> tuple[str, list[tuple[int, int, str]]]:
+def augment_text(
+    text: str,
+    spans: list[tuple[int, int, str]],
+    strength: float,
+    rng: np.random.Generator,
+    lexicon: dict[str, list[str]] | None = None,
+) -> tuple[str, list[tuple[int, int, str]]]:
     """One augmented copy of `text`; `spans` (start, end, kind) are kept valid. Each word outside an
     entity is deleted, replaced by a synonym, or swapped with its neighbour with probability
     0.1 × strength each, and about 0.1 × strength × words synonyms are inserted."""
@@ -116,7 +121,9 @@ def augment_text(text: str, spans: list[tuple[int, int, str]], strength: float, 
     return out, new_spans
 
 
-def tabular_noise(numeric: np.ndarray, columns: list[int], strength: float, rng: np.random.Generator) -> np.ndarray:
+def tabular_noise(
+    numeric: np.ndarray, columns: list[int], strength: float, rng: np.random.Generator
+) -> np.ndarray:
     """Gaussian noise (σ = 0.1 × strength, in standard deviations) on the given standardised columns."""
     if strength <= 0 or not columns:
         return numeric
@@ -125,7 +132,9 @@ def tabular_noise(numeric: np.ndarray, columns: list[int], strength: float, rng:
     return out
 
 
-def mixup(inputs: dict[str, np.ndarray], targets: np.ndarray, classes: int, alpha: float, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def mixup(
+    inputs: dict[str, np.ndarray], targets: np.ndarray, classes: int, alpha: float, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Mixup for tables: numeric features and one-hot targets mixed with a shuffled copy of the
     batch (λ ~ Beta(α, α)); categorical codes taken from whichever example dominates."""
     lam = float(rng.beta(alpha, alpha))
@@ -137,7 +146,9 @@ def mixup(inputs: dict[str, np.ndarray], targets: np.ndarray, classes: int, alph
     return mixed, (lam * onehot + (1 - lam) * onehot[perm]).astype(np.float32)
 
 
-def augment_series(history: np.ndarray, future: np.ndarray, strength: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augment_series(
+    history: np.ndarray, future: np.ndarray, strength: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """history (n, window) and future (n, horizon), standardised by the history. Each transform
     applies to an example with probability 0.3 × strength: jitter (σ 0.05 × strength), magnitude warp
     (a smooth curve through 4 knots, σ 0.1 × strength, over history and future), window slicing (a

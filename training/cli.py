@@ -21,7 +21,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     for name in list_recipes():
         r = load_recipe(name)
         built = "built" if (repo / name / MANIFEST_FILE).is_file() else "-"
-        print(f"{name:<20} {r.task:<22} {r.backbone:<12} default={'yes' if r.default else 'no':<4} {built:<6} {r.description}")
+        print(
+            f"{name:<20} {r.task:<22} {r.backbone:<12} default={'yes' if r.default else 'no':<4} {built:<6} {r.description}"
+        )
     return 0
 
 
@@ -78,7 +80,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.prune is None and recipe.prune is None:
             raise ValueError("--prune-method needs --prune AMOUNT")
         prune = recipe.prune.model_dump() if recipe.prune else {}
-        prune |= {k: v for k, v in {"amount": args.prune, "method": args.prune_method}.items() if v is not None}
+        prune |= {
+            k: v for k, v in {"amount": args.prune, "method": args.prune_method}.items() if v is not None
+        }
         recipe = recipe.with_overrides({"prune": prune})
     try:
         build(recipe, _repository(args), resume=args.resume)
@@ -95,7 +99,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     from training.search import parse_duration, search
 
     recipe = load_recipe(args.recipe).with_overrides({"data.limit": args.limit, "search.epochs": args.epochs})
-    search(recipe, args.trials, args.sampler, parse_duration(args.timeout), Path(args.out) if args.out else None, args.pruner, args.seed)
+    search(
+        recipe,
+        args.trials,
+        args.sampler,
+        parse_duration(args.timeout),
+        Path(args.out) if args.out else None,
+        args.pruner,
+        args.seed,
+    )
     return 0
 
 
@@ -115,16 +127,23 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tuneserve", description="Fine-tune, export, quantise and serve models.")
+    parser = argparse.ArgumentParser(
+        prog="tuneserve", description="Fine-tune, export, quantise and serve models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("recipes", help="list the recipes and whether each is built")
     p.add_argument("--repository")
     p.set_defaults(func=cmd_recipes)
 
-    p = sub.add_parser("train", help="fine-tune, export, quantise and write one recipe's model into the repository")
+    p = sub.add_parser(
+        "train", help="fine-tune, export, quantise and write one recipe's model into the repository"
+    )
     p.add_argument("recipe", help="recipe name (see `tuneserve recipes`) or path to a recipe YAML")
-    p.add_argument("--data", help="your own data instead of the recipe's (see the recipe's data.source comment for the format)")
+    p.add_argument(
+        "--data",
+        help="your own data instead of the recipe's (see the recipe's data.source comment for the format)",
+    )
     p.add_argument("--target", help="tables: the column to predict")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -133,22 +152,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only this many examples")
     p.add_argument("--seed", type=int)
     p.add_argument("--no-quantise", action="store_true")
-    p.add_argument("--no-gate", action="store_true", help="write the model even below the recipe's quality gate")
-    p.add_argument("--prune", type=float, metavar="AMOUNT",
-                   help="magnitude-prune this fraction (0-0.95) after fine-tuning, recover briefly, keep only if faster or smaller within the metric limit")
-    p.add_argument("--prune-method", choices=["auto", "unstructured", "structured"],
-                   help="auto (default): structured channel pruning for small-cnn and efficientnet-lite0, unstructured otherwise")
-    p.add_argument("--params", help="YAML overlay of recipe values, e.g. runs/intent-search/best.yaml from `tuneserve search`")
+    p.add_argument(
+        "--no-gate", action="store_true", help="write the model even below the recipe's quality gate"
+    )
+    p.add_argument(
+        "--prune",
+        type=float,
+        metavar="AMOUNT",
+        help="magnitude-prune this fraction (0-0.95) after fine-tuning, recover briefly, keep only if faster or smaller within the metric limit",
+    )
+    p.add_argument(
+        "--prune-method",
+        choices=["auto", "unstructured", "structured"],
+        help="auto (default): structured channel pruning for small-cnn and efficientnet-lite0, unstructured otherwise",
+    )
+    p.add_argument(
+        "--params",
+        help="YAML overlay of recipe values, e.g. runs/intent-search/best.yaml from `tuneserve search`",
+    )
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step")
-    p.add_argument("--resume", action="store_true", help="continue from runs/<name>/last.pt after an interruption")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from runs/<name>/last.pt after an interruption"
+    )
     p.add_argument("--repository")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("search", help="hyper-parameter search (optuna) over the recipe's search space; resumable")
+    p = sub.add_parser(
+        "search", help="hyper-parameter search (optuna) over the recipe's search space; resumable"
+    )
     p.add_argument("recipe")
-    p.add_argument("--trials", type=int, default=20, help="total trials in the study (a resumed study counts its finished ones)")
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=20,
+        help="total trials in the study (a resumed study counts its finished ones)",
+    )
     p.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe")
-    p.add_argument("--pruner", choices=["median", "halving", "none"], help="default: the recipe's search.pruner")
+    p.add_argument(
+        "--pruner", choices=["median", "halving", "none"], help="default: the recipe's search.pruner"
+    )
     p.add_argument("--timeout", help="stop starting trials after this long, e.g. 15m, 90s, 1h")
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the recipe's search.epochs)")
     p.add_argument("--limit", type=int, help="use only this many examples")

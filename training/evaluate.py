@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ def classification_metrics(logits: np.ndarray, targets: np.ndarray, label_names:
         # finer than accuracy on small splits (e.g. hyper-parameter search): higher is better
         "neg_log_loss": -float(log_loss(targets, _softmax(logits), labels=labels)),
         "confusion_matrix": confusion_matrix(targets, predicted, labels=labels).tolist(),
-        "n": int(len(targets)),
+        "n": len(targets),
     }
 
 
@@ -45,7 +46,12 @@ def concat_padded(arrays: list[np.ndarray], fill: float) -> np.ndarray:
     if arrays[0].ndim < 2 or all(a.shape[1:] == arrays[0].shape[1:] for a in arrays):
         return np.concatenate(arrays)
     longest = max(a.shape[1] for a in arrays)
-    return np.concatenate([np.pad(a, [(0, 0), (0, longest - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=fill) for a in arrays])
+    return np.concatenate(
+        [
+            np.pad(a, [(0, 0), (0, longest - a.shape[1])] + [(0, 0)] * (a.ndim - 2), constant_values=fill)
+            for a in arrays
+        ]
+    )
 
 
 @torch.no_grad()
@@ -59,7 +65,9 @@ def torch_outputs(model: nn.Module, task: Task, batches: Iterable[Batch]) -> tup
     return task.collect_outputs(outputs), task.collect_targets(targets)
 
 
-def run_batches(fn: Callable[[dict[str, np.ndarray]], np.ndarray], task: Task, batches: Iterable[Batch]) -> Any:
+def run_batches(
+    fn: Callable[[dict[str, np.ndarray]], np.ndarray], task: Task, batches: Iterable[Batch]
+) -> Any:
     """Outputs of any numpy-in/numpy-out engine (ONNX Runtime, TorchScript) over the same batches."""
     return task.collect_outputs([fn({k: v.numpy() for k, v in inputs.items()}) for inputs, _ in batches])
 
@@ -80,7 +88,7 @@ def token_metrics(logits: np.ndarray, targets: np.ndarray, tag_names: list[str])
         "micro_f1": float(report["micro avg"]["f1-score"]),
         "micro_precision": float(report["micro avg"]["precision"]),
         "micro_recall": float(report["micro avg"]["recall"]),
-        "n": int(len(targets)),
+        "n": len(targets),
     }
     for kind, row in report.items():
         if "avg" not in kind:

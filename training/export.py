@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +20,9 @@ class ParityError(RuntimeError):
     pass
 
 
-def export_onnx(model: nn.Module, task: Task, example: dict[str, torch.Tensor], path: Path, opset: int) -> Path:
+def export_onnx(
+    model: nn.Module, task: Task, example: dict[str, torch.Tensor], path: Path, opset: int
+) -> Path:
     model.eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow in transformers
@@ -63,7 +66,9 @@ def torchscript_runner(path: Path):
     return run
 
 
-def check_parity(task: Task, reference: Any, batches: Iterable[Batch], onnx_path: Path, ts_path: Path, atol: float) -> dict[str, Any]:
+def check_parity(
+    task: Task, reference: Any, batches: Iterable[Batch], onnx_path: Path, ts_path: Path, atol: float
+) -> dict[str, Any]:
     """ONNX and TorchScript outputs vs PyTorch's (`reference`) over the same batches, compared the
     task's way (`Task.parity`); raises ParityError when the task finds a difference too large."""
     batches = list(batches)

@@ -17,9 +17,10 @@ import copy
 import math
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,8 +82,16 @@ def _sharded(loader: DataLoader, seed: int) -> DataLoader:
     from torch.utils.data.distributed import DistributedSampler
 
     n = dist.get_world_size()
-    sampler = DistributedSampler(loader.dataset, num_replicas=n, rank=dist.get_rank(), shuffle=True, seed=seed)
-    return DataLoader(loader.dataset, batch_size=max(1, loader.batch_size // n), sampler=sampler, collate_fn=loader.collate_fn, num_workers=loader.num_workers)
+    sampler = DistributedSampler(
+        loader.dataset, num_replicas=n, rank=dist.get_rank(), shuffle=True, seed=seed
+    )
+    return DataLoader(
+        loader.dataset,
+        batch_size=max(1, loader.batch_size // n),
+        sampler=sampler,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+    )
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -105,7 +114,11 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
         no_decay = param.ndim < 2
         groups.setdefault((is_backbone, no_decay), []).append(param)
     return [
-        {"params": params, "lr": cfg.lr if is_backbone else cfg.head_lr, "weight_decay": 0.0 if no_decay else cfg.weight_decay}
+        {
+            "params": params,
+            "lr": cfg.lr if is_backbone else cfg.head_lr,
+            "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+        }
         for (is_backbone, no_decay), params in groups.items()
     ]
 
@@ -142,7 +155,11 @@ def fit(
     seed_everything(cfg.seed)
     distributed = init_distributed()
     main = is_main_process()
-    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    device = torch.device(
+        f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        if torch.cuda.is_available() and cfg.device != "cpu"
+        else "cpu"
+    )
     if device.type != "cpu":
         model.to(device)
     train_loader = task.loader(splits.train, shuffle=True, batch_size=cfg.batch_size)
@@ -158,10 +175,19 @@ def fit(
 
     optimizer = torch.optim.AdamW(_param_groups(model, cfg))
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
+        optimizer,
+        lambda s: (
+            (s + 1) / max(1, warmup)
+            if s < warmup
+            else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
+        ),
     )
     # frozen-backbone epochs leave parameters without gradients, which DDP must be told about
-    trained = nn.parallel.DistributedDataParallel(model, find_unused_parameters=cfg.freeze_backbone_epochs > 0) if distributed else model
+    trained = (
+        nn.parallel.DistributedDataParallel(model, find_unused_parameters=cfg.freeze_backbone_epochs > 0)
+        if distributed
+        else model
+    )
 
     result = FitResult(best_metric=-math.inf, best_epoch=-1, steps=0)
     best_state: dict[str, torch.Tensor] | None = None
@@ -182,7 +208,14 @@ def fit(
             train_loader.generator.set_state(state["loader_rng"])  # the next epoch shuffles as it would have
     writer = _tensorboard(run_dir) if main and run_dir is not None else None
 
-    bar = tqdm(total=total_steps, initial=result.steps, desc=f"train {task.recipe.name}", unit="step", disable=not (progress and main), dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=result.steps,
+        desc=f"train {task.recipe.name}",
+        unit="step",
+        disable=not (progress and main),
+        dynamic_ncols=True,
+    )
     for epoch in range(start_epoch, cfg.epochs):
         if result.steps >= total_steps or epochs_without_gain >= cfg.patience:
             break
@@ -197,7 +230,10 @@ def fit(
             if result.steps >= total_steps:
                 break
             if device.type != "cpu":
-                inputs, targets = {k: v.to(device) for k, v in inputs.items()}, task.targets_to(targets, device)
+                inputs, targets = (
+                    {k: v.to(device) for k, v in inputs.items()},
+                    task.targets_to(targets, device),
+                )
             last_of_step = (i + 1) % accum == 0 or i + 1 == len(train_loader)
             # under DDP, gradients are averaged across processes only on the step's last micro-batch
             sync = trained.no_sync() if distributed and not last_of_step else contextlib.nullcontext()
@@ -213,17 +249,25 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             result.steps += 1
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-20:]):.4f}", **{f"val_{task.metric}": f"{result.best_metric:.4f}" if best_state else "-"})
+            bar.set_postfix(
+                epoch=epoch + 1,
+                loss=f"{np.mean(losses[-20:]):.4f}",
+                **{f"val_{task.metric}": f"{result.best_metric:.4f}" if best_state else "-"},
+            )
             if writer is not None:
                 writer.add_scalar("train/loss", losses[-1], result.steps)
                 writer.add_scalar("train/lr", schedule.get_last_lr()[0], result.steps)
-        val_outputs, val_targets = torch_outputs(model.cpu() if device.type != "cpu" else model, task, val_loader)
+        val_outputs, val_targets = torch_outputs(
+            model.cpu() if device.type != "cpu" else model, task, val_loader
+        )
         if device.type != "cpu":
             model.to(device)
         val_metrics = task.metrics(val_outputs, val_targets, splits.label_names)
         val_metric = float(val_metrics[task.metric])
         train_loss = _mean_across(float(np.mean(losses))) if losses else None
-        result.history.append({"epoch": epoch + 1, "train_loss": train_loss, f"val_{task.metric}": val_metric})
+        result.history.append(
+            {"epoch": epoch + 1, "train_loss": train_loss, f"val_{task.metric}": val_metric}
+        )
         if writer is not None:
             writer.add_scalar(f"val/{task.metric}", val_metric, epoch + 1)
             if train_loss is not None:
@@ -235,10 +279,22 @@ def fit(
             epochs_without_gain = 0
         else:
             epochs_without_gain += 1
-        bar.set_postfix(epoch=epoch + 1, **{f"val_{task.metric}": f"{val_metric:.4f}", "best": f"{result.best_metric:.4f}"})
+        bar.set_postfix(
+            epoch=epoch + 1,
+            **{f"val_{task.metric}": f"{val_metric:.4f}", "best": f"{result.best_metric:.4f}"},
+        )
         if main and checkpoint is not None:
-            _save_checkpoint(checkpoint, model, optimizer, schedule, best_state, epochs_without_gain, result, epoch + 1,
-                             train_loader.generator.get_state() if train_loader.generator is not None else None)
+            _save_checkpoint(
+                checkpoint,
+                model,
+                optimizer,
+                schedule,
+                best_state,
+                epochs_without_gain,
+                result,
+                epoch + 1,
+                train_loader.generator.get_state() if train_loader.generator is not None else None,
+            )
         if on_epoch is not None:
             on_epoch(epoch + 1, val_metrics)
     bar.close()
@@ -251,15 +307,36 @@ def fit(
     return result
 
 
-def _save_checkpoint(path: Path, model, optimizer, schedule, best_state, epochs_without_gain: int, result: FitResult, epoch: int, loader_rng) -> None:
+def _save_checkpoint(
+    path: Path,
+    model,
+    optimizer,
+    schedule,
+    best_state,
+    epochs_without_gain: int,
+    result: FitResult,
+    epoch: int,
+    loader_rng,
+) -> None:
     """Everything to continue after an interruption, written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "best_state": best_state,
-        "epochs_without_gain": epochs_without_gain, "result": result, "epoch": epoch,
-        "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), "loader_rng": loader_rng,
-    }, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "best_state": best_state,
+            "epochs_without_gain": epochs_without_gain,
+            "result": result,
+            "epoch": epoch,
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+            "loader_rng": loader_rng,
+        },
+        tmp,
+    )
     tmp.replace(path)
 
 

@@ -77,7 +77,9 @@ def run_dir_for(repository: Path, name: str) -> Path:
     return Path(repository).resolve().parent / "runs" / name
 
 
-def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: bool = False, resume: bool = False) -> BuildResult | None:
+def build_recipe(
+    recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: bool = False, resume: bool = False
+) -> BuildResult | None:
     """The whole pipeline for one recipe. Under `torchrun` every process trains (DDP) and only rank 0
     evaluates, exports and writes the repository; the other ranks return None after training."""
     started = time.perf_counter()
@@ -101,13 +103,27 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
     splits = task.load_data()
     if distributed and is_main_process():
         torch.distributed.barrier()
-    _log(f"{recipe.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, {len(splits.label_names)} labels", quiet)
+    _log(
+        f"{recipe.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, {len(splits.label_names)} labels",
+        quiet,
+    )
 
     model = task.build_model(splits.label_names)
     task.prepare(model, splits)
     if recipe.train.epochs > 0:
-        _log(f"{recipe.name}: fine-tuning {backbone.name} ({count_parameters(model) / 1e6:.1f}M parameters)", quiet)
-        fitted = fit(model, task, splits, recipe.train, progress=not quiet, run_dir=run_dir_for(repository, recipe.name), resume=resume)
+        _log(
+            f"{recipe.name}: fine-tuning {backbone.name} ({count_parameters(model) / 1e6:.1f}M parameters)",
+            quiet,
+        )
+        fitted = fit(
+            model,
+            task,
+            splits,
+            recipe.train,
+            progress=not quiet,
+            run_dir=run_dir_for(repository, recipe.name),
+            resume=resume,
+        )
         if not is_main_process():
             return None
     else:
@@ -141,16 +157,48 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
         _log(f"{recipe.name}: exporting ONNX (opset {recipe.export.opset}) and TorchScript", quiet)
         export_onnx(model, task, example, staging / "model.onnx", recipe.export.opset)
         export_torchscript(model, example, staging / "model.ts")
-        parity_report = check_parity(task, reference, test.batches, staging / "model.onnx", staging / "model.ts", recipe.export.parity_atol)
-        _log(f"{recipe.name}: parity ok (ONNX max |Δ| {parity_report['onnx']['max_abs_diff']:.1e}, TorchScript {parity_report['torchscript']['max_abs_diff']:.1e})", quiet)
+        parity_report = check_parity(
+            task,
+            reference,
+            test.batches,
+            staging / "model.onnx",
+            staging / "model.ts",
+            recipe.export.parity_atol,
+        )
+        _log(
+            f"{recipe.name}: parity ok (ONNX max |Δ| {parity_report['onnx']['max_abs_diff']:.1e}, TorchScript {parity_report['torchscript']['max_abs_diff']:.1e})",
+            quiet,
+        )
 
         fp32 = onnx_runner(staging / "model.onnx")
         fp32_metrics = task.metrics(run_batches(fp32, task, test.batches), test.targets, splits.label_names)
-        validation = {"fp32": _scalars(task.metrics(run_batches(fp32, task, val.batches), val.targets, splits.label_names))}
-        variants = {"fp32": Variant(file="model.onnx", precision="fp32", metrics=_scalars(fp32_metrics), parity=parity_report["onnx"])}
+        validation = {
+            "fp32": _scalars(
+                task.metrics(run_batches(fp32, task, val.batches), val.targets, splits.label_names)
+            )
+        }
+        variants = {
+            "fp32": Variant(
+                file="model.onnx",
+                precision="fp32",
+                metrics=_scalars(fp32_metrics),
+                parity=parity_report["onnx"],
+            )
+        }
         default, reason = {"cpu": "fp32", "gpu": "fp32"}, "fp32: quantisation disabled in the recipe"
         if recipe.quantise.mode != "none":
-            int8, validation["int8"], reason = quantise_and_gate(task, recipe, splits, staging, val, test, reference, variants["fp32"], validation["fp32"], quiet)
+            int8, validation["int8"], reason = quantise_and_gate(
+                task,
+                recipe,
+                splits,
+                staging,
+                val,
+                test,
+                reference,
+                variants["fp32"],
+                validation["fp32"],
+                quiet,
+            )
             variants["int8"] = int8
             if int8.parity["gate_passed"]:
                 default["cpu"] = "int8"
@@ -159,7 +207,9 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
         # A release gate, not a choice between models: the served variant must reach the floor on test.
         served_metric = variants[default["cpu"]].metrics[task.metric]
         if served_metric < recipe.gates.min_test_metric:
-            raise GateError(f"{recipe.name}: served variant {default['cpu']} has test {task.metric} {served_metric:.4f} < gate {recipe.gates.min_test_metric}")
+            raise GateError(
+                f"{recipe.name}: served variant {default['cpu']} has test {task.metric} {served_metric:.4f} < gate {recipe.gates.min_test_metric}"
+            )
 
         for name, source in task.assets().items():
             shutil.copyfile(source, staging / name)
@@ -202,7 +252,9 @@ def build_recipe(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: b
     return result
 
 
-def build(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: bool = False, resume: bool = False) -> BuildResult | None:
+def build(
+    recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: bool = False, resume: bool = False
+) -> BuildResult | None:
     """Build a recipe; with `compare_backbones`, build every candidate and keep the one with the best
     served validation metric per millisecond (CPU, batch 8), recording the comparison (and each
     candidate's test metric, reported only) in its manifest."""
@@ -225,8 +277,17 @@ def build(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: bool = F
             metric, variant = m.metrics["decisive"], m.default_variant["cpu"]
             ms = m.variants[variant].speed.get("ms_per_batch8", float("nan")) / 8
             value = m.metrics["validation"][variant][metric]
-            rows.append({"backbone": name, "passed_gate": True, "variant": variant, f"val_{metric}": value,
-                         f"test_{metric}": m.variants[variant].metrics[metric], "ms_per_item": ms, "metric_per_ms": value / ms})
+            rows.append(
+                {
+                    "backbone": name,
+                    "passed_gate": True,
+                    "variant": variant,
+                    f"val_{metric}": value,
+                    f"test_{metric}": m.variants[variant].metrics[metric],
+                    "ms_per_item": ms,
+                    "metric_per_ms": value / ms,
+                }
+            )
             built[name] = result
         if not is_main_process():
             return None
@@ -244,12 +305,33 @@ def build(recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: bool = F
     result = BuildResult(target, m, result.seconds)
     if not quiet:
         print(summary(result))
-        print("  candidates: " + "; ".join(f"{r['backbone']}: " + (f"val {r['val_' + m.metrics['decisive']]:.4f} at {r['ms_per_item']:.2f} ms" if r["passed_gate"] else "failed gate") for r in rows))
+        print(
+            "  candidates: "
+            + "; ".join(
+                f"{r['backbone']}: "
+                + (
+                    f"val {r['val_' + m.metrics['decisive']]:.4f} at {r['ms_per_item']:.2f} ms"
+                    if r["passed_gate"]
+                    else "failed gate"
+                )
+                for r in rows
+            )
+        )
     return result
 
 
-def quantise_and_gate(task, recipe: Recipe, splits, staging: Path, val: EvalSplit, test: EvalSplit, reference, fp32: Variant,
-                      fp32_val: dict[str, float], quiet: bool) -> tuple[Variant, dict[str, float], str]:
+def quantise_and_gate(
+    task,
+    recipe: Recipe,
+    splits,
+    staging: Path,
+    val: EvalSplit,
+    test: EvalSplit,
+    reference,
+    fp32: Variant,
+    fp32_val: dict[str, float],
+    quiet: bool,
+) -> tuple[Variant, dict[str, float], str]:
     """Write model.int8.onnx; return its Variant (test metrics; gate result in parity["gate_passed"]),
     its validation metrics, and why the CPU serves what it serves. Gates, decided on validation:
     metric drop vs fp32 (`fp32_val`) ≤ max_metric_drop, and (if asked) faster than fp32. The test
@@ -260,11 +342,21 @@ def quantise_and_gate(task, recipe: Recipe, splits, staging: Path, val: EvalSpli
         _log(f"{recipe.name}: quantising to dynamic INT8", quiet)
         quantise_dynamic_int8(fp32_path, int8_path)
     else:
-        _log(f"{recipe.name}: quantising to static INT8 (QDQ, per-channel), calibrating on {q.calibration_size} training inputs", quiet)
-        quantise_static_int8(fp32_path, int8_path, task.calibration_inputs(splits, q.calibration_size),
-                             symbolic_shapes=task.quantise_symbolic_shapes, op_types=task.quantise_op_types)
+        _log(
+            f"{recipe.name}: quantising to static INT8 (QDQ, per-channel), calibrating on {q.calibration_size} training inputs",
+            quiet,
+        )
+        quantise_static_int8(
+            fp32_path,
+            int8_path,
+            task.calibration_inputs(splits, q.calibration_size),
+            symbolic_shapes=task.quantise_symbolic_shapes,
+            op_types=task.quantise_op_types,
+        )
     int8 = onnx_runner(int8_path)
-    val_metrics = _scalars(task.metrics(run_batches(int8, task, val.batches), val.targets, splits.label_names))
+    val_metrics = _scalars(
+        task.metrics(run_batches(int8, task, val.batches), val.targets, splits.label_names)
+    )
     int8_outputs = run_batches(int8, task, test.batches)
     metrics = task.metrics(int8_outputs, test.targets, splits.label_names)
     drop = fp32_val[task.metric] - val_metrics[task.metric]
@@ -277,14 +369,23 @@ def quantise_and_gate(task, recipe: Recipe, splits, staging: Path, val: EvalSpli
     fast = speedup >= MIN_SPEEDUP or not q.require_speedup
     passed = accurate and fast
     gate = f"validation {task.metric} drop {drop * 100:.2f} points (limit {q.max_metric_drop * 100:.2f}), {speedup:.2f}× fp32 speed at batch 8"
-    reason = f"int8 on CPU: {gate}" if passed else f"fp32 on CPU: int8 {'not faster' if accurate else 'not accurate enough'} ({gate}); int8 kept but not served"
+    reason = (
+        f"int8 on CPU: {gate}"
+        if passed
+        else f"fp32 on CPU: int8 {'not faster' if accurate else 'not accurate enough'} ({gate}); int8 kept but not served"
+    )
     reason += "; fp32 on GPU"
     variant = Variant(
         file=int8_path.name,
         precision="int8",
         metrics=_scalars(metrics),
-        parity={"max_abs_diff_vs_fp32": max_abs_diff(reference, int8_outputs), "val_metric_drop": float(drop),
-                "metric_drop": float(fp32.metrics[task.metric] - metrics[task.metric]), "speedup_vs_fp32": float(speedup), "gate_passed": passed},
+        parity={
+            "max_abs_diff_vs_fp32": max_abs_diff(reference, int8_outputs),
+            "val_metric_drop": float(drop),
+            "metric_drop": float(fp32.metrics[task.metric] - metrics[task.metric]),
+            "speedup_vs_fp32": float(speedup),
+            "gate_passed": passed,
+        },
         speed=speed,
         note=f"{q.mode} quantisation",
     )
@@ -316,6 +417,11 @@ def summary(result: BuildResult) -> str:
     lines.append(f"  {'variant':8} {'file':18} {'MB':>7} " + " ".join(f"{k:>10}" for k in keys))
     for name, v in m.variants.items():
         size = m.files[v.file].bytes / 1e6
-        lines.append(f"  {name:8} {v.file:18} {size:7.1f} " + " ".join(f"{v.metrics.get(k, float('nan')):10.4f}" for k in keys))
-    lines.append(f"  served: CPU={m.default_variant['cpu']} GPU={m.default_variant['gpu']} — {m.default_reason}")
+        lines.append(
+            f"  {name:8} {v.file:18} {size:7.1f} "
+            + " ".join(f"{v.metrics.get(k, float('nan')):10.4f}" for k in keys)
+        )
+    lines.append(
+        f"  served: CPU={m.default_variant['cpu']} GPU={m.default_variant['gpu']} — {m.default_reason}"
+    )
     return "\n".join(lines)

@@ -70,7 +70,9 @@ def resolve_method(cfg: PruneConfig, backbone: str) -> str:
     if cfg.method == "auto":
         return "structured" if backbone in STRUCTURED_BACKBONES else "unstructured"
     if cfg.method == "structured" and backbone not in STRUCTURED_BACKBONES:
-        raise ValueError(f"structured pruning supports the backbones {', '.join(STRUCTURED_BACKBONES)}, not {backbone!r}; use --prune-method unstructured")
+        raise ValueError(
+            f"structured pruning supports the backbones {', '.join(STRUCTURED_BACKBONES)}, not {backbone!r}; use --prune-method unstructured"
+        )
     return cfg.method
 
 
@@ -112,9 +114,9 @@ def weight_sparsity(model: nn.Module) -> float:
 
 
 def kept_count(channels: int, amount: float) -> int:
-    keep = channels - int(round(amount * channels))
+    keep = channels - round(amount * channels)
     if channels >= 2 * CHANNEL_BLOCK and channels % CHANNEL_BLOCK == 0:
-        keep = max(CHANNEL_BLOCK, int(round(keep / CHANNEL_BLOCK)) * CHANNEL_BLOCK)
+        keep = max(CHANNEL_BLOCK, round(keep / CHANNEL_BLOCK) * CHANNEL_BLOCK)
     return max(1, min(channels, keep))
 
 
@@ -130,7 +132,9 @@ def channel_scores(bn: nn.BatchNorm2d, consumer: torch.Tensor) -> torch.Tensor:
 def recalibrate_batchnorm(model: nn.Module, batches) -> None:
     """Re-estimate every BatchNorm's running statistics (a plain average) over `batches`, the rest of
     the model in eval mode. After channels are removed the statistics downstream are stale."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     momenta = [bn.momentum for bn in norms]
     model.eval()
     for bn in norms:
@@ -217,7 +221,9 @@ def prune_inverted_residual(block: nn.Module, amount: float) -> dict[str, int]:
     """Remove hidden (expanded) channels of one timm InvertedResidual block: conv_pw outputs and
     bn1, the depthwise conv_dw and bn2, conv_pwl inputs. The block's input and output widths stay."""
     if not isinstance(block.se, nn.Identity) or getattr(block, "conv_s2d", None) is not None:
-        raise ValueError("inverted-residual blocks with squeeze-excitation or space-to-depth are not supported")
+        raise ValueError(
+            "inverted-residual blocks with squeeze-excitation or space-to-depth are not supported"
+        )
     before = block.conv_pw.out_channels
     # a hidden channel leaves the block through bn2 → act → conv_pwl: rank by its spread there and
     # how strongly conv_pwl reads it
@@ -245,11 +251,19 @@ def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> nn
     `state` (e.g. a channel-pruned model's TorchScript weights), so `load_state_dict` fits."""
     for name, module in model.named_modules():
         shape = getattr(state.get(f"{name}.weight" if name else "weight"), "shape", None)
-        if shape is None or not hasattr(module, "weight") or module.weight is None or module.weight.shape == shape:
+        if (
+            shape is None
+            or not hasattr(module, "weight")
+            or module.weight is None
+            or module.weight.shape == shape
+        ):
             continue
         if isinstance(module, nn.modules.conv._ConvNd):
             depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-            module.out_channels, module.in_channels = shape[0], shape[0] if depthwise else shape[1] * module.groups
+            module.out_channels, module.in_channels = (
+                shape[0],
+                shape[0] if depthwise else shape[1] * module.groups,
+            )
             module.groups = shape[0] if depthwise else module.groups
             if module.bias is not None:
                 module.bias = nn.Parameter(module.bias.data.new_zeros(shape[0]))
@@ -323,7 +337,9 @@ def _time_pair(paths: list[Path], feeds: dict, threads: int) -> list[float]:
     return best
 
 
-def decide(method: str, before: dict[str, Any], after: dict[str, Any], metric: str, max_drop: float) -> tuple[bool, dict[str, float], str]:
+def decide(
+    method: str, before: dict[str, Any], after: dict[str, Any], metric: str, max_drop: float
+) -> tuple[bool, dict[str, float], str]:
     """Keep only if the validation metric drops ≤ max_drop and the pruned model is faster in ONNX
     Runtime (≥ MIN_SPEEDUP) or its ONNX file is smaller (≥ MIN_SIZE_REDUCTION). The test drop is
     reported beside it. Returns (kept, numbers, why)."""
@@ -334,7 +350,12 @@ def decide(method: str, before: dict[str, Any], after: dict[str, Any], metric: s
     accurate = drop <= max_drop + 1e-9
     faster, smaller = speedup >= MIN_SPEEDUP, size_ratio <= 1 - MIN_SIZE_REDUCTION
     kept = accurate and (faster or smaller)
-    numbers = {"val_metric_drop": float(drop), "metric_drop": float(test_drop), "speedup": float(speedup), "size_ratio": float(size_ratio)}
+    numbers = {
+        "val_metric_drop": float(drop),
+        "metric_drop": float(test_drop),
+        "speedup": float(speedup),
+        "size_ratio": float(size_ratio),
+    }
     parts = [
         f"validation {metric} drop {drop * 100:.2f} points (limit {max_drop * 100:.2f}; test drop {test_drop * 100:.2f}, reported)",
         f"ONNX Runtime {speedup:.2f}× speed at batch 8 (needs {MIN_SPEEDUP:.2f}×)",
@@ -343,16 +364,27 @@ def decide(method: str, before: dict[str, Any], after: dict[str, Any], metric: s
     if kept:
         why = "kept: " + "; ".join(parts)
     else:
-        lacks = [w for w, ok in (("not accurate enough", accurate), ("neither faster nor smaller", faster or smaller)) if not ok]
+        lacks = [
+            w
+            for w, ok in (
+                ("not accurate enough", accurate),
+                ("neither faster nor smaller", faster or smaller),
+            )
+            if not ok
+        ]
         why = "not kept (" + ", ".join(lacks) + "): " + "; ".join(parts)
     if method == "unstructured":
-        why += ("; unstructured sparsity gives ONNX Runtime nothing: the zeros are stored densely "
-                f"(compressed, the file is {after['onnx_deflate_bytes'] / before['onnx_deflate_bytes'] * 100:.0f}% of the original, "
-                "a download saving only) and the CPU kernels multiply them like any other weight")
+        why += (
+            "; unstructured sparsity gives ONNX Runtime nothing: the zeros are stored densely "
+            f"(compressed, the file is {after['onnx_deflate_bytes'] / before['onnx_deflate_bytes'] * 100:.0f}% of the original, "
+            "a download saving only) and the CPU kernels multiply them like any other weight"
+        )
     return kept, numbers, why
 
 
-def prune_and_recover(model: nn.Module, task, splits, cfg: PruneConfig | None = None, progress: bool = False) -> PruneOutcome:
+def prune_and_recover(
+    model: nn.Module, task, splits, cfg: PruneConfig | None = None, progress: bool = False
+) -> PruneOutcome:
     """Prune a copy of the fine-tuned `model`, fine-tune it briefly with the shared loop, measure
     both and return the one to continue with (see the module docstring for the rule)."""
     from training.loop import fit
@@ -368,18 +400,28 @@ def prune_and_recover(model: nn.Module, task, splits, cfg: PruneConfig | None = 
         "test": list(task.loader(splits.test, shuffle=False, batch_size=64)),
     }
     before = _evaluate(model, task, batches, splits.label_names)
-    before |= {"parameters": sum(p.numel() for p in model.parameters()), "nonzero_parameters": count_nonzero(model)}
+    before |= {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "nonzero_parameters": count_nonzero(model),
+    }
 
     pruned = copy.deepcopy(model)
     report: dict[str, Any] = {"method": method, "amount": cfg.amount}
     if method == "structured":
         layers = apply_structured(pruned, task.backbone.name, cfg.amount)
         kept_channels, all_channels = sum(r["after"] for r in layers), sum(r["before"] for r in layers)
-        report["channels"] = {"layers": len(layers), "before": all_channels, "after": kept_channels,
-                              "removed_fraction": 1 - kept_channels / max(1, all_channels)}
+        report["channels"] = {
+            "layers": len(layers),
+            "before": all_channels,
+            "after": kept_channels,
+            "removed_fraction": 1 - kept_channels / max(1, all_channels),
+        }
         masks = []
         report["pruned_before_recovery"] = _evaluate(pruned, task, batches, splits.label_names)
-        recalibrate_batchnorm(pruned, _first_examples(task.loader(splits.train, shuffle=False, batch_size=32), RECALIBRATION_EXAMPLES))
+        recalibrate_batchnorm(
+            pruned,
+            _first_examples(task.loader(splits.train, shuffle=False, batch_size=32), RECALIBRATION_EXAMPLES),
+        )
         report["pruned_batchnorm_recalibrated"] = _evaluate(pruned, task, batches, splits.label_names)
     else:
         masks = apply_unstructured(pruned, cfg.amount)
@@ -391,13 +433,22 @@ def prune_and_recover(model: nn.Module, task, splits, cfg: PruneConfig | None = 
             overrides |= {"lr": cfg.recovery_lr, "head_lr": cfg.recovery_lr}
         train_cfg = recipe.train.model_copy(update=overrides)
         fitted = fit(pruned, task, splits, train_cfg, progress=progress)
-        report["recovery"] = {"epochs": cfg.recovery_epochs, "steps": fitted.steps, "lr": train_cfg.lr, "head_lr": train_cfg.head_lr,
-                              "best_val": fitted.best_metric, "history": fitted.history}
+        report["recovery"] = {
+            "epochs": cfg.recovery_epochs,
+            "steps": fitted.steps,
+            "lr": train_cfg.lr,
+            "head_lr": train_cfg.head_lr,
+            "best_val": fitted.best_metric,
+            "history": fitted.history,
+        }
     bake_unstructured(masks)
     pruned.cpu().eval()
 
     after = _evaluate(pruned, task, batches, splits.label_names)
-    after |= {"parameters": sum(p.numel() for p in pruned.parameters()), "nonzero_parameters": count_nonzero(pruned)}
+    after |= {
+        "parameters": sum(p.numel() for p in pruned.parameters()),
+        "nonzero_parameters": count_nonzero(pruned),
+    }
     if method == "unstructured":
         report["weight_sparsity"] = weight_sparsity(pruned)
 
@@ -414,7 +465,14 @@ def prune_and_recover(model: nn.Module, task, splits, cfg: PruneConfig | None = 
         report["timing_batch"] = batch  # a validation split smaller than 8
 
     kept, numbers, why = decide(method, before, after, task.metric, cfg.max_metric_drop)
-    report |= {"before": before, "after": after, **numbers, "max_metric_drop": cfg.max_metric_drop, "kept": kept, "reason": why}
+    report |= {
+        "before": before,
+        "after": after,
+        **numbers,
+        "max_metric_drop": cfg.max_metric_drop,
+        "kept": kept,
+        "reason": why,
+    }
     m = task.metric
     summary = (
         f"pruning {method} {cfg.amount:.0%}: validation {m} {before[f'val_{m}']:.4f} → {after[f'val_{m}']:.4f} "

@@ -6,11 +6,18 @@ import contextlib
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 
@@ -53,8 +60,13 @@ class _Calibration(CalibrationDataReader):
         return next(self._batches, None)
 
 
-def quantise_static_int8(fp32_path: Path, out_path: Path, calibration: list[dict[str, np.ndarray]],
-                         symbolic_shapes: bool = True, op_types: list[str] | None = None) -> Path:
+def quantise_static_int8(
+    fp32_path: Path,
+    out_path: Path,
+    calibration: list[dict[str, np.ndarray]],
+    symbolic_shapes: bool = True,
+    op_types: list[str] | None = None,
+) -> Path:
     """Static INT8 in QDQ format, per-channel weights, activation ranges from calibration inputs
     (MinMax over what the server would feed). The ranges are fixed in the graph, so an input's
     answer does not depend on what else shares its batch (dynamic quantisation's per-call ranges

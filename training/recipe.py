@@ -23,7 +23,10 @@ class DataConfig(_Strict):
     seed: int = 13
     limit: int | None = Field(None, description="use only this many examples (smoke runs)")
     target: str | None = Field(None, description="tables: the column to predict")
-    pseudo_labels: bool = Field(False, description="label examples with the pretrained model's own predictions (export a pretrained classifier as is)")
+    pseudo_labels: bool = Field(
+        False,
+        description="label examples with the pretrained model's own predictions (export a pretrained classifier as is)",
+    )
 
 
 class TrainConfig(_Strict):
@@ -39,8 +42,12 @@ class TrainConfig(_Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
     seed: int = 13
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (smoke runs)")
-    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimiser step (batch_size is per micro-batch)")
-    mixed_precision: Literal["auto", "off", "bf16"] = Field("auto", description="auto: bf16 autocast on a GPU, full precision on the CPU")
+    grad_accum_steps: int = Field(
+        1, ge=1, description="micro-batches per optimiser step (batch_size is per micro-batch)"
+    )
+    mixed_precision: Literal["auto", "off", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU, full precision on the CPU"
+    )
     device: Literal["auto", "cpu"] = Field("auto", description="auto: the GPU when there is one")
 
 
@@ -61,8 +68,12 @@ class QuantiseConfig(_Strict):
     # the graph, so a served answer never depends on the other requests in its batch. dynamic:
     # activation ranges per call, i.e. per batch: answers shift with their batch-mates (offline use).
     mode: Literal["none", "dynamic", "static"] = "static"
-    max_metric_drop: float = Field(0.01, ge=0, description="largest allowed drop of the deciding validation metric vs fp32")
-    require_speedup: bool = Field(False, description="serve INT8 only if it is also faster than fp32 on this machine")
+    max_metric_drop: float = Field(
+        0.01, ge=0, description="largest allowed drop of the deciding validation metric vs fp32"
+    )
+    require_speedup: bool = Field(
+        False, description="serve INT8 only if it is also faster than fp32 on this machine"
+    )
     calibration_size: int = Field(256, ge=1)
 
 
@@ -71,18 +82,33 @@ class PruneConfig(_Strict):
     the pruned model replaces it only if it wins (validation metric within `max_metric_drop`, and
     faster in ONNX Runtime or a smaller ONNX file)."""
 
-    amount: float = Field(0.3, ge=0, le=0.95, description="fraction of weights (unstructured) or of channels per layer (structured) to remove")
+    amount: float = Field(
+        0.3,
+        ge=0,
+        le=0.95,
+        description="fraction of weights (unstructured) or of channels per layer (structured) to remove",
+    )
     # auto: structured for small-cnn and efficientnet-lite0 (channels really removed), unstructured otherwise
     method: Literal["auto", "unstructured", "structured"] = "auto"
-    recovery_epochs: int = Field(2, ge=0, description="epochs of fine-tuning after pruning (masks kept in place when unstructured)")
-    recovery_lr: float | None = Field(None, gt=0, description="learning rate of the recovery (default: the recipe's train.lr and train.head_lr)")
-    max_metric_drop: float = Field(0.01, ge=0, description="largest allowed drop of the deciding validation metric vs the unpruned model")
+    recovery_epochs: int = Field(
+        2, ge=0, description="epochs of fine-tuning after pruning (masks kept in place when unstructured)"
+    )
+    recovery_lr: float | None = Field(
+        None,
+        gt=0,
+        description="learning rate of the recovery (default: the recipe's train.lr and train.head_lr)",
+    )
+    max_metric_drop: float = Field(
+        0.01, ge=0, description="largest allowed drop of the deciding validation metric vs the unpruned model"
+    )
 
 
 class Gates(_Strict):
     # A release gate on the test split (a floor the build must clear), not a choice between models:
     # those are made on validation.
-    min_test_metric: float = Field(0.0, ge=0, le=1, description="build fails below this on the served variant")
+    min_test_metric: float = Field(
+        0.0, ge=0, le=1, description="build fails below this on the served variant"
+    )
 
 
 class ParamSpec(_Strict):
@@ -93,7 +119,9 @@ class ParamSpec(_Strict):
     high: float | None = None
     log: bool = False
     choices: list[Any] | None = None
-    grid: list[Any] | None = Field(None, description="values the grid sampler tries (default: the choices, or low/middle/high)")
+    grid: list[Any] | None = Field(
+        None, description="values the grid sampler tries (default: the choices, or low/middle/high)"
+    )
 
     def grid_values(self) -> list[Any]:
         if self.grid is not None:
@@ -102,7 +130,7 @@ class ParamSpec(_Strict):
             return list(self.choices or [])
         mid = (self.low * self.high) ** 0.5 if self.log and self.low > 0 else (self.low + self.high) / 2
         values = [self.low, mid, self.high]
-        return sorted({int(round(v)) for v in values}) if self.type == "int" else values
+        return sorted({round(v) for v in values}) if self.type == "int" else values
 
 
 class SearchConfig(_Strict):
@@ -110,9 +138,13 @@ class SearchConfig(_Strict):
     the pruner that stops trials whose validation curve falls behind."""
 
     space: dict[str, ParamSpec]
-    epochs: int | None = Field(None, ge=1, description="epochs per trial (default: the recipe's, or the space's train.epochs)")
+    epochs: int | None = Field(
+        None, ge=1, description="epochs per trial (default: the recipe's, or the space's train.epochs)"
+    )
     pruner: Literal["median", "halving", "none"] = "median"
-    metric: str | None = Field(None, description="validation metric to maximise (default: the task's deciding metric)")
+    metric: str | None = Field(
+        None, description="validation metric to maximise (default: the task's deciding metric)"
+    )
 
 
 class Recipe(_Strict):
@@ -136,7 +168,7 @@ class Recipe(_Strict):
     search: SearchConfig | None = None
     prune: PruneConfig | None = None
 
-    def with_overrides(self, overrides: dict[str, Any]) -> "Recipe":
+    def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
         """Apply dotted overrides such as {"train.epochs": 2, "data.source": "my.csv"}; re-validated."""
         data = self.model_dump()
         for dotted, value in overrides.items():

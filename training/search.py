@@ -53,12 +53,16 @@ def _check_space(recipe: Recipe) -> dict[str, ParamSpec]:
     from training.tasks import get_task
 
     if recipe.search is None or not recipe.search.space:
-        raise ValueError(f"recipe {recipe.name!r} declares no search space (add a `search: {{space: ...}}` section)")
+        raise ValueError(
+            f"recipe {recipe.name!r} declares no search space (add a `search: {{space: ...}}` section)"
+        )
     preprocessing_keys = get_task(recipe.task).preprocessing_model.model_fields
     for key, spec in recipe.search.space.items():
         if key.startswith("preprocessing."):  # may be unset in the recipe (the task's default applies)
             if key.removeprefix("preprocessing.") not in preprocessing_keys:
-                raise ValueError(f"search space key {key!r} is not a preprocessing key of {recipe.task}: {', '.join(preprocessing_keys)}")
+                raise ValueError(
+                    f"search space key {key!r} is not a preprocessing key of {recipe.task}: {', '.join(preprocessing_keys)}"
+                )
         elif _get(recipe, key) is None:
             raise ValueError(f"search space key {key!r} is not a value of recipe {recipe.name!r}")
         if spec.type == "categorical" and not spec.choices:
@@ -90,8 +94,16 @@ def parse_duration(text: str | None) -> float | None:
     return float(text)
 
 
-def search(recipe: Recipe, trials: int, sampler: str = "tpe", timeout_s: float | None = None, out_dir: Path | None = None,
-           pruner: str | None = None, seed: int = 13, quiet: bool = False) -> SearchResult:
+def search(
+    recipe: Recipe,
+    trials: int,
+    sampler: str = "tpe",
+    timeout_s: float | None = None,
+    out_dir: Path | None = None,
+    pruner: str | None = None,
+    seed: int = 13,
+    quiet: bool = False,
+) -> SearchResult:
     import optuna
 
     from serving.settings import PROJECT_ROOT
@@ -108,7 +120,9 @@ def search(recipe: Recipe, trials: int, sampler: str = "tpe", timeout_s: float |
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-        "grid": lambda: optuna.samplers.GridSampler({k: s.grid_values() for k, s in space.items()}, seed=seed),
+        "grid": lambda: optuna.samplers.GridSampler(
+            {k: s.grid_values() for k, s in space.items()}, seed=seed
+        ),
     }
     pruner = pruner or recipe.search.pruner
     pruners = {
@@ -118,8 +132,14 @@ def search(recipe: Recipe, trials: int, sampler: str = "tpe", timeout_s: float |
     }
     if not quiet:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=recipe.name, storage=storage, load_if_exists=True, direction="maximize",
-                                sampler=samplers[sampler](), pruner=pruners[pruner]())
+    study = optuna.create_study(
+        study_name=recipe.name,
+        storage=storage,
+        load_if_exists=True,
+        direction="maximize",
+        sampler=samplers[sampler](),
+        pruner=pruners[pruner](),
+    )
     defaults = _defaults(recipe, space)
     if not study.trials and defaults:
         study.enqueue_trial(defaults, user_attrs={"defaults": True})
@@ -135,7 +155,11 @@ def search(recipe: Recipe, trials: int, sampler: str = "tpe", timeout_s: float |
         seed_everything(candidate.train.seed)
         # tasks keep what loading the data taught them (schema, vocabularies): reuse task and splits
         # while the data and pre-processing stay the same, with this trial's recipe
-        key = json.dumps([candidate.data.model_dump(), candidate.preprocessing, candidate.backbone], sort_keys=True, default=str)
+        key = json.dumps(
+            [candidate.data.model_dump(), candidate.preprocessing, candidate.backbone],
+            sort_keys=True,
+            default=str,
+        )
         if key not in splits_cache:
             splits_cache.clear()  # one data configuration in memory at a time
             task = get_task(candidate.task)(candidate, get_backbone(candidate.backbone))
@@ -151,7 +175,9 @@ def search(recipe: Recipe, trials: int, sampler: str = "tpe", timeout_s: float |
 
         def report(epoch: int, metrics: dict[str, Any]) -> None:
             if metric not in metrics:
-                raise ValueError(f"search metric {metric!r} is not among {task.name}'s metrics {sorted(metrics)}")
+                raise ValueError(
+                    f"search metric {metric!r} is not among {task.name}'s metrics {sorted(metrics)}"
+                )
             seen.append(float(metrics[metric]))
             trial.report(seen[-1], epoch)
             if trial.should_prune():
@@ -172,11 +198,15 @@ def search(recipe: Recipe, trials: int, sampler: str = "tpe", timeout_s: float |
             size *= len(spec.grid_values())
         remaining = min(remaining, max(0, size - len(finished)))
     if remaining:
-        study.optimize(objective, n_trials=remaining, timeout=timeout_s, show_progress_bar=not quiet, gc_after_trial=True)
+        study.optimize(
+            objective, n_trials=remaining, timeout=timeout_s, show_progress_bar=not quiet, gc_after_trial=True
+        )
     return write_report(study, recipe, out_dir, sampler, pruner, quiet)
 
 
-def write_report(study, recipe: Recipe, out_dir: Path, sampler: str, pruner: str, quiet: bool = False) -> SearchResult:
+def write_report(
+    study, recipe: Recipe, out_dir: Path, sampler: str, pruner: str, quiet: bool = False
+) -> SearchResult:
     import optuna
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -184,7 +214,11 @@ def write_report(study, recipe: Recipe, out_dir: Path, sampler: str, pruner: str
         raise RuntimeError(f"search {recipe.name}: no trial completed (see {out_dir})")
     best = study.best_trial
     default_trial = next((t for t in study.trials if t.user_attrs.get("defaults")), None)
-    default_value = default_trial.value if default_trial is not None and default_trial.state == optuna.trial.TrialState.COMPLETE else None
+    default_value = (
+        default_trial.value
+        if default_trial is not None and default_trial.state == optuna.trial.TrialState.COMPLETE
+        else None
+    )
     (out_dir / "best.yaml").write_text(
         f"# best of {len(done)} completed trials of `tuneserve search {recipe.name}` (validation {recipe_metric(recipe)} "
         f"{best.value:.4f}); use with: tuneserve train {recipe.name} --params {out_dir / 'best.yaml'}\n"
@@ -198,18 +232,27 @@ def write_report(study, recipe: Recipe, out_dir: Path, sampler: str, pruner: str
         f"{sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)} failed. Metric: validation {recipe_metric(recipe)} (higher is better).",
         "",
         f"- recipe defaults (trial {default_trial.number if default_trial else '-'}): "
-        + (f"**{default_value:.4f}**" if default_value is not None else "not run (outside the space or pruned)"),
+        + (
+            f"**{default_value:.4f}**"
+            if default_value is not None
+            else "not run (outside the space or pruned)"
+        ),
         f"- best (trial {best.number}): **{best.value:.4f}** with {json.dumps(best.params)}",
         "",
         "| trial | state | value | " + " | ".join(keys) + " | epochs | seconds |",
         "|---:|---|---:|" + "---:|" * len(keys) + "---:|---:|",
     ]
     for t in study.trials:
-        value = f"{t.value:.4f}" if t.value is not None else "-"  # a pruned trial shows its last reported value
+        value = (
+            f"{t.value:.4f}" if t.value is not None else "-"
+        )  # a pruned trial shows its last reported value
         cells = [_fmt(t.params.get(k)) for k in keys]
         tag = " (defaults)" if t.user_attrs.get("defaults") else ""
-        lines.append(f"| {t.number} | {t.state.name.lower()}{tag} | {value} | " + " | ".join(cells)
-                     + f" | {len(t.intermediate_values)} | {t.user_attrs.get('seconds', '-')} |")
+        lines.append(
+            f"| {t.number} | {t.state.name.lower()}{tag} | {value} | "
+            + " | ".join(cells)
+            + f" | {len(t.intermediate_values)} | {t.user_attrs.get('seconds', '-')} |"
+        )
     lines += ["", "A pruned trial's value is its last validation score before it was stopped.", ""]
     (out_dir / "results.md").write_text("\n".join(lines))
     _plots(study, out_dir)
@@ -242,7 +285,10 @@ def _plots(study, out_dir: Path) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
-        for name, plot in (("history.png", ov.plot_optimization_history), ("importance.png", ov.plot_param_importances)):
+        for name, plot in (
+            ("history.png", ov.plot_optimization_history),
+            ("importance.png", ov.plot_param_importances),
+        ):
             try:
                 ax = plot(study)
             except (ValueError, RuntimeError):  # e.g. importances need ≥ 2 completed trials

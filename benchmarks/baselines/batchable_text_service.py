@@ -14,14 +14,21 @@ from serving.settings import Settings
 SETTINGS = Settings()
 
 
-@bentoml.service(name="batchable-text", workers=1, traffic={"timeout": SETTINGS.timeout_s, "max_concurrency": SETTINGS.max_concurrency},
-                 logging={"access": {"enabled": False}}, tracing={"excluded_urls": ["/classify"]})
+@bentoml.service(
+    name="batchable-text",
+    workers=1,
+    traffic={"timeout": SETTINGS.timeout_s, "max_concurrency": SETTINGS.max_concurrency},
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": ["/classify"]},
+)
 class BatchableText:
     def __init__(self) -> None:
         from serving.runtime import Runtime
 
         (self.model,) = Runtime(SETTINGS).models.values()
 
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch, max_latency_ms=int(SETTINGS.timeout_s * 1000))
+    @bentoml.api(
+        batchable=True, max_batch_size=SETTINGS.max_batch, max_latency_ms=int(SETTINGS.timeout_s * 1000)
+    )
     def classify(self, texts: list[str]) -> list[dict]:
         return self.model.task.run(texts)

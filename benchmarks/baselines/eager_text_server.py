@@ -21,10 +21,10 @@ from transformers import PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from serving.manifest import load_manifest  # noqa: E402
-from training.backbones import get_backbone  # noqa: E402
-from training.recipe import Recipe  # noqa: E402
-from training.tasks import get_task  # noqa: E402
+from serving.manifest import load_manifest
+from training.backbones import get_backbone
+from training.recipe import Recipe
+from training.tasks import get_task
 
 
 def load(model_dir: Path):
@@ -51,7 +51,13 @@ def create_app(model_dir: Path) -> Starlette:
         predictions = []
         for row in probs.tolist():
             best = max(range(len(row)), key=row.__getitem__)
-            predictions.append({"label": manifest.labels[best], "score": row[best], "scores": dict(zip(manifest.labels, row))})
+            predictions.append(
+                {
+                    "label": manifest.labels[best],
+                    "score": row[best],
+                    "scores": dict(zip(manifest.labels, row)),
+                }
+            )
         return JSONResponse({"model": manifest.name, "version": manifest.version, "predictions": predictions})
 
     def ready(request: Request) -> JSONResponse:

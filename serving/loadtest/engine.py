@@ -33,7 +33,9 @@ class StepStats:
     mode: str
     load: float  # concurrency (closed) or target rate in req/s (open)
     duration_s: float = 0.0
-    histogram: HdrHistogram = field(default_factory=lambda: HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS))
+    histogram: HdrHistogram = field(
+        default_factory=lambda: HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+    )
     statuses: Counter = field(default_factory=Counter)  # HTTP status code → count
     exceptions: Counter = field(default_factory=Counter)  # exception name → count
     sent: int = 0
@@ -95,7 +97,9 @@ def run(coro):
         return runner.run(coro)
 
 
-async def _attempt(session: aiohttp.ClientSession, url: str, payload: Payload) -> tuple[int | None, str | None]:
+async def _attempt(
+    session: aiohttp.ClientSession, url: str, payload: Payload
+) -> tuple[int | None, str | None]:
     """One request: (HTTP status, None), or (None, exception name) when no response came back."""
     try:
         async with session.post(url, **payload.request_kwargs()) as response:
@@ -123,7 +127,9 @@ async def closed_loop(
     measure_from, stop_at = start + warmup_s, start + warmup_s + duration_s
     budget = itertools.count()
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)
+    ) as session:
 
         async def user() -> None:
             while (sent := time.perf_counter()) < stop_at:
@@ -172,7 +178,9 @@ async def open_loop(
         offsets = offsets[: warm + max_requests]
     in_flight: set[asyncio.Task] = set()
     connector = aiohttp.TCPConnector(limit=max_in_flight)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)
+    ) as session:
 
         async def one(intended: float, measured: bool) -> None:
             status, error = await _attempt(session, url, next(rotation))
@@ -197,5 +205,7 @@ async def open_loop(
             task.add_done_callback(in_flight.discard)
         if in_flight:
             await asyncio.gather(*in_flight)
-    stats.duration_s = duration_s if max_requests is None else max(1e-9, (offsets[-1] - warmup_s) if offsets else 0.0)
+    stats.duration_s = (
+        duration_s if max_requests is None else max(1e-9, (offsets[-1] - warmup_s) if offsets else 0.0)
+    )
     return stats

@@ -87,7 +87,15 @@ def v2_payloads(endpoint: str, model: str | None) -> tuple[str, list[Payload]]:
     payloads = []
     for sample in task.samples(task.load_samples):
         body, header = binary_infer_body(*sample_tensors(task, sample))
-        payloads.append(Payload(body=body, headers=(("content-type", "application/octet-stream"), ("inference-header-content-length", str(header)))))
+        payloads.append(
+            Payload(
+                body=body,
+                headers=(
+                    ("content-type", "application/octet-stream"),
+                    ("inference-header-content-length", str(header)),
+                ),
+            )
+        )
     return f"/v2/models/{model or task.default_model}/infer", payloads
 
 
@@ -98,7 +106,11 @@ def payloads_from_file(endpoint: str, path: Path, model: str | None = None) -> l
         if not path.is_dir():
             raise ValueError(f"{endpoint} takes files: --payload-file must be a folder, got {path}")
         types = ep.task.content_types if issubclass(ep.task, FileTask) else {}
-        files = [(p.name, p.read_bytes(), types.get(p.suffix.lower(), "application/octet-stream")) for p in sorted(path.iterdir()) if p.is_file()]
+        files = [
+            (p.name, p.read_bytes(), types.get(p.suffix.lower(), "application/octet-stream"))
+            for p in sorted(path.iterdir())
+            if p.is_file()
+        ]
         if not files:
             raise ValueError(f"{path}: no files")
         fields = (("model", model),) if model else ()

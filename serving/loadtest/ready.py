@@ -10,8 +10,15 @@ from pathlib import Path
 import httpx
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 180, poll_s: float = 0.5, log_path: Path | None = None) -> None:
+def wait_ready(
+    url: str,
+    proc: subprocess.Popen,
+    timeout_s: float = 180,
+    poll_s: float = 0.5,
+    log_path: Path | None = None,
+) -> None:
     """Poll `url` until it answers 200; raise (with the log's tail) if `proc` exits or time runs out."""
+
     def tail() -> str:
         return "\n" + log_path.read_text()[-4000:] if log_path is not None and log_path.is_file() else ""
 

@@ -9,9 +9,15 @@ from typing import Any
 PCTS = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "p99.9_ms", "max_ms")
 
 
-def knee(steps: list[dict[str, Any]], slo_p99_ms: float, max_error_rate: float = 0.001) -> dict[str, Any] | None:
+def knee(
+    steps: list[dict[str, Any]], slo_p99_ms: float, max_error_rate: float = 0.001
+) -> dict[str, Any] | None:
     """The highest-throughput step whose p99 met the SLO with fewer than 0.1% errors."""
-    good = [s for s in steps if s["p99_ms"] is not None and s["p99_ms"] <= slo_p99_ms and s["error_rate"] < max_error_rate]
+    good = [
+        s
+        for s in steps
+        if s["p99_ms"] is not None and s["p99_ms"] <= slo_p99_ms and s["error_rate"] < max_error_rate
+    ]
     return max(good, key=lambda s: s["throughput_rps"]) if good else None
 
 
@@ -39,7 +45,13 @@ def markdown(report: dict[str, Any]) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in report["steps"]:
-        errors = ", ".join(f"{k}×{v}" for k, v in {**{k: v for k, v in s["statuses"].items() if not k.startswith("2")}, **s["exceptions"]}.items())
+        errors = ", ".join(
+            f"{k}×{v}"
+            for k, v in {
+                **{k: v for k, v in s["statuses"].items() if not k.startswith("2")},
+                **s["exceptions"],
+            }.items()
+        )
         if s["dropped"]:
             errors += f"{', ' if errors else ''}dropped×{s['dropped']}"
         lines.append(
@@ -50,8 +62,15 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("slo"):
         slo = report["slo"]
         k = slo["knee"]
-        lines += ["", f"SLO p99 ≤ {slo['p99_ms']:g} ms with < 0.1% errors: "
-                  + (f"**met up to {unit} {k['load']:g}** ({k['throughput_rps']:.1f} req/s, p99 {k['p99_ms']:.1f} ms)" if k else "**not met at any step**")]
+        lines += [
+            "",
+            f"SLO p99 ≤ {slo['p99_ms']:g} ms with < 0.1% errors: "
+            + (
+                f"**met up to {unit} {k['load']:g}** ({k['throughput_rps']:.1f} req/s, p99 {k['p99_ms']:.1f} ms)"
+                if k
+                else "**not met at any step**"
+            ),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -67,16 +86,31 @@ def plot(runs: list[tuple[str, dict[str, Any]]], path: Path) -> Path:
     for i, (label, report) in enumerate(runs):
         steps = sorted(report["steps"], key=lambda s: s["throughput_rps"])
         x = [s["throughput_rps"] for s in steps]
-        for pct, colour in zip(("p50_ms", "p90_ms", "p99_ms", "p99.9_ms"), ("tab:blue", "tab:green", "tab:orange", "tab:red")):
-            ax.plot(x, [s[pct] for s in steps], styles[i % 4], marker="o", color=colour, label=f"{label} {pct[:-3]}" if label else pct[:-3])
+        for pct, colour in zip(
+            ("p50_ms", "p90_ms", "p99_ms", "p99.9_ms"), ("tab:blue", "tab:green", "tab:orange", "tab:red")
+        ):
+            ax.plot(
+                x,
+                [s[pct] for s in steps],
+                styles[i % 4],
+                marker="o",
+                color=colour,
+                label=f"{label} {pct[:-3]}" if label else pct[:-3],
+            )
     slo = runs[0][1].get("slo")
     if slo:
-        ax.axhline(slo["p99_ms"], color="grey", linewidth=0.8, linestyle="--", label=f"SLO p99 {slo['p99_ms']:g} ms")
+        ax.axhline(
+            slo["p99_ms"], color="grey", linewidth=0.8, linestyle="--", label=f"SLO p99 {slo['p99_ms']:g} ms"
+        )
     ax.set_xlabel("throughput (successful req/s)")
     ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(" vs ".join(label for label, _ in runs) if len(runs) > 1 else f"{runs[0][1]['endpoint']} — latency vs throughput")
+    ax.set_title(
+        " vs ".join(label for label, _ in runs)
+        if len(runs) > 1
+        else f"{runs[0][1]['endpoint']} — latency vs throughput"
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -86,7 +120,11 @@ def plot(runs: list[tuple[str, dict[str, Any]]], path: Path) -> Path:
 
 def write(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "report.json", "md": out_dir / "report.md", "png": out_dir / "latency_vs_throughput.png"}
+    paths = {
+        "json": out_dir / "report.json",
+        "md": out_dir / "report.md",
+        "png": out_dir / "latency_vs_throughput.png",
+    }
     paths["json"].write_text(json.dumps(report, indent=2) + "\n")
     paths["md"].write_text(markdown(report))
     plot([("", report)], paths["png"])
@@ -100,15 +138,20 @@ def compare(a_path: Path, b_path: Path, out_dir: Path) -> dict[str, Path]:
     if la == lb:
         la, lb = str(a_path), str(b_path)
     by_load = {s["load"]: s for s in b["steps"]}
-    lines = [f"# Load test comparison — A: `{la}` vs B: `{lb}`", "",
-             "| load | A req/s | B req/s | B/A | A p50 | B p50 | A p99 | B p99 | A errors | B errors |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Load test comparison — A: `{la}` vs B: `{lb}`",
+        "",
+        "| load | A req/s | B req/s | B/A | A p50 | B p50 | A p99 | B p99 | A errors | B errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for s in a["steps"]:
         t = by_load.get(s["load"])
         if t is None:
             continue
         ratio = t["throughput_rps"] / s["throughput_rps"] if s["throughput_rps"] else float("nan")
-        lines.append(f"| {s['load']:g} | {s['throughput_rps']:.1f} | {t['throughput_rps']:.1f} | {ratio:.2f}× | {_fmt(s['p50_ms'])} | {_fmt(t['p50_ms'])} | {_fmt(s['p99_ms'])} | {_fmt(t['p99_ms'])} | {s['errors']} | {t['errors']} |")
+        lines.append(
+            f"| {s['load']:g} | {s['throughput_rps']:.1f} | {t['throughput_rps']:.1f} | {ratio:.2f}× | {_fmt(s['p50_ms'])} | {_fmt(t['p50_ms'])} | {_fmt(s['p99_ms'])} | {_fmt(t['p99_ms'])} | {s['errors']} | {t['errors']} |"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"md": out_dir / "compare.md", "png": out_dir / "compare.png"}
     paths["md"].write_text("\n".join(lines) + "\n")

@@ -26,7 +26,11 @@ def scrape(base_url: str, timeout: float = 5.0) -> Samples | None:
 
 
 def _total(samples: Samples, name: str, **match: str) -> float:
-    return sum(v for (n, labels), v in samples.items() if n == name and all(dict(labels).get(k) == w for k, w in match.items()))
+    return sum(
+        v
+        for (n, labels), v in samples.items()
+        if n == name and all(dict(labels).get(k) == w for k, w in match.items())
+    )
 
 
 def server_delta(before: Samples | None, after: Samples | None, route: str) -> dict[str, Any]:
@@ -45,5 +49,7 @@ def server_delta(before: Samples | None, after: Samples | None, route: str) -> d
     requests = delta("bentoml_service_request_duration_seconds_count", endpoint=route)
     if requests > 0:
         out["server_requests"] = int(requests)
-        out["server_mean_ms"] = 1000 * delta("bentoml_service_request_duration_seconds_sum", endpoint=route) / requests
+        out["server_mean_ms"] = (
+            1000 * delta("bentoml_service_request_duration_seconds_sum", endpoint=route) / requests
+        )
     return out

@@ -9,9 +9,14 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ImageError": "image", "ImagePreprocessor": "image", "decode_image": "image",
-    "softmax": "postprocess", "top_k": "postprocess", "top_label": "postprocess",
-    "TextBatch": "text", "TextPreprocessor": "text",
+    "ImageError": "image",
+    "ImagePreprocessor": "image",
+    "decode_image": "image",
+    "softmax": "postprocess",
+    "top_k": "postprocess",
+    "top_label": "postprocess",
+    "TextBatch": "text",
+    "TextPreprocessor": "text",
 }
 
 

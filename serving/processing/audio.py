@@ -24,9 +24,9 @@ from functools import cached_property
 import numpy as np
 import soundfile as sf
 import soxr
+from numpy.lib.stride_tricks import sliding_window_view
 
 from serving.errors import InputError
-from numpy.lib.stride_tricks import sliding_window_view
 
 TARGET_RATE = 16_000
 MIN_RATE = 8_000
@@ -45,7 +45,9 @@ class AudioError(InputError):
     """The bytes are not audio this server can use; the message says why."""
 
 
-def decode_audio(data: bytes, target_rate: int = TARGET_RATE, max_seconds: float = MAX_SECONDS, min_rate: int = MIN_RATE) -> np.ndarray:
+def decode_audio(
+    data: bytes, target_rate: int = TARGET_RATE, max_seconds: float = MAX_SECONDS, min_rate: int = MIN_RATE
+) -> np.ndarray:
     """Bytes → mono float32 samples at `target_rate`. Raises AudioError naming what is wrong."""
     if not data:
         raise AudioError("zero bytes")
@@ -67,7 +69,10 @@ def decode_audio(data: bytes, target_rate: int = TARGET_RATE, max_seconds: float
         raise AudioError(f"not audio, or a corrupt header ({reason[:120]})") from None
     if samples.shape[0] == 0:
         raise AudioError("no samples")
-    if samples.dtype.kind == "f" and not -MAX_FLOAT_SAMPLE <= samples.min() <= samples.max() <= MAX_FLOAT_SAMPLE:
+    if (
+        samples.dtype.kind == "f"
+        and not -MAX_FLOAT_SAMPLE <= samples.min() <= samples.max() <= MAX_FLOAT_SAMPLE
+    ):
         raise AudioError(f"float samples must be finite and within ±{MAX_FLOAT_SAMPLE:g} (full scale is ±1)")
     mono = _mix_to_mono(samples, scale)
     if rate != target_rate:
@@ -128,15 +133,22 @@ class LogMelFrontEnd:
     log_floor: float = 1e-6
 
     @classmethod
-    def from_config(cls, config: dict) -> "LogMelFrontEnd":
+    def from_config(cls, config: dict) -> LogMelFrontEnd:
         return cls(**{k: config[k] for k in cls.__dataclass_fields__ if k in config})
 
     def config(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"window": "hann (periodic)", "centre": True, "mel_scale": "slaney", "mel_norm": "slaney", "power": 2.0, "log": "ln(mel + log_floor)"}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {
+            "window": "hann (periodic)",
+            "centre": True,
+            "mel_scale": "slaney",
+            "mel_norm": "slaney",
+            "power": 2.0,
+            "log": "ln(mel + log_floor)",
+        }
 
     @property
     def window_samples(self) -> int:
-        return int(round(self.window_seconds * self.sample_rate))
+        return round(self.window_seconds * self.sample_rate)
 
     @cached_property
     def filterbank(self) -> np.ndarray:
@@ -157,7 +169,7 @@ class LogMelFrontEnd:
         n = np.arange(self.win_length)
         return 0.5 - 0.5 * np.cos(2 * np.pi * n / self.win_length)
 
-    def _scratch(self, n_samples: int) -> "_StftScratch":
+    def _scratch(self, n_samples: int) -> _StftScratch:
         """This thread's STFT buffers for `n_samples` input samples (kept for the one-window length
         every request uses; other lengths get fresh buffers)."""
         key = (n_samples, self.n_fft, self.win_length, self.hop_length)

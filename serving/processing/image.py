@@ -19,7 +19,7 @@ from serving.errors import InputError
 
 # OpenCV's own guard against decompression bombs; our header check below gives the clear message.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(50_000_000))
-import cv2  # noqa: E402
+import cv2
 
 MAX_IMAGE_PIXELS = 50_000_000
 FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "TIFF", "MPO"}
@@ -54,7 +54,9 @@ def decode_image(data: bytes, max_bytes: int | None = None, max_pixels: int = MA
     if fmt not in FORMATS:
         raise ImageError(f"{fmt or 'unknown'} images are not supported; send JPEG, PNG, BMP, WebP or TIFF")
     if width * height > max_pixels:
-        raise ImageError(f"{width}x{height} is {width * height / 1e6:.0f} megapixels; the limit is {max_pixels / 1e6:.0f}")
+        raise ImageError(
+            f"{width}x{height} is {width * height / 1e6:.0f} megapixels; the limit is {max_pixels / 1e6:.0f}"
+        )
     if fmt in ("JPEG", "MPO") and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         raise ImageError("truncated JPEG (no end-of-image marker)")
     # IMREAD_COLOR: grey → BGR, alpha dropped, EXIF orientation applied; ANYDEPTH keeps 16-bit for us to scale.
@@ -84,12 +86,22 @@ class ImagePreprocessor:
     std: float = 128.0
 
     @classmethod
-    def from_config(cls, config: dict) -> "ImagePreprocessor":
-        return cls(int(config["resize_shorter"]), int(config["crop"]), float(config["mean"]), float(config["std"]))
+    def from_config(cls, config: dict) -> ImagePreprocessor:
+        return cls(
+            int(config["resize_shorter"]), int(config["crop"]), float(config["mean"]), float(config["std"])
+        )
 
     def config(self) -> dict:
-        return {"resize_shorter": self.resize_shorter, "crop": self.crop, "mean": self.mean, "std": self.std,
-                "colour": "RGB", "layout": "NCHW", "resize": "shorter side, area interpolation when shrinking", "crop_mode": "centre"}
+        return {
+            "resize_shorter": self.resize_shorter,
+            "crop": self.crop,
+            "mean": self.mean,
+            "std": self.std,
+            "colour": "RGB",
+            "layout": "NCHW",
+            "resize": "shorter side, area interpolation when shrinking",
+            "crop_mode": "centre",
+        }
 
     def resize_and_crop(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]

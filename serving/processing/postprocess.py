@@ -17,7 +17,9 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 def top_label(probs: np.ndarray, labels: list[str]) -> list[dict]:
     """One `{"label", "score", "scores"}` per row of a (batch, classes) probability matrix."""
     if probs.shape[-1] != len(labels):
-        raise ValueError(f"model returned {probs.shape[-1]} classes but the manifest lists {len(labels)} labels")
+        raise ValueError(
+            f"model returned {probs.shape[-1]} classes but the manifest lists {len(labels)} labels"
+        )
     best = probs.argmax(axis=-1)
     return [
         {
@@ -32,7 +34,9 @@ def top_label(probs: np.ndarray, labels: list[str]) -> list[dict]:
 def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[dict]:
     """One `{"label", "score", "top_k": [{"label", "score"}, ...]}` per row, best first."""
     if probs.shape[-1] != len(labels):
-        raise ValueError(f"model returned {probs.shape[-1]} classes but the manifest lists {len(labels)} labels")
+        raise ValueError(
+            f"model returned {probs.shape[-1]} classes but the manifest lists {len(labels)} labels"
+        )
     k = min(k, len(labels))
     order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
     out = []

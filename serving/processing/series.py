@@ -35,7 +35,9 @@ def clean_history(history: Any, window: int, max_gap: int = MAX_GAP) -> tuple[np
     bad = next((i for i, v in enumerate(history) if v is not None and type(v) not in (int, float)), None)
     if bad is not None:  # only the last `window` points are used, but a non-number anywhere is a mistake
         v = history[bad]
-        raise SeriesError(f"history[{bad}]: expected a number or null, got {type(v).__name__} {str(v)[:30]!r}")
+        raise SeriesError(
+            f"history[{bad}]: expected a number or null, got {type(v).__name__} {str(v)[:30]!r}"
+        )
     offset = len(history) - window
     values = np.empty(window, dtype=np.float64)
     missing = np.zeros(window, dtype=bool)
@@ -58,7 +60,9 @@ def clean_history(history: Any, window: int, max_gap: int = MAX_GAP) -> tuple[np
         raise SeriesError(f"history: the last {window} points are all missing")
     for start, end in missing_runs(missing):
         if end - start > max_gap:
-            raise SeriesError(f"history[{offset + start}..{offset + end - 1}]: {end - start} missing points in a row; at most {max_gap} are interpolated")
+            raise SeriesError(
+                f"history[{offset + start}..{offset + end - 1}]: {end - start} missing points in a row; at most {max_gap} are interpolated"
+            )
     interpolate(values, missing)
     return values, count
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from serving.processing.text import replace_surrogates
 
 if TYPE_CHECKING:
@@ -65,4 +66,7 @@ def decode_spans(text: str, words: list[Word]) -> list[dict]:
             close()
             current, scores = None, []
     close()
-    return [{"text": s["text"], "label": s["label"], "start": s["start"], "end": s["end"], "score": s["score"]} for s in spans]
+    return [
+        {"text": s["text"], "label": s["label"], "start": s["start"], "end": s["end"], "score": s["score"]}
+        for s in spans
+    ]

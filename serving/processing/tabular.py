@@ -17,8 +17,9 @@ statistics on training data; `infer_kinds` guesses each CSV column's kind (edita
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -51,7 +52,9 @@ class Feature:
 
 
 def _describe(value: Any) -> str:
-    kind = {bool: "boolean", str: "string", list: "array", dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
+    kind = {bool: "boolean", str: "string", list: "array", dict: "object", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
     shown = repr(value) if not isinstance(value, (list, dict)) else ""
     return f"{kind} {shown[:40]}".strip()
 
@@ -71,7 +74,7 @@ class RowEncoder:
         self._index = [{word: i for i, word in enumerate(f.vocabulary)} for f in self.categorical]
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "RowEncoder":
+    def from_config(cls, config: dict[str, Any]) -> RowEncoder:
         return cls([Feature(**f) for f in config["features"]], int(config.get("max_rows", MAX_ROWS)))
 
     def config(self) -> dict[str, Any]:
@@ -101,7 +104,9 @@ class RowEncoder:
                 raise RowError(f"rows[{i}]: expected an object of feature values, got {_describe(row)}")
             unknown = row.keys() - self._known
             if unknown:
-                raise RowError(f"rows[{i}]: unknown feature(s) {sorted(unknown)}; the model takes {self.names}")
+                raise RowError(
+                    f"rows[{i}]: unknown feature(s) {sorted(unknown)}; the model takes {self.names}"
+                )
             absent = self._required - row.keys()
             if absent:
                 raise RowError(f"rows[{i}]: missing required feature(s) {sorted(absent)}")
@@ -124,7 +129,9 @@ class RowEncoder:
         if self.categorical:
             codes = np.empty((n, len(self.categorical)), dtype=np.int64)
             for j, (f, index) in enumerate(zip(self.categorical, self._index)):
-                codes[:, j] = [self._category(f, index, i, row.get(f.name, _ABSENT)) for i, row in enumerate(rows)]
+                codes[:, j] = [
+                    self._category(f, index, i, row.get(f.name, _ABSENT)) for i, row in enumerate(rows)
+                ]
             out["categorical"] = codes
         return out
 
@@ -139,7 +146,11 @@ class RowEncoder:
 
     def _missing(self, f: Feature, i: int, value: Any) -> None:
         if f.required:
-            what = "missing required feature" if value is _ABSENT else f"{'NaN' if isinstance(value, float) else 'null'} is not allowed (the feature is required)"
+            what = (
+                "missing required feature"
+                if value is _ABSENT
+                else f"{'NaN' if isinstance(value, float) else 'null'} is not allowed (the feature is required)"
+            )
             raise RowError(f"rows[{i}].{f.name}: {what}")
 
     def _numbers(self, f: Feature, column: list) -> tuple[np.ndarray, np.ndarray]:
@@ -209,7 +220,11 @@ def infer_kinds(columns: dict[str, list[str | None]], max_categories: int = 200)
     words → boolean, few distinct strings → categorical, identifier-like columns → None (dropped)."""
     kinds: dict[str, str | None] = {}
     for name, cells in columns.items():
-        present = {c.strip() for c in cells if c is not None and c.strip() != "" and c.strip().lower() not in ("na", "nan", "null")}
+        present = {
+            c.strip()
+            for c in cells
+            if c is not None and c.strip() != "" and c.strip().lower() not in ("na", "nan", "null")
+        }
         if not present:
             kinds[name] = None
             continue
@@ -228,7 +243,9 @@ def infer_kinds(columns: dict[str, list[str | None]], max_categories: int = 200)
     return kinds
 
 
-def fit_feature(name: str, kind: str, values: Iterable[Any], missing: str | None = None, min_count: int = 1) -> Feature:
+def fit_feature(
+    name: str, kind: str, values: Iterable[Any], missing: str | None = None, min_count: int = 1
+) -> Feature:
     """Statistics of one feature from training values (parsed JSON-like values, None for missing)."""
     values = list(values)
     present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -237,8 +254,14 @@ def fit_feature(name: str, kind: str, values: Iterable[Any], missing: str | None
     if kind == "numeric":
         arr = np.asarray(present, dtype=np.float64)
         std = float(arr.std()) if arr.size else 1.0
-        return Feature(name, "numeric", policy, mean=float(arr.mean()) if arr.size else 0.0, std=std if std > 1e-12 else 1.0,
-                       fill=float(np.median(arr)) if arr.size else 0.0)
+        return Feature(
+            name,
+            "numeric",
+            policy,
+            mean=float(arr.mean()) if arr.size else 0.0,
+            std=std if std > 1e-12 else 1.0,
+            fill=float(np.median(arr)) if arr.size else 0.0,
+        )
     if kind == "boolean":
         rate = float(np.mean([bool(v) for v in present])) if present else 0.0
         return Feature(name, "boolean", policy, fill=rate)

@@ -53,12 +53,19 @@ class TextPreprocessor:
         return 0
 
     @classmethod
-    def from_config(cls, model_dir: Path, config: dict) -> "TextPreprocessor":
+    def from_config(cls, model_dir: Path, config: dict) -> TextPreprocessor:
         """Build from the `preprocessing` section of a manifest."""
-        return cls(Path(model_dir) / config["tokenizer"], config["max_length"], config.get("lowercase", False))
+        return cls(
+            Path(model_dir) / config["tokenizer"], config["max_length"], config.get("lowercase", False)
+        )
 
     def config(self, tokenizer_file: str = "tokenizer.json") -> dict:
-        return {"tokenizer": tokenizer_file, "max_length": self.max_length, "lowercase": self.lowercase, "padding": "longest"}
+        return {
+            "tokenizer": tokenizer_file,
+            "max_length": self.max_length,
+            "lowercase": self.lowercase,
+            "padding": "longest",
+        }
 
     def tokenize(self, texts: list[str]) -> list[Encoding]:
         if self.lowercase:
@@ -66,7 +73,9 @@ class TextPreprocessor:
         try:
             return self.tokenizer.encode_batch(texts, add_special_tokens=True)
         except TypeError:  # a lone surrogate somewhere; rare, so the common path pays nothing for it
-            return self.tokenizer.encode_batch([replace_surrogates(t) for t in texts], add_special_tokens=True)
+            return self.tokenizer.encode_batch(
+                [replace_surrogates(t) for t in texts], add_special_tokens=True
+            )
 
     def pad(self, encodings: list[Encoding]) -> TextBatch:
         longest = max((len(e.ids) for e in encodings), default=0)

@@ -35,7 +35,14 @@ class SileroVAD:
             context = x[:, -CONTEXT:]
         return out
 
-    def segments(self, samples: np.ndarray, threshold: float = 0.5, min_speech_s: float = 0.1, min_gap_s: float = 0.2, pad_s: float = 0.1) -> list[tuple[float, float]]:
+    def segments(
+        self,
+        samples: np.ndarray,
+        threshold: float = 0.5,
+        min_speech_s: float = 0.1,
+        min_gap_s: float = 0.2,
+        pad_s: float = 0.1,
+    ) -> list[tuple[float, float]]:
         """(start_s, end_s) of speech: chunks above threshold, gaps shorter than min_gap_s bridged,
         segments shorter than min_speech_s dropped, pad_s added on both sides."""
         chunk_s = CHUNK / RATE
@@ -50,5 +57,3 @@ class SileroVAD:
                 runs.append([start, end])
         duration = len(samples) / RATE
         return [(max(0.0, s - pad_s), min(duration, e + pad_s)) for s, e in runs if e - s >= min_speech_s]
-
-

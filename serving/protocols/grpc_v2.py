@@ -21,6 +21,7 @@ from serving.errors import RequestError
 from serving.protocols import grpc_predict_v2_pb2 as pb
 from serving.protocols import grpc_predict_v2_pb2_grpc as pb_grpc
 from serving.protocols.tensors import DTYPES, encode_binary
+from serving.protocols.v1 import ServerRef
 from serving.protocols.v2 import (
     SERVER_VERSION,
     InferInput,
@@ -31,18 +32,35 @@ from serving.protocols.v2 import (
     task_request,
     tensors_of,
 )
-from serving.protocols.v1 import ServerRef
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED,
-          404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
-          429: grpc.StatusCode.RESOURCE_EXHAUSTED, 503: grpc.StatusCode.UNAVAILABLE}
+STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
 # typed `contents` fields by datatype, for clients that send no raw_input_contents
-CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
-            "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
-            "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
 
 
 def _parameter(value: Any) -> Any:
@@ -68,14 +86,24 @@ def rest_request(message: Any) -> tuple[InferRequest, memoryview]:
             values = list(getattr(tensor.contents, CONTENTS[tensor.datatype]))
             blob = encode_binary(values, tensor.datatype) if tensor.datatype in DTYPES else b""
         else:
-            raise RequestError(f"input {tensor.name!r}: datatype {tensor.datatype!r} is not one of the protocol's")
-        inputs.append(InferInput(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape),
-                                 parameters={**(_parameters(tensor.parameters) or {}), "binary_data_size": len(blob)}))
+            raise RequestError(
+                f"input {tensor.name!r}: datatype {tensor.datatype!r} is not one of the protocol's"
+            )
+        inputs.append(
+            InferInput(
+                name=tensor.name,
+                datatype=tensor.datatype,
+                shape=list(tensor.shape),
+                parameters={**(_parameters(tensor.parameters) or {}), "binary_data_size": len(blob)},
+            )
+        )
         blobs.append(blob)
     outputs = [RequestedOutput(name=o.name) for o in message.outputs] or None
     if not inputs:
         raise RequestError("inputs: no input tensors")
-    request = InferRequest(id=message.id or None, parameters=_parameters(message.parameters), inputs=inputs, outputs=outputs)
+    request = InferRequest(
+        id=message.id or None, parameters=_parameters(message.parameters), inputs=inputs, outputs=outputs
+    )
     return request, memoryview(b"".join(blobs))
 
 
@@ -100,15 +128,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._authorise(context)
-        return pb.ServerMetadataResponse(name="tuneserve", version=SERVER_VERSION, extensions=["binary_tensor_data"])
+        return pb.ServerMetadataResponse(
+            name="tuneserve", version=SERVER_VERSION, extensions=["binary_tensor_data"]
+        )
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._authorise(context)
         model = await self._call(context, find_model, self.server(), request.name, request.version or None)
         meta = tensors_of(model).metadata(model)
         tensor = pb.ModelMetadataResponse.TensorMetadata
-        return pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"],
-                                        inputs=[tensor(**t) for t in meta["inputs"]], outputs=[tensor(**t) for t in meta["outputs"]])
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]],
+        )
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._authorise(context)
@@ -118,7 +153,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             rest, binary = rest_request(request)
             tensors = tensors_of(model)
             results = await server.infer(model, task_request(tensors, model, rest, binary))
-            response = pb.ModelInferResponse(model_name=model.name, model_version=model.manifest.version, id=request.id)
+            response = pb.ModelInferResponse(
+                model_name=model.name, model_version=model.manifest.version, id=request.id
+            )
             for spec, values, shape in output_values(tensors, rest, results):
                 response.outputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
                 response.raw_output_contents.append(encode_binary(values, spec.datatype))
@@ -142,17 +179,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if given is None and auth[:7].lower() == "bearer ":
             given = auth[7:].strip()
         if given is None or not hmac.compare_digest(str(given).encode(), self.key):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key: send `authorization: Bearer <key>` or `x-api-key: <key>`")
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong API key: send `authorization: Bearer <key>` or `x-api-key: <key>`",
+            )
 
 
 async def start_grpc_server(server: ServerRef, settings: Settings) -> grpc.aio.Server:
     """Serve the protocol on settings.grpc_port (every address) on the running event loop."""
     limit = settings.max_body_bytes
-    grpc_server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                                           ("grpc.so_reuseport", 1)])
+    grpc_server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 1),
+        ]
+    )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(server, settings), grpc_server)
     grpc_server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
     await grpc_server.start()
     log.info("Open Inference Protocol over gRPC on %s:%s", settings.grpc_host, settings.grpc_port)
     return grpc_server
-

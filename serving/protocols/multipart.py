@@ -16,7 +16,9 @@ class FilePart:
 TEXT_CHARSETS = {"utf-8", "utf8", "ascii", "us-ascii", "latin-1", "latin1", "iso-8859-1"}
 
 
-def parse_multipart(body: bytes, content_type: str, max_files: int, max_fields: int, max_field_bytes: int = 1024 * 1024) -> list[tuple[str, str | FilePart]]:
+def parse_multipart(
+    body: bytes, content_type: str, max_files: int, max_fields: int, max_field_bytes: int = 1024 * 1024
+) -> list[tuple[str, str | FilePart]]:
     """Split a multipart/form-data body held in memory into (name, text or FilePart) in body order.
 
     The same parser and header rules as Starlette's form parsing (python-multipart; a part with a
@@ -86,11 +88,18 @@ def parse_multipart(body: bytes, content_type: str, max_files: int, max_fields: 
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         items.append((part["name"], FilePart(part["filename"], data) if part["file"] else text(bytes(data))))
 
-    parser = MultipartParser(params[b"boundary"], {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
-        "on_part_end": on_part_end,
-    })
+    parser = MultipartParser(
+        params[b"boundary"],
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
     parser.write(body)
     parser.finalize()
     return items

@@ -19,8 +19,9 @@ import math
 import struct
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -30,9 +31,19 @@ from serving.tasks import FileTask, ServingTask
 
 # OIP datatype → numpy dtype (BYTES are Python bytes in an object array)
 DTYPES: dict[str, Any] = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": np.object_,
 }
 ANSWER_FIELDS = {"model", "version", "variant"}
 
@@ -49,7 +60,9 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class InputSpec(TensorSpec):
-    kind: str = "strings"  # strings | json | numbers | files | column: how elements become the request's values
+    kind: str = (
+        "strings"  # strings | json | numbers | files | column: how elements become the request's values
+    )
     column_of: str = ""  # a column: the request's list field whose objects it fills (e.g. rows)
 
 
@@ -92,7 +105,11 @@ def input_specs(task: type[ServingTask]) -> list[InputSpec]:
         item = _list_item(field.annotation)
         if name == "model" or item is None:
             continue
-        tensor = (field.json_schema_extra or {}).get("tensor") if isinstance(field.json_schema_extra, dict) else None
+        tensor = (
+            (field.json_schema_extra or {}).get("tensor")
+            if isinstance(field.json_schema_extra, dict)
+            else None
+        )
         if tensor == "FP32":
             specs.append(InputSpec(name, "FP32", (-1,), "numbers"))
         else:
@@ -104,22 +121,32 @@ def column_specs(task: ServingTask) -> list[InputSpec]:
     """Typed per-field tensors a model also takes in place of a list of objects (a table model's
     features instead of rows as JSON): numbers FP32 (NaN for missing), strings BYTES, booleans BOOL."""
     datatypes = {"number": "FP32", "string": "BYTES", "boolean": "BOOL"}
-    return [InputSpec(key, datatypes[kind], (-1,), "column", field)
-            for field, keys in task.item_fields().items() for key, kind in keys.items()]
+    return [
+        InputSpec(key, datatypes[kind], (-1,), "column", field)
+        for field, keys in task.item_fields().items()
+        for key, kind in keys.items()
+    ]
 
 
 def parameter_names(task: type[ServingTask]) -> set[str]:
     """Request `parameters` the task reads: a file task's options, a JSON task's scalar fields."""
     if issubclass(task, FileTask) or task.request_model is None:
         return set(task.options)
-    return {n for n, f in task.request_model.model_fields.items() if n != "model" and _list_item(f.annotation) is None}
+    return {
+        n
+        for n, f in task.request_model.model_fields.items()
+        if n != "model" and _list_item(f.annotation) is None
+    }
 
 
 # --- what a task answers ----------------------------------------------------------------------------
 
 
 def _scalar_type(annotation: Any) -> str | None:
-    args = [typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a for a in _union_args(annotation)]
+    args = [
+        typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a
+        for a in _union_args(annotation)
+    ]
     if len(args) != 1:
         return None
     return {bool: "BOOL", int: "INT64", float: "FP32", str: "BYTES"}.get(args[0])
@@ -157,13 +184,19 @@ def output_specs(task: type[ServingTask], labels: list[str]) -> list[OutputSpec]
 def _prediction_field(key: str, annotation: Any, labels: list[str]) -> OutputSpec:
     """One field of every prediction, one row per input."""
     if _dict_value(annotation) is float:  # per-label scores: [n, labels]
+
         def scores(r: dict[str, Any]) -> tuple[list[Any], tuple[int, ...]]:
             rows = r["predictions"]
             return [p[key][label] for p in rows for label in labels], (len(rows), len(labels))
 
         return OutputSpec(key, "FP32", (-1, len(labels)), extract=scores)
     datatype = _scalar_type(annotation) or "BYTES"  # nested values travel as JSON
-    return OutputSpec(key, datatype, (-1,), extract=lambda r: (_column([p[key] for p in r["predictions"]], datatype), (len(r["predictions"]),)))
+    return OutputSpec(
+        key,
+        datatype,
+        (-1,),
+        extract=lambda r: (_column([p[key] for p in r["predictions"]], datatype), (len(r["predictions"]),)),
+    )
 
 
 def _answer_field(name: str, annotation: Any, labels: list[str]) -> OutputSpec:
@@ -171,8 +204,11 @@ def _answer_field(name: str, annotation: Any, labels: list[str]) -> OutputSpec:
     item = _list_item(annotation)
     if item is not None:
         datatype = _scalar_type(item) or "BYTES"
-        return OutputSpec(name, datatype, (-1,), extract=lambda r: (_column(r[name], datatype), (len(r[name]),)))
+        return OutputSpec(
+            name, datatype, (-1,), extract=lambda r: (_column(r[name], datatype), (len(r[name]),))
+        )
     if _list_item(_dict_value(annotation)) is float:  # named series (quantiles): [length, names]
+
         def series(r: dict[str, Any]) -> tuple[list[Any], tuple[int, ...]]:
             columns = [r[name][label] for label in labels]
             return [v for row in zip(*columns) for v in row], (len(columns[0]) if columns else 0, len(labels))
@@ -192,11 +228,15 @@ def decode_binary(raw: memoryview, datatype: str, name: str) -> list[bytes] | np
         out, offset = [], 0
         while offset < len(raw):
             if offset + 4 > len(raw):
-                raise RequestError(f"input {name!r}: binary BYTES data ends inside an element's length prefix")
+                raise RequestError(
+                    f"input {name!r}: binary BYTES data ends inside an element's length prefix"
+                )
             (size,) = struct.unpack_from("<I", raw, offset)
             offset += 4
             if offset + size > len(raw):
-                raise RequestError(f"input {name!r}: a BYTES element of {size} bytes runs past its binary_data_size")
+                raise RequestError(
+                    f"input {name!r}: a BYTES element of {size} bytes runs past its binary_data_size"
+                )
             out.append(bytes(raw[offset : offset + size]))
             offset += size
         return out

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -39,9 +40,14 @@ class ErrorBody(BaseModel):
 
 
 ERRORS = {
-    400: "the request is malformed or names something wrong", 401: "missing or wrong API key (when one is configured)",
-    403: "turned off (model reload needs an API key configured)", 404: "unknown model", 409: "the repository holds no model; nothing was unloaded",
-    413: "body, item count or file over its limit", 415: "wrong content type", 503: "at capacity; retry later",
+    400: "the request is malformed or names something wrong",
+    401: "missing or wrong API key (when one is configured)",
+    403: "turned off (model reload needs an API key configured)",
+    404: "unknown model",
+    409: "the repository holds no model; nothing was unloaded",
+    413: "body, item count or file over its limit",
+    415: "wrong content type",
+    503: "at capacity; retry later",
 }
 
 
@@ -63,17 +69,26 @@ class DirectRoute(APIRoute):
 
 
 def answer(model: LoadedModel, results: dict[str, Any]) -> JSONResponse:
-    return JSONResponse({"model": model.name, "version": model.manifest.version, "variant": model.variant, **results})
+    return JSONResponse(
+        {"model": model.name, "version": model.manifest.version, "variant": model.variant, **results}
+    )
 
 
 async def read_form(request: Request, task: type[FileTask], limit: int, max_files: int) -> FormData:
     """A bounded multipart body of `task.file_field` uploads plus `model` and the task's options."""
     expected = ", ".join(f"`{f}`" for f in [task.file_field, "model", *sorted(task.options)])
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise RequestError(f"send multipart/form-data with one or more `{task.file_field}` files (fields: {expected})", status=415)
+        raise RequestError(
+            f"send multipart/form-data with one or more `{task.file_field}` files (fields: {expected})",
+            status=415,
+        )
     body = await read_body(request, limit)
     try:
-        form = FormData(parse_multipart(body, request.headers["content-type"], max_files=max_files, max_fields=MAX_FORM_FIELDS))
+        form = FormData(
+            parse_multipart(
+                body, request.headers["content-type"], max_files=max_files, max_fields=MAX_FORM_FIELDS
+            )
+        )
     except Exception as exc:  # malformed multipart, too many parts
         raise RequestError(f"malformed multipart body: {exc}") from None
     unknown = sorted(set(form.keys()) - {"model", task.file_field, *task.options})
@@ -93,11 +108,16 @@ def file_request(form: FormData, task: type[FileTask]) -> FileRequest:
     files = []
     for i, upload in enumerate(uploads):
         if not isinstance(upload, FilePart):
-            raise RequestError(f"{field}[{i}]: expected a file upload, got a text field (URLs are not fetched)")
+            raise RequestError(
+                f"{field}[{i}]: expected a file upload, got a text field (URLs are not fetched)"
+            )
         files.append(Upload(i, upload.filename, upload.data))
     model = form.get("model")
-    return FileRequest(model if isinstance(model, str) and model else None, files,
-                       {k: v for k, v in form.multi_items() if k in task.options and isinstance(v, str)})
+    return FileRequest(
+        model if isinstance(model, str) and model else None,
+        files,
+        {k: v for k, v in form.multi_items() if k in task.options and isinstance(v, str)},
+    )
 
 
 def task_endpoint(task: type[ServingTask], server: ServerRef) -> Callable[[Request], Any]:
@@ -107,7 +127,9 @@ def task_endpoint(task: type[ServingTask], server: ServerRef) -> Callable[[Reque
         if issubclass(task, FileTask):
             form = await read_form(request, task, settings.max_body_bytes, settings.max_files)
             model_name = form.get("model")
-            model = srv.runtime.resolve(model_name or None if isinstance(model_name, str) else None, task.name)
+            model = srv.runtime.resolve(
+                model_name or None if isinstance(model_name, str) else None, task.name
+            )
             body: Any = file_request(form, task)
         else:
             assert task.request_model is not None
@@ -123,12 +145,31 @@ def request_body(task: type[ServingTask]) -> dict[str, Any]:
     """The route's documented request body: the task's pydantic request model as JSON, or the
     multipart form of its file field, `model` and its options. One example each."""
     if issubclass(task, FileTask):
-        form = {"type": "object", "required": [task.file_field], "additionalProperties": False, "properties": {
-            task.file_field: {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
-            "model": {"type": "string"}, **{name: option.schema for name, option in task.options.items()}}}
+        form = {
+            "type": "object",
+            "required": [task.file_field],
+            "additionalProperties": False,
+            "properties": {
+                task.file_field: {
+                    "type": "array",
+                    "items": {"type": "string", "format": "binary"},
+                    "minItems": 1,
+                },
+                "model": {"type": "string"},
+                **{name: option.schema for name, option in task.options.items()},
+            },
+        }
         example = {"model": task.default_model, task.file_field: ["(file contents)"]}
-        return {"required": True, "content": {"multipart/form-data": {
-            "schema": form, "example": example, "encoding": {task.file_field: {"contentType": "application/octet-stream"}}}}}
+        return {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": form,
+                    "example": example,
+                    "encoding": {task.file_field: {"contentType": "application/octet-stream"}},
+                }
+            },
+        }
     assert task.request_model is not None
     schema = task.request_model.model_json_schema()
     if "$defs" in schema:
@@ -139,7 +180,13 @@ def request_body(task: type[ServingTask]) -> dict[str, Any]:
 
 async def list_models(request: Request, server: ModelServer) -> JSONResponse:
     runtime = server.runtime
-    return JSONResponse({"models": [m.public() for m in runtime.models.values()], "refused": runtime.broken, "not_updated": runtime.stale})
+    return JSONResponse(
+        {
+            "models": [m.public() for m in runtime.models.values()],
+            "refused": runtime.broken,
+            "not_updated": runtime.stale,
+        }
+    )
 
 
 async def reload_models(request: Request, server: ModelServer) -> JSONResponse:
@@ -147,12 +194,22 @@ async def reload_models(request: Request, server: ModelServer) -> JSONResponse:
     Needs the API key (off without one). Answers in this worker only (`worker_pid` says which);
     with several workers, restart them instead."""
     if not server.settings.api_key:
-        raise RequestError("model reload is turned off: set TUNESERVE_API_KEY to enable it (and call it with the key)", status=403)
+        raise RequestError(
+            "model reload is turned off: set TUNESERVE_API_KEY to enable it (and call it with the key)",
+            status=403,
+        )
     report = await server.reload()
     log.info("reload: %s", report)
     runtime = server.runtime
-    return JSONResponse({**report, "models": sorted(runtime.models), "refused_now": runtime.broken,
-                         "not_updated": runtime.stale, "worker_pid": os.getpid()})
+    return JSONResponse(
+        {
+            **report,
+            "models": sorted(runtime.models),
+            "refused_now": runtime.broken,
+            "not_updated": runtime.stale,
+            "worker_pid": os.getpid(),
+        }
+    )
 
 
 class ModelList(BaseModel):
@@ -171,14 +228,37 @@ def bound(handler: Callable[[Request, ModelServer], Any], server: ServerRef) -> 
 
 def routes(server: ServerRef) -> list[APIRoute]:
     """Every v1 route: the model list, one per task of the registry, and hot reload."""
-    out = [DirectRoute("/models", bound(list_models, server), methods=["GET"], response_model=ModelList,
-                       summary="The models that serve, and the folders refused at load with why", responses=error_responses(401))]
+    out = [
+        DirectRoute(
+            "/models",
+            bound(list_models, server),
+            methods=["GET"],
+            response_model=ModelList,
+            summary="The models that serve, and the folders refused at load with why",
+            responses=error_responses(401),
+        )
+    ]
     for task in TASKS.values():
         codes = (400, 401, 404, 413, 415, 503) if issubclass(task, FileTask) else (400, 401, 404, 413, 503)
-        out.append(DirectRoute(task.route, task_endpoint(task, server), methods=["POST"], summary=task.summary,
-                               response_model=task.response_model, responses=error_responses(*codes),
-                               openapi_extra={"requestBody": request_body(task)}, operation_id=task.name.replace("-", "_")))
-    out.append(DirectRoute("/admin/reload", bound(reload_models, server), methods=["POST"],
-                           summary="Re-read the model repository; swap in changed models without dropping requests",
-                           responses=error_responses(401, 403, 409)))
+        out.append(
+            DirectRoute(
+                task.route,
+                task_endpoint(task, server),
+                methods=["POST"],
+                summary=task.summary,
+                response_model=task.response_model,
+                responses=error_responses(*codes),
+                openapi_extra={"requestBody": request_body(task)},
+                operation_id=task.name.replace("-", "_"),
+            )
+        )
+    out.append(
+        DirectRoute(
+            "/admin/reload",
+            bound(reload_models, server),
+            methods=["POST"],
+            summary="Re-read the model repository; swap in changed models without dropping requests",
+            responses=error_responses(401, 403, 409),
+        )
+    )
     return out

@@ -25,8 +25,8 @@ from serving.errors import RequestError, UnknownModel
 from serving.protocols.bodies import describe_validation_error, read_body
 from serving.protocols.tensors import (
     InputSpec,
-    column_specs,
     OutputSpec,
+    column_specs,
     decode_binary,
     decode_json,
     encode_binary,
@@ -44,7 +44,15 @@ if TYPE_CHECKING:
 
 HEADER_LENGTH = "inference-header-content-length"
 # Request parameters clients send that concern the protocol, not the model.
-PROTOCOL_PARAMETERS = {"binary_data_output", "priority", "timeout", "sequence_id", "sequence_start", "sequence_end", "headers"}
+PROTOCOL_PARAMETERS = {
+    "binary_data_output",
+    "priority",
+    "timeout",
+    "sequence_id",
+    "sequence_start",
+    "sequence_end",
+    "headers",
+}
 try:
     SERVER_VERSION = version("tuneserve")
 except PackageNotFoundError:  # running from a source tree that is not installed
@@ -89,8 +97,13 @@ class ModelTensors:
         self.parameters = parameter_names(task)
 
     def metadata(self, model: LoadedModel) -> dict[str, Any]:
-        return {"name": model.name, "versions": [model.manifest.version], "platform": "onnxruntime_onnx",
-                "inputs": [s.public() for s in self.inputs + self.columns], "outputs": [s.public() for s in self.outputs]}
+        return {
+            "name": model.name,
+            "versions": [model.manifest.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [s.public() for s in self.inputs + self.columns],
+            "outputs": [s.public() for s in self.outputs],
+        }
 
 
 def tensors_of(model: LoadedModel) -> ModelTensors:
@@ -109,15 +122,19 @@ def parse_infer_body(raw: bytes, header_length: str | None) -> tuple[InferReques
     view = memoryview(raw)
     if header_length is not None:
         if not header_length.strip().isdigit() or int(header_length) > len(raw):
-            raise RequestError(f"Inference-Header-Content-Length {header_length[:20]!r} is not a length within the {len(raw)}-byte body")
-        json_part, binary = view[: int(header_length)], view[int(header_length):]
+            raise RequestError(
+                f"Inference-Header-Content-Length {header_length[:20]!r} is not a length within the {len(raw)}-byte body"
+            )
+        json_part, binary = view[: int(header_length)], view[int(header_length) :]
     else:
-        json_part, binary = view, view[len(raw):]
+        json_part, binary = view, view[len(raw) :]
     try:  # pydantic parses and validates in one pass
         return InferRequest.model_validate_json(bytes(json_part)), binary
     except ValidationError as exc:
         if exc.errors()[0]["type"] == "json_invalid":
-            raise RequestError(f"inference request is not valid JSON: {exc.errors()[0]['msg'][:200]}") from None
+            raise RequestError(
+                f"inference request is not valid JSON: {exc.errors()[0]['msg'][:200]}"
+            ) from None
         if exc.errors()[0]["type"] == "model_type":
             raise RequestError("inference request must be a JSON object") from None
         raise RequestError(describe_validation_error(exc)) from None
@@ -136,13 +153,19 @@ def input_values(request: InferRequest, binary: memoryview, specs: list[InputSpe
         if tensor.name in values:
             raise RequestError(f"input {tensor.name!r} given twice")
         if tensor.datatype != spec.datatype:
-            raise RequestError(f"input {tensor.name!r}: datatype {tensor.datatype} does not match the model's {spec.datatype}")
+            raise RequestError(
+                f"input {tensor.name!r}: datatype {tensor.datatype} does not match the model's {spec.datatype}"
+            )
         if len(tensor.shape) != len(spec.shape) or any(s < 0 for s in tensor.shape):
-            raise RequestError(f"input {tensor.name!r}: shape {tensor.shape} does not match the model's {list(spec.shape)}")
+            raise RequestError(
+                f"input {tensor.name!r}: shape {tensor.shape} does not match the model's {list(spec.shape)}"
+            )
         size = (tensor.parameters or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
-                raise RequestError(f"input {tensor.name!r}: binary_data_size {size!r} runs past the {len(binary)} bytes of binary data")
+                raise RequestError(
+                    f"input {tensor.name!r}: binary_data_size {size!r} runs past the {len(binary)} bytes of binary data"
+                )
             if tensor.data is not None:
                 raise RequestError(f"input {tensor.name!r}: give either data or binary_data_size, not both")
             array = decode_binary(binary[offset : offset + size], spec.datatype, tensor.name)
@@ -154,10 +177,14 @@ def input_values(request: InferRequest, binary: memoryview, specs: list[InputSpe
         else:
             raise RequestError(f"input {tensor.name!r}: no data and no binary_data_size")
         if len(array) != math.prod(tensor.shape):  # exact for any size (numpy's product would overflow)
-            raise RequestError(f"input {tensor.name!r}: shape {tensor.shape} holds {math.prod(tensor.shape)} elements, the data {len(array)}")
+            raise RequestError(
+                f"input {tensor.name!r}: shape {tensor.shape} holds {math.prod(tensor.shape)} elements, the data {len(array)}"
+            )
         values[tensor.name] = array
     if offset != len(binary):
-        raise RequestError(f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size")
+        raise RequestError(
+            f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size"
+        )
     return values
 
 
@@ -165,7 +192,9 @@ def _base64(value: bytes, name: str, index: int) -> bytes:
     try:
         return base64.b64decode(value, validate=True)
     except ValueError:
-        raise RequestError(f"input {name!r}[{index}]: files in JSON tensor data must be base64-encoded (or send binary data)") from None
+        raise RequestError(
+            f"input {name!r}[{index}]: files in JSON tensor data must be base64-encoded (or send binary data)"
+        ) from None
 
 
 def objects_from_columns(columns: list[InputSpec], values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -174,7 +203,9 @@ def objects_from_columns(columns: list[InputSpec], values: dict[str, Any]) -> li
     if len(set(lengths.values())) > 1:
         raise RequestError(f"column tensors differ in length: {lengths}")
     decoded = {c.name: [_column_value(v, c, i) for i, v in enumerate(values[c.name])] for c in columns}
-    return [{name: column[i] for name, column in decoded.items()} for i in range(next(iter(lengths.values())))]
+    return [
+        {name: column[i] for name, column in decoded.items()} for i in range(next(iter(lengths.values())))
+    ]
 
 
 def _column_value(value: Any, spec: InputSpec, index: int) -> Any:
@@ -209,7 +240,9 @@ def task_request(tensors: ModelTensors, model: LoadedModel, request: InferReques
     parameters = {k: v for k, v in (request.parameters or {}).items() if k not in PROTOCOL_PARAMETERS}
     unknown = sorted(set(parameters) - tensors.parameters)
     if unknown:
-        raise RequestError(f"unknown parameter(s) {unknown}; this model reads {sorted(tensors.parameters) or 'none'}")
+        raise RequestError(
+            f"unknown parameter(s) {unknown}; this model reads {sorted(tensors.parameters) or 'none'}"
+        )
     task = tensors.task
     if issubclass(task, FileTask):
         files = [Upload(i, None, v) for i, v in enumerate(values[task.file_field])]
@@ -220,14 +253,20 @@ def task_request(tensors: ModelTensors, model: LoadedModel, request: InferReques
     for spec in tensors.inputs:
         columns = [c for c in tensors.columns if c.column_of == spec.name and c.name in values]
         if spec.name in values and columns:
-            raise RequestError(f"give either {spec.name!r} or its column tensors {[c.name for c in columns]}, not both")
+            raise RequestError(
+                f"give either {spec.name!r} or its column tensors {[c.name for c in columns]}, not both"
+            )
         if spec.name in values:
             body[spec.name] = [_element(v, spec, i) for i, v in enumerate(values[spec.name])]
         elif columns:
             body[spec.name] = objects_from_columns(columns, values)
         else:
-            alternative = " (or its column tensors)" if any(c.column_of == spec.name for c in tensors.columns) else ""
-            raise RequestError(f"missing input {spec.name!r}{alternative}; the model takes {[s.public() for s in tensors.inputs]}")
+            alternative = (
+                " (or its column tensors)" if any(c.column_of == spec.name for c in tensors.columns) else ""
+            )
+            raise RequestError(
+                f"missing input {spec.name!r}{alternative}; the model takes {[s.public() for s in tensors.inputs]}"
+            )
     try:
         assert task.request_model is not None
         return task.request_model.model_validate({"model": model.name, **body, **parameters})
@@ -248,17 +287,23 @@ def requested_outputs(tensors: ModelTensors, request: InferRequest) -> list[tupl
     for requested in request.outputs:
         spec = tensors.outputs_by_name.get(requested.name)
         if spec is None:
-            raise RequestError(f"unknown output {requested.name!r}; the model answers {sorted(tensors.outputs_by_name)}")
+            raise RequestError(
+                f"unknown output {requested.name!r}; the model answers {sorted(tensors.outputs_by_name)}"
+            )
         wanted.append((spec, bool((requested.parameters or {}).get("binary_data", binary_default))))
     return wanted
 
 
-def output_values(tensors: ModelTensors, request: InferRequest, results: dict[str, Any]) -> list[tuple[OutputSpec, list[Any], tuple[int, ...]]]:
+def output_values(
+    tensors: ModelTensors, request: InferRequest, results: dict[str, Any]
+) -> list[tuple[OutputSpec, list[Any], tuple[int, ...]]]:
     """Each requested output's flat values and shape, from the task's answer."""
     return [(spec, *spec.extract(results)) for spec, _ in requested_outputs(tensors, request)]
 
 
-def infer_response(model: LoadedModel, tensors: ModelTensors, request: InferRequest, results: dict[str, Any]) -> Response:
+def infer_response(
+    model: LoadedModel, tensors: ModelTensors, request: InferRequest, results: dict[str, Any]
+) -> Response:
     outputs, blobs = [], []
     for spec, binary in requested_outputs(tensors, request):
         values, shape = spec.extract(results)
@@ -276,14 +321,19 @@ def infer_response(model: LoadedModel, tensors: ModelTensors, request: InferRequ
     if not blobs:
         return JSONResponse(body)
     header = json.dumps(body, separators=(",", ":")).encode()
-    return Response(header + b"".join(blobs), media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(header))})
+    return Response(
+        header + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
 
 
 # --- clients' side: a task's sample as an inference request ----------------------------------------
 
 
-def sample_tensors(task: type[ServingTask], sample: Sample, binary: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def sample_tensors(
+    task: type[ServingTask], sample: Sample, binary: bool = True
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """A sample request of the task (serving/tasks) as v2 input arrays and parameters: files as
     BYTES (base64 unless `binary`), texts as UTF-8 BYTES, rows as JSON BYTES, series as FP32."""
     if issubclass(task, FileTask):
@@ -297,7 +347,9 @@ def sample_tensors(task: type[ServingTask], sample: Sample, binary: bool = True)
         if spec.kind == "numbers":
             arrays[spec.name] = np.array([np.nan if v is None else v for v in values], dtype=np.float32)
         else:
-            arrays[spec.name] = np.array([(v if isinstance(v, str) else json.dumps(v)).encode() for v in values], dtype=np.object_)
+            arrays[spec.name] = np.array(
+                [(v if isinstance(v, str) else json.dumps(v)).encode() for v in values], dtype=np.object_
+            )
     return arrays, {k: v for k, v in sample.json.items() if k not in arrays and k != "model"}
 
 
@@ -308,7 +360,14 @@ def binary_infer_body(arrays: dict[str, np.ndarray], parameters: dict[str, Any])
     for name, values in arrays.items():
         datatype = "BYTES" if values.dtype == np.object_ else "FP32"
         blob = encode_binary(values, datatype)
-        inputs.append({"name": name, "shape": list(values.shape), "datatype": datatype, "parameters": {"binary_data_size": len(blob)}})
+        inputs.append(
+            {
+                "name": name,
+                "shape": list(values.shape),
+                "datatype": datatype,
+                "parameters": {"binary_data_size": len(blob)},
+            }
+        )
         blobs.append(blob)
     header = json.dumps({"inputs": inputs, "parameters": {**parameters, "binary_data_output": True}}).encode()
     return header + b"".join(blobs), len(header)
@@ -321,14 +380,20 @@ def find_model(server: ModelServer, name: str, model_version: str | None) -> Loa
     model = server.runtime.models.get(name)
     if model is None:
         shown = repr(name) if len(name) <= 100 else f"{name[:100]!r}…"
-        raise UnknownModel(f"unknown model {shown}; available models: {sorted(server.runtime.models) or 'none'}")
+        raise UnknownModel(
+            f"unknown model {shown}; available models: {sorted(server.runtime.models) or 'none'}"
+        )
     if model_version is not None and model_version != model.manifest.version:
-        raise UnknownModel(f"model {name!r} has no version {model_version[:40]!r}; it serves version {model.manifest.version!r}")
+        raise UnknownModel(
+            f"model {name!r} has no version {model_version[:40]!r}; it serves version {model.manifest.version!r}"
+        )
     return model
 
 
 async def server_metadata(request: Request, server: ModelServer) -> JSONResponse:
-    return JSONResponse({"name": "tuneserve", "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
+    return JSONResponse(
+        {"name": "tuneserve", "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]}
+    )
 
 
 async def live(request: Request, server: ModelServer) -> JSONResponse:
@@ -352,30 +417,66 @@ async def model_ready(request: Request, server: ModelServer) -> JSONResponse:
 
 async def infer(request: Request, server: ModelServer) -> Response:
     model = find_model(server, request.path_params["name"], request.path_params.get("version"))
-    body, binary = parse_infer_body(await read_body(request, server.settings.max_body_bytes), request.headers.get(HEADER_LENGTH))
+    body, binary = parse_infer_body(
+        await read_body(request, server.settings.max_body_bytes), request.headers.get(HEADER_LENGTH)
+    )
     tensors = tensors_of(model)
     results = await server.infer(model, task_request(tensors, model, body, binary))
     return infer_response(model, tensors, body, results)
 
 
 def routes(server: ServerRef) -> list[APIRoute]:
-    infer_body = {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
-                                     "description": "binary tensor data extension: the JSON request (Inference-Header-Content-Length bytes), then the tensors"}}}}
+    infer_body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+                },
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "description": "binary tensor data extension: the JSON request (Inference-Header-Content-Length bytes), then the tensors",
+                },
+            },
+        }
+    }
     out: list[APIRoute] = []
-    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):  # inference first: matched on every request
-        out.append(DirectRoute(prefix + "/infer", bound(infer, server), methods=["POST"], summary="Inference with JSON or binary tensors",
-                               responses=error_responses(400, 401, 404, 413, 503), openapi_extra=infer_body))
+    for prefix in (
+        "/v2/models/{name}",
+        "/v2/models/{name}/versions/{version}",
+    ):  # inference first: matched on every request
+        out.append(
+            DirectRoute(
+                prefix + "/infer",
+                bound(infer, server),
+                methods=["POST"],
+                summary="Inference with JSON or binary tensors",
+                responses=error_responses(400, 401, 404, 413, 503),
+                openapi_extra=infer_body,
+            )
+        )
     out += [
         DirectRoute("/v2", bound(server_metadata, server), methods=["GET"], summary="Server metadata"),
         DirectRoute("/v2/health/live", bound(live, server), methods=["GET"], summary="Liveness"),
-        DirectRoute("/v2/health/ready", bound(ready, server), methods=["GET"], summary="Readiness (503 until ready)"),
+        DirectRoute(
+            "/v2/health/ready", bound(ready, server), methods=["GET"], summary="Readiness (503 until ready)"
+        ),
     ]
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         out += [
-            DirectRoute(prefix, bound(model_metadata, server), methods=["GET"], summary="Model metadata: its input and output tensors",
-                        responses=error_responses(401, 404)),
-            DirectRoute(prefix + "/ready", bound(model_ready, server), methods=["GET"], summary="Model readiness", responses=error_responses(401, 404)),
+            DirectRoute(
+                prefix,
+                bound(model_metadata, server),
+                methods=["GET"],
+                summary="Model metadata: its input and output tensors",
+                responses=error_responses(401, 404),
+            ),
+            DirectRoute(
+                prefix + "/ready",
+                bound(model_ready, server),
+                methods=["GET"],
+                summary="Model readiness",
+                responses=error_responses(401, 404),
+            ),
         ]
     return out

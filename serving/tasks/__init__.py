@@ -36,7 +36,18 @@ def task_for_route(route: str) -> type[ServingTask]:
     for task in TASKS.values():
         if task.route == key:
             return task
-    raise ValueError(f"unknown endpoint {route!r}; known: {', '.join(t.route.lstrip('/') for t in TASKS.values())}")
+    raise ValueError(
+        f"unknown endpoint {route!r}; known: {', '.join(t.route.lstrip('/') for t in TASKS.values())}"
+    )
 
 
-__all__ = ["TASKS", "FileRequest", "FileTask", "Sample", "ServingTask", "Upload", "get_task", "task_for_route"]
+__all__ = [
+    "TASKS",
+    "FileRequest",
+    "FileTask",
+    "Sample",
+    "ServingTask",
+    "Upload",
+    "get_task",
+    "task_for_route",
+]

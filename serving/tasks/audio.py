@@ -8,7 +8,7 @@ import io
 import wave
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -41,7 +41,9 @@ class AudioPrediction(BaseModel):
     end_s: float
     scores: dict[str, float]
     speech: bool
-    file: str | None = Field(description="the upload's filename", json_schema_extra={"tensor": False})  # v2 sends no filenames
+    file: str | None = Field(
+        description="the upload's filename", json_schema_extra={"tensor": False}
+    )  # v2 sends no filenames
 
 
 class AudioClassifyAnswer(Answer):
@@ -55,7 +57,11 @@ class AudioClassification(FileTask[AudioClip, np.ndarray, np.ndarray]):
     default_model = "keywords"
     response_model = AudioClassifyAnswer
     file_field = "audio"
-    content_types = {".wav": "audio/wav", ".flac": "audio/flac", ".ogg": "audio/ogg"}
+    content_types: ClassVar[dict[str, str]] = {
+        ".wav": "audio/wav",
+        ".flac": "audio/flac",
+        ".ogg": "audio/ogg",
+    }
     load_samples = 16
 
     def __init__(self, model_dir: Path, manifest: Manifest, session: Any, settings: Settings) -> None:
@@ -77,10 +83,20 @@ class AudioClassification(FileTask[AudioClip, np.ndarray, np.ndarray]):
         windows = []
         for start, end in self.vad.segments(samples):
             # segments longer than a window are covered by windows overlapping by half
-            offsets = np.arange(start, max(start, end - window) + 1e-9, window / 2) if end - start > window else [max(0.0, (start + end - window) / 2)]
+            offsets = (
+                np.arange(start, max(start, end - window) + 1e-9, window / 2)
+                if end - start > window
+                else [max(0.0, (start + end - window) / 2)]
+            )
             for offset in offsets:
                 piece = samples[int(offset * rate) : int((offset + window) * rate)]
-                windows.append(AudioWindow(self.front_end(piece), round(max(start, offset), 3), round(min(end, offset + window), 3)))
+                windows.append(
+                    AudioWindow(
+                        self.front_end(piece),
+                        round(max(start, offset), 3),
+                        round(min(end, offset + window), 3),
+                    )
+                )
         return AudioClip(duration, windows)
 
     def items(self, clips: list[AudioClip]) -> list[np.ndarray]:
@@ -93,7 +109,9 @@ class AudioClassification(FileTask[AudioClip, np.ndarray, np.ndarray]):
     def answer(self, request: FileRequest, clips: list[AudioClip], probs: list[np.ndarray]) -> dict[str, Any]:
         predictions, used = [], 0
         for upload, clip in zip(request.files, clips):
-            predictions.append({**self.combine(clip, probs[used : used + len(clip.windows)]), "file": upload.filename})
+            predictions.append(
+                {**self.combine(clip, probs[used : used + len(clip.windows)]), "file": upload.filename}
+            )
             used += len(clip.windows)
         return {"predictions": predictions}
 
@@ -101,7 +119,14 @@ class AudioClassification(FileTask[AudioClip, np.ndarray, np.ndarray]):
         labels = self.manifest.labels
         if not clip.windows:
             scores = {label: float(label == SILENCE) for label in labels}
-            return {"label": SILENCE, "score": 1.0, "start_s": 0.0, "end_s": round(clip.duration_s, 3), "scores": scores, "speech": False}
+            return {
+                "label": SILENCE,
+                "score": 1.0,
+                "start_s": 0.0,
+                "end_s": round(clip.duration_s, 3),
+                "scores": scores,
+                "speech": False,
+            }
         keywords = [i for i, label in enumerate(labels) if label not in (SILENCE, UNKNOWN)]
 
         def strength(row: np.ndarray) -> float:  # a window counts by its best keyword when a keyword wins it
@@ -111,8 +136,14 @@ class AudioClassification(FileTask[AudioClip, np.ndarray, np.ndarray]):
         best = 0 if len(probs) == 1 else max(range(len(probs)), key=lambda i: strength(probs[i]))
         row, window = probs[best], clip.windows[best]
         top = int(row.argmax())
-        return {"label": labels[top], "score": float(row[top]), "start_s": window.start_s, "end_s": window.end_s,
-                "scores": dict(zip(labels, row.tolist())), "speech": True}
+        return {
+            "label": labels[top],
+            "score": float(row[top]),
+            "start_s": window.start_s,
+            "end_s": window.end_s,
+            "scores": dict(zip(labels, row.tolist())),
+            "speech": True,
+        }
 
     @classmethod
     def samples(cls, count: int, model: str | None = None) -> list[Sample]:
@@ -129,5 +160,10 @@ class AudioClassification(FileTask[AudioClip, np.ndarray, np.ndarray]):
                 w.setsampwidth(2)
                 w.setframerate(rate)
                 w.writeframes((np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes())
-            out.append(Sample(files=((f"clip{i}.wav", buf.getvalue(), "audio/wav"),), fields=(("model", model),) if model else ()))
+            out.append(
+                Sample(
+                    files=((f"clip{i}.wav", buf.getvalue(), "audio/wav"),),
+                    fields=(("model", model),) if model else (),
+                )
+            )
         return out

@@ -187,7 +187,10 @@ class FileTask(ServingTask[list[Prepared], Item, Output]):
         """`prepare_file` with the size limit, and errors that name the file."""
         name = upload.label(self.file_field)
         if len(upload.data) > self.settings.max_file_bytes:
-            raise RequestError(f"{name}: {len(upload.data) / 2**20:.1f} MiB; the limit is {self.settings.max_file_mb:g} MiB per file", status=413)
+            raise RequestError(
+                f"{name}: {len(upload.data) / 2**20:.1f} MiB; the limit is {self.settings.max_file_mb:g} MiB per file",
+                status=413,
+            )
         try:
             return self.prepare_file(bytes(upload.data))
         except InputError as exc:
@@ -199,4 +202,6 @@ class FileTask(ServingTask[list[Prepared], Item, Output]):
     @classmethod
     def cli_request(cls, inputs: list[str], options: dict[str, Any], model: str) -> FileRequest:
         fields = {name: str(options[name]) for name in cls.options if options.get(name) is not None}
-        return FileRequest(model, [Upload(i, Path(p).name, Path(p).read_bytes()) for i, p in enumerate(inputs)], fields)
+        return FileRequest(
+            model, [Upload(i, Path(p).name, Path(p).read_bytes()) for i, p in enumerate(inputs)], fields
+        )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field, StrictInt
@@ -20,8 +20,11 @@ from serving.tasks.base import Answer, Option, Sample, ServingTask, TaskRequest
 
 
 class ForecastRequest(TaskRequest):
-    history: list[Any] = Field(min_length=1, description="numbers or null (gaps), oldest first; at least the model's window",
-                               json_schema_extra={"tensor": "FP32"})  # on v2: an FP32 tensor, NaN for a gap
+    history: list[Any] = Field(
+        min_length=1,
+        description="numbers or null (gaps), oldest first; at least the model's window",
+        json_schema_extra={"tensor": "FP32"},
+    )  # on v2: an FP32 tensor, NaN for a gap
     horizon: StrictInt | None = Field(None, description="steps ahead; default: the model's maximum")
 
 
@@ -48,20 +51,30 @@ class Forecasting(ServingTask[SeriesInput, np.ndarray, np.ndarray]):
     default_model = "energy-demand"
     request_model = ForecastRequest
     response_model = ForecastAnswer
-    options = {"horizon": Option(int, "steps ahead (default: the model's maximum)", {"type": "integer", "minimum": 1})}
+    options: ClassVar[dict[str, Option]] = {
+        "horizon": Option(
+            int, "steps ahead (default: the model's maximum)", {"type": "integer", "minimum": 1}
+        )
+    }
     load_samples = 50
 
     def __init__(self, model_dir: Path, manifest: Manifest, session: Any, settings: Settings) -> None:
         super().__init__(model_dir, manifest, session, settings)
         p = manifest.preprocessing
-        self.window, self.max_horizon, self.max_gap = int(p["window"]), int(p["horizon"]), int(p.get("max_gap", 3))
+        self.window, self.max_horizon, self.max_gap = (
+            int(p["window"]),
+            int(p["horizon"]),
+            int(p.get("max_gap", 3)),
+        )
         self.quantile_names = list(manifest.labels)
         self.input_name = session.get_inputs()[0].name
 
     def prepare(self, request: ForecastRequest) -> SeriesInput:
         horizon = self.max_horizon if request.horizon is None else request.horizon
         if not 1 <= horizon <= self.max_horizon:
-            raise InputError(f"horizon: {horizon} is out of range; the model forecasts 1..{self.max_horizon} steps")
+            raise InputError(
+                f"horizon: {horizon} is out of range; the model forecasts 1..{self.max_horizon} steps"
+            )
         values, interpolated = clean_history(request.history, self.window, self.max_gap)
         window, loc, scale = standardise(values)
         return SeriesInput(window, float(loc[0]), float(scale[0]), horizon, interpolated)
@@ -73,15 +86,25 @@ class Forecasting(ServingTask[SeriesInput, np.ndarray, np.ndarray]):
         (out,) = self.session.run(None, {self.input_name: np.stack(windows)})
         return list(out)
 
-    def answer(self, request: ForecastRequest, prepared: SeriesInput, outputs: list[np.ndarray]) -> dict[str, Any]:
+    def answer(
+        self, request: ForecastRequest, prepared: SeriesInput, outputs: list[np.ndarray]
+    ) -> dict[str, Any]:
         values = outputs[0][: prepared.horizon].astype(np.float64) * prepared.scale + prepared.loc
         quantiles = {name: values[:, i].tolist() for i, name in enumerate(self.quantile_names)}
         median = quantiles.get("p50", values[:, len(self.quantile_names) // 2].tolist())
-        return {"horizon": prepared.horizon, "forecast": median, "quantiles": quantiles, "interpolated": prepared.interpolated}
+        return {
+            "horizon": prepared.horizon,
+            "forecast": median,
+            "quantiles": quantiles,
+            "interpolated": prepared.interpolated,
+        }
 
     @classmethod
     def samples(cls, count: int, model: str | None = None) -> list[Sample]:
-        return [Sample(json={**({"model": model} if model else {}), "history": h, "horizon": 24}) for h in sample_histories(count)]
+        return [
+            Sample(json={**({"model": model} if model else {}), "history": h, "horizon": 24})
+            for h in sample_histories(count)
+        ]
 
     @classmethod
     def cli_request(cls, inputs: list[str], options: dict[str, Any], model: str) -> ForecastRequest:
@@ -97,7 +120,13 @@ def sample_histories(count: int, length: int = 336) -> list[list[float]]:
     rng = np.random.default_rng(0)
     hours = np.arange(length)
     return [
-        np.round(500 + 120 * np.sin(2 * np.pi * (hours + s) / 24) + 40 * np.sin(2 * np.pi * hours / 168) + rng.normal(0, 10, length), 2).tolist()
+        np.round(
+            500
+            + 120 * np.sin(2 * np.pi * (hours + s) / 24)
+            + 40 * np.sin(2 * np.pi * hours / 168)
+            + rng.normal(0, 10, length),
+            2,
+        ).tolist()
         for s in range(count)
     ]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -27,7 +27,9 @@ class ImagePrediction(BaseModel):
     label: str
     score: float
     top_k: list[Ranked]
-    file: str | None = Field(description="the upload's filename", json_schema_extra={"tensor": False})  # v2 sends no filenames
+    file: str | None = Field(
+        description="the upload's filename", json_schema_extra={"tensor": False}
+    )  # v2 sends no filenames
 
 
 class ImageClassifyAnswer(Answer):
@@ -41,8 +43,14 @@ class ImageClassification(FileTask[np.ndarray, np.ndarray, np.ndarray]):
     default_model = "imagenet"
     response_model = ImageClassifyAnswer
     file_field = "images"
-    options = {"top_k": Option(int, "classes to rank per image (default 5)", {"type": "integer", "minimum": 1})}
-    content_types = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+    options: ClassVar[dict[str, Option]] = {
+        "top_k": Option(int, "classes to rank per image (default 5)", {"type": "integer", "minimum": 1})
+    }
+    content_types: ClassVar[dict[str, str]] = {
+        ".jpg": "image/jpeg",
+        ".jpeg": "image/jpeg",
+        ".png": "image/png",
+    }
     load_samples = 16
 
     def __init__(self, model_dir: Path, manifest: Manifest, session: Any, settings: Settings) -> None:
@@ -64,7 +72,9 @@ class ImageClassification(FileTask[np.ndarray, np.ndarray, np.ndarray]):
             raise RequestError(f"top_k: expected an integer between 1 and {classes}")
         value = int(raw)
         if not 1 <= value <= classes:
-            raise RequestError(f"top_k: {value} is out of range; the model has {classes} classes (1..{classes})")
+            raise RequestError(
+                f"top_k: {value} is out of range; the model has {classes} classes (1..{classes})"
+            )
         return value
 
     def prepare_file(self, data: bytes) -> np.ndarray:
@@ -77,7 +87,9 @@ class ImageClassification(FileTask[np.ndarray, np.ndarray, np.ndarray]):
         (logits,) = self.session.run(None, {self.input_name: np.stack(images)})
         return list(softmax(logits))
 
-    def answer(self, request: FileRequest, prepared: list[np.ndarray], outputs: list[np.ndarray]) -> dict[str, Any]:
+    def answer(
+        self, request: FileRequest, prepared: list[np.ndarray], outputs: list[np.ndarray]
+    ) -> dict[str, Any]:
         ranked = top_k(np.stack(outputs), self.manifest.labels, self.top_k(request))
         return {"predictions": [{**r, "file": u.filename} for r, u in zip(ranked, request.files)]}
 
@@ -90,9 +102,16 @@ class ImageClassification(FileTask[np.ndarray, np.ndarray, np.ndarray]):
         size, out = 224, []
         for i in range(count):
             yy, xx = np.mgrid[0:size, 0:size] / size
-            base = np.stack([xx * rng.uniform(50, 255), yy * rng.uniform(50, 255), (xx + yy) * rng.uniform(20, 127)], -1)
+            base = np.stack(
+                [xx * rng.uniform(50, 255), yy * rng.uniform(50, 255), (xx + yy) * rng.uniform(20, 127)], -1
+            )
             pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
             ext, kind = (".png", "image/png") if i % 2 == 0 else (".jpg", "image/jpeg")
-            ok, encoded = cv2.imencode(ext, pixels[..., ::-1])
-            out.append(Sample(files=((f"sample{i}{ext}", encoded.tobytes(), kind),), fields=(("model", model),) if model else ()))
+            _ok, encoded = cv2.imencode(ext, pixels[..., ::-1])
+            out.append(
+                Sample(
+                    files=((f"sample{i}{ext}", encoded.tobytes(), kind),),
+                    fields=(("model", model),) if model else (),
+                )
+            )
         return out

@@ -24,7 +24,9 @@ Block = dict[str, np.ndarray]
 
 
 class TabularRequest(TaskRequest):
-    rows: list[Any] = Field(min_length=1, description="objects of feature → value; each is checked against the model's schema")
+    rows: list[Any] = Field(
+        min_length=1, description="objects of feature → value; each is checked against the model's schema"
+    )
 
 
 class RowPrediction(BaseModel):
@@ -54,7 +56,9 @@ class TabularClassification(ServingTask[Block, Block, list[dict[str, Any]]]):
 
     def check(self, request: TabularRequest) -> None:
         if len(request.rows) > self.encoder.max_rows:
-            raise RequestError(f"rows: {len(request.rows)} rows; at most {self.encoder.max_rows} per request", status=413)
+            raise RequestError(
+                f"rows: {len(request.rows)} rows; at most {self.encoder.max_rows} per request", status=413
+            )
 
     def item_fields(self) -> dict[str, dict[str, str]]:
         kinds = {"numeric": "number", "categorical": "string", "boolean": "boolean"}
@@ -88,12 +92,16 @@ class TabularClassification(ServingTask[Block, Block, list[dict[str, Any]]]):
             start += n
         return out
 
-    def answer(self, request: TabularRequest, block: Block, outputs: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    def answer(
+        self, request: TabularRequest, block: Block, outputs: list[list[dict[str, Any]]]
+    ) -> dict[str, Any]:
         return {"predictions": outputs[0]}
 
     @classmethod
     def samples(cls, count: int, model: str | None = None) -> list[Sample]:
-        return [Sample(json={**({"model": model} if model else {}), "rows": [row]}) for row in sample_rows(count)]
+        return [
+            Sample(json={**({"model": model} if model else {}), "rows": [row]}) for row in sample_rows(count)
+        ]
 
     @classmethod
     def cli_request(cls, inputs: list[str], options: dict[str, Any], model: str) -> TabularRequest:
@@ -109,16 +117,34 @@ class TabularClassification(ServingTask[Block, Block, list[dict[str, Any]]]):
 def sample_rows(count: int) -> list[dict[str, Any]]:
     """Credit applications in the default (`credit-risk`) model's schema."""
     rng = np.random.default_rng(0)
-    kinds, homes = ["salaried", "self_employed", "contract", "unemployed", "retired"], ["rent", "mortgage", "own"]
-    purposes = ["debt_consolidation", "home_improvement", "car", "education", "medical", "small_business", "other"]
+    kinds, homes = (
+        ["salaried", "self_employed", "contract", "unemployed", "retired"],
+        ["rent", "mortgage", "own"],
+    )
+    purposes = [
+        "debt_consolidation",
+        "home_improvement",
+        "car",
+        "education",
+        "medical",
+        "small_business",
+        "other",
+    ]
     return [
         {
-            "age": int(rng.integers(21, 75)), "employment": kinds[i % 5], "annual_income": float(round(rng.lognormal(10.8, 0.5), -2)),
-            "home_ownership": homes[i % 3], "credit_history_years": float(round(rng.uniform(0, 25), 1)),
-            "open_credit_lines": int(rng.integers(1, 15)), "credit_utilization": float(round(rng.beta(2, 4), 3)),
-            "debt_to_income": float(round(rng.uniform(0, 0.6), 3)), "delinquencies_2y": int(rng.poisson(0.3)),
-            "loan_purpose": purposes[i % 7], "loan_amount": float(round(rng.uniform(1_000, 40_000), -2)),
-            "term_months": [36, 60][i % 2], "has_cosigner": bool(i % 11 == 0),
+            "age": int(rng.integers(21, 75)),
+            "employment": kinds[i % 5],
+            "annual_income": float(round(rng.lognormal(10.8, 0.5), -2)),
+            "home_ownership": homes[i % 3],
+            "credit_history_years": float(round(rng.uniform(0, 25), 1)),
+            "open_credit_lines": int(rng.integers(1, 15)),
+            "credit_utilization": float(round(rng.beta(2, 4), 3)),
+            "debt_to_income": float(round(rng.uniform(0, 0.6), 3)),
+            "delinquencies_2y": int(rng.poisson(0.3)),
+            "loan_purpose": purposes[i % 7],
+            "loan_amount": float(round(rng.uniform(1_000, 40_000), -2)),
+            "term_months": [36, 60][i % 2],
+            "has_cosigner": bool(i % 11 == 0),
         }
         for i in range(count)
     ]

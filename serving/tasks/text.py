@@ -61,7 +61,9 @@ class TextTask(ServingTask[list[str], str, dict[str, Any]]):
             (logits,) = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})
             probs = softmax(logits)
             for row, pos in enumerate(positions):
-                answers[pos] = self.text_answer(texts[pos], probs[row], batch.encodings[row], batch.truncated[row])
+                answers[pos] = self.text_answer(
+                    texts[pos], probs[row], batch.encodings[row], batch.truncated[row]
+                )
         return answers
 
     def text_answer(self, text: str, probs: np.ndarray, encoding: Any, truncated: bool) -> dict[str, Any]:
@@ -69,7 +71,10 @@ class TextTask(ServingTask[list[str], str, dict[str, Any]]):
 
     @classmethod
     def samples(cls, count: int, model: str | None = None) -> list[Sample]:
-        return [Sample(json={**({"model": model} if model else {}), "texts": [t]}) for t in varied_texts(cls.templates, count)]
+        return [
+            Sample(json={**({"model": model} if model else {}), "texts": [t]})
+            for t in varied_texts(cls.templates, count)
+        ]
 
     @classmethod
     def cli_request(cls, inputs: list[str], options: dict[str, Any], model: str) -> TextRequest:
@@ -93,14 +98,26 @@ class TextClassification(TextTask):
     summary = "Classify texts (e.g. customer-service intent); one prediction per text, in order"
     default_model = "intent"
     response_model = TextClassifyAnswer
-    templates = [
-        "what's my current balance", "I think someone stole my debit card", "send {n} dollars to my sister",
-        "there is a charge of ${n} I don't recognise", "how do I change my PIN", "I'd like to open a savings account",
-        "please close my checking account", "what are your mortgage rates for {n} years", "I moved, update my address",
-        "let me talk to a real person", "can I afford a ${n} purchase right now", "my card was swallowed by the ATM",
-        "transfer {n} from savings to checking tomorrow", "I was charged twice for the same order #{n}",
-        "forgot my pin after {n} tries and now it's locked", "how much can I borrow for a car loan of {n}k",
-        "change my phone number to 555-01{n}", "this bot is useless, get me an agent", "open a joint account with my partner",
+    templates: ClassVar[list[str]] = [
+        "what's my current balance",
+        "I think someone stole my debit card",
+        "send {n} dollars to my sister",
+        "there is a charge of ${n} I don't recognise",
+        "how do I change my PIN",
+        "I'd like to open a savings account",
+        "please close my checking account",
+        "what are your mortgage rates for {n} years",
+        "I moved, update my address",
+        "let me talk to a real person",
+        "can I afford a ${n} purchase right now",
+        "my card was swallowed by the ATM",
+        "transfer {n} from savings to checking tomorrow",
+        "I was charged twice for the same order #{n}",
+        "forgot my pin after {n} tries and now it's locked",
+        "how much can I borrow for a car loan of {n}k",
+        "change my phone number to 555-01{n}",
+        "this bot is useless, get me an agent",
+        "open a joint account with my partner",
         "I'm leaving the bank, shut everything down",
     ]
 
@@ -109,7 +126,9 @@ class TextClassification(TextTask):
         answer["truncated"] = truncated
         return answer
 
-    def answer(self, request: TextRequest, prepared: list[str], outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    def answer(
+        self, request: TextRequest, prepared: list[str], outputs: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         return {"predictions": outputs}
 
 
@@ -132,11 +151,15 @@ class TokenClassification(TextTask):
     summary = "Entities in texts, as character spans into each original text"
     default_model = "entities"
     response_model = EntitiesAnswer
-    templates = [
-        "Send ${n} to Maria Lopez at Chase in Denver on March 3rd", "Pay {n} dollars to Ahmed Khan by next Friday",
-        "I flew Delta from Boston to Paris on 03/04/2025 and paid €{n}", "Refund {n} euros from Amazon to Yuki Tanaka",
-        "Dr Priya Natarajan from Vodafone called me in Mumbai last Monday", "my rent of ${n} to Mr Okafor is due on the 5th",
-        "Lufthansa charged £{n} for my flight to Berlin on 12 May", "Chen Wei at HSBC said the wire of {n} dollars left yesterday",
+    templates: ClassVar[list[str]] = [
+        "Send ${n} to Maria Lopez at Chase in Denver on March 3rd",
+        "Pay {n} dollars to Ahmed Khan by next Friday",
+        "I flew Delta from Boston to Paris on 03/04/2025 and paid €{n}",
+        "Refund {n} euros from Amazon to Yuki Tanaka",
+        "Dr Priya Natarajan from Vodafone called me in Mumbai last Monday",
+        "my rent of ${n} to Mr Okafor is due on the 5th",
+        "Lufthansa charged £{n} for my flight to Berlin on 12 May",
+        "Chen Wei at HSBC said the wire of {n} dollars left yesterday",
     ]
 
     def __init__(self, model_dir: Path, manifest: Manifest, session: Any, settings: Settings) -> None:
@@ -149,8 +172,13 @@ class TokenClassification(TextTask):
         words = self.spans.words_from_encoding(encoding, probs, self.manifest.labels)
         return {"entities": self.spans.decode_spans(text, words), "truncated": truncated}
 
-    def answer(self, request: TextRequest, prepared: list[str], outputs: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"predictions": [o["entities"] for o in outputs], "truncated": [o["truncated"] for o in outputs]}
+    def answer(
+        self, request: TextRequest, prepared: list[str], outputs: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        return {
+            "predictions": [o["entities"] for o in outputs],
+            "truncated": [o["truncated"] for o in outputs],
+        }
 
     @classmethod
     def cli_rows(cls, inputs: list[str], answer: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -159,7 +187,9 @@ class TokenClassification(TextTask):
     @staticmethod
     def cli_line(given: str, prediction: Any) -> str:
         entities, truncated = prediction
-        found = ", ".join(f"{e['label']} {e['text']!r} [{e['start']}:{e['end']}] {e['score']:.2f}" for e in entities)
+        found = ", ".join(
+            f"{e['label']} {e['text']!r} [{e['start']}:{e['end']}] {e['score']:.2f}" for e in entities
+        )
         return f"{given}\n  → {found or 'no entities'}{' (truncated)' if truncated else ''}"
 
 
@@ -171,6 +201,8 @@ def varied_texts(templates: list[str], count: int) -> list[str]:
     """Distinct texts: every (template, opener, closer) combination once before any repeats."""
     t, o = len(templates), len(_OPENERS)
     return [
-        _OPENERS[(i // t) % o] + templates[i % t].format(n=17 + (i * 37) % 983) + _CLOSERS[(i // (t * o)) % len(_CLOSERS)]
+        _OPENERS[(i // t) % o]
+        + templates[i % t].format(n=17 + (i * 37) % 983)
+        + _CLOSERS[(i // (t * o)) % len(_CLOSERS)]
         for i in range(count)
     ]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -50,7 +50,9 @@ class ArrayExamples:
 Transform = Callable[[dict[str, np.ndarray], Targets], tuple[dict[str, np.ndarray], Targets]]
 
 
-def array_loader(examples: ArrayExamples, batch_size: int, shuffle: bool, seed: int, transform: Transform | None = None) -> DataLoader:
+def array_loader(
+    examples: ArrayExamples, batch_size: int, shuffle: bool, seed: int, transform: Transform | None = None
+) -> DataLoader:
     """Batches of (inputs dict, targets) tensors, sliced straight from the arrays; `transform`
     (training augmentation) maps each batch's arrays before they become tensors."""
 
@@ -62,4 +64,6 @@ def array_loader(examples: ArrayExamples, batch_size: int, shuffle: bool, seed: 
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}, _tensors(targets)
 
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(range(len(examples)), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator)
+    return DataLoader(
+        range(len(examples)), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator
+    )

@@ -37,12 +37,11 @@ Labels outside ENTITY_TYPES are kept as given. Errors in a file name the file an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+import itertools
 import json
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,114 +58,516 @@ class SpanExample:
 
 FIRST_NAMES = (
     # English
-    "James", "Emily", "Oliver", "Charlotte", "Thomas", "Sarah", "Daniel", "Hannah", "Michael", "Jessica",
-    "Ryan", "Laura", "Kevin", "Rachel", "Siobhan", "Liam",
+    "James",
+    "Emily",
+    "Oliver",
+    "Charlotte",
+    "Thomas",
+    "Sarah",
+    "Daniel",
+    "Hannah",
+    "Michael",
+    "Jessica",
+    "Ryan",
+    "Laura",
+    "Kevin",
+    "Rachel",
+    "Siobhan",
+    "Liam",
     # Spanish, Portuguese
-    "Maria", "José", "Carlos", "Lucia", "Alejandro", "Sofia", "Diego", "Carmen", "Javier", "Valentina", "João",
+    "Maria",
+    "José",
+    "Carlos",
+    "Lucia",
+    "Alejandro",
+    "Sofia",
+    "Diego",
+    "Carmen",
+    "Javier",
+    "Valentina",
+    "João",
     # Arabic
-    "Ahmed", "Fatima", "Omar", "Layla", "Yusuf", "Aisha", "Khalid", "Mariam", "Hassan", "Noor",
+    "Ahmed",
+    "Fatima",
+    "Omar",
+    "Layla",
+    "Yusuf",
+    "Aisha",
+    "Khalid",
+    "Mariam",
+    "Hassan",
+    "Noor",
     # Chinese
-    "Wei", "Mei", "Hao", "Ling", "Xiu", "Zhen", "Yifan", "Jing",
+    "Wei",
+    "Mei",
+    "Hao",
+    "Ling",
+    "Xiu",
+    "Zhen",
+    "Yifan",
+    "Jing",
     # Indian
-    "Priya", "Rahul", "Ananya", "Arjun", "Deepika", "Vikram", "Sneha", "Rohan", "Kavya", "Aditya",
+    "Priya",
+    "Rahul",
+    "Ananya",
+    "Arjun",
+    "Deepika",
+    "Vikram",
+    "Sneha",
+    "Rohan",
+    "Kavya",
+    "Aditya",
     # Nigerian, Ghanaian
-    "Chinedu", "Ngozi", "Emeka", "Adaeze", "Tunde", "Folake", "Oluwaseun", "Chiamaka", "Ifeanyi", "Kwame",
+    "Chinedu",
+    "Ngozi",
+    "Emeka",
+    "Adaeze",
+    "Tunde",
+    "Folake",
+    "Oluwaseun",
+    "Chiamaka",
+    "Ifeanyi",
+    "Kwame",
     # Japanese
-    "Haruto", "Yuki", "Sakura", "Kenji", "Aiko", "Takeshi", "Hina",
+    "Haruto",
+    "Yuki",
+    "Sakura",
+    "Kenji",
+    "Aiko",
+    "Takeshi",
+    "Hina",
     # Slavic
-    "Dmitri", "Olga", "Ivan", "Katarzyna", "Piotr", "Natalia", "Aleksandra", "Tomasz", "Svetlana",
+    "Dmitri",
+    "Olga",
+    "Ivan",
+    "Katarzyna",
+    "Piotr",
+    "Natalia",
+    "Aleksandra",
+    "Tomasz",
+    "Svetlana",
     # French
-    "Camille", "Antoine", "Élodie", "Julien", "Margaux", "Étienne", "Chloé", "Mathieu",
+    "Camille",
+    "Antoine",
+    "Élodie",
+    "Julien",
+    "Margaux",
+    "Étienne",
+    "Chloé",
+    "Mathieu",
     # German, Nordic
-    "Lukas", "Anna", "Jonas", "Lena", "Felix", "Greta", "Matthias", "Katrin", "Ingrid",
+    "Lukas",
+    "Anna",
+    "Jonas",
+    "Lena",
+    "Felix",
+    "Greta",
+    "Matthias",
+    "Katrin",
+    "Ingrid",
     # Vietnamese
-    "Minh", "Linh", "Tuan", "Huong", "Thao", "Duc", "Quang",
+    "Minh",
+    "Linh",
+    "Tuan",
+    "Huong",
+    "Thao",
+    "Duc",
+    "Quang",
 )
 
 LAST_NAMES = (
     # English, Irish
-    "Smith", "Johnson", "Williams", "Brown", "Taylor", "Wilson", "Davies", "Evans", "Clarke", "Thompson",
-    "Walker", "Harris", "O'Brien", "Murphy",
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Taylor",
+    "Wilson",
+    "Davies",
+    "Evans",
+    "Clarke",
+    "Thompson",
+    "Walker",
+    "Harris",
+    "O'Brien",
+    "Murphy",
     # Spanish, Portuguese
-    "Lopez", "García", "Martinez", "Rodriguez", "Hernández", "Gonzalez", "Morales", "Fernández", "Ortiz",
-    "Ramirez", "de la Cruz", "Silva",
+    "Lopez",
+    "García",
+    "Martinez",
+    "Rodriguez",
+    "Hernández",
+    "Gonzalez",
+    "Morales",
+    "Fernández",
+    "Ortiz",
+    "Ramirez",
+    "de la Cruz",
+    "Silva",
     # Arabic
-    "Al-Sayed", "Haddad", "Mansour", "Nasser", "Rahman", "Aziz", "Farouk", "Hamdan", "Saleh", "Khan",
+    "Al-Sayed",
+    "Haddad",
+    "Mansour",
+    "Nasser",
+    "Rahman",
+    "Aziz",
+    "Farouk",
+    "Hamdan",
+    "Saleh",
+    "Khan",
     # Chinese
-    "Wang", "Zhang", "Chen", "Liu", "Huang", "Zhao", "Wu", "Xu", "Lin", "Zhou",
+    "Wang",
+    "Zhang",
+    "Chen",
+    "Liu",
+    "Huang",
+    "Zhao",
+    "Wu",
+    "Xu",
+    "Lin",
+    "Zhou",
     # Indian
-    "Patel", "Sharma", "Gupta", "Iyer", "Reddy", "Nair", "Mehta", "Singh", "Kapoor", "Banerjee",
+    "Patel",
+    "Sharma",
+    "Gupta",
+    "Iyer",
+    "Reddy",
+    "Nair",
+    "Mehta",
+    "Singh",
+    "Kapoor",
+    "Banerjee",
     # Nigerian
-    "Okafor", "Adeyemi", "Okonkwo", "Balogun", "Eze", "Nwosu", "Adebayo", "Obi", "Ogunleye", "Chukwu",
+    "Okafor",
+    "Adeyemi",
+    "Okonkwo",
+    "Balogun",
+    "Eze",
+    "Nwosu",
+    "Adebayo",
+    "Obi",
+    "Ogunleye",
+    "Chukwu",
     # Japanese
-    "Tanaka", "Suzuki", "Takahashi", "Watanabe", "Yamamoto", "Nakamura", "Kobayashi", "Sato",
+    "Tanaka",
+    "Suzuki",
+    "Takahashi",
+    "Watanabe",
+    "Yamamoto",
+    "Nakamura",
+    "Kobayashi",
+    "Sato",
     # Slavic
-    "Ivanov", "Kowalski", "Novak", "Petrova", "Horvat", "Sokolov", "Wiśniewska", "Dvořák", "Kuznetsova",
+    "Ivanov",
+    "Kowalski",
+    "Novak",
+    "Petrova",
+    "Horvat",
+    "Sokolov",
+    "Wiśniewska",
+    "Dvořák",
+    "Kuznetsova",
     # French
-    "Dubois", "Moreau", "Laurent", "Lefèvre", "Girard", "Bernard", "Fontaine", "Rousseau",
+    "Dubois",
+    "Moreau",
+    "Laurent",
+    "Lefèvre",
+    "Girard",
+    "Bernard",
+    "Fontaine",
+    "Rousseau",
     # German, Dutch
-    "Müller", "Schmidt", "Schneider", "Fischer", "Weber", "Becker", "Hoffmann", "Richter", "van Dijk",
+    "Müller",
+    "Schmidt",
+    "Schneider",
+    "Fischer",
+    "Weber",
+    "Becker",
+    "Hoffmann",
+    "Richter",
+    "van Dijk",
     # Vietnamese
-    "Nguyen", "Tran", "Le", "Pham", "Hoang", "Phan", "Vu", "Dang",
+    "Nguyen",
+    "Tran",
+    "Le",
+    "Pham",
+    "Hoang",
+    "Phan",
+    "Vu",
+    "Dang",
 )
 
 TITLES = ("Mr", "Mr.", "Mrs", "Ms", "Ms.", "Dr", "Dr.", "Miss", "Prof.")
 
 BANKS = (
-    "Bank of America", "Chase", "Wells Fargo", "Barclays", "HSBC", "Lloyds Bank", "Santander", "Citibank",
-    "Monzo", "Revolut", "NatWest", "Deutsche Bank", "BNP Paribas", "ING", "Capital One", "PayPal",
-    "Scotiabank", "ICICI Bank", "Standard Chartered", "Commonwealth Bank",
+    "Bank of America",
+    "Chase",
+    "Wells Fargo",
+    "Barclays",
+    "HSBC",
+    "Lloyds Bank",
+    "Santander",
+    "Citibank",
+    "Monzo",
+    "Revolut",
+    "NatWest",
+    "Deutsche Bank",
+    "BNP Paribas",
+    "ING",
+    "Capital One",
+    "PayPal",
+    "Scotiabank",
+    "ICICI Bank",
+    "Standard Chartered",
+    "Commonwealth Bank",
 )
 SHOPS = (
-    "Amazon", "Walmart", "Tesco", "IKEA", "Best Buy", "Zara", "Sainsbury's", "Carrefour", "Costco", "eBay",
-    "Argos", "Marks & Spencer", "Home Depot", "Etsy", "Zalando", "Decathlon", "MediaMarkt", "Aldi", "H&M",
+    "Amazon",
+    "Walmart",
+    "Tesco",
+    "IKEA",
+    "Best Buy",
+    "Zara",
+    "Sainsbury's",
+    "Carrefour",
+    "Costco",
+    "eBay",
+    "Argos",
+    "Marks & Spencer",
+    "Home Depot",
+    "Etsy",
+    "Zalando",
+    "Decathlon",
+    "MediaMarkt",
+    "Aldi",
+    "H&M",
 )
 UTILITIES = (
-    "Pacific Gas and Electric", "British Gas", "EDF Energy", "Con Edison", "Thames Water", "Octopus Energy",
-    "Duke Energy", "E.ON", "Iberdrola", "Severn Trent",
+    "Pacific Gas and Electric",
+    "British Gas",
+    "EDF Energy",
+    "Con Edison",
+    "Thames Water",
+    "Octopus Energy",
+    "Duke Energy",
+    "E.ON",
+    "Iberdrola",
+    "Severn Trent",
 )
 AIRLINES = (
-    "British Airways", "Lufthansa", "Emirates", "Delta Air Lines", "Ryanair", "easyJet", "Air France",
-    "Qatar Airways", "United Airlines", "KLM", "Singapore Airlines", "Turkish Airlines", "Virgin Atlantic",
+    "British Airways",
+    "Lufthansa",
+    "Emirates",
+    "Delta Air Lines",
+    "Ryanair",
+    "easyJet",
+    "Air France",
+    "Qatar Airways",
+    "United Airlines",
+    "KLM",
+    "Singapore Airlines",
+    "Turkish Airlines",
+    "Virgin Atlantic",
     "Aer Lingus",
 )
 TELECOMS = (
-    "Vodafone", "Verizon", "AT&T", "T-Mobile", "Orange", "BT", "Comcast", "O2", "Telstra", "Airtel",
-    "Deutsche Telekom", "Sky",
+    "Vodafone",
+    "Verizon",
+    "AT&T",
+    "T-Mobile",
+    "Orange",
+    "BT",
+    "Comcast",
+    "O2",
+    "Telstra",
+    "Airtel",
+    "Deutsche Telekom",
+    "Sky",
 )
 COURIERS = ("FedEx", "DHL", "UPS", "Royal Mail", "Evri", "DPD", "USPS", "Deliveroo", "Uber Eats", "GLS")
 INSURERS = (
-    "Allianz", "AXA", "Aviva", "State Farm", "Geico", "MetLife", "Prudential", "Liberty Mutual", "Allstate",
-    "Aetna", "Direct Line",
+    "Allianz",
+    "AXA",
+    "Aviva",
+    "State Farm",
+    "Geico",
+    "MetLife",
+    "Prudential",
+    "Liberty Mutual",
+    "Allstate",
+    "Aetna",
+    "Direct Line",
 )
-SERVICES = ("Netflix", "Spotify", "Uber", "Airbnb", "Booking.com", "Expedia", "Disney+", "Microsoft", "Google")
+SERVICES = (
+    "Netflix",
+    "Spotify",
+    "Uber",
+    "Airbnb",
+    "Booking.com",
+    "Expedia",
+    "Disney+",
+    "Microsoft",
+    "Google",
+)
 ORGS = BANKS + SHOPS + UTILITIES + AIRLINES + TELECOMS + COURIERS + INSURERS + SERVICES
 
 CITIES = (
-    "New York", "San Francisco", "Los Angeles", "Chicago", "Boston", "Seattle", "Miami", "Houston", "Atlanta",
-    "Denver", "Toronto", "Vancouver", "Montreal", "Mexico City", "London", "Manchester", "Edinburgh",
-    "Glasgow", "Dublin", "Paris", "Lyon", "Berlin", "Munich", "Frankfurt", "Hamburg", "Madrid", "Barcelona",
-    "Lisbon", "Rome", "Milan", "Amsterdam", "Brussels", "Vienna", "Prague", "Warsaw", "Krakow", "Zurich",
-    "Geneva", "Stockholm", "Oslo", "Copenhagen", "Helsinki", "Athens", "Istanbul", "Dubai", "Abu Dhabi",
-    "Riyadh", "Doha", "Cairo", "Lagos", "Abuja", "Accra", "Nairobi", "Johannesburg", "Cape Town",
-    "Mumbai", "New Delhi", "Bangalore", "Karachi", "Dhaka", "Beijing", "Shanghai", "Hong Kong", "Tokyo",
-    "Osaka", "Seoul", "Singapore", "Bangkok", "Hanoi", "Ho Chi Minh City", "Jakarta", "Manila",
-    "Kuala Lumpur", "Sydney", "Melbourne", "Auckland", "Rio de Janeiro", "São Paulo", "Buenos Aires",
-    "Lima", "Bogotá", "Santiago",
+    "New York",
+    "San Francisco",
+    "Los Angeles",
+    "Chicago",
+    "Boston",
+    "Seattle",
+    "Miami",
+    "Houston",
+    "Atlanta",
+    "Denver",
+    "Toronto",
+    "Vancouver",
+    "Montreal",
+    "Mexico City",
+    "London",
+    "Manchester",
+    "Edinburgh",
+    "Glasgow",
+    "Dublin",
+    "Paris",
+    "Lyon",
+    "Berlin",
+    "Munich",
+    "Frankfurt",
+    "Hamburg",
+    "Madrid",
+    "Barcelona",
+    "Lisbon",
+    "Rome",
+    "Milan",
+    "Amsterdam",
+    "Brussels",
+    "Vienna",
+    "Prague",
+    "Warsaw",
+    "Krakow",
+    "Zurich",
+    "Geneva",
+    "Stockholm",
+    "Oslo",
+    "Copenhagen",
+    "Helsinki",
+    "Athens",
+    "Istanbul",
+    "Dubai",
+    "Abu Dhabi",
+    "Riyadh",
+    "Doha",
+    "Cairo",
+    "Lagos",
+    "Abuja",
+    "Accra",
+    "Nairobi",
+    "Johannesburg",
+    "Cape Town",
+    "Mumbai",
+    "New Delhi",
+    "Bangalore",
+    "Karachi",
+    "Dhaka",
+    "Beijing",
+    "Shanghai",
+    "Hong Kong",
+    "Tokyo",
+    "Osaka",
+    "Seoul",
+    "Singapore",
+    "Bangkok",
+    "Hanoi",
+    "Ho Chi Minh City",
+    "Jakarta",
+    "Manila",
+    "Kuala Lumpur",
+    "Sydney",
+    "Melbourne",
+    "Auckland",
+    "Rio de Janeiro",
+    "São Paulo",
+    "Buenos Aires",
+    "Lima",
+    "Bogotá",
+    "Santiago",
 )
 COUNTRIES = (
-    "United Kingdom", "United States", "Canada", "Mexico", "France", "Germany", "Spain", "Portugal", "Italy",
-    "Ireland", "Netherlands", "Belgium", "Switzerland", "Sweden", "Norway", "Poland", "Greece", "Turkey",
-    "Egypt", "Morocco", "Nigeria", "Ghana", "Kenya", "South Africa", "United Arab Emirates", "Saudi Arabia",
-    "India", "Pakistan", "Bangladesh", "China", "Japan", "South Korea", "Thailand", "Vietnam", "Indonesia",
-    "Philippines", "Malaysia", "Australia", "New Zealand", "Brazil", "Argentina", "Peru", "Colombia", "Chile",
-    "UK", "US", "USA",
+    "United Kingdom",
+    "United States",
+    "Canada",
+    "Mexico",
+    "France",
+    "Germany",
+    "Spain",
+    "Portugal",
+    "Italy",
+    "Ireland",
+    "Netherlands",
+    "Belgium",
+    "Switzerland",
+    "Sweden",
+    "Norway",
+    "Poland",
+    "Greece",
+    "Turkey",
+    "Egypt",
+    "Morocco",
+    "Nigeria",
+    "Ghana",
+    "Kenya",
+    "South Africa",
+    "United Arab Emirates",
+    "Saudi Arabia",
+    "India",
+    "Pakistan",
+    "Bangladesh",
+    "China",
+    "Japan",
+    "South Korea",
+    "Thailand",
+    "Vietnam",
+    "Indonesia",
+    "Philippines",
+    "Malaysia",
+    "Australia",
+    "New Zealand",
+    "Brazil",
+    "Argentina",
+    "Peru",
+    "Colombia",
+    "Chile",
+    "UK",
+    "US",
+    "USA",
 )
-THE_COUNTRIES = {"UK", "US", "USA", "United Kingdom", "United States", "United Arab Emirates", "Netherlands", "Philippines"}
+THE_COUNTRIES = {
+    "UK",
+    "US",
+    "USA",
+    "United Kingdom",
+    "United States",
+    "United Arab Emirates",
+    "Netherlands",
+    "Philippines",
+}
 
 MONTHS = (
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 )
 MONTH_ABBREVIATIONS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sept", "Oct", "Nov", "Dec")
 MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
@@ -176,8 +577,22 @@ PAST_PHRASES = ("yesterday", "today", "last week", "last month", "the day before
 NEXT_PHRASES = ("tomorrow", "today", "next week", "next month", "the day after tomorrow", "this weekend")
 
 PRODUCTS = (
-    "iPhone 14", "Galaxy S23", "AirPods", "Kindle", "PlayStation 5", "MacBook Air", "Pixel 8", "smartwatch",
-    "games console", "washing machine", "sofa", "laptop", "coffee machine", "router", "TV", "mattress",
+    "iPhone 14",
+    "Galaxy S23",
+    "AirPods",
+    "Kindle",
+    "PlayStation 5",
+    "MacBook Air",
+    "Pixel 8",
+    "smartwatch",
+    "games console",
+    "washing machine",
+    "sofa",
+    "laptop",
+    "coffee machine",
+    "router",
+    "TV",
+    "mattress",
 )
 PLANS = ("Premium", "Unlimited Plus", "Family", "Gold", "Business Class", "Economy Plus", "Student", "Basic")
 
@@ -247,7 +662,14 @@ def _next_date(rng: random.Random) -> str:
 
 def _on(date: str) -> Filled:
     """A date used as an adverbial: calendar dates take "on", relative ones ("tomorrow") stand alone."""
-    relative = date.split()[0] in ("yesterday", "today", "tomorrow", "last", "next", "this") or date.startswith("the day ")
+    relative = date.split()[0] in (
+        "yesterday",
+        "today",
+        "tomorrow",
+        "last",
+        "next",
+        "this",
+    ) or date.startswith("the day ")
     return ("" if relative else "on ", date)
 
 
@@ -269,7 +691,9 @@ def _location(rng: random.Random) -> Filled:
 
 def _amount(rng: random.Random, cents: bool) -> str:
     r = rng.random()
-    value = rng.randint(2, 99) if r < 0.35 else rng.randint(100, 999) if r < 0.75 else rng.randint(1000, 25000)
+    value = (
+        rng.randint(2, 99) if r < 0.35 else rng.randint(100, 999) if r < 0.75 else rng.randint(1000, 25000)
+    )
     whole = f"{value:,}" if value >= 1000 and rng.random() < 0.7 else str(value)
     return f"{whole}.{rng.randint(0, 99):02d}" if cents and rng.random() < 0.3 else whole
 
@@ -311,12 +735,16 @@ def _phone(rng: random.Random) -> Filled:
 
 def _reference(rng: random.Random) -> Filled:
     letters = "".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ") for _ in range(2))
-    return "", rng.choice((f"{letters}-{rng.randint(1000, 99999)}", f"{letters}{rng.randint(100000, 9999999)}"))
+    return "", rng.choice(
+        (f"{letters}-{rng.randint(1000, 99999)}", f"{letters}{rng.randint(100000, 9999999)}")
+    )
 
 
 def _time(rng: random.Random) -> Filled:
     hour = rng.randint(1, 12)
-    return "", rng.choice((f"{hour}pm", f"{hour}am", f"{hour}:{rng.choice(('00', '15', '30', '45'))}", f"{hour} o'clock"))
+    return "", rng.choice(
+        (f"{hour}pm", f"{hour}am", f"{hour}:{rng.choice(('00', '15', '30', '45'))}", f"{hour} o'clock")
+    )
 
 
 def _quantity(rng: random.Random) -> Filled:
@@ -646,7 +1074,11 @@ def read_span_jsonl(path: Path) -> list[SpanExample]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not isinstance(obj.get("entities"), list):
+        if (
+            not isinstance(obj, dict)
+            or not isinstance(obj.get("text"), str)
+            or not isinstance(obj.get("entities"), list)
+        ):
             raise ValueError(f'{where}: each line needs "text" (a string) and "entities" (a list)')
         text = obj["text"]
         spans: list[tuple[int, int, str]] = []
@@ -655,12 +1087,16 @@ def read_span_jsonl(path: Path) -> list[SpanExample]:
                 raise ValueError(f"{where}: each entity must be an object, got {entity!r}")
             start, end, label = _int_field(entity, "start"), _int_field(entity, "end"), entity.get("label")
             if start is None or end is None or not isinstance(label, str) or not label:
-                raise ValueError(f'{where}: each entity needs integer "start" and "end" and a "label", got {entity!r}')
+                raise ValueError(
+                    f'{where}: each entity needs integer "start" and "end" and a "label", got {entity!r}'
+                )
             if not 0 <= start < end <= len(text):
-                raise ValueError(f"{where}: entity offsets {start}..{end} do not fit 0 <= start < end <= {len(text)}")
+                raise ValueError(
+                    f"{where}: entity offsets {start}..{end} do not fit 0 <= start < end <= {len(text)}"
+                )
             spans.append((start, end, label))
         spans.sort()
-        for (_, prev_end, _), (start, end, _) in zip(spans, spans[1:]):
+        for (_, prev_end, _), (start, end, _) in itertools.pairwise(spans):
             if start < prev_end:
                 raise ValueError(f"{where}: entities overlap at {start}..{min(end, prev_end)}")
         examples.append(SpanExample(text, spans))

@@ -35,7 +35,16 @@ def generate_photo_crops(out_dir: Path, count: int = 400, seed: int = 7) -> Path
     import skimage.data
 
     d = skimage.data
-    photos = [d.astronaut(), d.chelsea(), d.coffee(), d.rocket(), d.stereo_motorcycle()[0], d.retina(), d.immunohistochemistry(), d.hubble_deep_field()]
+    photos = [
+        d.astronaut(),
+        d.chelsea(),
+        d.coffee(),
+        d.rocket(),
+        d.stereo_motorcycle()[0],
+        d.retina(),
+        d.immunohistochemistry(),
+        d.hubble_deep_field(),
+    ]
     rng = np.random.default_rng(seed)
     target = out_dir / "unlabelled"
     target.mkdir(parents=True, exist_ok=True)
@@ -48,7 +57,9 @@ def generate_photo_crops(out_dir: Path, count: int = 400, seed: int = 7) -> Path
         crop = photo[y : y + ch, x : x + cw]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
-        cv2.imwrite(str(target / f"crop_{i:04d}.png"), cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2BGR))
+        cv2.imwrite(
+            str(target / f"crop_{i:04d}.png"), cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2BGR)
+        )
     return out_dir
 
 
@@ -69,7 +80,9 @@ def resolve_dataset_folder(source: str, seed: int) -> Path:
 
             generate_keyword_clips(root, seed=seed, progress=True)
         else:
-            raise ValueError(f"unknown generated dataset {name!r}; known: surface-defects, photo-crops, keywords")
+            raise ValueError(
+                f"unknown generated dataset {name!r}; known: surface-defects, photo-crops, keywords"
+            )
         (root / ".complete").touch()
     return root
 
@@ -89,7 +102,14 @@ def read_class_folder(root: Path, suffixes: set[str] = IMAGE_SUFFIXES) -> tuple[
     return paths, names
 
 
-def load_image_splits(source: str, label_names: list[str] | None, val_fraction: float, test_fraction: float, seed: int, limit: int | None = None):
+def load_image_splits(
+    source: str,
+    label_names: list[str] | None,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    limit: int | None = None,
+):
     paths, names = read_class_folder(resolve_dataset_folder(source, seed))
     classes = label_names or sorted(set(names))
     index = {c: i for i, c in enumerate(classes)}
@@ -100,9 +120,24 @@ def load_image_splits(source: str, label_names: list[str] | None, val_fraction: 
     labels = [index.get(n, -1) for n in names]
     stratify = labels if min(labels) >= 0 else None
     if limit is not None and limit < len(paths):
-        paths, _, labels, _ = train_test_split(paths, labels, train_size=limit, random_state=seed, stratify=stratify)
+        paths, _, labels, _ = train_test_split(
+            paths, labels, train_size=limit, random_state=seed, stratify=stratify
+        )
         stratify = labels if stratify is not None else None
-    rest_p, test_p, rest_y, test_y = train_test_split(paths, labels, test_size=test_fraction, random_state=seed, stratify=stratify)
+    rest_p, test_p, rest_y, test_y = train_test_split(
+        paths, labels, test_size=test_fraction, random_state=seed, stratify=stratify
+    )
     val_share = val_fraction / (1 - test_fraction)
-    train_p, val_p, train_y, val_y = train_test_split(rest_p, rest_y, test_size=val_share, random_state=seed, stratify=rest_y if stratify is not None else None)
-    return ImageExamples(train_p, train_y), ImageExamples(val_p, val_y), ImageExamples(test_p, test_y), classes
+    train_p, val_p, train_y, val_y = train_test_split(
+        rest_p,
+        rest_y,
+        test_size=val_share,
+        random_state=seed,
+        stratify=rest_y if stratify is not None else None,
+    )
+    return (
+        ImageExamples(train_p, train_y),
+        ImageExamples(val_p, val_y),
+        ImageExamples(test_p, test_y),
+        classes,
+    )

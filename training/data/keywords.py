@@ -54,16 +54,57 @@ from tqdm import tqdm
 KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 LABELS = KEYWORDS + ("_unknown_", "_silence_")
 UNKNOWN_WORDS: tuple[str, ...] = (
-    "bed", "bird", "cat", "dog", "happy", "house", "tree", "wow", "seven", "learn",
-    "follow", "forward", "backward", "visual", "marvin", "sheila", "zero", "three",
-    "five", "six", "eight", "table", "chair", "water", "apple", "window", "green",
-    "purple", "music", "paper", "river", "garden", "pencil", "orange", "kitchen",
-    "bottle", "dinner", "basket", "camera", "finger",
+    "bed",
+    "bird",
+    "cat",
+    "dog",
+    "happy",
+    "house",
+    "tree",
+    "wow",
+    "seven",
+    "learn",
+    "follow",
+    "forward",
+    "backward",
+    "visual",
+    "marvin",
+    "sheila",
+    "zero",
+    "three",
+    "five",
+    "six",
+    "eight",
+    "table",
+    "chair",
+    "water",
+    "apple",
+    "window",
+    "green",
+    "purple",
+    "music",
+    "paper",
+    "river",
+    "garden",
+    "pencil",
+    "orange",
+    "kitchen",
+    "bottle",
+    "dinner",
+    "basket",
+    "camera",
+    "finger",
 )
 
 ENGLISH_ACCENTS = (
-    "en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
-    "en-029", "en-us-nyc",
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
 )
 NOISE_KINDS = ("white", "pink", "brown", "hum50", "hum60")
 
@@ -104,8 +145,9 @@ class Clip:
 def _espeak(*args: str) -> bytes:
     """Run espeak-ng and return its stdout; a clear error if it is not installed."""
     if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is not installed: run `apt-get install espeak-ng` "
-                           "(`make setup` does this)")
+        raise RuntimeError(
+            "espeak-ng is not installed: run `apt-get install espeak-ng` (`make setup` does this)"
+        )
     return subprocess.run(["espeak-ng", *args], check=True, capture_output=True).stdout
 
 
@@ -139,8 +181,9 @@ def _variant(voice: str) -> str:
     return variant
 
 
-def split_voices(voices: list[str], test_fraction: float = TEST_FRACTION,
-                 seed: int = 5) -> tuple[list[str], list[str]]:
+def split_voices(
+    voices: list[str], test_fraction: float = TEST_FRACTION, seed: int = 5
+) -> tuple[list[str], list[str]]:
     """Split voices into (train, test), holding out whole variants in every accent.
 
     ``round(test_fraction * variants)`` variants (at least one, and at least one left for
@@ -171,8 +214,10 @@ def make_noise(kind: str, n: int, rng: np.random.Generator, rate: int = RATE) ->
         fundamental = 50.0 if kind == "hum50" else 60.0
         t = np.arange(n) / rate
         phases = rng.uniform(0.0, 2 * np.pi, len(HUM_HARMONICS))
-        signal = sum(a * np.sin(2 * np.pi * fundamental * (h + 1) * t + p)
-                     for h, (a, p) in enumerate(zip(HUM_HARMONICS, phases)))
+        signal = sum(
+            a * np.sin(2 * np.pi * fundamental * (h + 1) * t + p)
+            for h, (a, p) in enumerate(zip(HUM_HARMONICS, phases))
+        )
     elif kind in ("white", "pink", "brown"):
         signal = rng.standard_normal(n)
         if kind != "white":
@@ -184,18 +229,29 @@ def make_noise(kind: str, n: int, rng: np.random.Generator, rate: int = RATE) ->
             signal = np.fft.irfft(np.fft.rfft(signal) * gain, n)
     else:
         raise ValueError(f"unknown noise kind {kind!r}; expected one of {NOISE_KINDS}")
-    return (signal / np.sqrt(np.mean(signal ** 2))).astype(np.float32)
+    return (signal / np.sqrt(np.mean(signal**2))).astype(np.float32)
 
 
 def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
 
 
-def _synthesise(word: str, voice: str, speed: int, pitch: int, amplitude: int,
-                gap: int) -> np.ndarray:
+def _synthesise(word: str, voice: str, speed: int, pitch: int, amplitude: int, gap: int) -> np.ndarray:
     """espeak-ng's rendering of one word, as float32 at 16 kHz."""
-    wav = _espeak("-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(amplitude),
-                  "-g", str(gap), "--stdout", word)
+    wav = _espeak(
+        "-v",
+        voice,
+        "-s",
+        str(speed),
+        "-p",
+        str(pitch),
+        "-a",
+        str(amplitude),
+        "-g",
+        str(gap),
+        "--stdout",
+        word,
+    )
     samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
     return soxr.resample(samples, rate, RATE)
 
@@ -205,17 +261,17 @@ def _trim(x: np.ndarray, level: float = TRIM_LEVEL) -> np.ndarray:
     loud = np.flatnonzero(np.abs(x) >= level * np.abs(x).max())
     if loud.size == 0:
         raise RuntimeError("espeak-ng returned silence")
-    return x[loud[0]:loud[-1] + 1]
+    return x[loud[0] : loud[-1] + 1]
 
 
 def _place(x: np.ndarray, rng: np.random.Generator, n: int = CLIP_SAMPLES) -> np.ndarray:
     """x at a random offset in n samples of silence; a longer x keeps its central n."""
     if len(x) >= n:
         start = (len(x) - n) // 2
-        return x[start:start + n]
+        return x[start : start + n]
     window = np.zeros(n, dtype=np.float32)
     offset = int(rng.integers(0, n - len(x) + 1))
-    window[offset:offset + len(x)] = x
+    window[offset : offset + len(x)] = x
     return window
 
 
@@ -233,17 +289,19 @@ def _write_wav(path: Path, x: np.ndarray) -> None:
 # ---------------------------------------------------------------- clips
 
 
-def _speech_clip(label: str, split: str, voices: list[str], out_dir: Path, index: int,
-                 rng: np.random.Generator) -> Clip:
+def _speech_clip(
+    label: str, split: str, voices: list[str], out_dir: Path, index: int, rng: np.random.Generator
+) -> Clip:
     """One spoken clip: a keyword, or an unknown word for ``_unknown_``."""
     word = str(rng.choice(UNKNOWN_WORDS)) if label == "_unknown_" else label
     voice = str(rng.choice(voices))
-    speed, pitch, amplitude, gap = (int(rng.integers(low, high + 1)) for low, high in
-                                    (SPEED_RANGE, PITCH_RANGE, AMPLITUDE_RANGE, GAP_RANGE))
+    speed, pitch, amplitude, gap = (
+        int(rng.integers(low, high + 1))
+        for low, high in (SPEED_RANGE, PITCH_RANGE, AMPLITUDE_RANGE, GAP_RANGE)
+    )
     speech = _trim(_synthesise(word, voice, speed, pitch, amplitude, gap))
     floor = _rms(speech) * _gain(rng, NOISE_FLOOR_DB)
-    audio = _place(speech, rng) + floor * make_noise(str(rng.choice(NOISE_KINDS)),
-                                                     CLIP_SAMPLES, rng)
+    audio = _place(speech, rng) + floor * make_noise(str(rng.choice(NOISE_KINDS)), CLIP_SAMPLES, rng)
     path = Path(split) / label / f"{index:04d}-{word}.wav"
     _write_wav(out_dir / path, audio)
     return Clip(path.as_posix(), label, voice, split, speed, pitch, amplitude, gap)
@@ -267,8 +325,9 @@ def _split_of(index: int, per_label: int) -> str:
     return "test" if index >= per_label - round(per_label * TEST_FRACTION) else "train"
 
 
-def generate_keyword_clips(out_dir: Path, per_label: int = 160, seed: int = 5,
-                           progress: bool = False) -> Path:
+def generate_keyword_clips(
+    out_dir: Path, per_label: int = 160, seed: int = 5, progress: bool = False
+) -> Path:
     """Write per_label clips of every label under out_dir (see the module docstring)."""
     out_dir = Path(out_dir)
     pools = dict(zip(("train", "test"), split_voices(espeak_voices(), TEST_FRACTION, seed)))
@@ -286,8 +345,7 @@ def generate_keyword_clips(out_dir: Path, per_label: int = 160, seed: int = 5,
 
     jobs = [(c, i) for c in range(len(LABELS)) for i in range(per_label)]
     with ThreadPoolExecutor(WORKERS) as pool:
-        clips = list(tqdm(pool.map(make, jobs), total=len(jobs), desc="keyword clips",
-                          disable=not progress))
+        clips = list(tqdm(pool.map(make, jobs), total=len(jobs), desc="keyword clips", disable=not progress))
     with open(out_dir / "clips.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[field.name for field in fields(Clip)])
         writer.writeheader()

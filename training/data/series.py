@@ -70,7 +70,14 @@ def synthetic_corpus(count: int, length: int, seed: int) -> list[np.ndarray]:
 def _holidays(years: range) -> set[dt.date]:
     days = set()
     for y in years:
-        days |= {dt.date(y, 1, 1), dt.date(y, 5, 1), dt.date(y, 7, 4), dt.date(y, 12, 25), dt.date(y, 12, 26), dt.date(y, 12, 31)}
+        days |= {
+            dt.date(y, 1, 1),
+            dt.date(y, 5, 1),
+            dt.date(y, 7, 4),
+            dt.date(y, 12, 25),
+            dt.date(y, 12, 26),
+            dt.date(y, 12, 31),
+        }
         # last Monday of May, first Monday of September, fourth Thursday of November
         may = max(dt.date(y, 5, d) for d in range(25, 32) if dt.date(y, 5, d).weekday() == 0)
         sep = min(dt.date(y, 9, d) for d in range(1, 8) if dt.date(y, 9, d).weekday() == 0)
@@ -79,7 +86,9 @@ def _holidays(years: range) -> set[dt.date]:
     return days
 
 
-def city_load(start: dt.datetime = dt.datetime(2023, 1, 1), hours: int = 3 * 365 * 24, seed: int = 21) -> dict[str, list]:
+def city_load(
+    start: dt.datetime = dt.datetime(2023, 1, 1), hours: int = 3 * 365 * 24, seed: int = 21
+) -> dict[str, list]:
     """Hourly load (MW) of a synthetic city of ~1 GW and its temperature (°C)."""
     rng = np.random.default_rng(seed)
     stamps = [start + dt.timedelta(hours=h) for h in range(hours)]
@@ -89,16 +98,38 @@ def city_load(start: dt.datetime = dt.datetime(2023, 1, 1), hours: int = 3 * 365
     holidays = _holidays(range(start.year, stamps[-1].year + 1))
     off = np.array([s.weekday() >= 5 or s.date() in holidays for s in stamps])
     fronts = np.repeat(_ar1(rng, hours // 24 + 1, 0.75, 2.8), 24)[:hours]  # weather lasting days
-    temperature = 13 - 11 * np.cos(2 * np.pi * (doy - 20) / 365.25) + 4.5 * np.sin(2 * np.pi * (hour - 9) / 24) + fronts + rng.normal(0, 0.6, hours)
-    work = 0.82 + 0.2 * np.exp(-((hour - 11) / 3.5) ** 2) + 0.17 * np.exp(-((hour - 19) / 2.2) ** 2) - 0.12 * np.exp(-((hour - 3.5) / 2.5) ** 2)
-    rest = 0.78 + 0.08 * np.exp(-((hour - 13) / 4) ** 2) + 0.16 * np.exp(-((hour - 19.5) / 2.5) ** 2) - 0.1 * np.exp(-((hour - 4.5) / 2.5) ** 2)
+    temperature = (
+        13
+        - 11 * np.cos(2 * np.pi * (doy - 20) / 365.25)
+        + 4.5 * np.sin(2 * np.pi * (hour - 9) / 24)
+        + fronts
+        + rng.normal(0, 0.6, hours)
+    )
+    work = (
+        0.82
+        + 0.2 * np.exp(-(((hour - 11) / 3.5) ** 2))
+        + 0.17 * np.exp(-(((hour - 19) / 2.2) ** 2))
+        - 0.12 * np.exp(-(((hour - 3.5) / 2.5) ** 2))
+    )
+    rest = (
+        0.78
+        + 0.08 * np.exp(-(((hour - 13) / 4) ** 2))
+        + 0.16 * np.exp(-(((hour - 19.5) / 2.5) ** 2))
+        - 0.1 * np.exp(-(((hour - 4.5) / 2.5) ** 2))
+    )
     profile = np.where(off, rest, work)
     heating = np.maximum(0, 15 - temperature) * 14
     cooling = np.maximum(0, temperature - 22) ** 1.3 * 22
     growth = 1 + 0.015 * t / (365 * 24)
     noise = 1 + _ar1(rng, hours, 0.9, 0.006)
-    load = (900 * profile + heating * (0.6 + 0.4 * profile) + cooling * (0.5 + 0.5 * profile)) * growth * noise
-    return {"timestamp": [s.isoformat() for s in stamps], "load_mw": load.round(1).tolist(), "temperature_c": temperature.round(2).tolist()}
+    load = (
+        (900 * profile + heating * (0.6 + 0.4 * profile) + cooling * (0.5 + 0.5 * profile)) * growth * noise
+    )
+    return {
+        "timestamp": [s.isoformat() for s in stamps],
+        "load_mw": load.round(1).tolist(),
+        "temperature_c": temperature.round(2).tolist(),
+    }
 
 
 def resolve_series(source: str, seed: int) -> tuple[Path, str]:
@@ -129,7 +160,9 @@ def read_series_csv(path: Path, value_column: str = "value", time_column: str = 
             try:
                 stamp = dt.datetime.fromisoformat(row[time_column].strip())
             except ValueError:
-                raise ValueError(f"{path}:{n}: {time_column} {row[time_column]!r} is not an ISO 8601 timestamp") from None
+                raise ValueError(
+                    f"{path}:{n}: {time_column} {row[time_column]!r} is not an ISO 8601 timestamp"
+                ) from None
             cell = (row[value_column] or "").strip()
             try:
                 points[stamp.replace(minute=0, second=0, microsecond=0)] = float(cell) if cell else np.nan
@@ -143,6 +176,8 @@ def read_series_csv(path: Path, value_column: str = "value", time_column: str = 
     gaps = np.isnan(series)
     longest = max((end - start for start, end in missing_runs(gaps)), default=0)
     if longest > MAX_GAP:
-        raise ValueError(f"{path}: a gap of {longest} hours; at most {MAX_GAP} are interpolated (fill or cut the series)")
+        raise ValueError(
+            f"{path}: a gap of {longest} hours; at most {MAX_GAP} are interpolated (fill or cut the series)"
+        )
     interpolate(series, gaps)
     return series

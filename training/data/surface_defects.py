@@ -49,14 +49,14 @@ Mask = np.ndarray  # float32, H x W, coverage in [0, 1]
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Low-frequency noise in about [-1, 1]: a random grid upsampled bicubically."""
     grid = rng.uniform(-1.0, 1.0, (cells + 3, cells + 3)).astype(np.float32)
-    big = cv2.resize(grid, (size + 2 * size // cells, size + 2 * size // cells),
-                     interpolation=cv2.INTER_CUBIC)
+    big = cv2.resize(
+        grid, (size + 2 * size // cells, size + 2 * size // cells), interpolation=cv2.INTER_CUBIC
+    )
     off = size // cells
-    return big[off:off + size, off:off + size]
+    return big[off : off + size, off : off + size]
 
 
-def _directional_noise(rng: np.random.Generator, size: int, angle: float,
-                       length: float) -> np.ndarray:
+def _directional_noise(rng: np.random.Generator, size: int, angle: float, length: float) -> np.ndarray:
     """Unit-variance noise smeared into streaks of about `length` px at `angle` degrees."""
     canvas = int(size * 1.45) + 2
     knots = rng.standard_normal((canvas, int(canvas / (2.5 * length)) + 2), dtype=np.float32)
@@ -89,10 +89,12 @@ def brushed_metal(rng: np.random.Generator, size: int) -> Image:
     angle = rng.uniform(0.0, 180.0)
     fine = _directional_noise(rng, size, angle, rng.uniform(15.0, 50.0))
     coarse = _directional_noise(rng, size, angle, rng.uniform(60.0, 120.0))
-    grey = (rng.uniform(0.45, 0.78)
-            + rng.uniform(0.025, 0.06) * fine
-            + rng.uniform(0.01, 0.03) * coarse
-            + 0.03 * _smooth_noise(rng, size, 3))
+    grey = (
+        rng.uniform(0.45, 0.78)
+        + rng.uniform(0.025, 0.06) * fine
+        + rng.uniform(0.01, 0.03) * coarse
+        + 0.03 * _smooth_noise(rng, size, 3)
+    )
     tint = 1.0 + rng.uniform(-0.02, 0.02, 3).astype(np.float32)
     return grey[..., None] * tint
 
@@ -104,8 +106,7 @@ def wood_grain(rng: np.random.Generator, size: int) -> Image:
     concentric = rng.random() < 0.5  # else near-parallel bands from a far-away pith
     centre_distance = size * (rng.uniform(0.3, 0.9) if concentric else rng.uniform(2.0, 6.0))
     stretch = rng.uniform(0.08, 0.35)
-    dist = np.sqrt((stretch * (u - rng.uniform(-0.5, 0.5) * size)) ** 2
-                   + (v - centre_distance) ** 2)
+    dist = np.sqrt((stretch * (u - rng.uniform(-0.5, 0.5) * size)) ** 2 + (v - centre_distance) ** 2)
     warp = rng.uniform(0.15, 0.45) * _smooth_noise(rng, size, int(rng.integers(2, 4)))
     phase = dist / (rng.uniform(8.0, 24.0) * size / 256) + warp
     phase = phase + 0.08 * np.sin(2 * np.pi * phase * float(rng.integers(2, 4)))
@@ -114,8 +115,7 @@ def wood_grain(rng: np.random.Generator, size: int) -> Image:
     streaks = _directional_noise(rng, size, -angle, rng.uniform(40.0, 90.0))
     light = _hsv_colour(rng.uniform(18, 40), rng.uniform(0.3, 0.7), rng.uniform(0.45, 0.9))
     dark = light * rng.uniform(0.5, 0.75) * np.array([0.8, 0.9, 1.0], np.float32)
-    t = (rings * rng.uniform(0.5, 0.85) + rng.uniform(0.04, 0.1) * pores
-         + rng.uniform(0.03, 0.08) * streaks)
+    t = rings * rng.uniform(0.5, 0.85) + rng.uniform(0.04, 0.1) * pores + rng.uniform(0.03, 0.08) * streaks
     t = np.clip(t, 0.0, 1.0)[..., None]
     return light * (1.0 - t) + dark * t
 
@@ -135,9 +135,11 @@ def woven_fabric(rng: np.random.Generator, size: int) -> Image:
     weft_profile = np.sin(np.pi * fv) ** 0.6 * shade_v[row % 257]
     depth = rng.uniform(0.25, 0.5)
     warp_colour = _hsv_colour(rng.uniform(0, 360), rng.uniform(0.1, 0.7), rng.uniform(0.35, 0.85))
-    weft_colour = (warp_colour if rng.random() < 0.6
-                   else _hsv_colour(rng.uniform(0, 360), rng.uniform(0.0, 0.15),
-                                    rng.uniform(0.3, 0.95)))
+    weft_colour = (
+        warp_colour
+        if rng.random() < 0.6
+        else _hsv_colour(rng.uniform(0, 360), rng.uniform(0.0, 0.15), rng.uniform(0.3, 0.95))
+    )
     top = np.where(warp_on_top, warp_profile, weft_profile)[..., None]
     colour = np.where(warp_on_top[..., None], warp_colour, weft_colour)
     fuzz = 0.03 * rng.standard_normal((size, size, 1), dtype=np.float32)
@@ -147,22 +149,26 @@ def woven_fabric(rng: np.random.Generator, size: int) -> Image:
 def painted_plastic(rng: np.random.Generator, size: int) -> Image:
     """Smooth saturated paint with a slight orange-peel ripple."""
     colour = _hsv_colour(rng.uniform(0, 360), rng.uniform(0.5, 0.95), rng.uniform(0.45, 0.9))
-    peel = cv2.GaussianBlur(rng.standard_normal((size, size), dtype=np.float32), (0, 0),
-                            rng.uniform(1.5, 3.0) * size / 256)
+    peel = cv2.GaussianBlur(
+        rng.standard_normal((size, size), dtype=np.float32), (0, 0), rng.uniform(1.5, 3.0) * size / 256
+    )
     peel /= peel.std() + 1e-6
     shade = 1.0 + rng.uniform(0.01, 0.03) * peel + 0.03 * _smooth_noise(rng, size, 2)
     return colour * shade[..., None]
 
 
 SURFACES: tuple[Callable[[np.random.Generator, int], Image], ...] = (
-    brushed_metal, wood_grain, woven_fabric, painted_plastic)
+    brushed_metal,
+    wood_grain,
+    woven_fabric,
+    painted_plastic,
+)
 
 
 # ---------------------------------------------------------------- defect geometry
 
 
-def _fit_inside(rng: np.random.Generator, points: np.ndarray, size: int,
-                pad: float) -> np.ndarray:
+def _fit_inside(rng: np.random.Generator, points: np.ndarray, size: int, pad: float) -> np.ndarray:
     """Shrink (if needed) and place a point set at a random spot inside the central box."""
     lo, hi = INNER_MARGIN * size + pad, (1.0 - INNER_MARGIN) * size - pad
     mins, maxs = points.min(axis=0), points.max(axis=0)
@@ -173,19 +179,26 @@ def _fit_inside(rng: np.random.Generator, points: np.ndarray, size: int,
     return points + lo + rng.uniform(0.0, 1.0, 2) * room
 
 
-def _draw_path(mask: np.ndarray, points: np.ndarray, thickness: np.ndarray,
-               intensity: np.ndarray) -> None:
+def _draw_path(mask: np.ndarray, points: np.ndarray, thickness: np.ndarray, intensity: np.ndarray) -> None:
     """Draw an anti-aliased polyline, segment by segment, into a uint8 mask (max-blended)."""
     fixed = np.round(points * 16).astype(np.int32)
     layer = np.zeros_like(mask)
     for i in range(len(fixed) - 1):
-        cv2.line(layer, tuple(fixed[i]), tuple(fixed[i + 1]), int(intensity[i]),
-                 int(thickness[i]), cv2.LINE_AA, shift=4)
+        cv2.line(
+            layer,
+            tuple(fixed[i]),
+            tuple(fixed[i + 1]),
+            int(intensity[i]),
+            int(thickness[i]),
+            cv2.LINE_AA,
+            shift=4,
+        )
     np.maximum(mask, layer, out=mask)
 
 
-def _random_walk(rng: np.random.Generator, start: np.ndarray, heading: float,
-                 steps: int, step_len: float, jitter: float) -> np.ndarray:
+def _random_walk(
+    rng: np.random.Generator, start: np.ndarray, heading: float, steps: int, step_len: float, jitter: float
+) -> np.ndarray:
     """A jagged path: each step turns by a random angle around a slowly drifting heading."""
     drift = np.cumsum(rng.normal(0.0, 0.08, steps))
     turns = heading + drift + rng.normal(0.0, jitter, steps)
@@ -209,8 +222,9 @@ def _grain_angle(img: Image) -> float | None:
     return 0.5 * np.arctan2(2 * jxy, jxx - jyy) + np.pi / 2
 
 
-def _contrast(rng: np.random.Generator, img: Image, alpha: Mask,
-              strong: tuple[float, float], faint: tuple[float, float]) -> float:
+def _contrast(
+    rng: np.random.Generator, img: Image, alpha: Mask, strong: tuple[float, float], faint: tuple[float, float]
+) -> float:
     """A defect's strength: faint for about FAINT_FRACTION of defects, but always visible.
 
     The strength is raised until the defect's relative brightness change is at least
@@ -251,7 +265,7 @@ def add_scratch(rng: np.random.Generator, img: Image) -> Image:
     t = np.linspace(0.0, 1.0, 40)[:, None]
     p0, p2 = np.zeros(2), length * np.array([np.cos(angle), np.sin(angle)])
     p1 = (p0 + p2) / 2 + bow * np.array([-np.sin(angle), np.cos(angle)])
-    curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+    curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
     curve = _fit_inside(rng, curve, size, pad=4 * scale)
     width = max(1, round(rng.choice([1, 1, 2, 2, 3]) * scale))
     middles = (t[:-1, 0] + t[1:, 0]) / 2
@@ -266,12 +280,12 @@ def add_scratch(rng: np.random.Generator, img: Image) -> Image:
     return _darken(img, alpha, strength)
 
 
-def _blob_mask(rng: np.random.Generator, size: int, centre: np.ndarray,
-               radius: float) -> Mask:
+def _blob_mask(rng: np.random.Generator, size: int, centre: np.ndarray, radius: float) -> Mask:
     """A filled irregular blob with soft edges and mottled interior."""
     theta = np.linspace(0.0, 2 * np.pi, 48, endpoint=False)
-    wobble = sum(rng.uniform(0.0, 0.25 / k) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-                 for k in range(2, 6))
+    wobble = sum(
+        rng.uniform(0.0, 0.25 / k) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in range(2, 6)
+    )
     aspect = rng.uniform(0.6, 1.0)
     tilt = rng.uniform(0.0, np.pi)
     r = radius * (1.0 + wobble)
@@ -315,16 +329,16 @@ def add_crack(rng: np.random.Generator, img: Image) -> Image:
         at = rng.integers(steps // 5, steps)
         side = rng.choice([-1.0, 1.0])
         n = max(3, int(steps * rng.uniform(0.2, 0.5)))
-        branch = _random_walk(rng, main[at], heading + side * rng.uniform(0.4, 1.1), n,
-                              step * 0.8, rng.uniform(0.3, 0.6))
+        branch = _random_walk(
+            rng, main[at], heading + side * rng.uniform(0.4, 1.1), n, step * 0.8, rng.uniform(0.3, 0.6)
+        )
         paths.append((branch, np.linspace(max(1, width - 1), 1, n)))
     placed = _fit_inside(rng, np.vstack([p for p, _ in paths]), size, pad=4 * scale)
     mask = np.zeros((size, size), np.uint8)
     start = 0
     for path, thickness in paths:
         widths = np.maximum(1, np.round(thickness * scale)).astype(int)
-        _draw_path(mask, placed[start:start + len(path)], widths,
-                   255 * rng.uniform(0.8, 1.0, len(widths)))
+        _draw_path(mask, placed[start : start + len(path)], widths, 255 * rng.uniform(0.8, 1.0, len(widths)))
         start += len(path)
     alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.4 * scale)
     alpha /= alpha.max()
@@ -332,7 +346,10 @@ def add_crack(rng: np.random.Generator, img: Image) -> Image:
 
 
 DEFECTS: dict[str, Callable[[np.random.Generator, Image], Image]] = {
-    "scratch": add_scratch, "spot": add_spots, "crack": add_crack}
+    "scratch": add_scratch,
+    "spot": add_spots,
+    "crack": add_crack,
+}
 
 
 # ---------------------------------------------------------------- imaging conditions
@@ -344,7 +361,7 @@ def _lighting(rng: np.random.Generator, size: int) -> np.ndarray:
     if rng.random() < 0.5:
         return 1.0 + rng.uniform(0.1, 0.35) * x / size
     cx, cy = rng.uniform(-0.4, 0.4, 2) * size
-    r2 = ((x - cx) ** 2 + (y - cy) ** 2) / size ** 2
+    r2 = ((x - cx) ** 2 + (y - cy) ** 2) / size**2
     return 1.0 + rng.uniform(0.15, 0.35) * (0.3 - r2)
 
 
@@ -370,8 +387,9 @@ def make_image(rng: np.random.Generator, label: str, size: int) -> np.ndarray:
     return apply_imaging(rng, img)
 
 
-def generate_surface_defects(out_dir: Path, per_class: int = 320, size: int = 256,
-                             seed: int = 7, progress: bool = False) -> Path:
+def generate_surface_defects(
+    out_dir: Path, per_class: int = 320, size: int = 256, seed: int = 7, progress: bool = False
+) -> Path:
     """Write an ImageFolder tree out_dir/<class>/<class>_<index:04d>.png and return out_dir."""
     out_dir = Path(out_dir)
     for label in CLASSES:

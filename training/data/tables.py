@@ -18,7 +18,15 @@ from training.data.images import CACHE
 
 EMPLOYMENT = ["salaried", "self_employed", "contract", "unemployed", "retired"]
 HOME = ["rent", "mortgage", "own"]
-PURPOSES = ["debt_consolidation", "home_improvement", "car", "education", "medical", "small_business", "other"]
+PURPOSES = [
+    "debt_consolidation",
+    "home_improvement",
+    "car",
+    "education",
+    "medical",
+    "small_business",
+    "other",
+]
 DEFAULT_RATE = 0.10
 
 
@@ -42,10 +50,14 @@ def generate_credit_applications(rows: int = 24_000, seed: int = 11) -> dict[str
     age = np.clip(rng.normal(42, 12, n), 21, 75).round().astype(int)
     p_emp = np.where(age[:, None] >= 60, [0.25, 0.12, 0.05, 0.03, 0.55], [0.66, 0.15, 0.11, 0.06, 0.02])
     employment = np.array([rng.choice(5, p=p) for p in p_emp])
-    career = np.exp(-((age - 48) / 18.0) ** 2)
+    career = np.exp(-(((age - 48) / 18.0) ** 2))
     base_income = np.array([52_000, 61_000, 45_000, 14_000, 30_000])[employment]
     income = base_income * (0.7 + 0.6 * career) * rng.lognormal(0, 0.45, n)
-    p_home = np.clip(np.stack([0.7 - 0.011 * (age - 21), 0.25 + 0.006 * (age - 21), 0.05 + 0.005 * (age - 21)], 1), 0.02, None)
+    p_home = np.clip(
+        np.stack([0.7 - 0.011 * (age - 21), 0.25 + 0.006 * (age - 21), 0.05 + 0.005 * (age - 21)], 1),
+        0.02,
+        None,
+    )
     home = np.array([rng.choice(3, p=p / p.sum()) for p in p_home])
     history = np.minimum(age - 18, rng.gamma(2.2, 4.5, n)).round(1)
     lines = rng.poisson(3 + history / 4)
@@ -134,7 +146,9 @@ def resolve_table(source: str, seed: int) -> Path:
         path = CACHE / "breast-cancer.csv"
         return path if path.is_file() else write_csv(path, breast_cancer_table())
     if source.startswith(("generated:", "builtin:")):
-        raise ValueError(f"unknown table source {source!r}; known: generated:credit-applications, builtin:breast-cancer, or a CSV path")
+        raise ValueError(
+            f"unknown table source {source!r}; known: generated:credit-applications, builtin:breast-cancer, or a CSV path"
+        )
     return Path(source).expanduser()
 
 

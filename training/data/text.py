@@ -49,7 +49,7 @@ def read_labelled_texts(path: Path) -> list[tuple[str, str]]:
                 continue
             obj = json.loads(line)
             if not isinstance(obj, dict) or "text" not in obj or "label" not in obj:
-                raise ValueError(f"{path}:{n}: each line needs \"text\" and \"label\"")
+                raise ValueError(f'{path}:{n}: each line needs "text" and "label"')
             rows.append((str(obj["text"]), str(obj["label"])))
     else:
         with open(path, newline="", encoding="utf-8") as fh:
@@ -80,8 +80,16 @@ def load_text_splits(
     texts = [t for t, _ in rows]
     labels = [names.index(label) for _, label in rows]
     if limit is not None and limit < len(texts):
-        texts, _, labels, _ = train_test_split(texts, labels, train_size=limit, random_state=seed, stratify=labels)
-    rest_t, test_t, rest_y, test_y = train_test_split(texts, labels, test_size=test_fraction, random_state=seed, stratify=labels)
+        texts, _, labels, _ = train_test_split(
+            texts, labels, train_size=limit, random_state=seed, stratify=labels
+        )
+    rest_t, test_t, rest_y, test_y = train_test_split(
+        texts, labels, test_size=test_fraction, random_state=seed, stratify=labels
+    )
     val_share = val_fraction / (1 - test_fraction)
-    train_t, val_t, train_y, val_y = train_test_split(rest_t, rest_y, test_size=val_share, random_state=seed, stratify=rest_y)
-    return TextSplits(TextExamples(train_t, train_y), TextExamples(val_t, val_y), TextExamples(test_t, test_y), names)
+    train_t, val_t, train_y, val_y = train_test_split(
+        rest_t, rest_y, test_size=val_share, random_state=seed, stratify=rest_y
+    )
+    return TextSplits(
+        TextExamples(train_t, train_y), TextExamples(val_t, val_y), TextExamples(test_t, test_y), names
+    )

@@ -27,4 +27,4 @@ def get_task(name: str) -> type[Task]:
         raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}") from None
 
 
-__all__ = ["Splits", "TASKS", "Task", "get_task"]
+__all__ = ["TASKS", "Splits", "Task", "get_task"]

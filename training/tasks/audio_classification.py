@@ -9,7 +9,7 @@ Backbones: the pretrained EfficientNet-Lite0 (log-mel as a 3-channel image) or a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -45,7 +45,9 @@ class LogMelClassifier(nn.Module):
     """Input (batch, 1, mels, frames) log-mel. A learned input norm, then the backbone; a 3-channel
     backbone (ImageNet CNN) sees the same map on every channel."""
 
-    def __init__(self, backbone: nn.Module, features: int, num_labels: int, dropout: float, in_channels: int) -> None:
+    def __init__(
+        self, backbone: nn.Module, features: int, num_labels: int, dropout: float, in_channels: int
+    ) -> None:
         super().__init__()
         self.norm = nn.BatchNorm2d(1)
         self.backbone = backbone
@@ -63,8 +65,8 @@ class LogMelClassifier(nn.Module):
 class AudioClassificationTask(DecodedClassificationTask):
     name = "audio-classification"
     modality = "audio"
-    input_names = ["features"]
-    dynamic_axes = {"features": {0: "batch"}, "logits": {0: "batch"}}
+    input_names: ClassVar[list[str]] = ["features"]
+    dynamic_axes: ClassVar[dict[str, dict[int, str]]] = {"features": {0: "batch"}, "logits": {0: "batch"}}
     preprocessing_model = AudioPreprocessing
 
     def __init__(self, recipe, backbone) -> None:
@@ -77,12 +79,16 @@ class AudioClassificationTask(DecodedClassificationTask):
         d = self.recipe.data
         root = resolve_dataset_folder(d.source, d.seed)
         labels = list(self.recipe.labels) if self.recipe.labels else None
-        if (root / "train").is_dir() and (root / "test").is_dir():  # held-out speakers: keep the given test split
+        if (root / "train").is_dir() and (
+            root / "test"
+        ).is_dir():  # held-out speakers: keep the given test split
             train_p, train_n = read_class_folder(root / "train", AUDIO_SUFFIXES)
             test_p, test_n = read_class_folder(root / "test", AUDIO_SUFFIXES)
         else:
             paths, names = read_class_folder(root, AUDIO_SUFFIXES)
-            train_p, test_p, train_n, test_n = train_test_split(paths, names, test_size=d.test_fraction, random_state=d.seed, stratify=names)
+            train_p, test_p, train_n, test_n = train_test_split(
+                paths, names, test_size=d.test_fraction, random_state=d.seed, stratify=names
+            )
         classes = labels or sorted(set(train_n))
         unknown = sorted((set(train_n) | set(test_n)) - set(classes))
         if unknown:
@@ -90,14 +96,28 @@ class AudioClassificationTask(DecodedClassificationTask):
         index = {c: i for i, c in enumerate(classes)}
         train_y, test_y = [index[n] for n in train_n], [index[n] for n in test_n]
         if d.limit is not None and d.limit < len(train_p):
-            train_p, _, train_y, _ = train_test_split(train_p, train_y, train_size=d.limit, random_state=d.seed, stratify=train_y)
-            test_p, test_y = test_p[: max(len(classes), d.limit // 4)], test_y[: max(len(classes), d.limit // 4)]
-        train_p, val_p, train_y, val_y = train_test_split(train_p, train_y, test_size=d.val_fraction, random_state=d.seed, stratify=train_y)
-        return Splits(ImageExamples(train_p, train_y), ImageExamples(val_p, val_y), ImageExamples(test_p, test_y), classes)
+            train_p, _, train_y, _ = train_test_split(
+                train_p, train_y, train_size=d.limit, random_state=d.seed, stratify=train_y
+            )
+            test_p, test_y = (
+                test_p[: max(len(classes), d.limit // 4)],
+                test_y[: max(len(classes), d.limit // 4)],
+            )
+        train_p, val_p, train_y, val_y = train_test_split(
+            train_p, train_y, test_size=d.val_fraction, random_state=d.seed, stratify=train_y
+        )
+        return Splits(
+            ImageExamples(train_p, train_y),
+            ImageExamples(val_p, val_y),
+            ImageExamples(test_p, test_y),
+            classes,
+        )
 
     def build_model(self, label_names: list[str]) -> nn.Module:
         net = self.backbone.load()
-        features = net.get_classifier().in_features if hasattr(net, "get_classifier") else self.backbone.hidden_size
+        features = (
+            net.get_classifier().in_features if hasattr(net, "get_classifier") else self.backbone.hidden_size
+        )
         if hasattr(net, "reset_classifier"):
             net.reset_classifier(0)
         in_channels = 3 if self.backbone.pretrained_labels else 1

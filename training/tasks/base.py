@@ -39,7 +39,9 @@ from training.backbones import Backbone
 from training.evaluate import IGNORE, concat_padded, max_abs_diff
 from training.recipe import Recipe, RecipeError
 
-Batch = tuple[dict[str, torch.Tensor], Any]  # (model inputs by ONNX input name, targets as the task structures them)
+Batch = tuple[
+    dict[str, torch.Tensor], Any
+]  # (model inputs by ONNX input name, targets as the task structures them)
 
 
 @dataclass
@@ -56,13 +58,17 @@ class Preprocessing(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # One default for every task: off. Recipes that want augmentation say so (keywords, surface-defects: 1.0).
-    augment_strength: float = Field(0.0, ge=0, description="training-time augmentation; 0 = off, 1 = the documented default amounts")
+    augment_strength: float = Field(
+        0.0, ge=0, description="training-time augmentation; 0 = off, 1 = the documented default amounts"
+    )
 
 
 class Task(ABC):
     name: str
     modality: str
-    metric: str  # the validation metric that decides early stopping, the INT8 gate, backbone and pruning choices
+    metric: (
+        str  # the validation metric that decides early stopping, the INT8 gate, backbone and pruning choices
+    )
     input_names: list[str]
     output_names: list[str]
     dynamic_axes: dict[str, dict[int, str]]
@@ -81,9 +87,13 @@ class Task(ABC):
         try:
             return cls.preprocessing_model.model_validate(recipe.preprocessing)
         except ValidationError as exc:
-            problems = "; ".join(f"preprocessing.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            problems = "; ".join(
+                f"preprocessing.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
             known = ", ".join(cls.preprocessing_model.model_fields)
-            raise RecipeError(f"recipe {recipe.name!r} ({cls.name}): {problems} (known keys: {known})") from None
+            raise RecipeError(
+                f"recipe {recipe.name!r} ({cls.name}): {problems} (known keys: {known})"
+            ) from None
 
     @abstractmethod
     def load_data(self) -> Splits: ...

@@ -4,7 +4,8 @@ batching, loaders, calibration inputs for static quantisation, and classificatio
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -18,7 +19,12 @@ from training.tasks.base import Batch, Splits, Task
 class DecodedFiles(Dataset):
     """Files decoded once (`decode(bytes)`), transformed per access (`transform(decoded)`)."""
 
-    def __init__(self, split: ImageExamples, decode: Callable[[bytes], np.ndarray], transform: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(
+        self,
+        split: ImageExamples,
+        decode: Callable[[bytes], np.ndarray],
+        transform: Callable[[np.ndarray], np.ndarray],
+    ) -> None:
         self.items = [decode(p.read_bytes()) for p in split.paths]
         self.labels = split.labels
         self.transform = transform
@@ -32,7 +38,7 @@ class DecodedFiles(Dataset):
 
 class DecodedClassificationTask(Task):
     metric = "accuracy"
-    output_names = ["logits"]
+    output_names: ClassVar[list[str]] = ["logits"]
 
     def __init__(self, recipe, backbone) -> None:
         super().__init__(recipe, backbone)
@@ -50,7 +56,9 @@ class DecodedClassificationTask(Task):
     def dataset(self, split: ImageExamples, train: bool) -> DecodedFiles:
         key = (id(split), train)
         if key not in self._datasets:
-            self._datasets[key] = DecodedFiles(split, self.decode, self.train_transform if train else self.eval_transform)
+            self._datasets[key] = DecodedFiles(
+                split, self.decode, self.train_transform if train else self.eval_transform
+            )
         return self._datasets[key]
 
     def relabel(self, split: ImageExamples, labels: list[int]) -> None:
@@ -60,17 +68,28 @@ class DecodedClassificationTask(Task):
                 cached.labels = labels
 
     def collate(self, items: list[tuple[np.ndarray, int]]) -> Batch:
-        return {self.input_names[0]: torch.from_numpy(np.stack([x for x, _ in items]))}, torch.tensor([y for _, y in items], dtype=torch.long)
+        return {self.input_names[0]: torch.from_numpy(np.stack([x for x, _ in items]))}, torch.tensor(
+            [y for _, y in items], dtype=torch.long
+        )
 
     def loader(self, split: ImageExamples, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         generator = torch.Generator().manual_seed(self.recipe.train.seed)
-        return DataLoader(self.dataset(split, train=shuffle), batch_size=batch_size or self.recipe.train.batch_size, shuffle=shuffle, collate_fn=self.collate, generator=generator)
+        return DataLoader(
+            self.dataset(split, train=shuffle),
+            batch_size=batch_size or self.recipe.train.batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collate,
+            generator=generator,
+        )
 
     def calibration_inputs(self, splits: Splits, count: int) -> list[dict[str, np.ndarray]]:
         """Training inputs with the server's pre-processing, in batches of 16."""
         data = self.dataset(splits.train, train=False)
         n = min(count, len(data))
-        return [{self.input_names[0]: np.stack([data[j][0] for j in range(i, min(n, i + 16))])} for i in range(0, n, 16)]
+        return [
+            {self.input_names[0]: np.stack([data[j][0] for j in range(i, min(n, i + 16))])}
+            for i in range(0, n, 16)
+        ]
 
     def metrics(self, logits: np.ndarray, targets: np.ndarray, label_names: list[str]) -> dict[str, Any]:
         return classification_metrics(logits, targets, label_names)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -41,15 +41,20 @@ WEEK = 168
 
 
 class SeriesCNN(nn.Module):
-    def __init__(self, window: int, horizon: int, width: int = 32, hidden: int = 256, dropout: float = 0.1) -> None:
+    def __init__(
+        self, window: int, horizon: int, width: int = 32, hidden: int = 256, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         if window < WEEK or horizon > WEEK:
             raise ValueError(f"series-cnn needs window ≥ {WEEK} and horizon ≤ {WEEK} (seasonal-naive skip)")
         self.window, self.horizon = window, horizon
         self.backbone = nn.Sequential(
-            nn.Conv1d(1, 16, 7, padding=3), nn.GELU(),
-            nn.Conv1d(16, width, 5, stride=2, padding=2), nn.GELU(),
-            nn.Conv1d(width, width, 5, stride=2, padding=2), nn.GELU(),
+            nn.Conv1d(1, 16, 7, padding=3),
+            nn.GELU(),
+            nn.Conv1d(16, width, 5, stride=2, padding=2),
+            nn.GELU(),
+            nn.Conv1d(width, width, 5, stride=2, padding=2),
+            nn.GELU(),
         )
         conv_out = width * math.ceil(math.ceil(window / 2) / 2)
         self.mix = nn.Sequential(nn.Linear(conv_out + window, hidden), nn.GELU(), nn.Dropout(dropout))
@@ -77,18 +82,28 @@ def seasonal_naive(history: np.ndarray, horizon: int) -> np.ndarray:
     return history[:, start : start + horizon]
 
 
-def windows(series: np.ndarray, origins: np.ndarray, window: int, horizon: int) -> tuple[ArrayExamples, np.ndarray, np.ndarray]:
+def windows(
+    series: np.ndarray, origins: np.ndarray, window: int, horizon: int
+) -> tuple[ArrayExamples, np.ndarray, np.ndarray]:
     """Examples for forecast origins (index of the first forecast point); targets are the future and
     its seasonal-naive forecast, standardised like the history. Also returns loc and scale."""
     view = sliding_window_view(series, window + horizon)[origins - window]
     history, future = view[:, :window], view[:, window:]
     x, loc, scale = standardise(history)
     y = ((future - loc) / scale).astype(np.float32)
-    return ArrayExamples({"history": x}, {"future": y, "naive": seasonal_naive(x, horizon)}), loc[:, 0], scale[:, 0]
+    return (
+        ArrayExamples({"history": x}, {"future": y, "naive": seasonal_naive(x, horizon)}),
+        loc[:, 0],
+        scale[:, 0],
+    )
 
 
 class ForecastingPreprocessing(Preprocessing):
-    window: int = Field(WEEK, ge=WEEK, description="hours of history the model reads (at least a week: the seasonal-naive skip)")
+    window: int = Field(
+        WEEK,
+        ge=WEEK,
+        description="hours of history the model reads (at least a week: the seasonal-naive skip)",
+    )
     horizon: int = Field(24, ge=1, le=WEEK, description="hours forecast")
     train_stride: int = Field(1, ge=1, description="hours between training origins")
     origin_stride: int = Field(24, ge=1, description="hours between validation and backtest origins")
@@ -99,9 +114,9 @@ class ForecastingTask(Task):
     name = "forecasting"
     modality = "series"
     metric = "skill"  # 1 - MAE(p50) / MAE(seasonal naive), on standardised windows
-    input_names = ["history"]
-    output_names = ["quantiles"]
-    dynamic_axes = {"history": {0: "batch"}, "quantiles": {0: "batch"}}
+    input_names: ClassVar[list[str]] = ["history"]
+    output_names: ClassVar[list[str]] = ["quantiles"]
+    dynamic_axes: ClassVar[dict[str, dict[int, str]]] = {"history": {0: "batch"}, "quantiles": {0: "batch"}}
     preprocessing_model = ForecastingPreprocessing
 
     def __init__(self, recipe, backbone) -> None:
@@ -119,12 +134,14 @@ class ForecastingTask(Task):
         test_len, val_len = int(n * d.test_fraction), int(n * d.val_fraction)
         train_end = n - test_len - val_len
         if train_end - self.window - self.horizon < 10 * WEEK // 7:
-            raise ValueError(f"{path}: {n} hourly points is too short for window {self.window} + horizon {self.horizon} and the splits")
+            raise ValueError(
+                f"{path}: {n} hourly points is too short for window {self.window} + horizon {self.horizon} and the splits"
+            )
         self.series = series
         self.train_end = train_end
         train_origins = np.arange(self.window, train_end - self.horizon + 1, self.train_stride)
         if d.limit is not None:
-            train_origins = train_origins[-d.limit:]
+            train_origins = train_origins[-d.limit :]
         val_origins = np.arange(train_end, n - test_len - self.horizon + 1, self.origin_stride)
         test_origins = np.arange(n - test_len, n - self.horizon + 1, self.origin_stride)
         train, _, _ = windows(series, train_origins, self.window, self.horizon)
@@ -146,14 +163,24 @@ class ForecastingTask(Task):
         rng = np.random.default_rng(cfg.seed)
         parts = []
         for s in corpus:
-            origins = np.arange(self.window + rng.integers(self.origin_stride), len(s) - self.horizon + 1, self.origin_stride)
+            origins = np.arange(
+                self.window + rng.integers(self.origin_stride), len(s) - self.horizon + 1, self.origin_stride
+            )
             parts.append(windows(s, origins, self.window, self.horizon)[0])
         cut = max(1, len(parts) // 20)  # the last 5% of series validate the pretraining
         train, val = ArrayExamples.concatenate(parts[cut:]), ArrayExamples.concatenate(parts[:cut])
         if self.progress:
-            print(f"[tuneserve] {self.recipe.name}: pretraining on {len(corpus)} synthetic series ({len(train)} windows)", flush=True)
+            print(
+                f"[tuneserve] {self.recipe.name}: pretraining on {len(corpus)} synthetic series ({len(train)} windows)",
+                flush=True,
+            )
         result = fit(model, self, Splits(train, val, val, splits.label_names), cfg, progress=self.progress)
-        self.report["pretraining"] = {"series": cfg.series, "windows": len(train), "best_val_skill": result.best_metric, "steps": result.steps}
+        self.report["pretraining"] = {
+            "series": cfg.series,
+            "windows": len(train),
+            "best_val_skill": result.best_metric,
+            "steps": result.steps,
+        }
         self.pretrained = copy.deepcopy(model).eval()
 
     def loader(self, split: ArrayExamples, shuffle: bool, batch_size: int | None = None) -> DataLoader:
@@ -164,14 +191,21 @@ class ForecastingTask(Task):
 
             def transform(inputs, targets):
                 history, future = augment_series(inputs["history"], targets["future"], strength, rng)
-                return {"history": history}, {"future": future, "naive": seasonal_naive(history, self.horizon)}
+                return {"history": history}, {
+                    "future": future,
+                    "naive": seasonal_naive(history, self.horizon),
+                }
 
-        return array_loader(split, batch_size or self.recipe.train.batch_size, shuffle, self.recipe.train.seed, transform)
+        return array_loader(
+            split, batch_size or self.recipe.train.batch_size, shuffle, self.recipe.train.seed, transform
+        )
 
     def loss(self, outputs: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         return pinball(outputs, targets["future"])
 
-    def metrics(self, outputs: np.ndarray, targets: dict[str, np.ndarray], label_names: list[str]) -> dict[str, Any]:
+    def metrics(
+        self, outputs: np.ndarray, targets: dict[str, np.ndarray], label_names: list[str]
+    ) -> dict[str, Any]:
         truth, naive = targets["future"], targets["naive"]
         mae = float(np.abs(outputs[..., 1] - truth).mean())
         mae_naive = float(np.abs(naive - truth).mean())
@@ -182,7 +216,7 @@ class ForecastingTask(Task):
             "mae_std_units": mae,
             "pinball": float(np.maximum(q * err, (q - 1) * err).mean()),
             "coverage_p10_p90": float(((outputs[..., 0] <= truth) & (truth <= outputs[..., 2])).mean()),
-            "n": int(len(truth)),
+            "n": len(truth),
         }
 
     def parity(self, reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
@@ -194,33 +228,59 @@ class ForecastingTask(Task):
         if self.series is None:
             return
         train = self.series[: self.train_end]
-        scale = float(np.abs(train[WEEK:] - train[:-WEEK]).mean())  # in-sample seasonal-naive MAE (MASE's denominator)
+        scale = float(
+            np.abs(train[WEEK:] - train[:-WEEK]).mean()
+        )  # in-sample seasonal-naive MAE (MASE's denominator)
         loc, spread = self.test_loc[:, None, None], self.test_scale[:, None, None]
         truth = splits.test.targets["future"] * spread[..., 0] + loc[..., 0]
         naive = splits.test.targets["naive"] * spread[..., 0] + loc[..., 0]
 
         def score(outputs: np.ndarray | None, median: np.ndarray) -> dict[str, float]:
-            out = {"mase": float(np.abs(median - truth).mean() / scale), "mae": float(np.abs(median - truth).mean())}
+            out = {
+                "mase": float(np.abs(median - truth).mean() / scale),
+                "mae": float(np.abs(median - truth).mean()),
+            }
             if outputs is not None:
-                out["coverage_p10_p90"] = float(((outputs[..., 0] <= truth) & (truth <= outputs[..., 2])).mean())
+                out["coverage_p10_p90"] = float(
+                    ((outputs[..., 0] <= truth) & (truth <= outputs[..., 2])).mean()
+                )
             return out
 
         batches = list(self.loader(splits.test, shuffle=False, batch_size=256))
         tuned = torch_outputs(model, self, batches)[0] * spread + loc
-        backtest = {"origins": int(len(truth)), "horizon": self.horizon, "mase_scale": scale, "fine_tuned": score(tuned, tuned[..., 1]),
-                    "seasonal_naive": score(None, naive)}
+        backtest = {
+            "origins": len(truth),
+            "horizon": self.horizon,
+            "mase_scale": scale,
+            "fine_tuned": score(tuned, tuned[..., 1]),
+            "seasonal_naive": score(None, naive),
+        }
         if self.pretrained is not None:
             pre = torch_outputs(self.pretrained, self, batches)[0] * spread + loc
             backtest["pretrained_only"] = score(pre, pre[..., 1])
         self.report["backtest"] = backtest
         if self.progress:
-            print("[tuneserve] {}: backtest MASE fine-tuned {:.3f}, pretrained-only {}, seasonal-naive {:.3f}; p10-p90 coverage {:.1%}".format(
-                self.recipe.name, backtest["fine_tuned"]["mase"], f"{backtest['pretrained_only']['mase']:.3f}" if "pretrained_only" in backtest else "-",
-                backtest["seasonal_naive"]["mase"], backtest["fine_tuned"]["coverage_p10_p90"]), flush=True)
+            print(
+                "[tuneserve] {}: backtest MASE fine-tuned {:.3f}, pretrained-only {}, seasonal-naive {:.3f}; p10-p90 coverage {:.1%}".format(
+                    self.recipe.name,
+                    backtest["fine_tuned"]["mase"],
+                    f"{backtest['pretrained_only']['mase']:.3f}" if "pretrained_only" in backtest else "-",
+                    backtest["seasonal_naive"]["mase"],
+                    backtest["fine_tuned"]["coverage_p10_p90"],
+                ),
+                flush=True,
+            )
 
     def preprocessing_config(self) -> dict[str, Any]:
-        return {"kind": "series", "window": self.window, "horizon": self.horizon, "quantiles": list(QUANTILES), "max_gap": MAX_GAP,
-                "frequency": "hourly", "scaling": "mean and standard deviation of the input window"}
+        return {
+            "kind": "series",
+            "window": self.window,
+            "horizon": self.horizon,
+            "quantiles": list(QUANTILES),
+            "max_gap": MAX_GAP,
+            "frequency": "hourly",
+            "scaling": "mean and standard deviation of the input window",
+        }
 
     def calibration_inputs(self, splits: Splits, count: int) -> list[dict[str, np.ndarray]]:
         x = splits.train.inputs["history"][:count]

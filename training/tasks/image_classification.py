@@ -7,7 +7,7 @@ small rotations, colour jitter) and scaled by the same `normalise`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -46,26 +46,30 @@ class PooledHeadClassifier(nn.Module):
 class ImageClassificationTask(DecodedClassificationTask):
     name = "image-classification"
     modality = "image"
-    input_names = ["images"]
-    dynamic_axes = {"images": {0: "batch"}, "logits": {0: "batch"}}
+    input_names: ClassVar[list[str]] = ["images"]
+    dynamic_axes: ClassVar[dict[str, dict[int, str]]] = {"images": {0: "batch"}, "logits": {0: "batch"}}
     preprocessing_model = ImagePreprocessing
 
     def __init__(self, recipe, backbone) -> None:
         super().__init__(recipe, backbone)
         self.preprocessor = ImagePreprocessor(**self.options.model_dump(exclude={"augment_strength"}))
         strength = self.options.augment_strength
-        self.augment = v2.Compose([
-            v2.RandomResizedCrop(self.preprocessor.crop, scale=(1 - 0.4 * strength, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RandomVerticalFlip(p=0.5 * strength),
-            v2.RandomRotation(10 * strength),
-            v2.ColorJitter(0.25 * strength, 0.25 * strength, 0.25 * strength, 0.02 * strength),
-        ])
+        self.augment = v2.Compose(
+            [
+                v2.RandomResizedCrop(self.preprocessor.crop, scale=(1 - 0.4 * strength, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.RandomVerticalFlip(p=0.5 * strength),
+                v2.RandomRotation(10 * strength),
+                v2.ColorJitter(0.25 * strength, 0.25 * strength, 0.25 * strength, 0.02 * strength),
+            ]
+        )
 
     def load_data(self) -> Splits:
         d = self.recipe.data
         labels = self.backbone.pretrained_labels() if d.pseudo_labels else self.recipe.labels
-        train, val, test, names = load_image_splits(d.source, labels, d.val_fraction, d.test_fraction, d.seed, d.limit)
+        train, val, test, names = load_image_splits(
+            d.source, labels, d.val_fraction, d.test_fraction, d.seed, d.limit
+        )
         return Splits(train, val, test, names)
 
     def build_model(self, label_names: list[str]) -> nn.Module:

@@ -7,13 +7,13 @@ in the report. Recipe `preprocessing` keys: `TabularPreprocessing`.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import accuracy_score, average_precision_score, f1_score, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -32,7 +32,9 @@ class TabularMLP(nn.Module):
     `logit_adjust` undoes the prior shift of class weighting and `temperature` calibrates; both are
     set after training and exported inside the graph, so served probabilities are calibrated."""
 
-    def __init__(self, numeric_width: int, cardinalities: list[int], num_labels: int, hidden: list[int], dropout: float) -> None:
+    def __init__(
+        self, numeric_width: int, cardinalities: list[int], num_labels: int, hidden: list[int], dropout: float
+    ) -> None:
         super().__init__()
         dims = [min(16, max(2, round(1.6 * c**0.56))) for c in cardinalities]
         self.embeddings = nn.ModuleList(nn.Embedding(c, d) for c, d in zip(cardinalities, dims))
@@ -90,14 +92,16 @@ def binary_metrics(p_positive: np.ndarray, positive: np.ndarray, threshold: floa
     guess = p_positive >= threshold
     two = np.stack([1 - p_positive, p_positive], 1)
     return {
-        "roc_auc": float(roc_auc_score(positive, p_positive)) if 0 < positive.sum() < len(positive) else float("nan"),
+        "roc_auc": float(roc_auc_score(positive, p_positive))
+        if 0 < positive.sum() < len(positive)
+        else float("nan"),
         "pr_auc": float(average_precision_score(positive, p_positive)),
         "brier": float(np.mean((p_positive - positive) ** 2)),
         "log_loss": float(log_loss(positive, np.clip(two, 1e-12, 1), labels=[False, True])),
         "accuracy": float((guess == positive).mean()),
         "f1": float(f1_score(positive, guess, zero_division=0)),
         "threshold": float(threshold),
-        "n": int(len(positive)),
+        "n": len(positive),
     }
 
 
@@ -107,19 +111,29 @@ class FeatureOverride(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["numeric", "categorical", "boolean"] | None = None
-    missing: Literal["error", "impute"] | None = Field(None, description="default: impute when the training column has gaps, else error")
+    missing: Literal["error", "impute"] | None = Field(
+        None, description="default: impute when the training column has gaps, else error"
+    )
 
 
 class TabularPreprocessing(Preprocessing):
-    model_config = ConfigDict(coerce_numbers_to_str=True)  # CSV labels are text: `positive_label: 1` names "1"
+    model_config = ConfigDict(
+        coerce_numbers_to_str=True
+    )  # CSV labels are text: `positive_label: 1` names "1"
 
     target: str | None = Field(None, description="the column to predict (data.target takes precedence)")
-    features: dict[str, FeatureOverride] = Field(default_factory=dict, description="overrides of the schema inferred from the CSV")
+    features: dict[str, FeatureOverride] = Field(
+        default_factory=dict, description="overrides of the schema inferred from the CSV"
+    )
     exclude: list[str] = Field(default_factory=list, description="columns that are not features")
     min_category_count: int = Field(1, ge=1, description="rarer categories map to <unknown>")
     class_weight: Literal["balanced", "none"] = "balanced"
-    positive_label: str | None = Field(None, description="binary: the positive class (default: the rarer one)")
-    threshold_objective: Literal["f1", "accuracy", "youden"] = Field("f1", description="what the validation-chosen threshold maximises")
+    positive_label: str | None = Field(
+        None, description="binary: the positive class (default: the rarer one)"
+    )
+    threshold_objective: Literal["f1", "accuracy", "youden"] = Field(
+        "f1", description="what the validation-chosen threshold maximises"
+    )
     hidden: list[int] = Field(default_factory=lambda: [128, 64], description="MLP layer widths")
     mixup: float = Field(0.0, ge=0, description="Beta α of mixup on numeric features and targets; 0 = off")
     # augment_strength: Gaussian noise on the standardised numeric features
@@ -129,7 +143,7 @@ class TabularClassificationTask(Task):
     name = "tabular-classification"
     modality = "tabular"
     metric = "roc_auc"
-    output_names = ["logits"]
+    output_names: ClassVar[list[str]] = ["logits"]
     preprocessing_model = TabularPreprocessing
 
     def __init__(self, recipe, backbone) -> None:
@@ -154,7 +168,9 @@ class TabularClassificationTask(Task):
         columns = read_csv_columns(path)
         target = d.target or self.options.target
         if target is None or target not in columns:
-            raise ValueError(f"{path}: target column {target!r} not found; columns: {list(columns)} (set data.target or --target)")
+            raise ValueError(
+                f"{path}: target column {target!r} not found; columns: {list(columns)} (set data.target or --target)"
+            )
         labels_text = columns.pop(target)
         keep = np.array([v is not None for v in labels_text])
         if not keep.all():
@@ -163,7 +179,9 @@ class TabularClassificationTask(Task):
         index = {name: i for i, name in enumerate(label_names)}
         unknown = sorted({v for v in labels_text if v is not None} - set(index))
         if unknown:
-            raise ValueError(f"{path}: target values {unknown[:5]} are not among the recipe's labels {label_names}")
+            raise ValueError(
+                f"{path}: target values {unknown[:5]} are not among the recipe's labels {label_names}"
+            )
         y = np.array([index[v] for v in np.asarray(labels_text, dtype=object)[keep]], dtype=np.int64)
         if len(label_names) < 2:
             raise ValueError(f"{path}: the target {target!r} has a single class")
@@ -174,32 +192,52 @@ class TabularClassificationTask(Task):
         kinds = infer_kinds({k: v for k, v in columns.items() if k not in exclude})
         for name, spec in overrides.items():
             if name not in columns:  # e.g. the recipe's own data differs from a user's file
-                log.warning("recipe preprocessing.features names %r, which is not a column of %s; ignored", name, path)
+                log.warning(
+                    "recipe preprocessing.features names %r, which is not a column of %s; ignored", name, path
+                )
                 continue
             if spec.kind is not None:
                 kinds[name] = spec.kind
         dropped = [k for k, v in kinds.items() if v is None]
         if dropped:
-            log.warning("%s: columns %s are not used as features (identifier-like, free text or empty)", path, dropped)
+            log.warning(
+                "%s: columns %s are not used as features (identifier-like, free text or empty)", path, dropped
+            )
         names = [k for k, v in kinds.items() if v is not None]
         if not names:
             raise ValueError(f"{path}: no usable feature columns")
         try:
             parsed = {k: [parse_cell(kinds[k], c) for c, ok in zip(columns[k], keep) if ok] for k in names}
         except ValueError as exc:
-            raise ValueError(f"{path}: {exc} (a column's kind in the recipe does not fit its cells)") from None
+            raise ValueError(
+                f"{path}: {exc} (a column's kind in the recipe does not fit its cells)"
+            ) from None
 
         n = len(y)
         all_rows = np.arange(n)
         if d.limit is not None and d.limit < n:
             all_rows, _ = train_test_split(all_rows, train_size=d.limit, random_state=d.seed, stratify=y)
-        rest, test = train_test_split(all_rows, test_size=d.test_fraction, random_state=d.seed, stratify=y[all_rows])
-        train, val = train_test_split(rest, test_size=d.val_fraction / (1 - d.test_fraction), random_state=d.seed, stratify=y[rest])
+        rest, test = train_test_split(
+            all_rows, test_size=d.test_fraction, random_state=d.seed, stratify=y[all_rows]
+        )
+        train, val = train_test_split(
+            rest, test_size=d.val_fraction / (1 - d.test_fraction), random_state=d.seed, stratify=y[rest]
+        )
 
         features = []
         for k in names:
-            policy = (overrides[k].missing if k in overrides else None) or ("impute" if any(v is None for v in parsed[k]) else "error")
-            features.append(fit_feature(k, kinds[k], (parsed[k][i] for i in train), missing=policy, min_count=self.options.min_category_count))
+            policy = (overrides[k].missing if k in overrides else None) or (
+                "impute" if any(v is None for v in parsed[k]) else "error"
+            )
+            features.append(
+                fit_feature(
+                    k,
+                    kinds[k],
+                    (parsed[k][i] for i in train),
+                    missing=policy,
+                    min_count=self.options.min_category_count,
+                )
+            )
         self.encoder = RowEncoder(features)
         rows = [dict(zip(names, values)) for values in zip(*(parsed[k] for k in names))]
         encoded = self.encoder.encode_all(rows)
@@ -210,7 +248,12 @@ class TabularClassificationTask(Task):
         if len(label_names) == 2:
             positive = self.options.positive_label
             if positive is not None and positive not in index:  # a user's file with other labels
-                log.warning("positive_label %r is not a label of %s (%s); using the rarer class", positive, path, label_names)
+                log.warning(
+                    "positive_label %r is not a label of %s (%s); using the rarer class",
+                    positive,
+                    path,
+                    label_names,
+                )
                 positive = None
             self.positive = index[positive] if positive is not None else int(counts.argmin())
         arrays = ArrayExamples(encoded, y)
@@ -223,7 +266,13 @@ class TabularClassificationTask(Task):
         self.threshold = float(preprocessing.get("threshold", 0.5))
 
     def build_model(self, label_names: list[str]) -> nn.Module:
-        return TabularMLP(self.encoder.numeric_width, self.encoder.cardinalities, len(label_names), self.options.hidden, self.recipe.train.dropout)
+        return TabularMLP(
+            self.encoder.numeric_width,
+            self.encoder.cardinalities,
+            len(label_names),
+            self.options.hidden,
+            self.recipe.train.dropout,
+        )
 
     def loader(self, split: ArrayExamples, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         strength, alpha = self.options.augment_strength, self.options.mixup
@@ -234,26 +283,38 @@ class TabularClassificationTask(Task):
             classes = self.num_labels
 
             def transform(inputs, targets):
-                inputs = dict(inputs, numeric=tabular_noise(inputs["numeric"], numeric_columns, strength, rng))
+                inputs = dict(
+                    inputs, numeric=tabular_noise(inputs["numeric"], numeric_columns, strength, rng)
+                )
                 return mixup(inputs, targets, classes, alpha, rng) if alpha > 0 else (inputs, targets)
 
-        return array_loader(split, batch_size or self.recipe.train.batch_size, shuffle, self.recipe.train.seed, transform)
+        return array_loader(
+            split, batch_size or self.recipe.train.batch_size, shuffle, self.recipe.train.seed, transform
+        )
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        weight = None if self.class_weights is None else torch.as_tensor(self.class_weights, dtype=logits.dtype)
+        weight = (
+            None if self.class_weights is None else torch.as_tensor(self.class_weights, dtype=logits.dtype)
+        )
         return nn.functional.cross_entropy(logits, targets, weight=weight)
 
     def metrics(self, logits: np.ndarray, targets: np.ndarray, label_names: list[str]) -> dict[str, Any]:
         probs = softmax(logits)
         if self.positive is not None:
-            return binary_metrics(probs[:, self.positive].astype(np.float64), targets == self.positive, self.threshold)
+            return binary_metrics(
+                probs[:, self.positive].astype(np.float64), targets == self.positive, self.threshold
+            )
         onehot = np.eye(len(label_names))[targets]
         return {
-            "roc_auc": float(roc_auc_score(targets, probs, multi_class="ovr", labels=list(range(len(label_names))))),
+            "roc_auc": float(
+                roc_auc_score(targets, probs, multi_class="ovr", labels=list(range(len(label_names))))
+            ),
             "brier": float(((probs - onehot) ** 2).sum(1).mean()),
-            "log_loss": float(log_loss(targets, np.clip(probs, 1e-12, 1), labels=list(range(len(label_names))))),
+            "log_loss": float(
+                log_loss(targets, np.clip(probs, 1e-12, 1), labels=list(range(len(label_names))))
+            ),
             "accuracy": float(accuracy_score(targets, probs.argmax(1))),
-            "n": int(len(targets)),
+            "n": len(targets),
         }
 
     def after_fit(self, model: nn.Module, splits: Splits) -> None:
@@ -264,16 +325,26 @@ class TabularClassificationTask(Task):
         if self.class_weights is not None:
             model.logit_adjust.copy_(torch.as_tensor(np.log(self.class_weights), dtype=torch.float32))
         raw, targets = torch_outputs(model, self, self.loader(splits.val, shuffle=False, batch_size=1024))
-        before = float(log_loss(targets, np.clip(softmax(raw), 1e-12, 1), labels=list(range(len(splits.label_names)))))
+        before = float(
+            log_loss(targets, np.clip(softmax(raw), 1e-12, 1), labels=list(range(len(splits.label_names))))
+        )
         temperature = fit_temperature(raw, targets)
         model.temperature.fill_(temperature)
         probs = softmax(raw / temperature)
-        after = float(log_loss(targets, np.clip(probs, 1e-12, 1), labels=list(range(len(splits.label_names)))))
+        after = float(
+            log_loss(targets, np.clip(probs, 1e-12, 1), labels=list(range(len(splits.label_names))))
+        )
         objective = self.options.threshold_objective
         calibration = {"temperature": temperature, "val_log_loss_before": before, "val_log_loss_after": after}
         if self.positive is not None:
-            self.threshold = choose_threshold(probs[:, self.positive].astype(np.float64), targets == self.positive, objective)
-            calibration |= {"threshold": self.threshold, "threshold_objective": objective, "positive_label": splits.label_names[self.positive]}
+            self.threshold = choose_threshold(
+                probs[:, self.positive].astype(np.float64), targets == self.positive, objective
+            )
+            calibration |= {
+                "threshold": self.threshold,
+                "threshold_objective": objective,
+                "positive_label": splits.label_names[self.positive],
+            }
         self.report["calibration"] = calibration
         self.report["baseline_hist_gradient_boosting"] = self._baseline(splits, objective)
 
@@ -283,11 +354,18 @@ class TabularClassificationTask(Task):
         from sklearn.ensemble import HistGradientBoostingClassifier
 
         def table(split: ArrayExamples) -> np.ndarray:
-            return np.hstack([split.inputs["numeric"], split.inputs.get("categorical", np.zeros((len(split), 0)))]).astype(np.float64)
+            return np.hstack(
+                [split.inputs["numeric"], split.inputs.get("categorical", np.zeros((len(split), 0)))]
+            ).astype(np.float64)
 
         width = self.encoder.numeric_width
         mask = [False] * width + [True] * len(self.encoder.categorical)
-        clf = HistGradientBoostingClassifier(categorical_features=mask if any(mask) else None, max_iter=300, early_stopping=True, random_state=self.recipe.data.seed)
+        clf = HistGradientBoostingClassifier(
+            categorical_features=mask if any(mask) else None,
+            max_iter=300,
+            early_stopping=True,
+            random_state=self.recipe.data.seed,
+        )
         clf.fit(table(splits.train), splits.train.targets)
         val, test = clf.predict_proba(table(splits.val)), clf.predict_proba(table(splits.test))
         if self.positive is None:
@@ -297,7 +375,11 @@ class TabularClassificationTask(Task):
         return binary_metrics(test[:, self.positive], splits.test.targets == self.positive, threshold)
 
     def preprocessing_config(self) -> dict[str, Any]:
-        config = {"kind": "tabular", **self.encoder.config(), "target": self.recipe.data.target or self.options.target}
+        config = {
+            "kind": "tabular",
+            **self.encoder.config(),
+            "target": self.recipe.data.target or self.options.target,
+        }
         if self.positive is not None:
             config |= {"positive_index": self.positive, "threshold": self.threshold}
         return config

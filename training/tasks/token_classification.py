@@ -8,7 +8,7 @@ Word-piece alignment: each pre-tokenised word's first sub-token carries the word
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ def word_targets(encoding, spans: list[tuple[int, int, str]], tag_index: dict[st
 class TokenClassificationTask(TextClassificationTask):
     name = "token-classification"
     metric = "micro_f1"
-    dynamic_axes = {
+    dynamic_axes: ClassVar[dict[str, dict[int, str]]] = {
         "input_ids": {0: "batch", 1: "sequence"},
         "attention_mask": {0: "batch", 1: "sequence"},
         "logits": {0: "batch", 1: "sequence"},
@@ -60,13 +60,21 @@ class TokenClassificationTask(TextClassificationTask):
         if d.limit is not None and d.limit < len(examples):
             examples, _ = train_test_split(examples, train_size=d.limit, random_state=d.seed)
         rest, test = train_test_split(examples, test_size=d.test_fraction, random_state=d.seed)
-        train, val = train_test_split(rest, test_size=d.val_fraction / (1 - d.test_fraction), random_state=d.seed)
+        train, val = train_test_split(
+            rest, test_size=d.val_fraction / (1 - d.test_fraction), random_state=d.seed
+        )
         tags = bio_tags(types)
         self.tag_index = {t: i for i, t in enumerate(tags)}
         return Splits(train, val, test, tags)
 
     def build_model(self, label_names: list[str]) -> nn.Module:
-        return EncoderWithHead(self.backbone.load(), self.backbone.hidden_size, len(label_names), self.recipe.train.dropout, per_token=True)
+        return EncoderWithHead(
+            self.backbone.load(),
+            self.backbone.hidden_size,
+            len(label_names),
+            self.recipe.train.dropout,
+            per_token=True,
+        )
 
     def collate(self, items: list[SpanExample], train: bool = False) -> Batch:
         if train and self.strength > 0:  # spans stay on their words (training/augment.py)
@@ -76,18 +84,29 @@ class TokenClassificationTask(TextClassificationTask):
         for row, (encoding, ex) in enumerate(zip(batch.encodings, items)):
             row_targets = word_targets(encoding, ex.spans, self.tag_index)
             targets[row, : len(row_targets)] = row_targets
-        inputs = {"input_ids": torch.from_numpy(batch.input_ids), "attention_mask": torch.from_numpy(batch.attention_mask)}
+        inputs = {
+            "input_ids": torch.from_numpy(batch.input_ids),
+            "attention_mask": torch.from_numpy(batch.attention_mask),
+        }
         return inputs, torch.from_numpy(targets)
 
     def loader(self, split: list[SpanExample], shuffle: bool, batch_size: int | None = None) -> DataLoader:
         generator = torch.Generator().manual_seed(self.recipe.train.seed)
-        return DataLoader(split, batch_size=batch_size or self.recipe.train.batch_size, shuffle=shuffle, collate_fn=partial(self.collate, train=shuffle), generator=generator)
+        return DataLoader(
+            split,
+            batch_size=batch_size or self.recipe.train.batch_size,
+            shuffle=shuffle,
+            collate_fn=partial(self.collate, train=shuffle),
+            generator=generator,
+        )
 
     def texts_of(self, split: list[SpanExample]) -> list[str]:
         return [ex.text for ex in split]
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+        return nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE
+        )
 
     def metrics(self, logits: np.ndarray, targets: np.ndarray, label_names: list[str]) -> dict[str, Any]:
         return token_metrics(logits, targets, label_names)
