@@ -10,7 +10,7 @@ from pathlib import Path
 
 from serving.errors import ManifestError
 from serving.manifest import MANIFEST_FILE, load_manifest
-from serving.settings import PROJECT_ROOT, Settings
+from serving.settings import Settings
 from serving.tasks import TASKS
 
 
@@ -65,14 +65,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings()
     env = dict(os.environ)
-    if args.repository:
-        env["TUNESERVE_REPOSITORY"] = str(Path(args.repository).resolve())
+    # the workers resolve nothing against their working directory: the repository is passed absolute
+    env["TUNESERVE_REPOSITORY"] = str(Path(args.repository or settings.repository).resolve())
     bentoml = Path(sys.executable).with_name("bentoml")
     argv = [str(bentoml), "serve", "serving.service:TuneServe", "--host", args.host, "--port", str(args.port)]
     grace = settings.grace_s
     if grace > 0:  # after SIGTERM, requests still running after this many seconds are cancelled (500)
         argv += ["--timeout-graceful-shutdown", str(grace)]
-    os.chdir(PROJECT_ROOT)
     os.execve(argv[0], argv, env)
     return 0
 

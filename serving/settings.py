@@ -14,8 +14,14 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "TUNESERVE_"
+
+
+def tuneserve_home() -> Path:
+    """Where the model repository (`exported/`), build runs and data caches (`runs/`) live:
+    `TUNESERVE_HOME`, else the current directory. Never the installed package: site-packages is no
+    place for models, and a wheel must behave like a checkout."""
+    return Path(os.environ.get(f"{ENV_PREFIX}HOME") or ".").resolve()
 
 
 class Settings(BaseSettings):
@@ -24,7 +30,14 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
-    repository: Path = Field(PROJECT_ROOT / "exported", description="the model repository to serve")
+    home: Path = Field(
+        default_factory=tuneserve_home,
+        description="folder holding the model repository (exported/) and build runs (runs/); default: the current directory",
+    )
+    repository: Path = Field(
+        default_factory=lambda data: Path(data["home"]) / "exported",
+        description="the model repository to serve; default: exported/ in the home folder",
+    )
     models: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="which models of the repository to load, comma-separated; empty = all",
@@ -140,9 +153,14 @@ def settings_table() -> str:
         "|---|---|---|",
     ]
     for name, field in Settings.model_fields.items():
-        default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+        if name in ("home", "repository"):  # derived from where it runs: the description says how
+            default = None
+        elif field.default_factory is not None:
+            default = field.default_factory()  # type: ignore[call-arg]
+        else:
+            default = field.default
         if isinstance(default, Path):
-            default = str(default).replace(str(PROJECT_ROOT), "<project>").replace(str(Path.home()), "~")
+            default = str(default).replace(str(Path.home()), "~")
         shown = "" if default in (None, []) else f"`{default}`"
         rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(rows) + "\n"

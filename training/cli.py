@@ -126,10 +126,27 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+# Modules only the `train` extra installs: a command that needs one says how to get it.
+TRAINING_MODULES = {
+    "torch", "torchvision", "timm", "transformers", "onnx", "onnxscript", "sklearn", "seqeval",
+    "optuna", "skimage", "silero_vad", "tqdm", "tensorboard", "matplotlib",
+}  # fmt: skip
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tuneserve")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tuneserve", description="Fine-tune, export, quantise and serve models."
     )
+    parser.add_argument("--version", action="version", version=f"tuneserve {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("recipes", help="list the recipes and whether each is built")
@@ -212,6 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in TRAINING_MODULES:
+            raise
+        print(
+            f"error: `tuneserve {args.command}` needs the training dependencies ({exc.name} is not installed):"
+            " pip install 'tuneserve[train]'",
+            file=sys.stderr,
+        )
+        return 2
     except (RecipeError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ import onnxruntime
 import torch
 
 from serving.manifest import Manifest, Signature, TensorSpec, Variant, write_manifest
-from serving.settings import PROJECT_ROOT
+from serving.settings import Settings
 from training.backbones import count_parameters, get_backbone
 from training.evaluate import max_abs_diff, run_batches, torch_outputs
 from training.export import check_parity, export_onnx, export_torchscript, onnx_runner
@@ -27,9 +27,6 @@ from training.quantise import quantise_dynamic_int8, quantise_static_int8, time_
 from training.recipe import Recipe
 from training.tasks import get_task
 from training.tasks.base import Batch
-
-DEFAULT_REPOSITORY = PROJECT_ROOT / "exported"
-
 
 # INT8 must be at least this much faster to count as faster (timing noise on a busy machine is ~±5%)
 MIN_SPEEDUP = 1.05
@@ -78,10 +75,11 @@ def run_dir_for(repository: Path, name: str) -> Path:
 
 
 def build_recipe(
-    recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: bool = False, resume: bool = False
+    recipe: Recipe, repository: Path | None = None, quiet: bool = False, resume: bool = False
 ) -> BuildResult | None:
     """The whole pipeline for one recipe. Under `torchrun` every process trains (DDP) and only rank 0
     evaluates, exports and writes the repository; the other ranks return None after training."""
+    repository = Path(repository) if repository is not None else Settings().repository
     started = time.perf_counter()
     distributed = init_distributed()
     if recipe.prune is not None:
@@ -253,11 +251,12 @@ def build_recipe(
 
 
 def build(
-    recipe: Recipe, repository: Path = DEFAULT_REPOSITORY, quiet: bool = False, resume: bool = False
+    recipe: Recipe, repository: Path | None = None, quiet: bool = False, resume: bool = False
 ) -> BuildResult | None:
     """Build a recipe; with `compare_backbones`, build every candidate and keep the one with the best
     served validation metric per millisecond (CPU, batch 8), recording the comparison (and each
     candidate's test metric, reported only) in its manifest."""
+    repository = Path(repository) if repository is not None else Settings().repository
     if not recipe.compare_backbones:
         return build_recipe(recipe, repository, quiet, resume)
     repository.mkdir(parents=True, exist_ok=True)

@@ -106,7 +106,7 @@ def search(
 ) -> SearchResult:
     import optuna
 
-    from serving.settings import PROJECT_ROOT
+    from serving.settings import Settings
     from training.backbones import get_backbone
     from training.loop import fit, seed_everything
     from training.tasks import get_task
@@ -114,7 +114,7 @@ def search(
     space = _check_space(recipe)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
-    out_dir = Path(out_dir or PROJECT_ROOT / "runs" / f"{recipe.name}-search")
+    out_dir = Path(out_dir or Settings().home / "runs" / f"{recipe.name}-search")
     out_dir.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{out_dir / 'study.db'}"
     samplers = {

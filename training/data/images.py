@@ -15,10 +15,14 @@ import cv2
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from serving.settings import PROJECT_ROOT
+from serving.settings import tuneserve_home
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-CACHE = PROJECT_ROOT / "runs" / "data"
+
+
+def data_cache() -> Path:
+    """Generated datasets, kept between builds: runs/data/ in the home folder."""
+    return tuneserve_home() / "runs" / "data"
 
 
 @dataclass
@@ -67,7 +71,7 @@ def resolve_dataset_folder(source: str, seed: int) -> Path:
     if not source.startswith("generated:"):
         return Path(source).expanduser()
     name = source.removeprefix("generated:")
-    root = CACHE / f"{name}-seed{seed}"
+    root = data_cache() / f"{name}-seed{seed}"
     if not (root / ".complete").exists():
         if name == "surface-defects":
             from training.data.surface_defects import generate_surface_defects

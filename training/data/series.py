@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.processing.series import MAX_GAP, interpolate, missing_runs
-from training.data.images import CACHE
+from training.data.images import data_cache
 from training.data.tables import write_csv
 
 
@@ -135,7 +135,7 @@ def city_load(
 def resolve_series(source: str, seed: int) -> tuple[Path, str]:
     """(CSV path, value column) for a series source; `generated:city-load` is written once."""
     if source == "generated:city-load":
-        path = CACHE / f"city-load-seed{seed}.csv"
+        path = data_cache() / f"city-load-seed{seed}.csv"
         return (path if path.is_file() else write_csv(path, city_load(seed=seed))), "load_mw"
     if source.startswith(("generated:", "builtin:")):
         raise ValueError(f"unknown series source {source!r}; known: generated:city-load, or a CSV path")

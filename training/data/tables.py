@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.images import CACHE
+from training.data.images import data_cache
 
 EMPLOYMENT = ["salaried", "self_employed", "contract", "unemployed", "retired"]
 HOME = ["rent", "mortgage", "own"]
@@ -140,10 +140,10 @@ def write_csv(path: Path, columns: dict[str, list]) -> Path:
 def resolve_table(source: str, seed: int) -> Path:
     """A CSV path for a data source (built-in sources are generated into runs/data/ once)."""
     if source == "generated:credit-applications":
-        path = CACHE / f"credit-applications-seed{seed}.csv"
+        path = data_cache() / f"credit-applications-seed{seed}.csv"
         return path if path.is_file() else write_csv(path, generate_credit_applications(seed=seed))
     if source == "builtin:breast-cancer":
-        path = CACHE / "breast-cancer.csv"
+        path = data_cache() / "breast-cancer.csv"
         return path if path.is_file() else write_csv(path, breast_cancer_table())
     if source.startswith(("generated:", "builtin:")):
         raise ValueError(
