@@ -87,7 +87,7 @@ async def send(session: aiohttp.ClientSession, url: str, payloads: list[Payload]
             except ValueError:
                 body = text
             return Outcome(index, sent, time.perf_counter(), response.status, body)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return Outcome(index, sent, time.perf_counter(), error="Timeout")
     except (aiohttp.ClientError, OSError) as exc:
         return Outcome(index, sent, time.perf_counter(), error=type(exc).__name__)

@@ -105,7 +105,7 @@ async def _attempt(
         async with session.post(url, **payload.request_kwargs()) as response:
             await response.read()
             return response.status, None
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return None, "Timeout"
     except (aiohttp.ClientError, OSError) as exc:
         return None, type(exc).__name__
