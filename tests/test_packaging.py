@@ -165,9 +165,11 @@ def test_wheel_installs_without_torch_and_serves_a_repository(wheel_venv, tiny_r
     # the repository is looked up in the current directory (or TUNESERVE_HOME), not in site-packages
     empty = _tuneserve(wheel_venv, "models", cwd=tmp_path)
     assert empty.returncode == 0 and f"no models in {tmp_path / 'exported'}" in empty.stdout, empty
-    home = _tuneserve(wheel_venv, "models", cwd=tmp_path, env={"TUNESERVE_HOME": str(tiny_repository.parent)})
-    if tiny_repository.name == "exported":
-        assert "intent" in home.stdout, home
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "exported").symlink_to(tiny_repository, target_is_directory=True)
+    from_home = _tuneserve(wheel_venv, "models", cwd=tmp_path, env={"TUNESERVE_HOME": str(home)})
+    assert re.search(r"^intent\s+text-classification", from_home.stdout, re.M), from_home
     listed = _tuneserve(wheel_venv, "models", "--repository", str(tiny_repository), cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert re.search(r"^intent\s+text-classification", listed.stdout, re.M), listed.stdout
