@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE = 1
 # apt-get when missing (the machines run as root; elsewhere install them by hand).
 SYSTEM_PROGRAMS := espeak-ng
 
-.PHONY: setup system models serve test test-fast lint protos bench bento container clean
+.PHONY: setup system models serve test test-fast lint protos bench bench-report bento container clean
 
 system:
 	@missing=""; for p in $(SYSTEM_PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -63,6 +63,11 @@ bench: models
 	$(BIN)/python benchmarks/audio_classify.py
 	$(BIN)/python benchmarks/tabular_predict.py
 	$(BIN)/python benchmarks/loadtest_tool.py
+	$(BIN)/python benchmarks/report.py
+
+# docs/benchmarks.md from benchmarks/results/*.json (tests/test_docs.py fails while it is stale).
+bench-report: $(BIN)/.installed
+	$(BIN)/python benchmarks/report.py
 
 # The Bento (serving code + built models, run-time requirements only). GPU=1: the CUDA profile.
 bento: models

@@ -1,0 +1,855 @@
+"""docs/benchmarks.md from benchmarks/results/*.json: one section per benchmark (what it compares, the
+machine and date its JSON records, the key numbers and ratios, links to its own results page and
+plots). Every number on the page is read from, or computed from, a results JSON; the prose around
+them is written here. tests/test_docs.py checks the page is current and that its numbers follow the
+JSON.
+
+Run: `make bench-report` (also the last step of `make bench`) or `python benchmarks/report.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+PAGE = ROOT / "docs" / "benchmarks.md"
+LINK_BASE = "../benchmarks/results/"  # results files as the page (in docs/) links them
+
+ENGINE_NAMES = {
+    "pytorch_eager": "PyTorch eager",
+    "onnxruntime_fp32": "ONNX Runtime fp32",
+    "onnxruntime_int8": "ONNX Runtime int8",
+}
+MIB = 2**20
+
+# --- formatting ----------------------------------------------------------------------------------
+
+
+def num(x: Any) -> str:
+    """A measured value with the precision its size warrants; '–' when the benchmark recorded none."""
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        size = abs(x)
+        if size >= 100:
+            return f"{x:,.0f}"
+        if size >= 10:
+            return f"{x:.1f}"
+        if size >= 1:
+            return f"{x:.2f}"
+        return f"{x:.3g}" if size >= 1e-3 else f"{x:.2g}"
+    return str(x)
+
+
+def ms(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1f}"
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{x * 100:.{digits}f}%"
+
+
+def times(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}×"
+
+
+def mib(x: float | None) -> str:
+    return "–" if x is None else f"{x / MIB:,.0f} MiB"
+
+
+def plain(x: float) -> str:
+    """A setting as given (10.0 → '10', 0.5 → '0.5')."""
+    return f"{x:g}"
+
+
+def seconds(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f} s"
+
+
+def table(header: list[str], rows: Iterable[list[str]], align: list[str] | None = None) -> list[str]:
+    """A Markdown table; `align` per column: 'l' or 'r' (default: the first left, the rest right)."""
+    align = align or ["l"] + ["r"] * (len(header) - 1)
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|",
+        *["| " + " | ".join(row) + " |" for row in rows],
+    ]
+
+
+def key_numbers(key: str) -> dict[str, str]:
+    """The concurrency (`c64`) and batch (`b32`) a results key is defined at, as the benchmark
+    script named it: 'served_c64_vs_int8_b32' → {'c': '64', 'b': '32'}."""
+    return {m.group(1): m.group(2) for m in re.finditer(r"(?:^|_)([cb])(\d+)(?=_|$)", key)}
+
+
+def at(rows: list[dict], load: str | int) -> dict:
+    """The sweep step at a concurrency, else the last one (the benchmark scripts' own rule)."""
+    return next((r for r in rows if str(r.get("load")) == str(load)), rows[-1])
+
+
+# --- shared renderings ---------------------------------------------------------------------------
+
+
+def machine_line(data: dict) -> str:
+    """What the JSON records about the machine and the date of the run."""
+    recorded = data.get("machine")
+    machine: dict = recorded if isinstance(recorded, dict) else {}
+    parts = []
+    if machine.get("cpu"):
+        parts.append(str(machine["cpu"]))
+    cores = machine.get("cores", data.get("cores", data.get("machine_cores")))
+    if cores is not None:
+        parts.append(f"{cores} cores")
+    for key, name in (("python", "Python"), ("torch", "torch"), ("onnxruntime", "ONNX Runtime")):
+        if machine.get(key):
+            parts.append(f"{name} {machine[key]}")
+    threads = (data.get("config") or {}).get("threads")
+    if threads is not None:
+        parts.append(f"{threads} intra-op threads")
+    when = next(
+        (
+            source[k]
+            for source in (data, machine)
+            for k in ("date", "recorded_at", "timestamp", "started_at", "created_at")
+            if source.get(k)
+        ),
+        None,
+    )
+    machine_text = ", ".join(parts) if parts else "not recorded"
+    return f"Machine: {machine_text}. Run date: {when or 'not recorded'}."
+
+
+def engine_unit(rows: list[dict]) -> str:
+    return next(k for k in rows[0] if k.endswith("_per_s")).removesuffix("_per_s")
+
+
+def engines_table(rows: list[dict]) -> list[str]:
+    """Engine rows (engine, batch, <unit>_per_s) as engine × batch: throughput on the same inputs."""
+    unit = engine_unit(rows)
+    batches = list(dict.fromkeys(r["batch"] for r in rows))
+    engines = list(dict.fromkeys(r["engine"] for r in rows))
+    by = {(r["engine"], r["batch"]): r[f"{unit}_per_s"] for r in rows}
+    return table(
+        ["engine", *[f"batch {b} {unit}/s" for b in batches]],
+        [[ENGINE_NAMES.get(e, e), *[num(by.get((e, b))) for b in batches]] for e in engines],
+    )
+
+
+Column = tuple[str, Callable[[dict], str]]
+
+
+def sweep_table(
+    rows: list[dict], unit: str = "req/s", lead: Sequence[Column] = (), throughput: str = "throughput_rps"
+) -> list[str]:
+    """Closed-loop steps of the load tester: concurrency, throughput, latency percentiles, errors and
+    the server's mean batch where it reported one."""
+    columns: list[Column] = [
+        *lead,
+        ("concurrency", lambda r: num(r["load"])),
+        (unit, lambda r: num(r[throughput])),
+        ("p50 ms", lambda r: ms(r["p50_ms"])),
+        ("p95 ms", lambda r: ms(r["p95_ms"])),
+        ("p99 ms", lambda r: ms(r["p99_ms"])),
+        ("errors", lambda r: num(r["errors"])),
+    ]
+    if any((r.get("server") or {}).get("mean_batch_size") is not None for r in rows):
+        columns.append(("server mean batch", lambda r: ms((r.get("server") or {}).get("mean_batch_size"))))
+    return table(
+        [name for name, _ in columns],
+        [[cell(r) for _, cell in columns] for r in rows],
+        ["l"] * len(lead) + ["r"] * (len(columns) - len(lead)),
+    )
+
+
+def measures_table(rows: list[tuple[str, str]]) -> list[str]:
+    return table(["measure", "value"], [[label, value] for label, value in rows])
+
+
+def records_table(rows: list[dict]) -> list[str]:
+    """Any list of flat records: one column per key."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return table(
+        [k.replace("_", " ") for k in keys],
+        [[num(r.get(k)) for k in keys] for r in rows],
+        ["l" if any(isinstance(r.get(k), str) for r in rows) else "r" for k in keys],
+    )
+
+
+# --- one function per benchmark: what it compares and its key rows ------------------------------
+
+
+def text_classify(d: dict) -> list[str]:
+    r = d["ratios"]
+    variant = d["served_variant"]
+    return [
+        f"`{d['model']}`: PyTorch eager, ONNX Runtime fp32 and ONNX Runtime int8 on the same pre-tokenised "
+        "batches; then the served endpoint (`POST /v1/text/classify`, one text per request, closed loop) "
+        "and, under the same load, a baseline server: the same checkpoint in PyTorch eager, one request "
+        "per forward pass (`benchmarks/baselines/eager_text_server.py`).",
+        "",
+        "Engines, same inputs:",
+        "",
+        *engines_table(d["engines"]),
+        "",
+        f"Served (`{variant}`, adaptive batching), one text per request:",
+        "",
+        *sweep_table(d["served"]),
+        "",
+        "Baseline server, same load:",
+        "",
+        *sweep_table(d["baseline"]),
+        "",
+        *measures_table(
+            [
+                (
+                    "ONNX Runtime int8 vs PyTorch eager, seq/s at batch "
+                    + key_numbers("int8_vs_eager_b32")["b"],
+                    times(r["int8_vs_eager_b32"]),
+                ),
+                (
+                    "ONNX Runtime fp32 vs PyTorch eager, seq/s at batch "
+                    + key_numbers("fp32_vs_eager_b32")["b"],
+                    times(r["fp32_vs_eager_b32"]),
+                ),
+                ("int8 model file vs fp32", pct(r["int8_size_vs_fp32"])),
+                (
+                    "served req/s at concurrency {c} vs ONNX Runtime int8 seq/s at batch {b}".format(
+                        **key_numbers("served_c64_vs_int8_b32")
+                    ),
+                    pct(r["served_c64_vs_int8_b32"]),
+                ),
+                (
+                    "served vs baseline req/s at concurrency " + key_numbers("served_vs_baseline_c32")["c"],
+                    times(r["served_vs_baseline_c32"], 1),
+                ),
+                ("non-2xx responses, served sweep", num(r["non_2xx_total"])),
+                (f"test accuracy of the served variant (`{variant}`)", pct(d["served_accuracy"], 2)),
+            ]
+        ),
+    ]
+
+
+ENTITY_ROUTES = {"intent": "/v1/text/classify", "entities": "/v1/text/entities"}
+
+
+def text_entities(d: dict) -> list[str]:
+    served, variants, test = d["served"], d["variants"], d["entities_test"]
+    rows = [r | {"_model": name} for name, steps in served.items() for r in steps]
+    c = key_numbers("entities_vs_classify_c32")["c"]
+    return [
+        "Entity extraction (`entities`, `POST /v1/text/entities`) against classification (`intent`, "
+        "`POST /v1/text/classify`): the same MiniLM backbone, one server, the same texts, one text per "
+        "request, closed loop.",
+        "",
+        *sweep_table(
+            rows,
+            lead=[
+                ("model", lambda r: f"`{r['_model']}` ({variants.get(r['_model'], '–')})"),
+                ("route", lambda r: f"`{ENTITY_ROUTES.get(r['_model'], '–')}`"),
+            ],
+        ),
+        "",
+        *measures_table(
+            [
+                (
+                    f"entities req/s vs classify req/s at concurrency {c}",
+                    pct(d["entities_vs_classify_c32"], 0),
+                ),
+                ("`entities` test micro-F1 (served variant)", f"{test['micro_f1']:.4f}"),
+                ("micro precision / recall", f"{test['micro_precision']:.4f} / {test['micro_recall']:.4f}"),
+                (
+                    "F1 per entity type",
+                    ", ".join(
+                        f"{k.removeprefix('f1_')} {v:.3f}" for k, v in test.items() if k.startswith("f1_")
+                    ),
+                ),
+            ]
+        ),
+    ]
+
+
+def image_classify(d: dict) -> list[str]:
+    r = d["ratios"]
+    variant = d["served_variant"]
+    served = key_numbers("served_c32_vs_engine_b32")
+    return [
+        f"`{d['model']}`: PyTorch eager, ONNX Runtime fp32 and int8 on the same pre-processed batches; then "
+        "the served endpoint (`POST /v1/image/classify`, one JPEG per request, so decoding and resizing "
+        "are in the loop), closed loop.",
+        "",
+        f"Served variant `{variant}`: {d.get('served_reason') or 'no reason recorded'}.",
+        "",
+        *engines_table(d["engines"]),
+        "",
+        *sweep_table(d["served"], "images/s"),
+        "",
+        *measures_table(
+            [
+                (
+                    "served images/s at concurrency {c} vs ONNX Runtime {v} images/s at batch {b}".format(
+                        v=variant, **served
+                    ),
+                    pct(r["served_c32_vs_engine_b32"]),
+                ),
+                (
+                    "ONNX Runtime int8 vs fp32, images/s at batch " + key_numbers("int8_vs_fp32_b32")["b"],
+                    times(r["int8_vs_fp32_b32"]),
+                ),
+                ("non-2xx responses, served sweep", num(r["errors_total"])),
+                (f"test accuracy of the served variant (`{variant}`)", pct(d.get("served_accuracy"), 2)),
+            ]
+        ),
+    ]
+
+
+def audio_classify(d: dict) -> list[str]:
+    variant, cores = d["served_variant"], d.get("cores")
+    others = d.get("other_processes_cores") or {}
+    groups: dict[Any, list[dict]] = {}
+    for row in d["served"]:
+        groups.setdefault(row["clips_per_request"], []).append(row)
+    load_note = []
+    served_load = {
+        m.group(1): v
+        for k, v in others.items()
+        if (m := re.fullmatch(r"served_(\d+)_per_request", k)) and v is not None
+    }
+    if others.get("engines") is not None:
+        load_note = [
+            "",
+            f"Other processes used on average {others['engines']:.2f} of the {cores} cores during the engine "
+            "timings"
+            + (
+                f", and {' / '.join(f'{v:.2f}' for v in served_load.values())} during the served runs at "
+                f"{' / '.join(served_load)} clips per request"
+                if served_load
+                else ""
+            )
+            + "; the load generator runs on the same cores as the server.",
+        ]
+    ratio_key = "served_c32_vs_engine_b32"
+    at_ = key_numbers(ratio_key)
+    return [
+        f"`{d['model']}` (keyword spotting): PyTorch eager, ONNX Runtime fp32 and int8 on the same log-mel "
+        "windows; then the served endpoint (`POST /v1/audio/classify`) with clips as a phone records them "
+        "(stereo WAV at a higher sample rate than the model's), so decoding, resampling and features are in the loop, for each number of clips per request. "
+        "Throughput counts clips; latencies are per request.",
+        "",
+        f"Served variant `{variant}`: {d.get('served_reason') or 'no reason recorded'}; held-out-voice test "
+        f"accuracy {pct(d.get('test_accuracy'), 2)}.",
+        *load_note,
+        "",
+        *(
+            ["Backbones compared at build time:", "", *records_table(d["candidates"]), ""]
+            if d.get("candidates")
+            else []
+        ),
+        *engines_table(d["engines"]),
+        "",
+        *sweep_table(
+            [r for rows in groups.values() for r in rows],
+            "clips/s",
+            lead=[("clips per request", lambda r: num(r["clips_per_request"]))],
+            throughput="clips_per_s",
+        ),
+        "",
+        *measures_table(
+            [
+                (
+                    f"served clips/s at concurrency {at_['c']} (clips per request: {k}) vs engine windows/s at "
+                    f"batch {at_['b']} ({num(d['engine_windows_per_s_b32'])})",
+                    pct(v),
+                )
+                for k, v in d[ratio_key].items()
+            ]
+        ),
+    ]
+
+
+def tabular_predict(d: dict) -> list[str]:
+    q, fc = d.get("quality") or {}, d["forecast"]
+    quality_rows = []
+    for name, entry in q.items():
+        if "model" in entry and "baseline_hist_gradient_boosting" in entry:
+            m, b = entry["model"], entry["baseline_hist_gradient_boosting"]
+            quality_rows.append(
+                [f"`{name}` ({entry.get('served', '–')})"]
+                + [f"{m[k]:.4f} / {b[k]:.4f}" for k in ("roc_auc", "pr_auc", "brier", "accuracy")]
+            )
+    lines = [
+        f"`{d['model']}` (tables): PyTorch eager, ONNX Runtime fp32 and int8 on the same encoded rows; the "
+        f"served `POST /v1/tabular/predict` with {d['rows_per_request']}-row JSON requests (validation and "
+        "encoding included); the route's own work for one request measured in process without HTTP. "
+        "`energy-demand` (forecasts): the same engines and the served `POST /v1/forecast`. Quality from the "
+        "manifests: the table models against scikit-learn's HistGradientBoostingClassifier on the same "
+        "split and encoding, the forecaster's backtest against seasonal-naive and the pretrained-only model.",
+        "",
+    ]
+    if quality_rows:
+        lines += [
+            "Quality on the test split, model / gradient-boosting baseline:",
+            "",
+            *table(["model (served)", "ROC-AUC", "PR-AUC", "Brier", "accuracy"], quality_rows),
+            "",
+        ]
+    if "energy-demand" in q:
+        bt = q["energy-demand"]
+        named = [(k, v) for k, v in bt.items() if isinstance(v, dict) and "mase" in v]
+        lines += [
+            f"`energy-demand` rolling-origin backtest: {bt['origins']} origins, {bt['horizon']} steps ahead.",
+            "",
+            *table(
+                ["forecaster", "MASE", "MAE", "p10–p90 coverage"],
+                [
+                    [
+                        k.replace("_", " "),
+                        f"{v['mase']:.3f}",
+                        num(v.get("mae")),
+                        pct(v.get("coverage_p10_p90")),
+                    ]
+                    for k, v in named
+                ],
+            ),
+            "",
+        ]
+    ratio = key_numbers("served_c32_rows_vs_engine_b32")
+    c32 = at(d["served"], ratio["c"])
+    in_process = d["in_process_request_path_rps"]
+    lines += [
+        f"`{d['model']}`, served variant `{d['served_variant']}`: {d.get('served_reason') or 'no reason recorded'}.",
+        "",
+        *engines_table(d["engines"]),
+        "",
+        *table(
+            ["concurrency", "req/s", "rows/s", "p50 ms", "p99 ms", "errors", "server mean batch"],
+            [
+                [
+                    num(r["load"]),
+                    num(r["throughput_rps"]),
+                    num(r["rows_per_s"]),
+                    ms(r["p50_ms"]),
+                    ms(r["p99_ms"]),
+                    num(r["errors"]),
+                    ms((r.get("server") or {}).get("mean_batch_size")),
+                ]
+                for r in d["served"]
+            ],
+        ),
+        "",
+        f"`energy-demand`, served variant `{fc['variant']}`:",
+        "",
+        *engines_table(fc["engines"]),
+        "",
+        *sweep_table(fc["served"], "forecasts/s"),
+        "",
+        *measures_table(
+            [
+                (
+                    "`{}`: served rows/s at concurrency {c} vs ONNX Runtime {v} rows/s at batch {b}".format(
+                        d["model"], v=d["served_variant"], **ratio
+                    ),
+                    pct(d["served_c32_rows_vs_engine_b32"]),
+                ),
+                (
+                    f"`{d['model']}`: the route's own work for one {d['rows_per_request']}-row request, in "
+                    "process, one thread, no HTTP",
+                    f"{num(in_process)} req/s = {num(in_process * d['rows_per_request'])} rows/s",
+                ),
+                (
+                    f"`{d['model']}`: served req/s at concurrency {ratio['c']} vs that in-process rate",
+                    pct(c32["throughput_rps"] / in_process, 0),
+                ),
+                (
+                    "`energy-demand`: served forecasts/s at concurrency {c} vs ONNX Runtime {v} forecasts/s at batch {b}".format(
+                        v=fc["variant"], **key_numbers("served_c32_vs_engine_b32")
+                    ),
+                    pct(fc["served_c32_vs_engine_b32"]),
+                ),
+            ]
+        ),
+    ]
+    return lines
+
+
+def route_styles(d: dict) -> list[str]:
+    best = d["best"]
+    reference_name = "tuneserve v1 route" if "tuneserve v1 route" in best else next(iter(best))
+    reference = best[reference_name]
+    rows = []
+    for name, steps in best.items():
+        for step, mine in zip(steps, reference):
+            rows.append(
+                [
+                    name,
+                    num(step["load"]),
+                    num(step["throughput_rps"]),
+                    ms(step["p50_ms"]),
+                    ms(step["p99_ms"]),
+                    num(step["errors"]),
+                    "reference"
+                    if name == reference_name
+                    else f"{step['throughput_rps'] / mine['throughput_rps']:.2f}",
+                ]
+            )
+    other = (
+        f"; `tuneserve @ {d['reference']}`: the same server as of commit `{d['reference']}`"
+        if d.get("reference")
+        else ""
+    )
+    return [
+        f"The `{d['model']}` text route served in several ways on the same model and texts, one text per "
+        "request, closed loop: tuneserve's v1 route, the same model over the Open Inference Protocol (REST "
+        "with binary tensors, and gRPC), and a BentoML-native `@bentoml.api(batchable=True)` method "
+        f"(`benchmarks/baselines/batchable_text_service.py`){other}. Servers run one at a time and are "
+        "swept in alternation; each server's best sweep counts.",
+        "",
+        f"Variant served: {d.get('variant') or 'the manifest default'}; {plain(d['seconds'])} s per step, best of "
+        f"{d['rounds']} alternating sweeps.",
+        "",
+        *table(
+            ["server", "concurrency", "req/s", "p50 ms", "p99 ms", "errors", f"req/s vs {reference_name}"],
+            rows,
+        ),
+    ]
+
+
+def loadtest_tool(d: dict) -> list[str]:
+    best = d["best"]
+    return [
+        "Is the load tester the bottleneck? It drives a trivial local endpoint "
+        f"({d['target'].replace(' (', ': ').rstrip(')')}). Client CPU is the load-test process's user + system time over wall time; client and "
+        "target share the machine.",
+        "",
+        *table(
+            ["run", "ok req/s", "sent req/s", "client cores", "p50 ms", "p99 ms", "errors"],
+            [
+                [
+                    r["run"],
+                    num(r["ok_rps"]),
+                    num(r["sent_rps"]),
+                    f"{r['client_cores']:.2f}",
+                    f"{r['p50_ms']:.2f}",
+                    f"{r['p99_ms']:.2f}",
+                    num(r["errors"]),
+                ]
+                for r in d["runs"]
+            ],
+        ),
+        "",
+        f"Best error-free run: {best['run']}, **{num(best['ok_rps'])} req/s at {best['client_cores']:.2f} "
+        "client cores**.",
+    ]
+
+
+def overload(d: dict) -> list[str]:
+    cfg, defaults = d["config"], d["defaults"]
+    k = cfg["texts_per_request"]
+    bursts = []
+    for name, r in d["runs"].items():
+        b, rec = r["burst"], r["recovery"]
+        bursts.append(
+            [
+                name,
+                ", ".join(f"`{s}={v}`" for s, v in r["settings"].items()),
+                num(r["capacity"]["rps"]),
+                ms(r["baseline_p50_ms"]),
+                f"{num(b['sent'])} at {num(b['achieved_rps'])} req/s",
+                f"{num(b['admitted'])} / {num(b['refused'])}",
+                ", ".join(f"{s}×{num(n)}" for s, n in sorted(b["statuses"].items())),
+                f"{ms(b['refused_p50_ms'])} / {ms(b['refused_p99_ms'])}",
+                ms(b["admitted_p99_ms"]),
+                f"{num(b['admitted_correct'])}/{num(b['admitted'])}",
+                "not in time" if rec["recovered_s"] is None else f"{rec['recovered_s']:.2f}",
+                f"{r.get('other_processes_cores') or 0:.2f}",
+            ]
+        )
+    return [
+        f"`{d['model']}` on `POST /v1/text/classify`, one worker. First the default settings under closed-loop "
+        "load; then, for each limit, a fresh server: capacity at the limit's concurrency, a burst of "
+        f"{plain(cfg['factor'])}× that for {plain(cfg['burst_seconds'])} s ({k} texts per request), every "
+        "admitted answer compared with the same request sent alone, and the time until latency is back "
+        "near the baseline p50 of requests sent one at a time.",
+        "",
+        f"Default settings, closed loop: **{num(defaults['errors'])} errors**; other processes used "
+        f"{defaults.get('other_processes_cores') or 0:.2f} cores on average.",
+        "",
+        *sweep_table(
+            [r | {"_k": "one"} for r in defaults["single_text"]]
+            + [r | {"_k": str(k)} for r in defaults["texts_per_request"]],
+            lead=[("texts per request", lambda r: r["_k"])],
+        ),
+        "",
+        "Bursts:",
+        "",
+        *table(
+            [
+                "limit",
+                "setting",
+                "capacity req/s",
+                "baseline p50 ms",
+                "burst sent",
+                "admitted / refused",
+                "statuses",
+                "refused p50 / p99 ms",
+                "admitted p99 ms",
+                "admitted answers equal to alone",
+                "recovered in s",
+                "other processes' cores",
+            ],
+            bursts,
+            ["l", "l", "r", "r", "r", "r", "l", "r", "r", "r", "r", "r"],
+        ),
+        "",
+        "Refusal messages: "
+        + "; ".join(
+            f"{name}: " + " / ".join(f"`{m}`" for m in r["burst"]["refusal_messages"])
+            for name, r in d["runs"].items()
+        )
+        + ".",
+    ]
+
+
+def soak(d: dict) -> list[str]:
+    cfg, s, capacity = d["config"], d["summary"], d["capacity"]
+    p50s = [i["p50_ms"] for i in d["intervals"] if i["p50_ms"] is not None]
+    p99s = s.get("p99_ms_after_warmup") or []
+    others = [
+        i["server"]["other_processes_cores"]
+        for i in d["intervals"]
+        if (i.get("server") or {}).get("other_processes_cores") is not None
+    ]
+    span = "{} – {} ms".format
+    return [
+        "Mixed traffic over every route ("
+        + ", ".join(f"`{m}`" for m in d["mix"])
+        + ", in turn), one worker, the default models: first the capacity of the mix (closed loop), then "
+        "Poisson arrivals at a fraction of it, latency counted from each request's intended send time; "
+        "the worker's resident memory is sampled throughout.",
+        "",
+        *measures_table(
+            [
+                (
+                    f"capacity, closed loop at concurrency {cfg['capacity_concurrency']}",
+                    f"{num(capacity['throughput_rps'])} req/s",
+                ),
+                (
+                    f"soak: {plain(cfg['load'])}× capacity for {plain(cfg['minutes'])} min",
+                    f"{num(d['rate_rps'])} req/s",
+                ),
+                ("requests", num(s["requests"])),
+                ("errors", f"**{num(s['errors'])}**"),
+                (
+                    f"worker memory after warm-up ({plain(s['warmup_s'])} s) → end (max)",
+                    f"{mib(s['rss_after_warmup_bytes'])} → {mib(s['rss_end_bytes'])} ({mib(s['rss_max_bytes'])})",
+                ),
+                ("memory growth after warm-up", f"**{pct(s['memory_growth'])}**"),
+                (
+                    f"p50 per {plain(cfg['interval_s'])} s interval",
+                    span(ms(min(p50s)), ms(max(p50s))) if p50s else "–",
+                ),
+                (
+                    f"p99 per {plain(cfg['interval_s'])} s interval, after warm-up",
+                    span(ms(min(p99s)), ms(max(p99s))) if p99s else "–",
+                ),
+                ("p99 stability: largest interval p99 / median interval p99", times(s["p99_stability"])),
+                (
+                    "median interval p99, after warm-up",
+                    f"{ms(statistics.median(p99s))} ms" if p99s else "–",
+                ),
+                ("other processes' cores, most in an interval", f"{max(others):.2f}" if others else "–"),
+            ]
+        ),
+        "",
+        "Per route, whole run:",
+        "",
+        *table(
+            ["route", "requests", "errors", "p50 ms", "p99 ms"],
+            [
+                [f"`{route}`", num(r["requests"]), num(r["errors"]), ms(r["p50_ms"]), ms(r["p99_ms"])]
+                for route, r in d["per_route"].items()
+            ],
+        ),
+    ]
+
+
+def startup(d: dict) -> list[str]:
+    sessions, empty, ready = d["best_sessions_s"], d["best_empty_ready_s"], d["best_ready_s"]
+    added = ready - empty
+    return [
+        "From `bentoml serve` to a ready `/readyz` with every model loaded (eager loading, one worker), beside "
+        "the time a fresh process takes only to import ONNX Runtime and create the same sessions, and the "
+        "start of an empty BentoML service (one route, no models); then the worker's resident memory. "
+        f"Models: {', '.join(f'`{m}`' for m in d['models'])}. Best of {len(d['server'])} runs.",
+        "",
+        *measures_table(
+            [
+                ("`bentoml serve` start → ready (`/readyz`)", seconds(ready)),
+                ("ONNX Runtime import + the same sessions, fresh process", seconds(sessions)),
+                ("ratio", f"**{times(d['ready_vs_sessions'])}**"),
+                (
+                    "an empty BentoML service: start → ready (`/readyz`)",
+                    f"{seconds(empty)} ({times(empty / sessions)} the sessions alone)",
+                ),
+                (
+                    "what tuneserve adds to BentoML's own start",
+                    f"{seconds(added)} ({times(d['added_vs_sessions'])} the sessions alone)",
+                ),
+                (
+                    "worker resident memory with every model loaded (most over the runs)",
+                    mib(d["max_worker_rss_bytes"]),
+                ),
+            ]
+        ),
+    ]
+
+
+def generic(d: dict) -> list[str]:
+    """A results file without its own summary: its top-level numbers and any engine or sweep rows."""
+    lines = ["No summary is written for this benchmark yet; its top-level numbers:", ""]
+    scalars = [(k, num(v)) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    lines += measures_table(scalars) if scalars else ["(none)"]
+    for key in ("engines", "served"):
+        rows = d.get(key)
+        if isinstance(rows, list) and rows and isinstance(rows[0], dict):
+            if key == "engines" and "engine" in rows[0]:
+                lines += ["", *engines_table(rows)]
+            elif "load" in rows[0] and "throughput_rps" in rows[0]:
+                lines += ["", *sweep_table(rows)]
+    return lines
+
+
+# (file name, title, renderer), in page order; other results files follow with `generic`.
+BENCHMARKS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
+    ("text_classify", "Text classification", text_classify),
+    ("text_entities", "Entities vs classification", text_entities),
+    ("image_classify", "Image classification", image_classify),
+    ("audio_classify", "Audio: keyword spotting", audio_classify),
+    ("tabular_predict", "Tables and forecasts", tabular_predict),
+    ("route_styles", "Route styles", route_styles),
+    ("overload", "Overload", overload),
+    ("soak", "Soak: mixed traffic", soak),
+    ("startup", "Startup and memory", startup),
+    ("loadtest_tool", "Load tester overhead", loadtest_tool),
+]
+
+
+def renderer(name: str) -> tuple[str, Callable[[dict], list[str]]]:
+    """The section of a results file: its own, or that of the benchmark it is a partial run of
+    (route_styles_v1_grpc.json is route_styles.py run with --only v1,grpc), else `generic`."""
+    for bench, title, render_fn in sorted(BENCHMARKS, key=lambda b: -len(b[0])):
+        if name == bench or name.startswith(bench + "_"):
+            return (title if name == bench else f"{title} ({name})"), render_fn
+    return name.replace("_", " ").capitalize(), generic
+
+
+def anchor(title: str) -> str:
+    """GitHub's heading anchor."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def render(results: dict[str, dict], files: Iterable[str]) -> str:
+    """The page, from results (file stem → parsed JSON) and the names of the files in
+    benchmarks/results/ (for the links)."""
+    files = sorted(files)
+    order = {name: i for i, (name, _, _) in enumerate(BENCHMARKS)}
+    names = sorted(results, key=lambda n: (order.get(n, len(order)), n))
+    claimed: set[str] = set()
+    sections = []
+    for name in names:
+        title, render_fn = renderer(name)
+        own = [f for f in files if Path(f).stem == name and f.endswith((".json", ".md", ".png"))]
+        plots = [
+            f
+            for f in files
+            if f.endswith(".png") and f.startswith(name + "_") and Path(f).stem not in results
+        ]
+        claimed.update(own + plots)
+        script = name if (ROOT / "benchmarks" / f"{name}.py").is_file() else None
+        links = ", ".join(f"[`{f}`]({LINK_BASE}{f})" for f in own if not f.endswith(".png"))
+        body = render_fn(results[name])
+        sections.append(
+            [
+                f"## {title}",
+                "",
+                (f"`benchmarks/{script}.py`. " if script else "") + machine_line(results[name]),
+                f"Results: {links}.",
+                "",
+                *body,
+                *[
+                    line
+                    for f in own + plots
+                    if f.endswith(".png")
+                    for line in ("", f"![{f}]({LINK_BASE}{f})")
+                ],
+                "",
+            ]
+        )
+    unclaimed = [f for f in files if f not in claimed and f.endswith((".md", ".png"))]
+    titles = [renderer(n)[0] for n in names]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python benchmarks/report.py` (`make bench-report`, also run by `make bench`) from "
+        "`benchmarks/results/*.json`; do not edit it by hand: rerun a benchmark, then the generator. Each "
+        "section gives the key rows; the benchmark's own results page has every row.",
+        "",
+        *[f"- [{t}](#{anchor(t)})" for t in titles],
+        "",
+    ]
+    for section in sections:
+        lines += section
+    if unclaimed:
+        lines += [
+            "## Other results files",
+            "",
+            "Results in `benchmarks/results/` without a JSON file, so not summarised here:",
+            "",
+            *[f"- [`{f}`]({LINK_BASE}{f})" for f in unclaimed],
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def load_results(folder: Path = RESULTS) -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+
+
+def page(folder: Path = RESULTS) -> str:
+    """The page as the results in `folder` give it."""
+    return render(load_results(folder), [p.name for p in folder.iterdir() if p.is_file()])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=PAGE)
+    ap.add_argument(
+        "--check", action="store_true", help="exit 1 if the page differs from what the JSON gives"
+    )
+    args = ap.parse_args()
+    text = page()
+    if args.check:
+        current = args.out.read_text() if args.out.is_file() else ""
+        if current != text:
+            print(f"{args.out} is stale: run `python benchmarks/report.py`", file=sys.stderr)
+            return 1
+        return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
