@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(20_000, ge=1, description="characters per text")
     max_files: int = Field(64, ge=1, description="files per multipart request")
     max_file_mb: float = Field(20.0, gt=0, description="size of one uploaded file (an image, a clip)")
+    max_image_megapixels: float = Field(
+        16.0,
+        gt=0,
+        description="pixels one image may decode to; a larger JPEG is decoded at 1/2, 1/4 or 1/8 scale when the model needs no more",
+    )
     max_body_mb: float = Field(
         25.0, gt=0, description="request body, JSON and multipart alike: 413 before a larger body is read"
     )

@@ -164,3 +164,55 @@ def test_tiny_image_model_cycle(tiny_repository):
             and len(p["top_k"]) == 3
             and p["top_k"][0]["score"] >= p["top_k"][1]["score"]
         )
+
+
+def test_an_image_that_would_decode_too_large_is_refused_from_its_header():
+    with pytest.raises(ImageError, match=r"5000x4000 decodes to 20\.0 megapixels; the limit is 16"):
+        decode_image(_png_header_only(5000, 4000))
+
+
+def test_a_large_jpeg_is_decoded_at_the_scale_the_model_needs(photo):
+    big = cv2.resize(photo, (451 * 8, 300 * 8), interpolation=cv2.INTER_LINEAR)  # 3608 x 2400, 8.7 MP
+    data = encode(big, ".jpg")
+    full = decode_image(data)
+    assert full.shape == (2400, 3608, 3)
+    reduced = decode_image(data, min_side=256)
+    assert reduced.shape == (300, 451, 3)  # 1/8: the shorter side still covers 256
+    assert decode_image(data, min_side=700).shape == (1200, 1804, 3)  # 1/4 would leave 600 < 700
+    # the reduced decode serves the model the same picture
+    pre = ImagePreprocessor(256, 224)
+    assert np.abs(pre(reduced) - pre(full)).mean() < 0.05
+    # a JPEG whose full decode is over the limit is fine when the reduced one is not
+    assert decode_image(data, max_decoded_pixels=2_000_000, min_side=256).shape == (300, 451, 3)
+    with pytest.raises(ImageError, match="decodes to"):
+        decode_image(data, max_decoded_pixels=2_000_000)
+
+
+@pytest.mark.parametrize("shape", [(1, 10_000), (10_000, 1), (3, 40_000), (2, 9_000)])
+def test_long_thin_images_cost_no_more_than_their_crop(shape):
+    import tracemalloc
+
+    strip = np.random.default_rng(0).integers(0, 255, (*shape, 3), dtype=np.uint8)
+    rgb = decode_image(encode(strip, ".png"))
+    tracemalloc.start()
+    try:
+        out = ImagePreprocessor(256, 224)(rgb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (3, 224, 224) and np.isfinite(out).all()
+    assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MiB to pre-process a {shape} strip"
+
+
+def test_images_up_to_four_to_one_are_resized_whole_as_before(photo):
+    """The centre cut only applies past 4:1, so ordinary pictures keep their exact tensors."""
+    wide = np.concatenate([photo] * 3, axis=1)  # 300 x 1353, about 4.5:1 → cut
+    pre = ImagePreprocessor(256, 224)
+    h, w = photo.shape[:2]
+    scale = 256 / min(h, w)
+    size = (max(224, round(w * scale)), max(224, round(h * scale)))
+    resized = cv2.resize(photo, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    top, left = (size[1] - 224) // 2, (size[0] - 224) // 2
+    expected = pre.normalise(resized[top : top + 224, left : left + 224])
+    assert (pre(photo) == expected).all()
+    assert pre(wide).shape == (3, 224, 224)

@@ -1,7 +1,9 @@
 """Tokenisation for text models with the `tokenizers` library, from the exported tokenizer.json.
 
 Training and serving both call `TextPreprocessor.encode`, so a model sees the same ids in both.
-Batches are padded to their longest item, not to a fixed length.
+Batches are padded to their longest item, not to a fixed length. A long text is tokenised from a
+prefix that holds its first `max_length` tokens, never in full: the ids, offsets and `truncated`
+flag are those of the whole text, at the cost of the part the model reads.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+PREFIX_CHARS_PER_TOKEN = 8  # the first prefix tried: generous for words, cheap to tokenise
+_SPACE = re.compile(r"\s")  # every pre-tokenizer ends a word here
 
 
 def replace_surrogates(text: str) -> str:
@@ -68,8 +72,28 @@ class TextPreprocessor:
         }
 
     def tokenize(self, texts: list[str]) -> list[Encoding]:
+        """Encodings truncated to max_length. A text longer than the prefix budget is tokenised from a
+        prefix cut at a word boundary; only if that prefix does not fill max_length (so the rest could
+        still matter) is a four times longer prefix tried, up to the whole text."""
         if self.lowercase:
             texts = [t.lower() for t in texts]
+        budget = self.max_length * PREFIX_CHARS_PER_TOKEN
+        prefixes = [_prefix(t, budget) for t in texts]
+        encodings = self._encode_batch(prefixes)
+        pending = [
+            i for i, p in enumerate(prefixes) if len(p) < len(texts[i]) and not encodings[i].overflowing
+        ]
+        while pending:
+            budget *= 4
+            wider = [_prefix(texts[i], budget) for i in pending]
+            for i, prefix, encoding in zip(pending, wider, self._encode_batch(wider)):
+                prefixes[i], encodings[i] = prefix, encoding
+            pending = [
+                i for i in pending if len(prefixes[i]) < len(texts[i]) and not encodings[i].overflowing
+            ]
+        return encodings
+
+    def _encode_batch(self, texts: list[str]) -> list[Encoding]:
         try:
             return self.tokenizer.encode_batch(texts, add_special_tokens=True)
         except TypeError:  # a lone surrogate somewhere; rare, so the common path pays nothing for it
@@ -99,3 +123,13 @@ class TextPreprocessor:
             (idx, self.pad([encodings[i] for i in idx]))
             for idx in (order[i : i + bucket_size] for i in range(0, len(order), bucket_size))
         ]
+
+
+def _prefix(text: str, budget: int) -> str:
+    """`text` up to `budget` characters, cut before its last whitespace within them, so no word is
+    split and no whitespace is left dangling (byte-level BPE joins a space to the word after it);
+    the whole text when it is short or has no whitespace there."""
+    if len(text) <= budget:
+        return text
+    cut = max((m.start() for m in _SPACE.finditer(text, 1, budget)), default=0)
+    return text[:cut] if cut else text

@@ -4,6 +4,7 @@ top k classes of each image."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any, ClassVar
@@ -57,7 +58,12 @@ class ImageClassification(FileTask[np.ndarray, np.ndarray, np.ndarray]):
         super().__init__(model_dir, manifest, session, settings)
         from serving.processing.image import ImagePreprocessor, decode_image
 
-        self.preprocessor, self.decode = ImagePreprocessor.from_config(manifest.preprocessing), decode_image
+        self.preprocessor = ImagePreprocessor.from_config(manifest.preprocessing)
+        self.decode = functools.partial(
+            decode_image,
+            max_decoded_pixels=int(settings.max_image_megapixels * 1e6),
+            min_side=self.preprocessor.resize_shorter,
+        )
         self.input_name = session.get_inputs()[0].name
 
     def check(self, request: FileRequest) -> None:
