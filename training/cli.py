@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import logging
 from pathlib import Path
 
 from serving.cli import add_serving_commands
 from serving.manifest import MANIFEST_FILE
 from serving.settings import Settings
+from training.logs import configure
 from training.recipe import RecipeError, list_recipes, load_recipe
+
+log = logging.getLogger(__name__)
 
 
 def _repository(args: argparse.Namespace) -> Path:
@@ -85,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         }
         recipe = recipe.with_overrides({"prune": prune})
     try:
-        build(recipe, _repository(args), resume=args.resume)
+        build(recipe, _repository(args), quiet=args.quiet, resume=args.resume)
     finally:
         if world_size() > 1:
             import torch.distributed as dist
@@ -107,6 +110,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         Path(args.out) if args.out else None,
         args.pruner,
         args.seed,
+        quiet=args.quiet,
     )
     return 0
 
@@ -116,13 +120,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     names = args.models.split(",") if args.models else [n for n in list_recipes() if load_recipe(n).default]
     todo = [n for n in names if args.force or not (repo / n / MANIFEST_FILE).is_file()]
     if not todo:
-        print(f"[tuneserve] all requested models are built in {repo}: {', '.join(names)}")
+        log.info("all requested models are built in %s: %s", repo, ", ".join(names))
         return 0
     from training.pipeline import build
 
+    log.debug("built already: %s", ", ".join(sorted(set(names) - set(todo))) or "none")
     for i, name in enumerate(todo, 1):
-        print(f"[tuneserve] building {name} ({i}/{len(todo)})", flush=True)
-        build(load_recipe(name), repo)
+        log.info("building %s (%d/%d)", name, i, len(todo))
+        build(load_recipe(name), repo, quiet=args.quiet)
     return 0
 
 
@@ -222,24 +227,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build)
 
     add_serving_commands(sub)
+    _add_verbosity(parser, default=False)
+    for command in sub.choices.values():  # also after the verb: `tuneserve train intent -q`
+        _add_verbosity(command, default=argparse.SUPPRESS)
     return parser
 
 
+def _add_verbosity(parser: argparse.ArgumentParser, default) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default,
+        help="warnings and errors only: no progress messages, progress bars or build summary",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="details too: metrics per epoch, files written, the parsed arguments",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quiet and args.verbose:
+        parser.error("--quiet and --verbose exclude each other")
+    configure(1 if args.verbose else -1 if args.quiet else 0)
+    log.debug("tuneserve %s, arguments: %s", _version(), {k: v for k, v in vars(args).items() if k != "func"})
     try:
         return args.func(args)
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in TRAINING_MODULES:
             raise
-        print(
-            f"error: `tuneserve {args.command}` needs the training dependencies ({exc.name} is not installed):"
-            " pip install 'tuneserve[train]'",
-            file=sys.stderr,
+        log.error(
+            "`tuneserve %s` needs the training dependencies (%s is not installed): pip install 'tuneserve[train]'",
+            args.command,
+            exc.name,
         )
         return 2
     except (RecipeError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return 2
     except RuntimeError as exc:
         # failed gates (parity, quality) name the model, the number and the limit
@@ -247,6 +278,6 @@ def main(argv: list[str] | None = None) -> int:
         from training.pipeline import GateError
 
         if isinstance(exc, (ParityError, GateError)):
-            print(f"build failed: {exc}", file=sys.stderr)
+            log.error("build failed: %s", exc)
             return 1
         raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import random
@@ -32,6 +33,8 @@ from tqdm.auto import tqdm
 from training.evaluate import torch_outputs
 from training.recipe import TrainConfig
 from training.tasks.base import Splits, Task
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "last.pt"
 
@@ -206,6 +209,13 @@ def fit(
         random.setstate(state["python_rng"])
         if state.get("loader_rng") is not None and train_loader.generator is not None:
             train_loader.generator.set_state(state["loader_rng"])  # the next epoch shuffles as it would have
+        log.info(
+            "%s: resuming from %s after epoch %d (step %d)",
+            task.recipe.name,
+            checkpoint,
+            start_epoch,
+            result.steps,
+        )
     writer = _tensorboard(run_dir) if main and run_dir is not None else None
 
     bar = tqdm(
@@ -217,7 +227,16 @@ def fit(
         dynamic_ncols=True,
     )
     for epoch in range(start_epoch, cfg.epochs):
-        if result.steps >= total_steps or epochs_without_gain >= cfg.patience:
+        if result.steps >= total_steps:
+            break
+        if epochs_without_gain >= cfg.patience:
+            log.info(
+                "%s: stopping early after epoch %d: validation %s has not improved for %d epochs",
+                task.recipe.name,
+                epoch,
+                task.metric,
+                epochs_without_gain,
+            )
             break
         if distributed:
             train_loader.sampler.set_epoch(epoch)
@@ -268,6 +287,13 @@ def fit(
         result.history.append(
             {"epoch": epoch + 1, "train_loss": train_loss, f"val_{task.metric}": val_metric}
         )
+        log.debug(
+            "%s: epoch %d: train loss %s, validation %s",
+            task.recipe.name,
+            epoch + 1,
+            "-" if train_loss is None else f"{train_loss:.4f}",
+            ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items() if isinstance(v, float)),
+        )
         if writer is not None:
             writer.add_scalar(f"val/{task.metric}", val_metric, epoch + 1)
             if train_loss is not None:
@@ -300,6 +326,15 @@ def fit(
     bar.close()
     if writer is not None:
         writer.close()
+    if result.best_epoch > 0:
+        log.info(
+            "%s: best validation %s %.4f at epoch %d (%d steps)",
+            task.recipe.name,
+            task.metric,
+            result.best_metric,
+            result.best_epoch,
+            result.steps,
+        )
     _set_backbone_frozen(model, False)
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -343,6 +378,7 @@ def _save_checkpoint(
 def _tensorboard(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard not installed: training goes on without event files
+    except ImportError:
+        log.warning("tensorboard is not installed: training goes on without event files in %s", run_dir)
         return None
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))

@@ -6,6 +6,7 @@ the validation split; the test split is only measured and reported (`variants[..
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import platform
 import shutil
 import tempfile
@@ -22,11 +23,14 @@ from serving.settings import Settings
 from training.backbones import count_parameters, get_backbone
 from training.evaluate import max_abs_diff, run_batches, torch_outputs
 from training.export import check_parity, export_onnx, export_torchscript, onnx_runner
+from training.logs import quieted
 from training.loop import FitResult, fit, init_distributed, is_main_process, seed_everything
 from training.quantise import quantise_dynamic_int8, quantise_static_int8, time_session
 from training.recipe import Recipe
 from training.tasks import get_task
 from training.tasks.base import Batch
+
+log = logging.getLogger(__name__)
 
 # INT8 must be at least this much faster to count as faster (timing noise on a busy machine is ~±5%)
 MIN_SPEEDUP = 1.05
@@ -51,11 +55,6 @@ class BuildResult:
     seconds: float
 
 
-def _log(msg: str, quiet: bool) -> None:
-    if not quiet:
-        print(f"[tuneserve] {msg}", flush=True)
-
-
 def _signature(task, model_dir: Path, onnx_file: str) -> Signature:
     import onnx
 
@@ -78,7 +77,15 @@ def build_recipe(
     recipe: Recipe, repository: Path | None = None, quiet: bool = False, resume: bool = False
 ) -> BuildResult | None:
     """The whole pipeline for one recipe. Under `torchrun` every process trains (DDP) and only rank 0
-    evaluates, exports and writes the repository; the other ranks return None after training."""
+    evaluates, exports and writes the repository; the other ranks return None after training.
+
+    Progress goes to `logging` (the `tuneserve` command shows it); `quiet` turns off the progress bars
+    and the summary, and lowers the messages to warnings and errors."""
+    with quieted(quiet or not is_main_process()):
+        return _build_recipe(recipe, repository, quiet, resume)
+
+
+def _build_recipe(recipe: Recipe, repository: Path | None, quiet: bool, resume: bool) -> BuildResult | None:
     repository = Path(repository) if repository is not None else Settings().repository
     started = time.perf_counter()
     distributed = init_distributed()
@@ -95,23 +102,26 @@ def build_recipe(
     task = get_task(recipe.task)(recipe, backbone)
     task.progress = not quiet
 
-    _log(f"{recipe.name}: loading data ({recipe.data.source})", quiet)
+    log.info("%s: loading data (%s)", recipe.name, recipe.data.source)
     if distributed and not is_main_process():
         torch.distributed.barrier()  # rank 0 generates and caches any built-in data first
     splits = task.load_data()
     if distributed and is_main_process():
         torch.distributed.barrier()
-    _log(
-        f"{recipe.name}: {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, {len(splits.label_names)} labels",
-        quiet,
+    log.info(
+        "%s: %d train / %d val / %d test, %d labels",
+        recipe.name,
+        len(splits.train),
+        len(splits.val),
+        len(splits.test),
+        len(splits.label_names),
     )
 
     model = task.build_model(splits.label_names)
     task.prepare(model, splits)
     if recipe.train.epochs > 0:
-        _log(
-            f"{recipe.name}: fine-tuning {backbone.name} ({count_parameters(model) / 1e6:.1f}M parameters)",
-            quiet,
+        log.info(
+            "%s: fine-tuning %s (%.1fM parameters)", recipe.name, backbone.name, count_parameters(model) / 1e6
         )
         fitted = fit(
             model,
@@ -125,7 +135,7 @@ def build_recipe(
         if not is_main_process():
             return None
     else:
-        _log(f"{recipe.name}: exporting the pretrained {backbone.name} as is (epochs: 0)", quiet)
+        log.info("%s: exporting the pretrained %s as is (epochs: 0)", recipe.name, backbone.name)
         model.eval()
         fitted = FitResult(best_metric=float("nan"), best_epoch=0, steps=0)
     if recipe.prune is not None:
@@ -135,7 +145,7 @@ def build_recipe(
         pruning = prune_and_recover(model, task, splits, recipe.prune, progress=not quiet)
         model = pruning.model
         task.report["pruning"] = pruning.report
-        _log(f"{recipe.name}: {pruning.summary}", quiet)
+        log.info("%s: %s", recipe.name, pruning.summary)
     task.after_fit(model, splits)
 
     val_batches = list(task.loader(splits.val, shuffle=False, batch_size=64))
@@ -144,7 +154,7 @@ def build_recipe(
     reference, test_targets = torch_outputs(model, task, test_batches)
     test = EvalSplit(test_batches, test_targets)
     torch_metrics = task.metrics(reference, test.targets, splits.label_names)
-    _log(f"{recipe.name}: PyTorch test {task.metric} = {torch_metrics[task.metric]:.4f}", quiet)
+    log.info("%s: PyTorch test %s = %.4f", recipe.name, task.metric, torch_metrics[task.metric])
 
     repository.mkdir(parents=True, exist_ok=True)
     staging = repository / f".{recipe.name}.building"
@@ -152,9 +162,11 @@ def build_recipe(
     staging.mkdir(parents=True)
     try:
         example = task.example_inputs(splits.val)
-        _log(f"{recipe.name}: exporting ONNX (opset {recipe.export.opset}) and TorchScript", quiet)
+        log.info("%s: exporting ONNX (opset %d) and TorchScript", recipe.name, recipe.export.opset)
         export_onnx(model, task, example, staging / "model.onnx", recipe.export.opset)
         export_torchscript(model, example, staging / "model.ts")
+        for file in ("model.onnx", "model.ts"):
+            log.debug("%s: %s, %.2f MB", recipe.name, file, (staging / file).stat().st_size / 1e6)
         parity_report = check_parity(
             task,
             reference,
@@ -163,9 +175,11 @@ def build_recipe(
             staging / "model.ts",
             recipe.export.parity_atol,
         )
-        _log(
-            f"{recipe.name}: parity ok (ONNX max |Δ| {parity_report['onnx']['max_abs_diff']:.1e}, TorchScript {parity_report['torchscript']['max_abs_diff']:.1e})",
-            quiet,
+        log.info(
+            "%s: parity ok (ONNX max |Δ| %.1e, TorchScript %.1e)",
+            recipe.name,
+            parity_report["onnx"]["max_abs_diff"],
+            parity_report["torchscript"]["max_abs_diff"],
         )
 
         fp32 = onnx_runner(staging / "model.onnx")
@@ -195,12 +209,11 @@ def build_recipe(
                 reference,
                 variants["fp32"],
                 validation["fp32"],
-                quiet,
             )
             variants["int8"] = int8
             if int8.parity["gate_passed"]:
                 default["cpu"] = "int8"
-            _log(f"{recipe.name}: {reason}", quiet)
+            log.info("%s: %s", recipe.name, reason)
 
         # A release gate, not a choice between models: the served variant must reach the floor on test.
         served_metric = variants[default["cpu"]].metrics[task.metric]
@@ -261,9 +274,12 @@ def build(
         return build_recipe(recipe, repository, quiet, resume)
     repository.mkdir(parents=True, exist_ok=True)
     rows, built = [], {}
-    with tempfile.TemporaryDirectory(dir=repository, prefix=f".{recipe.name}.candidates.") as tmp:
+    with (
+        quieted(quiet or not is_main_process()),
+        tempfile.TemporaryDirectory(dir=repository, prefix=f".{recipe.name}.candidates.") as tmp,
+    ):
         for name in [recipe.backbone, *recipe.compare_backbones]:
-            _log(f"{recipe.name}: candidate backbone {name}", quiet)
+            log.info("%s: candidate backbone %s", recipe.name, name)
             candidate = recipe.with_overrides({"backbone": name, "compare_backbones": []})
             try:
                 result = build_recipe(candidate, Path(tmp) / name, quiet)
@@ -329,7 +345,6 @@ def quantise_and_gate(
     reference,
     fp32: Variant,
     fp32_val: dict[str, float],
-    quiet: bool,
 ) -> tuple[Variant, dict[str, float], str]:
     """Write model.int8.onnx; return its Variant (test metrics; gate result in parity["gate_passed"]),
     its validation metrics, and why the CPU serves what it serves. Gates, decided on validation:
@@ -338,12 +353,13 @@ def quantise_and_gate(
     q = recipe.quantise
     fp32_path, int8_path = staging / "model.onnx", staging / "model.int8.onnx"
     if q.mode == "dynamic":
-        _log(f"{recipe.name}: quantising to dynamic INT8", quiet)
+        log.info("%s: quantising to dynamic INT8", recipe.name)
         quantise_dynamic_int8(fp32_path, int8_path)
     else:
-        _log(
-            f"{recipe.name}: quantising to static INT8 (QDQ, per-channel), calibrating on {q.calibration_size} training inputs",
-            quiet,
+        log.info(
+            "%s: quantising to static INT8 (QDQ, per-channel), calibrating on %d training inputs",
+            recipe.name,
+            q.calibration_size,
         )
         quantise_static_int8(
             fp32_path,
@@ -397,7 +413,7 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
 
 def _build_info(started: float, steps: int, train_size: int) -> dict[str, Any]:
     return {
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 1),
         "steps": steps,
         "train_examples": train_size,

@@ -11,6 +11,7 @@ history.png and importance.png.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,10 @@ from typing import Any
 
 import yaml
 
+from training.logs import quieted
 from training.recipe import ParamSpec, Recipe
+
+log = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "random", "grid")
 
@@ -130,8 +134,10 @@ def search(
         "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
         "none": lambda: optuna.pruners.NopPruner(),
     }
-    if not quiet:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # optuna's line per trial is detail beside the progress bar (and the results table at the end)
+    optuna.logging.set_verbosity(
+        optuna.logging.INFO if log.isEnabledFor(logging.DEBUG) else optuna.logging.WARNING
+    )
     study = optuna.create_study(
         study_name=recipe.name,
         storage=storage,
@@ -168,7 +174,8 @@ def search(
         task, splits = splits_cache[key]
         task.recipe, task.report = candidate, {}
         model = task.build_model(splits.label_names)
-        task.prepare(model, splits)
+        with quieted():  # a trial's stages would repeat their messages every trial
+            task.prepare(model, splits)
 
         metric = recipe.search.metric or task.metric
         seen: list[float] = []
@@ -184,7 +191,8 @@ def search(
                 raise optuna.TrialPruned(f"validation {metric} {seen[-1]:.4f} after epoch {epoch}")
 
         started = time.perf_counter()
-        result = fit(model, task, splits, candidate.train, progress=False, on_epoch=report)
+        with quieted():
+            result = fit(model, task, splits, candidate.train, progress=False, on_epoch=report)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("best_" + task.metric, result.best_metric)
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 1))
@@ -197,11 +205,25 @@ def search(
         for spec in space.values():
             size *= len(spec.grid_values())
         remaining = min(remaining, max(0, size - len(finished)))
-    if remaining:
-        study.optimize(
-            objective, n_trials=remaining, timeout=timeout_s, show_progress_bar=not quiet, gc_after_trial=True
+    with quieted(quiet):
+        log.info(
+            "search %s: %d trials to run (%d finished before), %s sampler, %s pruner, results in %s",
+            recipe.name,
+            remaining,
+            len(finished),
+            sampler,
+            pruner,
+            out_dir,
         )
-    return write_report(study, recipe, out_dir, sampler, pruner, quiet)
+        if remaining:
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=timeout_s,
+                show_progress_bar=not quiet,
+                gc_after_trial=True,
+            )
+        return write_report(study, recipe, out_dir, sampler, pruner, quiet)
 
 
 def write_report(
@@ -256,9 +278,9 @@ def write_report(
     lines += ["", "A pruned trial's value is its last validation score before it was stopped.", ""]
     (out_dir / "results.md").write_text("\n".join(lines))
     _plots(study, out_dir)
-    if not quiet:
+    if not quiet:  # the one-screen summary of the command
         print("\n".join(lines[:6]))
-        print(f"[tuneserve] search results in {out_dir}: results.md, best.yaml, history.png, importance.png")
+        print(f"search results in {out_dir}: results.md, best.yaml, history.png, importance.png")
     return SearchResult(out_dir, float(best.value), dict(best.params), default_value, len(study.trials))
 
 

@@ -8,6 +8,7 @@ audio clips, with `train/` and `test/` sub-trees that keep test voices unheard i
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from serving.settings import tuneserve_home
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -67,22 +70,25 @@ def generate_photo_crops(out_dir: Path, count: int = 400, seed: int = 7) -> Path
     return out_dir
 
 
-def resolve_dataset_folder(source: str, seed: int) -> Path:
+def resolve_dataset_folder(source: str, seed: int, progress: bool = True) -> Path:
+    """The folder of a source; a generated one is written into the data cache the first time, with a
+    progress bar (`progress`)."""
     if not source.startswith("generated:"):
         return Path(source).expanduser()
     name = source.removeprefix("generated:")
     root = data_cache() / f"{name}-seed{seed}"
     if not (root / ".complete").exists():
+        log.info("generating the %s data set into %s (once; later builds reuse it)", name, root)
         if name == "surface-defects":
             from training.data.surface_defects import generate_surface_defects
 
-            generate_surface_defects(root, seed=seed, progress=True)
+            generate_surface_defects(root, seed=seed, progress=progress)
         elif name == "photo-crops":
             generate_photo_crops(root, seed=seed)
         elif name == "keywords":
             from training.data.keywords import generate_keyword_clips
 
-            generate_keyword_clips(root, seed=seed, progress=True)
+            generate_keyword_clips(root, seed=seed, progress=progress)
         else:
             raise ValueError(
                 f"unknown generated dataset {name!r}; known: surface-defects, photo-crops, keywords"
@@ -113,8 +119,9 @@ def load_image_splits(
     test_fraction: float,
     seed: int,
     limit: int | None = None,
+    progress: bool = True,
 ):
-    paths, names = read_class_folder(resolve_dataset_folder(source, seed))
+    paths, names = read_class_folder(resolve_dataset_folder(source, seed, progress))
     classes = label_names or sorted(set(names))
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(names) - set(index))

@@ -77,7 +77,7 @@ class AudioClassificationTask(DecodedClassificationTask):
 
     def load_data(self) -> Splits:
         d = self.recipe.data
-        root = resolve_dataset_folder(d.source, d.seed)
+        root = resolve_dataset_folder(d.source, d.seed, self.progress)
         labels = list(self.recipe.labels) if self.recipe.labels else None
         if (root / "train").is_dir() and (
             root / "test"

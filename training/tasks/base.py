@@ -80,7 +80,7 @@ class Task(ABC):
         self.options = self.validate_preprocessing(recipe)
         # Extra results for the manifest's metrics (baselines, calibration, backtests), filled by hooks.
         self.report: dict[str, Any] = {}
-        self.progress = True  # progress bars and messages of the task's own stages
+        self.progress = True  # progress bars of the task's own stages (data generation, pretraining)
 
     @classmethod
     def validate_preprocessing(cls, recipe: Recipe) -> Preprocessing:

@@ -19,6 +19,7 @@ seasonal-naive baseline the `skill` metric compares with. Parity is a tolerance 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from typing import Any, ClassVar
 
@@ -35,6 +36,8 @@ from training.data.arrays import ArrayExamples, array_loader
 from training.data.series import read_series_csv, resolve_series, synthetic_corpus
 from training.evaluate import max_abs_diff, torch_outputs
 from training.tasks.base import Preprocessing, Splits, Task
+
+log = logging.getLogger(__name__)
 
 QUANTILES = (0.1, 0.5, 0.9)
 WEEK = 168
@@ -169,11 +172,9 @@ class ForecastingTask(Task):
             parts.append(windows(s, origins, self.window, self.horizon)[0])
         cut = max(1, len(parts) // 20)  # the last 5% of series validate the pretraining
         train, val = ArrayExamples.concatenate(parts[cut:]), ArrayExamples.concatenate(parts[:cut])
-        if self.progress:
-            print(
-                f"[tuneserve] {self.recipe.name}: pretraining on {len(corpus)} synthetic series ({len(train)} windows)",
-                flush=True,
-            )
+        log.info(
+            "%s: pretraining on %d synthetic series (%d windows)", self.recipe.name, len(corpus), len(train)
+        )
         result = fit(model, self, Splits(train, val, val, splits.label_names), cfg, progress=self.progress)
         self.report["pretraining"] = {
             "series": cfg.series,
@@ -259,17 +260,14 @@ class ForecastingTask(Task):
             pre = torch_outputs(self.pretrained, self, batches)[0] * spread + loc
             backtest["pretrained_only"] = score(pre, pre[..., 1])
         self.report["backtest"] = backtest
-        if self.progress:
-            print(
-                "[tuneserve] {}: backtest MASE fine-tuned {:.3f}, pretrained-only {}, seasonal-naive {:.3f}; p10-p90 coverage {:.1%}".format(
-                    self.recipe.name,
-                    backtest["fine_tuned"]["mase"],
-                    f"{backtest['pretrained_only']['mase']:.3f}" if "pretrained_only" in backtest else "-",
-                    backtest["seasonal_naive"]["mase"],
-                    backtest["fine_tuned"]["coverage_p10_p90"],
-                ),
-                flush=True,
-            )
+        log.info(
+            "%s: backtest MASE fine-tuned %.3f, pretrained-only %s, seasonal-naive %.3f; p10-p90 coverage %.1f%%",
+            self.recipe.name,
+            backtest["fine_tuned"]["mase"],
+            f"{backtest['pretrained_only']['mase']:.3f}" if "pretrained_only" in backtest else "-",
+            backtest["seasonal_naive"]["mase"],
+            backtest["fine_tuned"]["coverage_p10_p90"] * 100,
+        )
 
     def preprocessing_config(self) -> dict[str, Any]:
         return {

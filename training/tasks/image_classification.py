@@ -68,7 +68,7 @@ class ImageClassificationTask(DecodedClassificationTask):
         d = self.recipe.data
         labels = self.backbone.pretrained_labels() if d.pseudo_labels else self.recipe.labels
         train, val, test, names = load_image_splits(
-            d.source, labels, d.val_fraction, d.test_fraction, d.seed, d.limit
+            d.source, labels, d.val_fraction, d.test_fraction, d.seed, d.limit, self.progress
         )
         return Splits(train, val, test, names)
 
