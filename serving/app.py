@@ -9,6 +9,7 @@ per-request machinery (serving/protocols/v1.py). Every client mistake becomes a 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
@@ -84,7 +85,7 @@ def _ref(server: ModelServer | v1.ServerRef) -> v1.ServerRef:
 
 
 def _app(
-    routes: list[BaseRoute],
+    routes: Sequence[BaseRoute],
     mount: str,
     prefix: str,
     title: str,
@@ -103,7 +104,7 @@ def _app(
         redoc_url=None,
         openapi_url=f"{prefix}/openapi.json",
         servers=[{"url": mount or "/"}],
-        routes=routes,
+        routes=list(routes),
         exception_handlers={
             RequestError: request_error,
             HTTPException: http_error,
@@ -134,7 +135,12 @@ def _app(
 def openapi_document(protocol: str = "v1", settings: Settings | None = None) -> dict[str, Any]:
     """The OpenAPI document of the v1 or v2 routes (what GET /v1/openapi.json or /v2/openapi.json serves)."""
     factory = {"v1": create_app, "v2": create_v2_app}[protocol]
-    return factory(lambda: None, settings or Settings()).openapi()  # type: ignore[arg-type, return-value]
+    return factory(_no_server, settings or Settings()).openapi()
+
+
+def _no_server() -> ModelServer:
+    """The server of an app built only for its OpenAPI document: building it never asks for one."""
+    raise RuntimeError("this app was built for its OpenAPI document only; it has no model server")
 
 
 async def request_error(request: Request, exc: Exception) -> JSONResponse:
@@ -217,7 +223,7 @@ class Guard:
         auth = headers.get(b"authorization", b"")
         if given is None and auth[:7].lower() == b"bearer ":
             given = auth[7:].strip()
-        return given is not None and hmac.compare_digest(given, self.key)
+        return given is not None and self.key is not None and hmac.compare_digest(given, self.key)
 
 
 class UnroutablePaths:

@@ -58,10 +58,10 @@ class MicroBatcher(Generic[In, Out]):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
         self._closed = False
 
-    def _ensure_worker(self) -> asyncio.Queue:
+    def _ensure_worker(self) -> asyncio.Queue[tuple[In, asyncio.Future[Out]]]:
         if self._queue is None or self._worker is None or self._worker.done():
             self._queue = asyncio.Queue()
-            self._worker = asyncio.get_running_loop().create_task(self._run())
+            self._worker = asyncio.get_running_loop().create_task(self._run(self._queue))
         return self._queue
 
     async def submit(self, items: list[In]) -> list[Out]:
@@ -76,7 +76,9 @@ class MicroBatcher(Generic[In, Out]):
             queue.put_nowait((item, future))
         return list(await asyncio.gather(*futures))
 
-    async def _collect(self, queue: asyncio.Queue) -> list[tuple[In, asyncio.Future[Out]]]:
+    async def _collect(
+        self, queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]]
+    ) -> list[tuple[In, asyncio.Future[Out]]]:
         batch = [await queue.get()]
         deadline = time.monotonic() + self.max_wait_s
         while len(batch) < self.max_batch_size:
@@ -88,12 +90,11 @@ class MicroBatcher(Generic[In, Out]):
                 break
             try:
                 batch.append(await asyncio.wait_for(queue.get(), remaining))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         return batch
 
-    async def _run(self) -> None:
-        queue = self._queue
+    async def _run(self, queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]]) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect(queue)

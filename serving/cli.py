@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from serving.errors import ManifestError
@@ -77,6 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_serving_commands(sub: argparse._SubParsersAction) -> None:
+    add_loadtest_command: Callable[[argparse._SubParsersAction], None] | None
     try:
         from serving.loadtest.cli import add_loadtest_command
     except ImportError:  # the edge Bento ships without the load tester and its dependencies

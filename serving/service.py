@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 from concurrent.futures import Future
+from typing import cast
 
 # Pre-processing calls numpy's BLAS on small matrices from several threads at once (one per
 # request being prepared); a multi-threaded BLAS would fight ONNX Runtime's threads for the cores.
@@ -99,7 +100,9 @@ TRACING = (
 )
 
 
-@bentoml.service(
+# `bentoml.service` is the decorator at run time, but mypy reads the name as the `_bentoml_sdk.service`
+# package it shadows.
+@bentoml.service(  # type: ignore[operator]
     name="tuneserve",
     workers=SETTINGS.workers,
     traffic={"timeout": SETTINGS.timeout_s, "max_concurrency": SETTINGS.max_concurrency},
@@ -134,4 +137,10 @@ class TuneServe:
             await self.grpc.stop(grace=SETTINGS.grace_s or None)
 
 
-TuneServe.add_asgi_middleware(UnroutablePaths, prefixes=("/v1/", "/v2"))
+# `bentoml.service` turns the class into a `bentoml.Service`; mypy keeps a decorated class's own type.
+# BentoML types the middleware as a class whose instances take the app; Starlette instantiates it
+# with the app (`Middleware(cls, **options)`), as it does every ASGI middleware class.
+cast("bentoml.Service[TuneServe]", TuneServe).add_asgi_middleware(
+    UnroutablePaths,  # type: ignore[arg-type]
+    prefixes=("/v1/", "/v2"),
+)

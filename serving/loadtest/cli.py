@@ -46,7 +46,8 @@ def parse_list(text: str) -> list[float]:
 def is_loopback(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        # IPv4 and IPv6 addresses are (host, port, ...); only a family Python cannot decode gives an int
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None) if isinstance(info[4][0], str)}
     except socket.gaierror:
         return False
     return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
@@ -173,7 +174,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         return 130
     report = {
         "tool": "tuneserve loadtest",
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "target": base,
         "endpoint": route,
         "served": served_model(base, model or endpoint.default_model),

@@ -59,7 +59,7 @@ def decode_spans(text: str, words: list[Word]) -> list[dict]:
         if prefix in ("B", "I") and not continues:  # B-X, or an I-X that must start its own entity
             close()
             current, scores = {"label": kind, "start": word.start, "end": word.end}, [word.prob]
-        elif continues:
+        elif continues and current is not None:  # `continues` implies a current entity
             current["end"] = word.end
             scores.append(word.prob)
         else:  # O

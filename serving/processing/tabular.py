@@ -125,7 +125,7 @@ class RowEncoder:
             numeric[:, j] = values
             if f.missing == "impute":
                 numeric[:, len(self.dense) + self.imputed.index(f)] = missing
-        out = {"numeric": numeric}
+        out: dict[str, np.ndarray] = {"numeric": numeric}
         if self.categorical:
             codes = np.empty((n, len(self.categorical)), dtype=np.int64)
             for j, (f, index) in enumerate(zip(self.categorical, self._index)):
@@ -244,13 +244,17 @@ def infer_kinds(columns: dict[str, list[str | None]], max_categories: int = 200)
 
 
 def fit_feature(
-    name: str, kind: str, values: Iterable[Any], missing: str | None = None, min_count: int = 1
+    name: str,
+    kind: str,
+    values: Iterable[Any],
+    missing: Literal["error", "impute"] | None = None,
+    min_count: int = 1,
 ) -> Feature:
     """Statistics of one feature from training values (parsed JSON-like values, None for missing)."""
     values = list(values)
     present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     has_missing = len(present) < len(values)
-    policy = missing or ("impute" if has_missing else "error")
+    policy: Literal["error", "impute"] = missing or ("impute" if has_missing else "error")
     if kind == "numeric":
         arr = np.asarray(present, dtype=np.float64)
         std = float(arr.std()) if arr.size else 1.0

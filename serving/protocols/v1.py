@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
-from starlette.datastructures import FormData
+from starlette.datastructures import ImmutableMultiDict
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, request_response
@@ -74,7 +74,9 @@ def answer(model: LoadedModel, results: dict[str, Any]) -> JSONResponse:
     )
 
 
-async def read_form(request: Request, task: type[FileTask], limit: int, max_files: int) -> FormData:
+async def read_form(
+    request: Request, task: type[FileTask], limit: int, max_files: int
+) -> ImmutableMultiDict[str, str | FilePart]:
     """A bounded multipart body of `task.file_field` uploads plus `model` and the task's options."""
     expected = ", ".join(f"`{f}`" for f in [task.file_field, "model", *sorted(task.options)])
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -84,7 +86,7 @@ async def read_form(request: Request, task: type[FileTask], limit: int, max_file
         )
     body = await read_body(request, limit)
     try:
-        form = FormData(
+        form = ImmutableMultiDict(
             parse_multipart(
                 body, request.headers["content-type"], max_files=max_files, max_fields=MAX_FORM_FIELDS
             )
@@ -100,7 +102,7 @@ async def read_form(request: Request, task: type[FileTask], limit: int, max_file
     return form
 
 
-def file_request(form: FormData, task: type[FileTask]) -> FileRequest:
+def file_request(form: ImmutableMultiDict[str, str | FilePart], task: type[FileTask]) -> FileRequest:
     field = task.file_field
     uploads = form.getlist(field)
     if not uploads:
@@ -159,7 +161,7 @@ def request_body(task: type[ServingTask]) -> dict[str, Any]:
                 **{name: option.schema for name, option in task.options.items()},
             },
         }
-        example = {"model": task.default_model, task.file_field: ["(file contents)"]}
+        example: dict[str, Any] | None = {"model": task.default_model, task.file_field: ["(file contents)"]}
         return {
             "required": True,
             "content": {
@@ -228,7 +230,7 @@ def bound(handler: Callable[[Request, ModelServer], Any], server: ServerRef) -> 
 
 def routes(server: ServerRef) -> list[APIRoute]:
     """Every v1 route: the model list, one per task of the registry, and hot reload."""
-    out = [
+    out: list[APIRoute] = [
         DirectRoute(
             "/models",
             bound(list_models, server),
