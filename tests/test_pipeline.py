@@ -12,6 +12,7 @@ from serving.errors import ManifestError
 from serving.manifest import load_manifest
 from serving.runtime import Runtime
 from serving.settings import Settings
+from tests.test_figures import read_png
 
 
 def test_build_writes_a_complete_model_folder(tiny_repository):
@@ -38,6 +39,45 @@ def test_build_writes_a_complete_model_folder(tiny_repository):
     assert m.signature.inputs[0].shape == ["batch", "sequence"]
     assert m.preprocessing["max_length"] == 128 and m.preprocessing["padding"] == "longest"
     assert "confusion_matrix" in m.metrics["pytorch_test"]
+    # the pictures live in the run folder beside the repository, not in the model folder that ships
+    assert m.metrics["figures"] == {
+        "curves": "runs/intent/figures/curves.png",
+        "confusion_matrix": "runs/intent/figures/confusion_matrix.png",
+    }
+    assert not {p for p in names if p.endswith(".png")}
+
+
+# what each tiny build draws besides its training curves
+TASK_FIGURES = {
+    "intent": {"confusion_matrix"},
+    "entities": {"entity_f1"},
+    "keywords": {"confusion_matrix"},
+    "surface-defects": {"confusion_matrix"},  # and the mistakes, when it makes any
+    "credit-risk": {"confusion_matrix", "roc_pr"},
+    "diagnosis": {"confusion_matrix", "roc_pr"},
+    "energy-demand": {"backtest"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(TASK_FIGURES))
+def test_every_build_draws_its_figures_and_the_summary_lists_them(tiny_repository, name):
+    from training.pipeline import BuildResult, run_dir_for, summary
+
+    m = load_manifest(tiny_repository / name)
+    expected = {"curves"} | TASK_FIGURES[name]
+    if name == "surface-defects" and m.metrics["pytorch_test"]["accuracy"] < 1:
+        expected.add("mistakes")
+    result = BuildResult(tiny_repository / name, m, 1.0)
+    assert set(result.figures) == expected
+    folder = run_dir_for(tiny_repository, name) / "figures"
+    for kind, path in result.figures.items():
+        assert path == folder / f"{kind}.png"
+        read_png(path)
+    # keywords compared two backbones: the pictures are the winner's, moved out of its candidate folder
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{kind}.png" for kind in expected)
+    text = summary(result)
+    line = next(line for line in text.splitlines() if "figures in" in line)
+    assert str(folder) in line and all(f"{kind}.png" in line for kind in expected), text
 
 
 def test_runtime_predicts_every_variant_consistently(tiny_repository):
@@ -218,6 +258,10 @@ def test_quality_gate_fails_the_build(tmp_path):
             "gates.min_test_metric": 0.99,
         }
     )
+    repository = tmp_path / "exported"
     with pytest.raises(GateError, match=r"< gate 0\.99"):
-        build_recipe(recipe, tmp_path, quiet=True)
-    assert list(tmp_path.iterdir()) == [], "a failed build must leave nothing behind"
+        build_recipe(recipe, repository, quiet=True)
+    assert list(repository.iterdir()) == [], "a failed build must leave nothing behind"
+    # but its pictures, which show what went wrong
+    for name in ("curves.png", "confusion_matrix.png"):
+        read_png(tmp_path / "runs" / "intent" / "figures" / name)

@@ -54,6 +54,13 @@ class BuildResult:
     manifest: Manifest
     seconds: float
 
+    @property
+    def figures(self) -> dict[str, Path]:
+        """The build's pictures (kind → file), from the manifest's `metrics.figures`, whose paths are
+        relative to the folder holding the repository."""
+        home = self.directory.parent.parent
+        return {kind: home / path for kind, path in self.manifest.metrics.get("figures", {}).items()}
+
 
 def _signature(task, model_dir: Path, onnx_file: str) -> Signature:
     import onnx
@@ -69,8 +76,38 @@ def _signature(task, model_dir: Path, onnx_file: str) -> Signature:
 
 
 def run_dir_for(repository: Path, name: str) -> Path:
-    """Checkpoints and TensorBoard events of a build: runs/<name>/ beside the repository."""
+    """Checkpoints, TensorBoard events and figures of a build: runs/<name>/ beside the repository."""
     return Path(repository).resolve().parent / "runs" / name
+
+
+FIGURES = "figures"  # the folder of a build's pictures inside its run folder, redrawn by every build
+
+
+def draw_figures(
+    task, folder: Path, history: list[dict[str, Any]], outputs: Any, targets: Any, splits, metrics: dict
+) -> dict[str, Path]:
+    """Redraw a build's pictures in `folder`: the training curves, then the task's own (`Task.figures`)
+    of the PyTorch model on the test split. A picture that cannot be drawn is reported and skipped:
+    the model is the product, the pictures describe it."""
+    from training import figures
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    drawn: dict[str, Path] = {}
+    try:
+        curves = figures.training_curves(
+            folder / "curves.png", history, task.metric, title=f"{task.recipe.name}: fine-tuning"
+        )
+        if curves is not None:
+            drawn["curves"] = curves
+        drawn |= task.figures(folder, outputs, targets, splits, metrics)
+    except Exception as exc:  # see the docstring
+        log.warning(
+            "%s: figures not drawn (%s: %s)", task.recipe.name, type(exc).__name__, exc, exc_info=True
+        )
+    for kind, path in drawn.items():
+        log.debug("%s: figure %s: %s", task.recipe.name, kind, path)
+    return drawn
 
 
 def build_recipe(
@@ -119,6 +156,7 @@ def _build_recipe(recipe: Recipe, repository: Path | None, quiet: bool, resume: 
 
     model = task.build_model(splits.label_names)
     task.prepare(model, splits)
+    run_dir = run_dir_for(repository, recipe.name)
     if recipe.train.epochs > 0:
         log.info(
             "%s: fine-tuning %s (%.1fM parameters)", recipe.name, backbone.name, count_parameters(model) / 1e6
@@ -129,7 +167,7 @@ def _build_recipe(recipe: Recipe, repository: Path | None, quiet: bool, resume: 
             splits,
             recipe.train,
             progress=not quiet,
-            run_dir=run_dir_for(repository, recipe.name),
+            run_dir=run_dir,
             resume=resume,
         )
         if not is_main_process():
@@ -155,6 +193,10 @@ def _build_recipe(recipe: Recipe, repository: Path | None, quiet: bool, resume: 
     test = EvalSplit(test_batches, test_targets)
     torch_metrics = task.metrics(reference, test.targets, splits.label_names)
     log.info("%s: PyTorch test %s = %.4f", recipe.name, task.metric, torch_metrics[task.metric])
+    # drawn before the export and the gates, so a build that fails them still leaves its pictures
+    drawn = draw_figures(
+        task, run_dir / FIGURES, fitted.history, reference, test.targets, splits, torch_metrics
+    )
 
     repository.mkdir(parents=True, exist_ok=True)
     staging = repository / f".{recipe.name}.building"
@@ -245,6 +287,11 @@ def _build_recipe(recipe: Recipe, repository: Path | None, quiet: bool, resume: 
                 "history": fitted.history,
                 # every variant's validation metrics: what the INT8 gate and the backbone comparison decided on
                 "validation": validation,
+                # pictures of the build, relative to the folder holding the repository (runs/<name>/figures/)
+                "figures": {
+                    kind: path.relative_to(repository.resolve().parent).as_posix()
+                    for kind, path in drawn.items()
+                },
                 **task.report,
                 **{f"test_{k}": v for k, v in _scalars(variants[default["cpu"]].metrics).items()},
             },
@@ -268,7 +315,7 @@ def build(
 ) -> BuildResult | None:
     """Build a recipe; with `compare_backbones`, build every candidate and keep the one with the best
     served validation metric per millisecond (CPU, batch 8), recording the comparison (and each
-    candidate's test metric, reported only) in its manifest."""
+    candidate's test metric, reported only) in its manifest; the winner's figures become the build's."""
     repository = Path(repository) if repository is not None else Settings().repository
     if not recipe.compare_backbones:
         return build_recipe(recipe, repository, quiet, resume)
@@ -282,7 +329,9 @@ def build(
             log.info("%s: candidate backbone %s", recipe.name, name)
             candidate = recipe.with_overrides({"backbone": name, "compare_backbones": []})
             try:
-                result = build_recipe(candidate, Path(tmp) / name, quiet)
+                # a repository of its own, so each candidate has its own run folder (checkpoints,
+                # figures), at the same place relative to it as the build's run folder
+                result = build_recipe(candidate, Path(tmp) / name / "repository", quiet)
             except GateError as exc:
                 rows.append({"backbone": name, "passed_gate": False, "why": str(exc)})
                 continue
@@ -317,6 +366,12 @@ def build(
         target = repository / recipe.name
         shutil.rmtree(target, ignore_errors=True)
         result.directory.rename(target)
+        figures = run_dir_for(repository, recipe.name) / FIGURES
+        shutil.rmtree(figures, ignore_errors=True)
+        winner = run_dir_for(result.directory.parent, recipe.name) / FIGURES
+        if winner.is_dir():
+            figures.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(winner, figures)
     result = BuildResult(target, m, result.seconds)
     if not quiet:
         print(summary(result))
@@ -439,4 +494,8 @@ def summary(result: BuildResult) -> str:
     lines.append(
         f"  served: CPU={m.default_variant['cpu']} GPU={m.default_variant['gpu']} — {m.default_reason}"
     )
+    figures = result.figures
+    if figures:
+        folder = next(iter(figures.values())).parent
+        lines.append(f"  figures in {folder}: " + ", ".join(p.name for p in figures.values()))
     return "\n".join(lines)

@@ -277,10 +277,15 @@ def write_report(
         )
     lines += ["", "A pruned trial's value is its last validation score before it was stopped.", ""]
     (out_dir / "results.md").write_text("\n".join(lines))
-    _plots(study, out_dir)
+    from training.figures import optuna_study
+
+    plots = optuna_study(study, out_dir)
     if not quiet:  # the one-screen summary of the command
         print("\n".join(lines[:6]))
-        print(f"search results in {out_dir}: results.md, best.yaml, history.png, importance.png")
+        print(
+            f"search results in {out_dir}: "
+            + ", ".join(["results.md", "best.yaml", *(p.name for p in plots)])
+        )
     return SearchResult(out_dir, float(best.value), dict(best.params), default_value, len(study.trials))
 
 
@@ -294,29 +299,3 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return "-" if value is None else str(value)
-
-
-def _plots(study, out_dir: Path) -> None:
-    import warnings
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna.visualization.matplotlib as ov
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
-        for name, plot in (
-            ("history.png", ov.plot_optimization_history),
-            ("importance.png", ov.plot_param_importances),
-        ):
-            try:
-                ax = plot(study)
-            except (ValueError, RuntimeError):  # e.g. importances need ≥ 2 completed trials
-                continue
-            fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
-            fig.set_size_inches(8, 5)
-            fig.tight_layout()
-            fig.savefig(out_dir / name, dpi=110)
-            plt.close(fig)

@@ -20,6 +20,8 @@ A task module says:
   and `parity_problem` says whether that fails (classifiers: a tolerance and argmax equality).
 - **ONNX signature**: `input_names`, `output_names`, `dynamic_axes`; static INT8 calibration
   inputs; `preprocessing_config` (what serving needs, written to the manifest) and `assets`.
+- **pictures**: `figures` draws the task's own figures of the test split (training/figures.py)
+  beside the build's training curves.
 """
 
 from __future__ import annotations
@@ -122,6 +124,25 @@ class Task(ABC):
 
     def after_fit(self, model: nn.Module, splits: Splits) -> None:
         """Hook run after training and before test evaluation and export (e.g. calibration on validation)."""
+
+    def figures(
+        self, folder: Path, outputs: Any, targets: Any, splits: Splits, metrics: dict[str, Any]
+    ) -> dict[str, Path]:
+        """The task's pictures of the trained model on the test split, drawn into `folder` with
+        training/figures.py: `outputs` and `targets` as collected for `metrics`, which holds their
+        scores. Returns kind → file. The build adds the training curves. Default: the confusion
+        matrix, when the metrics have one (classifiers)."""
+        if "confusion_matrix" not in metrics:
+            return {}
+        from training import figures
+
+        path = figures.confusion_matrix(
+            folder / "confusion_matrix.png",
+            np.asarray(metrics["confusion_matrix"]),
+            splits.label_names,
+            title=f"{self.recipe.name}: test split",
+        )
+        return {"confusion_matrix": path}
 
     # Static quantisation: whether ONNX Runtime's symbolic shape pass can follow the graph, and which
     # operator types to quantise (None: every supported one).

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -127,6 +128,7 @@ class ForecastingTask(Task):
         self.window, self.horizon = self.options.window, self.options.horizon
         self.train_stride, self.origin_stride = self.options.train_stride, self.options.origin_stride
         self.series: np.ndarray | None = None
+        self.test_origins: np.ndarray | None = None
         self.pretrained: nn.Module | None = None
 
     def load_data(self) -> Splits:
@@ -147,6 +149,7 @@ class ForecastingTask(Task):
             train_origins = train_origins[-d.limit :]
         val_origins = np.arange(train_end, n - test_len - self.horizon + 1, self.origin_stride)
         test_origins = np.arange(n - test_len, n - self.horizon + 1, self.origin_stride)
+        self.test_origins = test_origins
         train, _, _ = windows(series, train_origins, self.window, self.horizon)
         val, _, _ = windows(series, val_origins, self.window, self.horizon)
         test, self.test_loc, self.test_scale = windows(series, test_origins, self.window, self.horizon)
@@ -268,6 +271,32 @@ class ForecastingTask(Task):
             backtest["seasonal_naive"]["mase"],
             backtest["fine_tuned"]["coverage_p10_p90"] * 100,
         )
+
+    def figures(
+        self,
+        folder: Path,
+        outputs: np.ndarray,
+        targets: dict[str, np.ndarray],
+        splits: Splits,
+        metrics: dict[str, Any],
+    ) -> dict[str, Path]:
+        """The backtest in the series' units: the held-out tail, each origin's p50 forecast with its
+        p10-p90 band, and seasonal-naive beside it."""
+        if self.series is None:
+            return {}
+        from training import figures
+
+        loc, spread = self.test_loc[:, None], self.test_scale[:, None]
+        path = figures.backtest(
+            folder / "backtest.png",
+            self.series,
+            self.test_origins,
+            outputs * spread[..., None] + loc[..., None],
+            naive=targets["naive"] * spread + loc,
+            context=self.window,
+            title=f"{self.recipe.name}: backtest on the test split (skill {metrics['skill']:.3f})",
+        )
+        return {"backtest": path}
 
     def preprocessing_config(self) -> dict[str, Any]:
         return {

@@ -7,6 +7,7 @@ small rotations, colour jitter) and scaled by the same `normalise`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -111,6 +112,26 @@ class ImageClassificationTask(DecodedClassificationTask):
             top5 = np.argsort(-logits, axis=-1)[:, :5]
             out["top5_accuracy"] = float(np.mean([t in row for t, row in zip(targets, top5)]))
         return out
+
+    def figures(
+        self, folder: Path, outputs: np.ndarray, targets: np.ndarray, splits: Splits, metrics: dict[str, Any]
+    ) -> dict[str, Path]:
+        """The confusion matrix and a grid of misclassified test images (as decoded, before the
+        resize and crop), grouped by true class."""
+        from training import figures
+
+        drawn = super().figures(folder, outputs, targets, splits, metrics)
+        mistakes = figures.misclassified_images(
+            folder / "mistakes.png",
+            self.dataset(splits.test, train=False).items,
+            targets,
+            outputs.argmax(-1),
+            splits.label_names,
+            title=f"{self.recipe.name}: test split",
+        )
+        if mistakes is not None:
+            drawn["mistakes"] = mistakes
+        return drawn
 
     def preprocessing_config(self) -> dict[str, Any]:
         return self.preprocessor.config()

@@ -7,12 +7,20 @@ in the report. Recipe `preprocessing` keys: `TabularPreprocessing`.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn.metrics import accuracy_score, average_precision_score, f1_score, log_loss, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    roc_auc_score,
+)
 from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.utils.data import DataLoader
@@ -300,22 +308,42 @@ class TabularClassificationTask(Task):
 
     def metrics(self, logits: np.ndarray, targets: np.ndarray, label_names: list[str]) -> dict[str, Any]:
         probs = softmax(logits)
+        labels = list(range(len(label_names)))
         if self.positive is not None:
-            return binary_metrics(
-                probs[:, self.positive].astype(np.float64), targets == self.positive, self.threshold
+            p_positive = probs[:, self.positive].astype(np.float64)
+            out = binary_metrics(p_positive, targets == self.positive, self.threshold)
+            # the served decision: the positive class at or above the threshold, else the other one
+            predicted = np.where(p_positive >= self.threshold, self.positive, 1 - self.positive)
+        else:
+            onehot = np.eye(len(label_names))[targets]
+            predicted = probs.argmax(1)
+            out = {
+                "roc_auc": float(roc_auc_score(targets, probs, multi_class="ovr", labels=labels)),
+                "brier": float(((probs - onehot) ** 2).sum(1).mean()),
+                "log_loss": float(log_loss(targets, np.clip(probs, 1e-12, 1), labels=labels)),
+                "accuracy": float(accuracy_score(targets, predicted)),
+                "n": len(targets),
+            }
+        out["confusion_matrix"] = confusion_matrix(targets, predicted, labels=labels).tolist()
+        return out
+
+    def figures(
+        self, folder: Path, outputs: np.ndarray, targets: np.ndarray, splits: Splits, metrics: dict[str, Any]
+    ) -> dict[str, Path]:
+        """The confusion matrix at the served decision rule; binary tasks add ROC and precision-recall
+        curves of the positive class with the validation-chosen threshold marked."""
+        from training import figures
+
+        drawn = super().figures(folder, outputs, targets, splits, metrics)
+        if self.positive is not None:
+            drawn["roc_pr"] = figures.roc_pr_curves(
+                folder / "roc_pr.png",
+                softmax(outputs)[:, self.positive],
+                targets == self.positive,
+                self.threshold,
+                title=f"{self.recipe.name}: test split, positive class {splits.label_names[self.positive]!r}",
             )
-        onehot = np.eye(len(label_names))[targets]
-        return {
-            "roc_auc": float(
-                roc_auc_score(targets, probs, multi_class="ovr", labels=list(range(len(label_names))))
-            ),
-            "brier": float(((probs - onehot) ** 2).sum(1).mean()),
-            "log_loss": float(
-                log_loss(targets, np.clip(probs, 1e-12, 1), labels=list(range(len(label_names))))
-            ),
-            "accuracy": float(accuracy_score(targets, probs.argmax(1))),
-            "n": len(targets),
-        }
+        return drawn
 
     def after_fit(self, model: nn.Module, splits: Splits) -> None:
         """Undo the class weighting's prior shift, fit the temperature and the threshold on validation,

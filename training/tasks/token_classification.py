@@ -8,6 +8,7 @@ Word-piece alignment: each pre-tokenised word's first sub-token carries the word
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -110,3 +111,15 @@ class TokenClassificationTask(TextClassificationTask):
 
     def metrics(self, logits: np.ndarray, targets: np.ndarray, label_names: list[str]) -> dict[str, Any]:
         return token_metrics(logits, targets, label_names)
+
+    def figures(
+        self, folder: Path, outputs: np.ndarray, targets: np.ndarray, splits: Splits, metrics: dict[str, Any]
+    ) -> dict[str, Path]:
+        """Entity-level F1 per entity type (`token_metrics`' f1_<type>)."""
+        from training import figures
+
+        scores = {k.removeprefix("f1_"): v for k, v in metrics.items() if k.startswith("f1_")}
+        if not scores:
+            return {}
+        title = f"{self.recipe.name}: F1 per entity type, test split (micro F1 {metrics['micro_f1']:.4f})"
+        return {"entity_f1": figures.entity_f1(folder / "entity_f1.png", scores, title)}
