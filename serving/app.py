@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from serving.connections import restore_path
 from serving.errors import RequestError
 from serving.protocols import v1, v2
 from serving.settings import Settings
@@ -145,7 +146,7 @@ def _no_server() -> ModelServer:
 
 async def request_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestError)
-    headers = {"Retry-After": "1"} if exc.status == 503 else None  # at capacity: come back shortly
+    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None  # at capacity: come back shortly
     return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
 
 
@@ -236,6 +237,7 @@ class UnroutablePaths:
         self.prefixes = prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        restore_path(scope)  # the innermost middleware: routing sees the real path again
         path = scope.get("path", "")
         if scope["type"] == "http" and "\n" in path and path.startswith(self.prefixes):
             return await JSONResponse({"error": f"no route {path[:200]!r}"}, status_code=404)(

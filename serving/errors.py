@@ -27,6 +27,12 @@ class UnknownModel(RequestError):
     status = 404
 
 
+class TooManyRequests(RequestError):
+    """More requests in flight than the server admits at once; the client should retry shortly."""
+
+    status = 429
+
+
 class Overloaded(RequestError):
     """The server is at capacity; the client should retry later."""
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from serving.batching import MicroBatcher
-from serving.errors import InputError, RequestError
+from serving.errors import InputError, RequestError, TooManyRequests
 from serving.runtime import LoadedModel, Runtime
 from serving.settings import Settings
 from serving.tasks import FileTask, ServingTask, Upload
@@ -31,6 +31,7 @@ class ModelServer:
         self.prepare_threads = os.cpu_count() or 2
         self.prepare_pool = ThreadPoolExecutor(max_workers=self.prepare_threads, thread_name_prefix="prepare")
         self._reload_lock = asyncio.Lock()
+        self.in_flight = 0  # inference requests admitted and not yet answered
         for model in self.runtime.models.values():
             self.attach_batcher(model)
 
@@ -45,7 +46,23 @@ class ModelServer:
 
     async def infer(self, model: LoadedModel, request: Any) -> dict[str, Any]:
         """Every stage of the model's task for one request (from any protocol): check, prepare,
-        the batched run (shared with every other request for this model), answer."""
+        the batched run (shared with every other request for this model), answer.
+
+        Admission: at most `max_concurrency` requests are inside at once; more are answered 429 at
+        once. A request is counted only from here, i.e. once its body has been read and parsed, so
+        a slow upload never holds a place that a complete request could use (the connection guard
+        in serving/connections.py bounds slow uploads themselves)."""
+        if self.in_flight >= self.settings.max_concurrency:
+            raise TooManyRequests(
+                f"too many requests: {self.in_flight} inference requests in flight; retry shortly"
+            )
+        self.in_flight += 1
+        try:
+            return await self._infer(model, request)
+        finally:
+            self.in_flight -= 1
+
+    async def _infer(self, model: LoadedModel, request: Any) -> dict[str, Any]:
         task = model.task
         task.check(request)
         if isinstance(task, FileTask) or task.heavy(request):

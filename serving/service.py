@@ -21,9 +21,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import bentoml
 
 from serving.app import UnroutablePaths, create_app, create_v2_app
+from serving.connections import ConnectionLimits, EdgeApp, install, path_labeller, route_table
 from serving.settings import Settings
 
 SETTINGS = Settings()
+V1_APP = create_app(lambda: bentoml.get_current_service().server, SETTINGS)
+V2_APP = create_v2_app(lambda: bentoml.get_current_service().server, SETTINGS)
 
 
 def _start_loading(settings: Settings) -> Future | None:
@@ -92,7 +95,8 @@ def observe_batches(model: str):
 
 
 # BentoML samples no traces by default, yet its OpenTelemetry middleware still builds a span per
-# request (~20% of the event loop's time here). Unless tracing is asked for, skip it on /v1 and /v2 routes.
+# request, a visible share of the event loop's time on small requests. Unless tracing is asked for,
+# skip it on /v1 and /v2 routes.
 TRACING = (
     {"sample_rate": SETTINGS.trace_sample_rate}
     if SETTINGS.trace_sample_rate is not None
@@ -105,14 +109,16 @@ TRACING = (
 @bentoml.service(  # type: ignore[operator]
     name="tuneserve",
     workers=SETTINGS.workers,
-    traffic={"timeout": SETTINGS.timeout_s, "max_concurrency": SETTINGS.max_concurrency},
+    # No max_concurrency here: BentoML would count a request from its headers, so slow uploads could
+    # hold every place. ModelServer admits requests once their body is in (TUNESERVE_MAX_CONCURRENCY).
+    traffic={"timeout": SETTINGS.timeout_s},
     logging={"access": {"enabled": SETTINGS.access_log}},
     tracing=TRACING,
 )
 # Decorators apply bottom-up and BentoML tries mounts in that order: v1 (the busiest) first, then
 # the v2 app at the root, which would otherwise try its routes on every /v1 request.
-@bentoml.asgi_app(create_v2_app(lambda: bentoml.get_current_service().server, SETTINGS), path="/")
-@bentoml.asgi_app(create_app(lambda: bentoml.get_current_service().server, SETTINGS), path="/v1")
+@bentoml.asgi_app(V2_APP, path="/")
+@bentoml.asgi_app(V1_APP, path="/v1")
 class TuneServe:
     def __init__(self) -> None:
         from serving.server import ModelServer
@@ -144,3 +150,32 @@ cast("bentoml.Service[TuneServe]", TuneServe).add_asgi_middleware(
     UnroutablePaths,  # type: ignore[arg-type]
     prefixes=("/v1/", "/v2"),
 )
+
+
+# BentoML's own routes (assets: its docs page's files), beside the mounted apps'.
+BENTOML_PATHS = ["/", "/docs.json", "/schema.json", "/metrics", "/healthz", "/livez", "/readyz"]
+BENTOML_PATTERNS = [(r"/(static_content|assets)/[\w./-]+", "/{assets}")]
+
+
+def _edge(app):
+    exact, patterns = route_table([("/v1", V1_APP), ("", V2_APP)])
+
+    def served():
+        return bentoml.get_current_service().server.runtime.models
+
+    label = path_labeller(exact + BENTOML_PATHS, patterns + BENTOML_PATTERNS, served, ("/v1/", "/v2/"))
+    return EdgeApp(app, SETTINGS.max_headers, label)
+
+
+if bentoml.server_context.worker_index is not None:  # a worker: its uvicorn is created after this import
+    install(
+        ConnectionLimits(
+            header_timeout_s=SETTINGS.header_timeout_s,
+            max_header_bytes=SETTINGS.max_header_kb * 1024,
+            max_headers=SETTINGS.max_headers,
+            body_min_rate=SETTINGS.body_min_rate_kb * 1024,
+            body_grace_s=SETTINGS.body_grace_s,
+            max_connections_per_client=SETTINGS.max_connections_per_client,
+        ),
+        edge=_edge,
+    )

@@ -82,7 +82,31 @@ class Settings(BaseSettings):
         25.0, gt=0, description="request body, JSON and multipart alike: 413 before a larger body is read"
     )
     max_concurrency: int = Field(
-        256, ge=1, description="requests in flight (split over the workers) before BentoML answers 429"
+        256,
+        ge=1,
+        description="inference requests in flight per worker, counted once their body is read; more are answered 429",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="seconds a connection has to send a request's line and headers (408, closed)"
+    )
+    max_header_kb: int = Field(
+        64,
+        ge=1,
+        description="request line and headers, in KiB: 431 and closed beyond it, before it is parsed",
+    )
+    max_headers: int = Field(100, ge=1, description="request headers: 431 beyond it")
+    body_min_rate_kb: float = Field(
+        1.0,
+        ge=0,
+        description="KiB/s a request body must average once its headers are in (after the grace period); slower: 408",
+    )
+    body_grace_s: float = Field(
+        10.0, ge=0, description="seconds a request body may take before the minimum rate applies"
+    )
+    max_connections_per_client: int = Field(
+        512,
+        ge=1,
+        description="open connections per client address in a worker; more are answered 503 and closed",
     )
     timeout_s: float = Field(60.0, gt=0, description="seconds before a request times out (504)")
     grace_s: int = Field(
