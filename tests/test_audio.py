@@ -156,3 +156,26 @@ def test_front_end_matches_the_direct_definition(length):
     assert ours.shape == (1, 64, 101) and ours.dtype == np.float32
     np.testing.assert_allclose(ours[0], expected, rtol=0, atol=1e-4)
     np.testing.assert_allclose(fe.power_spectrogram(fe.fit_window(x)), power.T, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "rate,channels,seconds,needle",
+    [
+        (384_000, 1, 0.1, "above the maximum of 192000 Hz"),
+        (16_000, 12, 0.1, "12 channels; at most 8"),
+        (192_000, 8, 12.0, "decodes to 35 MiB of samples; the limit is 32 MiB"),
+    ],
+)
+def test_audio_that_would_decode_too_large_is_refused_from_its_header(rate, channels, seconds, needle):
+    """FLAC of silence compresses to almost nothing: the header's claims decide, not the file size."""
+    fmt = "FLAC" if channels <= 8 else "WAV"  # FLAC holds at most 8 channels
+    data = encode(np.zeros((int(rate * seconds), channels), np.int16), rate, fmt, "PCM_16")
+    assert len(data) < 200_000
+    with pytest.raises(AudioError, match=needle):
+        decode_audio(data)
+
+
+def test_eight_channels_at_48_khz_for_the_whole_limit_still_decode():
+    data = encode(tone(48_000, 30.0, 1000.0, 8), 48_000, "FLAC", "PCM_16")
+    out = decode_audio(data)
+    assert abs(len(out) - 30 * 16_000) <= 2 and abs(dominant_hz(out[:16000]) - 1000) < 5

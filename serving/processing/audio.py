@@ -32,11 +32,15 @@ TARGET_RATE = 16_000
 MIN_RATE = 8_000
 MAX_SECONDS = 30.0
 MAX_AUDIO_BYTES = 20 * 1024 * 1024
+# From the header, before any sample is decoded: a few kilobytes of FLAC can claim hundreds of MiB.
+MAX_RATE = 192_000
+MAX_CHANNELS = 8
+MAX_DECODED_BYTES = 32 * 1024 * 1024  # the samples as read (4 bytes each, 2 for 16-bit PCM)
 # Float samples are full scale at ±1; far beyond that (or NaN/inf) the power spectrum overflows.
 MAX_FLOAT_SAMPLE = 1000.0
 FORMATS = {"WAV", "WAVEX", "FLAC", "OGG", "RF64", "W64"}
-# Integer PCM is read as integers and scaled here: libsndfile's own int → float conversion is about
-# 3× slower than numpy's. The scale is the one libsndfile uses (full scale → ±1.0), so the samples
+# Integer PCM is read as integers and scaled here: libsndfile's own int → float conversion is
+# slower than numpy's vectorised one. The scale is the one libsndfile uses (full scale → ±1.0), so the samples
 # are the same floats. Other subtypes (float, 8-bit, Vorbis, ...) are read as float32.
 _INTEGER_READS = {"PCM_16": ("int16", 2.0**-15), "PCM_24": ("int32", 2.0**-31), "PCM_32": ("int32", 2.0**-31)}
 
@@ -60,6 +64,7 @@ def decode_audio(
                 raise AudioError(f"{fmt} audio is not supported; send WAV, FLAC or OGG/Vorbis")
             _check_length(rate, frames, min_rate, max_seconds)
             dtype, scale = _INTEGER_READS.get(f.subtype, ("float32", 1.0))
+            _check_size(rate, f.channels, frames * f.channels * np.dtype(dtype).itemsize)
             samples = f.read(dtype=dtype, always_2d=True)
     except AudioError:
         raise
@@ -87,10 +92,22 @@ def _check_length(rate: int, frames: int, min_rate: int, max_seconds: float) -> 
         raise AudioError(f"{frames / rate:.1f} s long; the limit is {max_seconds:g} s")
 
 
+def _check_size(rate: int, channels: int, decoded_bytes: int) -> None:
+    if rate > MAX_RATE:
+        raise AudioError(f"sample rate {rate} Hz is above the maximum of {MAX_RATE} Hz")
+    if channels > MAX_CHANNELS:
+        raise AudioError(f"{channels} channels; at most {MAX_CHANNELS} are accepted")
+    if decoded_bytes > MAX_DECODED_BYTES:
+        raise AudioError(
+            f"decodes to {decoded_bytes / 2**20:.0f} MiB of samples; the limit is "
+            f"{MAX_DECODED_BYTES / 2**20:.0f} MiB (send fewer channels, a lower rate or a shorter clip)"
+        )
+
+
 def _mix_to_mono(samples: np.ndarray, scale: float) -> np.ndarray:
     """(frames, channels) samples → float32 mono, the mean of the channels times `scale`.
     The channels are converted together and then added column by column: numpy's mean over a
-    short last axis is a strided reduction about 20× slower than these few vector operations."""
+    short last axis is a strided reduction, much slower than these few vector operations."""
     channels = samples.shape[1]
     if channels == 1 and samples.dtype == np.float32 and scale == 1.0:
         return samples[:, 0]

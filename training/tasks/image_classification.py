@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from serving.processing import ImagePreprocessor, decode_image
+from serving.processing.image import MAX_IMAGE_PIXELS
 from training.data.images import load_image_splits
 from training.evaluate import torch_outputs
 from training.tasks.base import Preprocessing, Splits
@@ -96,7 +97,11 @@ class ImageClassificationTask(DecodedClassificationTask):
             self.relabel(split, logits.argmax(-1).tolist())
 
     def decode(self, data: bytes) -> np.ndarray:
-        return decode_image(data)
+        """As the server decodes (a large JPEG at the reduced scale the model needs), but without the
+        server's decoded-size limit, which guards against untrusted uploads, not local files."""
+        return decode_image(
+            data, max_decoded_pixels=MAX_IMAGE_PIXELS, min_side=self.preprocessor.resize_shorter
+        )
 
     def train_transform(self, rgb: np.ndarray) -> np.ndarray:
         chw = self.augment(torch.from_numpy(rgb).permute(2, 0, 1))
