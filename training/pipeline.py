@@ -32,7 +32,7 @@ from training.tasks.base import Batch
 
 log = logging.getLogger(__name__)
 
-# INT8 must be at least this much faster to count as faster (timing noise on a busy machine is ~±5%)
+# INT8 must be at least this much faster to count as faster: above the noise of repeated timings
 MIN_SPEEDUP = 1.05
 
 

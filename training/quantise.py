@@ -44,8 +44,8 @@ def quantise_dynamic_int8(fp32_path: Path, out_path: Path) -> Path:
     follow the dynamic sequence axis of a BERT graph, so only ONNX shape inference runs.
 
     The activation range is taken over the whole input tensor of each call, so under the server's
-    batching an input's answer depends on the other requests in its batch (intent: scores moved by
-    up to 0.16). The default recipes use static quantisation; this mode stays for offline use."""
+    batching an input's answer depends on the other requests in its batch (tests/test_crosstalk.py
+    would fail with it). The default recipes use static quantisation; this mode stays for offline use."""
     out_path = Path(out_path).resolve()
     with _prepared(fp32_path, symbolic_shapes=False) as prepared:
         quantize_dynamic(str(prepared), str(out_path), weight_type=QuantType.QInt8, per_channel=False)
