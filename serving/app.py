@@ -8,7 +8,6 @@ per-request machinery (serving/protocols/v1.py). Every client mistake becomes a 
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serving.connections import restore_path
 from serving.errors import RequestError
 from serving.protocols import v1, v2
+from serving.protocols.auth import REFUSAL, authorised
 from serving.settings import Settings
 
 if TYPE_CHECKING:
@@ -182,27 +182,21 @@ class Guard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {
-            k.lower(): v
-            for k, v in scope["headers"]
-            if k.lower() in (b"authorization", b"x-api-key", b"content-length")
-        }
+        wanted = [
+            (k.lower(), v) for k, v in scope["headers"] if k.lower() in (b"authorization", b"x-api-key")
+        ]
         refusal = None
         if (
             self.key is not None
             and self._route_path(scope) not in self.open_paths
-            and not self._authorised(headers)
+            and not authorised(self.key, wanted)
         ):
             refusal = JSONResponse(
-                {
-                    "error": "missing or wrong API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
-                },
+                {"error": REFUSAL},
                 status_code=401,
                 headers={"WWW-Authenticate": 'Bearer realm="tuneserve"'},
             )
-        elif (declared := headers.get(b"content-length", b"").strip()).isdigit() and int(
-            declared
-        ) > self.limit:
+        elif (declared := _header(scope, b"content-length").strip()).isdigit() and int(declared) > self.limit:
             refusal = JSONResponse(
                 {
                     "error": f"request body is {int(declared)} bytes; the limit is {self.limit} (TUNESERVE_MAX_BODY_MB)"
@@ -219,12 +213,9 @@ class Guard:
         path, root = scope["path"], scope.get("root_path", "")
         return path[len(root) :] if root and path.startswith(root) else path
 
-    def _authorised(self, headers: dict[bytes, bytes]) -> bool:
-        given = headers.get(b"x-api-key")
-        auth = headers.get(b"authorization", b"")
-        if given is None and auth[:7].lower() == b"bearer ":
-            given = auth[7:].strip()
-        return given is not None and self.key is not None and hmac.compare_digest(given, self.key)
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    return next((v for k, v in scope["headers"] if k.lower() == name), b"")
 
 
 class UnroutablePaths:

@@ -138,6 +138,23 @@ def test_the_key_opens_the_routes(guarded, kind):
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.parametrize(
+    "headers,status",
+    [
+        ([("X-API-Key", KEY), ("Authorization", "Bearer other")], 401),  # two different keys
+        ([("X-API-Key", "other"), ("Authorization", f"Bearer {KEY}")], 401),
+        ([("X-API-Key", KEY), ("X-API-Key", "other")], 401),  # one header twice, either order
+        ([("X-API-Key", "other"), ("X-API-Key", KEY)], 401),
+        ([("X-API-Key", ""), ("Authorization", f"Bearer {KEY}")], 200),  # empty = absent
+        ([("X-API-Key", ""), ("Authorization", "Bearer")], 401),  # nothing but empty values
+        ([("X-API-Key", KEY), ("Authorization", f"Bearer {KEY}")], 200),  # the same key twice
+    ],
+)
+def test_one_key_rule_for_both_headers(guarded, headers, status):
+    r = httpx.post(guarded.url + "/v1/text/classify", json=TEXT, headers=httpx.Headers(headers))
+    assert r.status_code == status, r.text
+
+
 @pytest.mark.parametrize("path", ["/readyz", "/livez", "/metrics", "/v1/openapi.json"])
 def test_health_metrics_and_the_api_document_stay_open(guarded, path):
     assert httpx.get(guarded.url + path).status_code == 200

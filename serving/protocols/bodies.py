@@ -4,7 +4,7 @@ names what is wrong (the field, the position) and becomes a 4xx."""
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -29,17 +29,72 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(messages) + (f" (and {more} more)" if more > 0 else "")
 
 
-def parse_json_body(raw: bytes, schema: type[Body]) -> Body:
-    if not raw.strip():
-        raise RequestError("request body is empty; expected a JSON object")
+class DuplicateKey(ValueError):
+    """A JSON object names the same key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members as a dict, refusing a key given twice (JSON leaves it undefined which
+    one counts; parsers and proxies disagree, so neither is guessed)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(f"the key {key[:100]!r} appears twice in one object")
+            seen.add(key)
+    return out
+
+
+def loads(raw: bytes | memoryview) -> Any:
+    """JSON → Python, with duplicate keys refused; RequestError (400) naming the problem."""
     try:
-        data = json.loads(raw)
+        return json.loads(bytes(raw), object_pairs_hook=_unique_keys)
+    except DuplicateKey as exc:
+        raise RequestError(f"request body is ambiguous: {exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise RequestError("request body is nested too deeply to parse") from None
     except ValueError as exc:  # e.g. an integer literal of thousands of digits
         raise RequestError(f"request body is not usable JSON: {str(exc)[:200]}") from None
+
+
+# The content types a browser may send cross-site without asking first (a CORS "simple" request):
+# refusing them keeps a web page from making inference calls with a visitor's network access.
+SIMPLE_TYPES = ("text/plain", "multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def require_json(request: Request) -> None:
+    """JSON routes take `application/json` (or an `application/*+json` type) and nothing else."""
+    kind = media_type(request)
+    if kind != "application/json" and not (kind.startswith("application/") and kind.endswith("+json")):
+        raise RequestError(
+            f"send the JSON body with `Content-Type: application/json` (got {kind[:60] or 'none'!r})",
+            status=415,
+        )
+
+
+def refuse_simple_types(request: Request) -> None:
+    """Routes that take JSON or binary tensors with or without a content type (Triton's client sends
+    none) still refuse the types a browser form or a cross-site script could send unasked."""
+    kind = media_type(request)
+    if kind in SIMPLE_TYPES:
+        raise RequestError(
+            f"{kind} bodies are not accepted; send application/json (or application/octet-stream "
+            "with the binary tensor data extension)",
+            status=415,
+        )
+
+
+def parse_json_body(raw: bytes, schema: type[Body]) -> Body:
+    if not raw.strip():
+        raise RequestError("request body is empty; expected a JSON object")
+    data = loads(raw)
     if not isinstance(data, dict):
         raise RequestError(f"request body must be a JSON object, got {type(data).__name__}")
     try:

@@ -11,7 +11,6 @@ a gRPC server starts (Triton's client registers the same names in its own proces
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Any
 
@@ -20,6 +19,7 @@ import grpc
 from serving.errors import RequestError
 from serving.protocols import grpc_predict_v2_pb2 as pb
 from serving.protocols import grpc_predict_v2_pb2_grpc as pb_grpc
+from serving.protocols.auth import REFUSAL, authorised
 from serving.protocols.tensors import DTYPES, encode_binary
 from serving.protocols.v1 import ServerRef
 from serving.protocols.v2 import (
@@ -173,16 +173,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """With TUNESERVE_API_KEY set, everything but the health calls needs the key, as over HTTP."""
         if self.key is None:
             return
-        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
-        given = metadata.get("x-api-key")
-        auth = metadata.get("authorization", "")
-        if given is None and auth[:7].lower() == "bearer ":
-            given = auth[7:].strip()
-        if given is None or not hmac.compare_digest(str(given).encode(), self.key):
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or wrong API key: send `authorization: Bearer <key>` or `x-api-key: <key>`",
-            )
+        metadata = [
+            (k.lower().encode(), v if isinstance(v, bytes) else str(v).encode())
+            for k, v in (context.invocation_metadata() or ())
+        ]
+        if not authorised(self.key, metadata):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSAL)
 
 
 async def start_grpc_server(server: ServerRef, settings: Settings) -> grpc.aio.Server:

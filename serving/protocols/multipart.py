@@ -57,6 +57,8 @@ def parse_multipart(
 
     def on_header_end() -> None:
         if b"".join(header_name).lower() == b"content-disposition":
+            if part["disposition"]:  # which one counts is up to the parser: refuse instead of guessing
+                raise ValueError("a part has two Content-Disposition headers")
             part["disposition"] = b"".join(header_value)
         header_name.clear()
         header_value.clear()

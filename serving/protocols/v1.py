@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, request_response
 
 from serving.errors import RequestError
-from serving.protocols.bodies import parse_json_body, read_body
+from serving.protocols.bodies import parse_json_body, read_body, require_json
 from serving.protocols.multipart import FilePart, parse_multipart
 from serving.tasks import TASKS, FileRequest, FileTask, ServingTask, Upload
 
@@ -97,7 +97,10 @@ async def read_form(
     if unknown:
         raise RequestError(f"unknown form field(s) {unknown}; expected {expected}")
     for name in ("model", *task.options):
-        if name in form and not isinstance(form[name], str):
+        given = form.getlist(name)
+        if len(given) > 1:
+            raise RequestError(f"{name}: given {len(given)} times; send it once")
+        if given and not isinstance(given[0], str):
             raise RequestError(f"{name}: expected a text field, got a file")
     return form
 
@@ -135,6 +138,7 @@ def task_endpoint(task: type[ServingTask], server: ServerRef) -> Callable[[Reque
             body: Any = file_request(form, task)
         else:
             assert task.request_model is not None
+            require_json(request)
             body = parse_json_body(await read_body(request, settings.max_body_bytes), task.request_model)
             model = srv.runtime.resolve(body.model, task.name)
         return answer(model, await srv.infer(model, body))

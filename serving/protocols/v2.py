@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from serving.errors import RequestError, UnknownModel
-from serving.protocols.bodies import describe_validation_error, read_body
+from serving.protocols.bodies import describe_validation_error, loads, read_body, refuse_simple_types
 from serving.protocols.tensors import (
     InputSpec,
     OutputSpec,
@@ -128,15 +128,14 @@ def parse_infer_body(raw: bytes, header_length: str | None) -> tuple[InferReques
         json_part, binary = view[: int(header_length)], view[int(header_length) :]
     else:
         json_part, binary = view, view[len(raw) :]
-    try:  # pydantic parses and validates in one pass
-        return InferRequest.model_validate_json(bytes(json_part)), binary
+    if not bytes(json_part[:4096]).strip():
+        raise RequestError("inference request is empty; expected a JSON object")
+    data = loads(json_part)  # a 400 for invalid JSON and for a key given twice
+    if not isinstance(data, dict):
+        raise RequestError("inference request must be a JSON object")
+    try:
+        return InferRequest.model_validate(data), binary
     except ValidationError as exc:
-        if exc.errors()[0]["type"] == "json_invalid":
-            raise RequestError(
-                f"inference request is not valid JSON: {exc.errors()[0]['msg'][:200]}"
-            ) from None
-        if exc.errors()[0]["type"] == "model_type":
-            raise RequestError("inference request must be a JSON object") from None
         raise RequestError(describe_validation_error(exc)) from None
 
 
@@ -417,6 +416,7 @@ async def model_ready(request: Request, server: ModelServer) -> JSONResponse:
 
 async def infer(request: Request, server: ModelServer) -> Response:
     model = find_model(server, request.path_params["name"], request.path_params.get("version"))
+    refuse_simple_types(request)
     body, binary = parse_infer_body(
         await read_body(request, server.settings.max_body_bytes), request.headers.get(HEADER_LENGTH)
     )

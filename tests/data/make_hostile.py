@@ -276,6 +276,18 @@ def body_cases() -> list[Case]:
         )
         add("text-plain", "text/plain prose instead of JSON", b"please classify: hello world", "text/plain")
         add(
+            "json-as-text-plain",
+            "a valid request sent as text/plain (what a cross-site page can send without asking)",
+            dumps(valid),
+            "text/plain;charset=UTF-8",
+        )
+        add("json-no-ctype", "a valid request with no content type", dumps(valid), None)
+        add(
+            "duplicate-key",
+            "the same key twice in the request object (which one counts is undefined)",
+            dumps(valid)[:-1] + b',"%s":%s}' % (key.encode(), dumps(valid[key])),
+        )
+        add(
             "bigint-5000-digits",
             "an integer literal over Python's 4300-digit conversion limit",
             b'{"%s": [%s]}' % (key.encode(), b"9" * 5000),
@@ -501,6 +513,20 @@ def file_cases() -> list[Case]:
             return cases.append(Case(f"{slug}-{name}", route, "form", what, body, ctype))
 
         add("json-body", "a JSON body on a multipart route", dumps({key: ["aGVsbG8="]}), JSON)
+        add(
+            "model-twice",
+            "the model field given twice (which one counts is undefined)",
+            multipart((key, "a.bin", good), ("model", None, b""), ("model", None, b"")),
+        )
+        add(
+            "two-dispositions",
+            "a file part with a second Content-Disposition naming it `model`",
+            multipart((key, "a.bin", good)).replace(
+                b"Content-Type: application/octet-stream\r\n",
+                b'Content-Disposition: form-data; name="model"\r\nContent-Type: application/octet-stream\r\n',
+                1,
+            ),
+        )
         add("text-plain", "text/plain on a multipart route", good, "text/plain")
         add("no-ctype", "raw file bytes and no content type", good, None)
         add("octet-stream", "raw file bytes as application/octet-stream", good, "application/octet-stream")
@@ -618,6 +644,10 @@ def image_cases() -> list[Case]:
             "decompression bomb: 50000x50000 declared in a tiny PNG",
             png(50_000, 50_000, b"\x00" * 1024),
         ),
+        "png-decodes-too-large": (
+            "5000x4000 declared: within the header limit, over the decoded-size limit",
+            png(5000, 4000, b"\x00" * 1024),
+        ),
         "png-bomb-wide": ("decompression bomb: 2**31-1 x 1 declared", png(2**31 - 1, 1, b"\x00" * 1024)),
         "png-bomb-8000": (
             "decompression bomb: 8000x8000 (64 MP, limit 50 MP)",
@@ -719,6 +749,11 @@ def audio_cases() -> list[Case]:
         "wav-rate-low": ("sample rate 1000 Hz (minimum 8000)", wav(rate=1000)),
         "wav-channels-zero": ("0 channels", wav(channels=0)),
         "wav-channels-65535": ("65535 channels", wav(channels=65535)),
+        "wav-channels-12": ("12 channels (at most 8)", wav(channels=12, data=b"\x00\x01" * 12 * 160)),
+        "wav-rate-384k-8ch": (
+            "384 kHz, 8 channels: over the rate limit, from the header alone",
+            wav(rate=384_000, channels=8, data=b"\x00\x01" * 8 * 160),
+        ),
         "wav-bits-zero": ("0 bits per sample", wav(bits=0)),
         "wav-no-samples": ("a valid header and no samples", wav(data=b"")),
         "wav-float-nan": (
@@ -793,6 +828,21 @@ def v2_cases() -> list[Case]:
 
     cases = [
         Case("v2-empty", infer, "v2", "empty inference request", b""),
+        Case(
+            "v2-text-plain",
+            infer,
+            "v2",
+            "a valid inference request sent as text/plain (what a cross-site page can send)",
+            dumps({"inputs": [texts]}),
+            "text/plain",
+        ),
+        Case(
+            "v2-duplicate-key",
+            infer,
+            "v2",
+            "the inputs key twice (which one counts is undefined)",
+            dumps({"inputs": [texts]})[:-1] + b',"inputs":' + dumps([texts]) + b"}",
+        ),
         Case("v2-not-json", infer, "v2", "an inference request that is not JSON", b"{inputs: nope"),
         Case("v2-top-array", infer, "v2", "a JSON array instead of an inference request", dumps([texts])),
         Case("v2-no-inputs", infer, "v2", "an empty inputs list", dumps({"inputs": []})),
