@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(20_000, ge=1, description="characters per text")
     max_files: int = Field(64, ge=1, description="files per multipart request")
     max_file_mb: float = Field(20.0, gt=0, description="size of one uploaded file (an image, a clip)")
+    tabular_range_factor: float = Field(
+        10.0,
+        ge=0,
+        description="table rows: a numeric value further outside its training range than this many times the range is a 400; 0 = no check",
+    )
     max_image_megapixels: float = Field(
         16.0,
         gt=0,

@@ -84,6 +84,15 @@ def test_diagnosis_serves_its_own_schema(server):
     assert set(labels) <= {"malignant", "benign"}
 
 
+def test_implausible_feature_values_are_refused_not_scored(server):
+    """Every measurement at 1e30 once scored `benign` with certainty; now the row is refused."""
+    from sklearn.datasets import load_breast_cancer
+
+    names = [name.replace(" ", "_") for name in load_breast_cancer().feature_names]
+    r = _post(server, "/v1/tabular/predict", {"model": "diagnosis", "rows": [dict.fromkeys(names, 1e30)]})
+    assert r.status_code == 400 and "is implausible: training saw" in r.json()["error"], r.text
+
+
 @pytest.mark.parametrize(
     "body, status, message",
     [

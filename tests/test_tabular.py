@@ -241,3 +241,25 @@ def test_train_a_users_csv_with_target_flag(tmp_path):
         "colour",
     ]  # the identifier column is left out
     assert m.labels == ["bad", "good"] and m.variants["fp32"].metrics["roc_auc"] > 0.8
+
+
+def test_implausible_numbers_are_refused_beyond_a_multiple_of_the_training_range():
+    radius = fit_feature("radius", "numeric", [7.0, 12.0, 28.0])
+    assert (radius.low, radius.high) == (7.0, 28.0)
+    flag = fit_feature("flag", "boolean", [True, False])
+    encoder = RowEncoder([radius, flag], range_factor=10)
+    ok = encoder.encode([{"radius": 28.0 + 9 * 21, "flag": True}, {"radius": 7.0 - 9 * 21, "flag": False}])
+    assert ok["numeric"].shape == (2, 2)
+    with pytest.raises(RowError, match=r"rows\[1\]\.radius: 1e\+30 is implausible: training saw 7 to 28"):
+        encoder.encode([{"radius": 10.0, "flag": True}, {"radius": 1e30, "flag": True}])
+    with pytest.raises(RowError, match=r"rows\[0\]\.radius: -204 is implausible"):
+        encoder.encode([{"radius": -204, "flag": True}])
+    # no check without a factor (training encodes its own data) or without a recorded range
+    assert RowEncoder([radius, flag]).encode([{"radius": 1e29, "flag": True}])["numeric"].shape == (1, 2)
+    older = RowEncoder.from_config(
+        {"features": [{"name": "radius", "kind": "numeric", "mean": 15.0, "std": 5.0}]}, range_factor=10
+    )
+    assert older.encode([{"radius": 1e29}])["numeric"].shape == (1, 1)
+    # a feature that was constant in training still accepts values around it
+    constant = fit_feature("c", "numeric", [3.0, 3.0])
+    assert RowEncoder([constant], range_factor=10).encode([{"c": 12.0}])["numeric"].shape == (1, 1)

@@ -4,7 +4,9 @@ A schema is a list of features, each one of:
 
 - `numeric`: standardised with the training mean and standard deviation. `missing: error` makes the
   feature required (absent, null or NaN → a 4xx); `missing: impute` fills the training median and
-  sets a 0/1 missing-indicator column the model sees.
+  sets a 0/1 missing-indicator column the model sees. The training minimum and maximum (`low`,
+  `high`) bound what is plausible: with a `range_factor` k, a value further than k times the observed
+  range outside it is refused, since a model extrapolates such inputs into confident nonsense.
 - `categorical`: an index into the training vocabulary; index 0 is `<unknown>`, where values never
   seen in training go (never an error). With `missing: impute`, absent/null values get `<missing>`.
 - `boolean`: 0/1 (JSON true/false or 0/1); `missing: impute` fills the training rate of true.
@@ -45,6 +47,16 @@ class Feature:
     std: float = 1.0
     fill: float = 0.0  # imputed value (numeric: training median; boolean: training rate of true)
     vocabulary: list[str] = field(default_factory=list)  # categorical: index 0 is <unknown>
+    low: float | None = None  # numeric: smallest and largest training value (None in older manifests)
+    high: float | None = None
+
+    def accepted(self, factor: float) -> tuple[float, float] | None:
+        """The plausible range of a numeric feature: the training range widened by `factor` times its
+        width on each side (at least `factor` on a constant feature); None when unbounded."""
+        if self.kind != "numeric" or self.low is None or self.high is None or factor <= 0:
+            return None
+        span = max(self.high - self.low, 1.0 if self.high == self.low else 0.0)
+        return self.low - factor * span, self.high + factor * span
 
     @property
     def required(self) -> bool:
@@ -62,9 +74,10 @@ def _describe(value: Any) -> str:
 class RowEncoder:
     """Validates JSON rows against the schema and encodes them; every error names row and column."""
 
-    def __init__(self, features: list[Feature], max_rows: int = MAX_ROWS) -> None:
+    def __init__(self, features: list[Feature], max_rows: int = MAX_ROWS, range_factor: float = 0.0) -> None:
         self.features = features
         self.max_rows = max_rows
+        self.range_factor = range_factor  # 0: no plausibility check (training encodes its own data)
         self.names = [f.name for f in features]
         self._known = set(self.names)
         self._required = {f.name for f in features if f.required}
@@ -74,8 +87,10 @@ class RowEncoder:
         self._index = [{word: i for i, word in enumerate(f.vocabulary)} for f in self.categorical]
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> RowEncoder:
-        return cls([Feature(**f) for f in config["features"]], int(config.get("max_rows", MAX_ROWS)))
+    def from_config(cls, config: dict[str, Any], range_factor: float = 0.0) -> RowEncoder:
+        return cls(
+            [Feature(**f) for f in config["features"]], int(config.get("max_rows", MAX_ROWS)), range_factor
+        )
 
     def config(self) -> dict[str, Any]:
         return {"features": [asdict(f) for f in self.features], "max_rows": self.max_rows}
@@ -173,6 +188,15 @@ class RowEncoder:
         if np.abs(values).max(initial=0.0) > 1e30:
             i = int(np.abs(values).argmax())
             raise RowError(f"rows[{i}].{f.name}: {values[i]:g} is out of range")
+        bounds = f.accepted(self.range_factor)
+        if bounds is not None:
+            outside = np.flatnonzero((values < bounds[0]) | (values > bounds[1]))
+            if outside.size:
+                i = int(outside[0])
+                raise RowError(
+                    f"rows[{i}].{f.name}: {values[i]:g} is implausible: training saw {f.low:g} to {f.high:g}, "
+                    f"and values from {bounds[0]:g} to {bounds[1]:g} are accepted"
+                )
         return values, missing
 
     def _booleans(self, f: Feature, column: list) -> tuple[np.ndarray, np.ndarray]:
@@ -265,6 +289,8 @@ def fit_feature(
             mean=float(arr.mean()) if arr.size else 0.0,
             std=std if std > 1e-12 else 1.0,
             fill=float(np.median(arr)) if arr.size else 0.0,
+            low=float(arr.min()) if arr.size else None,
+            high=float(arr.max()) if arr.size else None,
         )
     if kind == "boolean":
         rate = float(np.mean([bool(v) for v in present])) if present else 0.0

@@ -49,7 +49,7 @@ class TabularClassification(ServingTask[Block, Block, list[dict[str, Any]]]):
 
     def __init__(self, model_dir: Path, manifest: Manifest, session: Any, settings: Settings) -> None:
         super().__init__(model_dir, manifest, session, settings)
-        self.encoder = RowEncoder.from_config(manifest.preprocessing)
+        self.encoder = RowEncoder.from_config(manifest.preprocessing, settings.tabular_range_factor)
         self.labels = manifest.labels
         self.positive = manifest.preprocessing.get("positive_index")
         self.threshold = float(manifest.preprocessing.get("threshold", 0.5))
