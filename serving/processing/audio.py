@@ -36,6 +36,7 @@ MAX_AUDIO_BYTES = 20 * 1024 * 1024
 MAX_RATE = 192_000
 MAX_CHANNELS = 8
 MAX_DECODED_BYTES = 32 * 1024 * 1024  # the samples as read (4 bytes each, 2 for 16-bit PCM)
+BLOCK_FRAMES = 65_536  # frames read (and mixed to mono) at a time
 # Float samples are full scale at ±1; far beyond that (or NaN/inf) the power spectrum overflows.
 MAX_FLOAT_SAMPLE = 1000.0
 FORMATS = {"WAV", "WAVEX", "FLAC", "OGG", "RF64", "W64"}
@@ -65,24 +66,29 @@ def decode_audio(
             _check_length(rate, frames, min_rate, max_seconds)
             dtype, scale = _INTEGER_READS.get(f.subtype, ("float32", 1.0))
             _check_size(rate, f.channels, frames * f.channels * np.dtype(dtype).itemsize)
-            samples = f.read(dtype=dtype, always_2d=True)
+            # A block at a time, mixed to mono as it is read: a multi-channel clip never exists in
+            # memory whole, only its mono mix does.
+            mono = []
+            while len(block := f.read(BLOCK_FRAMES, dtype=dtype, always_2d=True)):
+                mono.append(_mix_to_mono(_finite(block), scale))
     except AudioError:
         raise
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
         # libsndfile's message starts "Error opening <_io.BytesIO object at 0x...>: "; the reason follows
         reason = " ".join(str(exc).split()).split(">: ", 1)[-1]
         raise AudioError(f"not audio, or a corrupt header ({reason[:120]})") from None
+    samples = mono[0] if len(mono) == 1 else np.concatenate(mono) if mono else np.empty(0, np.float32)
     if samples.shape[0] == 0:
         raise AudioError("no samples")
-    if (
-        samples.dtype.kind == "f"
-        and not -MAX_FLOAT_SAMPLE <= samples.min() <= samples.max() <= MAX_FLOAT_SAMPLE
-    ):
-        raise AudioError(f"float samples must be finite and within ±{MAX_FLOAT_SAMPLE:g} (full scale is ±1)")
-    mono = _mix_to_mono(samples, scale)
     if rate != target_rate:
-        mono = soxr.resample(mono, rate, target_rate, quality="HQ")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+        samples = soxr.resample(samples, rate, target_rate, quality="HQ")
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def _finite(block: np.ndarray) -> np.ndarray:
+    if block.dtype.kind == "f" and not -MAX_FLOAT_SAMPLE <= block.min() <= block.max() <= MAX_FLOAT_SAMPLE:
+        raise AudioError(f"float samples must be finite and within ±{MAX_FLOAT_SAMPLE:g} (full scale is ±1)")
+    return block
 
 
 def _check_length(rate: int, frames: int, min_rate: int, max_seconds: float) -> None:
