@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from torch import nn
 
@@ -23,6 +24,15 @@ class Backbone:
     assets: Callable[[], dict[str, Path]] = field(default=dict)
     # Class names of the pretrained head, when the backbone ships one (e.g. ImageNet's 1000).
     pretrained_labels: Callable[[], list[str]] | None = None
+
+
+class TimmClassifier(Protocol):
+    """The part of a timm model that image and audio tasks use to swap its classifier. `load` gives
+    an nn.Module, whose type reaches these methods only through `__getattr__` (a tensor or a module)."""
+
+    def get_classifier(self) -> nn.Linear: ...
+
+    def reset_classifier(self, num_classes: int) -> None: ...
 
 
 def _minilm_dir() -> Path:

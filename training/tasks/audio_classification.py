@@ -9,7 +9,7 @@ Backbones: the pretrained EfficientNet-Lite0 (log-mel as a 3-channel image) or a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from serving.processing.audio import LogMelFrontEnd, decode_audio
+from training.backbones import TimmClassifier
 from training.data.images import ImageExamples, read_class_folder, resolve_dataset_folder
 from training.data.keywords import make_noise
 from training.tasks.base import Preprocessing, Splits
@@ -62,7 +63,7 @@ class LogMelClassifier(nn.Module):
         return self.head(self.dropout(self.backbone(x)))
 
 
-class AudioClassificationTask(DecodedClassificationTask):
+class AudioClassificationTask(DecodedClassificationTask[AudioPreprocessing]):
     name = "audio-classification"
     modality = "audio"
     input_names: ClassVar[list[str]] = ["features"]
@@ -115,11 +116,14 @@ class AudioClassificationTask(DecodedClassificationTask):
 
     def build_model(self, label_names: list[str]) -> nn.Module:
         net = self.backbone.load()
+        timm_net = cast(TimmClassifier, net)  # used only where the backbone has timm's methods
         features = (
-            net.get_classifier().in_features if hasattr(net, "get_classifier") else self.backbone.hidden_size
+            timm_net.get_classifier().in_features
+            if hasattr(net, "get_classifier")
+            else self.backbone.hidden_size
         )
         if hasattr(net, "reset_classifier"):
-            net.reset_classifier(0)
+            timm_net.reset_classifier(0)
         in_channels = 3 if self.backbone.pretrained_labels else 1
         return LogMelClassifier(net, features, len(label_names), self.recipe.train.dropout, in_channels)
 
@@ -128,7 +132,7 @@ class AudioClassificationTask(DecodedClassificationTask):
 
     def train_transform(self, samples: np.ndarray) -> np.ndarray:
         rng, s = self._epoch_rng, self.strength
-        x = self.front_end.fit_window(samples).astype(np.float32)
+        x: np.ndarray = self.front_end.fit_window(samples).astype(np.float32)
         shift = int(rng.integers(-int(1600 * s), int(1600 * s) + 1))  # ±100 ms
         x = np.roll(x, shift)
         if shift > 0:

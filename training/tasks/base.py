@@ -29,7 +29,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -65,27 +65,39 @@ class Preprocessing(BaseModel):
     )
 
 
-class Task(ABC):
-    name: str
-    modality: str
-    metric: (
-        str  # the validation metric that decides early stopping, the INT8 gate, backbone and pruning choices
-    )
-    input_names: list[str]
-    output_names: list[str]
-    dynamic_axes: dict[str, dict[int, str]]
-    preprocessing_model: ClassVar[type[Preprocessing]] = Preprocessing  # the task's own subclass
+P = TypeVar("P", bound=Preprocessing)
+
+
+class Task(ABC, Generic[P]):
+    """Subclasses name their `Preprocessing` subclass twice: as the type argument (`Task[TextPreprocessing]`,
+    which types `self.options`) and as `preprocessing_model` (which validates the recipe's keys)."""
+
+    name: ClassVar[str]
+    modality: ClassVar[str]
+    # the validation metric that decides early stopping, the INT8 gate, backbone and pruning choices
+    metric: ClassVar[str]
+    output_names: ClassVar[list[str]]
+    # A type variable cannot be a ClassVar's type; subclasses still assign it in the class body.
+    preprocessing_model: type[P]
+
+    if TYPE_CHECKING:
+        # The ONNX inputs and their dynamic axes: class attributes in most tasks, properties where
+        # they depend on the data (tabular: `categorical` only when the schema has such columns).
+        @property
+        def input_names(self) -> list[str]: ...
+        @property
+        def dynamic_axes(self) -> dict[str, dict[int, str]]: ...
 
     def __init__(self, recipe: Recipe, backbone: Backbone) -> None:
         self.recipe = recipe
         self.backbone = backbone
-        self.options = self.validate_preprocessing(recipe)
+        self.options: P = self.validate_preprocessing(recipe)
         # Extra results for the manifest's metrics (baselines, calibration, backtests), filled by hooks.
         self.report: dict[str, Any] = {}
         self.progress = True  # progress bars of the task's own stages (data generation, pretraining)
 
     @classmethod
-    def validate_preprocessing(cls, recipe: Recipe) -> Preprocessing:
+    def validate_preprocessing(cls, recipe: Recipe) -> P:
         try:
             return cls.preprocessing_model.model_validate(recipe.preprocessing)
         except ValidationError as exc:
@@ -146,8 +158,8 @@ class Task(ABC):
 
     # Static quantisation: whether ONNX Runtime's symbolic shape pass can follow the graph, and which
     # operator types to quantise (None: every supported one).
-    quantise_symbolic_shapes: bool = True
-    quantise_op_types: list[str] | None = None
+    quantise_symbolic_shapes: ClassVar[bool] = True
+    quantise_op_types: ClassVar[list[str] | None] = None
 
     def calibration_inputs(self, splits: Splits, count: int) -> list[dict[str, np.ndarray]]:
         """Model inputs for static quantisation's calibration; tasks that support it override this."""

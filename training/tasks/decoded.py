@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from training.data.images import ImageExamples
 from training.evaluate import classification_metrics
-from training.tasks.base import Batch, Splits, Task
+from training.tasks.base import Batch, P, Splits, Task
 
 
 class DecodedFiles(Dataset):
@@ -36,7 +36,7 @@ class DecodedFiles(Dataset):
         return self.transform(self.items[i]), self.labels[i]
 
 
-class DecodedClassificationTask(Task):
+class DecodedClassificationTask(Task[P]):
     metric = "accuracy"
     output_names: ClassVar[list[str]] = ["logits"]
 

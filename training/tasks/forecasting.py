@@ -114,7 +114,7 @@ class ForecastingPreprocessing(Preprocessing):
     # augment_strength: jitter, magnitude warp, window slicing (training/augment.py)
 
 
-class ForecastingTask(Task):
+class ForecastingTask(Task[ForecastingPreprocessing]):
     name = "forecasting"
     modality = "series"
     metric = "skill"  # 1 - MAE(p50) / MAE(seasonal naive), on standardised windows
@@ -252,7 +252,7 @@ class ForecastingTask(Task):
 
         batches = list(self.loader(splits.test, shuffle=False, batch_size=256))
         tuned = torch_outputs(model, self, batches)[0] * spread + loc
-        backtest = {
+        backtest: dict[str, Any] = {
             "origins": len(truth),
             "horizon": self.horizon,
             "mase_scale": scale,
@@ -284,6 +284,7 @@ class ForecastingTask(Task):
         p10-p90 band, and seasonal-naive beside it."""
         if self.series is None:
             return {}
+        assert self.test_origins is not None  # load_data sets it with the series
         from training import figures
 
         loc, spread = self.test_loc[:, None], self.test_scale[:, None]

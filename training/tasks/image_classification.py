@@ -8,7 +8,7 @@ small rotations, colour jitter) and scaled by the same `normalise`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from torchvision.transforms import v2
 
 from serving.processing import ImagePreprocessor, decode_image
 from serving.processing.image import MAX_IMAGE_PIXELS
+from training.backbones import TimmClassifier
 from training.data.images import load_image_splits
 from training.evaluate import torch_outputs
 from training.tasks.base import Preprocessing, Splits
@@ -45,7 +46,7 @@ class PooledHeadClassifier(nn.Module):
         return self.head(self.dropout(self.backbone(images)))
 
 
-class ImageClassificationTask(DecodedClassificationTask):
+class ImageClassificationTask(DecodedClassificationTask[ImagePreprocessing]):
     name = "image-classification"
     modality = "image"
     input_names: ClassVar[list[str]] = ["images"]
@@ -68,7 +69,14 @@ class ImageClassificationTask(DecodedClassificationTask):
 
     def load_data(self) -> Splits:
         d = self.recipe.data
-        labels = self.backbone.pretrained_labels() if d.pseudo_labels else self.recipe.labels
+        labels = self.recipe.labels
+        if d.pseudo_labels:
+            if self.backbone.pretrained_labels is None:
+                raise ValueError(
+                    f"recipe {self.recipe.name!r}: data.pseudo_labels needs a backbone with a pretrained "
+                    f"classifier; {self.backbone.name} has none"
+                )
+            labels = self.backbone.pretrained_labels()
         train, val, test, names = load_image_splits(
             d.source, labels, d.val_fraction, d.test_fraction, d.seed, d.limit, self.progress
         )
@@ -76,14 +84,15 @@ class ImageClassificationTask(DecodedClassificationTask):
 
     def build_model(self, label_names: list[str]) -> nn.Module:
         net = self.backbone.load()
+        timm_net = cast(TimmClassifier, net)  # image backbones are timm models
         pretrained = self.backbone.pretrained_labels() if self.backbone.pretrained_labels else None
-        classifier = net.get_classifier()
+        classifier = timm_net.get_classifier()
         if label_names == pretrained:
             head = nn.Linear(classifier.in_features, len(label_names))
             head.load_state_dict(classifier.state_dict())
         else:
             head = nn.Linear(classifier.in_features, len(label_names))
-        net.reset_classifier(0)
+        timm_net.reset_classifier(0)
         return PooledHeadClassifier(net, head, self.recipe.train.dropout)
 
     def prepare(self, model: nn.Module, splits: Splits) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -39,6 +39,10 @@ class TabularMLP(nn.Module):
     """Embeddings for categorical columns, concatenated with the numeric columns, through an MLP.
     `logit_adjust` undoes the prior shift of class weighting and `temperature` calibrates; both are
     set after training and exported inside the graph, so served probabilities are calibrated."""
+
+    # buffers registered in __init__ (nn.Module's own type gives attributes as a tensor or a module)
+    logit_adjust: torch.Tensor
+    temperature: torch.Tensor
 
     def __init__(
         self, numeric_width: int, cardinalities: list[int], num_labels: int, hidden: list[int], dropout: float
@@ -147,7 +151,7 @@ class TabularPreprocessing(Preprocessing):
     # augment_strength: Gaussian noise on the standardised numeric features
 
 
-class TabularClassificationTask(Task):
+class TabularClassificationTask(Task[TabularPreprocessing]):
     name = "tabular-classification"
     modality = "tabular"
     metric = "roc_auc"
@@ -157,14 +161,21 @@ class TabularClassificationTask(Task):
     def __init__(self, recipe, backbone) -> None:
         super().__init__(recipe, backbone)
         self.encoder: RowEncoder | None = None
+        self.num_labels: int | None = None  # for mixup's one-hot targets; unknown after `restore`
         self.positive: int | None = None
         self.threshold = 0.5
         self.class_weights: np.ndarray | None = None
 
+    @property
+    def fitted_encoder(self) -> RowEncoder:
+        """The row encoder that `load_data` fits (or `restore` rebuilds), which every later stage needs."""
+        assert self.encoder is not None, "the encoder is set by load_data or restore"
+        return self.encoder
+
     # ONNX signature: `categorical` only when the schema has categorical features
     @property
     def input_names(self) -> list[str]:
-        return self.encoder.input_names
+        return self.fitted_encoder.input_names
 
     @property
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
@@ -211,11 +222,14 @@ class TabularClassificationTask(Task):
             log.warning(
                 "%s: columns %s are not used as features (identifier-like, free text or empty)", path, dropped
             )
-        names = [k for k, v in kinds.items() if v is not None]
+        feature_kinds = {k: v for k, v in kinds.items() if v is not None}
+        names = list(feature_kinds)
         if not names:
             raise ValueError(f"{path}: no usable feature columns")
         try:
-            parsed = {k: [parse_cell(kinds[k], c) for c, ok in zip(columns[k], keep) if ok] for k in names}
+            parsed = {
+                k: [parse_cell(feature_kinds[k], c) for c, ok in zip(columns[k], keep) if ok] for k in names
+            }
         except ValueError as exc:
             raise ValueError(
                 f"{path}: {exc} (a column's kind in the recipe does not fit its cells)"
@@ -234,13 +248,13 @@ class TabularClassificationTask(Task):
 
         features = []
         for k in names:
-            policy = (overrides[k].missing if k in overrides else None) or (
+            policy: Literal["error", "impute"] = (overrides[k].missing if k in overrides else None) or (
                 "impute" if any(v is None for v in parsed[k]) else "error"
             )
             features.append(
                 fit_feature(
                     k,
-                    kinds[k],
+                    feature_kinds[k],
                     (parsed[k][i] for i in train),
                     missing=policy,
                     min_count=self.options.min_category_count,
@@ -275,8 +289,8 @@ class TabularClassificationTask(Task):
 
     def build_model(self, label_names: list[str]) -> nn.Module:
         return TabularMLP(
-            self.encoder.numeric_width,
-            self.encoder.cardinalities,
+            self.fitted_encoder.numeric_width,
+            self.fitted_encoder.cardinalities,
             len(label_names),
             self.options.hidden,
             self.recipe.train.dropout,
@@ -287,7 +301,7 @@ class TabularClassificationTask(Task):
         transform = None
         if shuffle and (strength > 0 or alpha > 0):
             rng = np.random.default_rng(self.recipe.train.seed)
-            numeric_columns = [j for j, f in enumerate(self.encoder.dense) if f.kind == "numeric"]
+            numeric_columns = [j for j, f in enumerate(self.fitted_encoder.dense) if f.kind == "numeric"]
             classes = self.num_labels
 
             def transform(inputs, targets):
@@ -350,20 +364,25 @@ class TabularClassificationTask(Task):
         then train and score the gradient-boosting baseline on the same split."""
         from training.evaluate import torch_outputs
 
+        mlp = cast(TabularMLP, model)  # the module build_model made
         if self.class_weights is not None:
-            model.logit_adjust.copy_(torch.as_tensor(np.log(self.class_weights), dtype=torch.float32))
+            mlp.logit_adjust.copy_(torch.as_tensor(np.log(self.class_weights), dtype=torch.float32))
         raw, targets = torch_outputs(model, self, self.loader(splits.val, shuffle=False, batch_size=1024))
         before = float(
             log_loss(targets, np.clip(softmax(raw), 1e-12, 1), labels=list(range(len(splits.label_names))))
         )
         temperature = fit_temperature(raw, targets)
-        model.temperature.fill_(temperature)
+        mlp.temperature.fill_(temperature)
         probs = softmax(raw / temperature)
         after = float(
             log_loss(targets, np.clip(probs, 1e-12, 1), labels=list(range(len(splits.label_names))))
         )
         objective = self.options.threshold_objective
-        calibration = {"temperature": temperature, "val_log_loss_before": before, "val_log_loss_after": after}
+        calibration: dict[str, float | str] = {
+            "temperature": temperature,
+            "val_log_loss_before": before,
+            "val_log_loss_after": after,
+        }
         if self.positive is not None:
             self.threshold = choose_threshold(
                 probs[:, self.positive].astype(np.float64), targets == self.positive, objective
@@ -386,8 +405,9 @@ class TabularClassificationTask(Task):
                 [split.inputs["numeric"], split.inputs.get("categorical", np.zeros((len(split), 0)))]
             ).astype(np.float64)
 
-        width = self.encoder.numeric_width
-        mask = [False] * width + [True] * len(self.encoder.categorical)
+        encoder = self.fitted_encoder
+        width = encoder.numeric_width
+        mask = [False] * width + [True] * len(encoder.categorical)
         clf = HistGradientBoostingClassifier(
             categorical_features=mask if any(mask) else None,
             max_iter=300,
@@ -405,7 +425,7 @@ class TabularClassificationTask(Task):
     def preprocessing_config(self) -> dict[str, Any]:
         config = {
             "kind": "tabular",
-            **self.encoder.config(),
+            **self.fitted_encoder.config(),
             "target": self.recipe.data.target or self.options.target,
         }
         if self.positive is not None:

@@ -7,7 +7,6 @@ Word-piece alignment: each pre-tokenised word's first sub-token carries the word
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,13 +14,12 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
-from torch.utils.data import DataLoader
 
 from training.augment import augment_text
 from training.data.entities import SpanExample, load_span_examples
 from training.evaluate import IGNORE, token_metrics
 from training.tasks.base import Batch, Splits
-from training.tasks.text_classification import EncoderWithHead, TextClassificationTask
+from training.tasks.text_classification import EncoderWithHead, TextEncoderTask
 
 
 def bio_tags(entity_types: list[str]) -> list[str]:
@@ -45,7 +43,7 @@ def word_targets(encoding, spans: list[tuple[int, int, str]], tag_index: dict[st
     return targets
 
 
-class TokenClassificationTask(TextClassificationTask):
+class TokenClassificationTask(TextEncoderTask[list[SpanExample], SpanExample]):
     name = "token-classification"
     metric = "micro_f1"
     dynamic_axes: ClassVar[dict[str, dict[int, str]]] = {
@@ -91,15 +89,8 @@ class TokenClassificationTask(TextClassificationTask):
         }
         return inputs, torch.from_numpy(targets)
 
-    def loader(self, split: list[SpanExample], shuffle: bool, batch_size: int | None = None) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.recipe.train.seed)
-        return DataLoader(
-            split,
-            batch_size=batch_size or self.recipe.train.batch_size,
-            shuffle=shuffle,
-            collate_fn=partial(self.collate, train=shuffle),
-            generator=generator,
-        )
+    def examples(self, split: list[SpanExample]) -> list[SpanExample]:
+        return split
 
     def texts_of(self, split: list[SpanExample]) -> list[str]:
         return [ex.text for ex in split]
