@@ -28,6 +28,13 @@ WORD = re.compile(r"\S+")
 EDGE = re.compile(r"^(\W*)(.*?)(\W*)$")
 
 
+def _edges(word: str) -> re.Match[str]:
+    """`word` split by EDGE: leading punctuation, core, trailing punctuation."""
+    match = EDGE.match(word)
+    assert match is not None  # EDGE matches any text without a line break, as words and synonyms are
+    return match
+
+
 @lru_cache(maxsize=4)
 def load_lexicon(path: Path = LEXICON_FILE) -> dict[str, list[str]]:
     lexicon: dict[str, list[str]] = {}
@@ -49,7 +56,7 @@ class _Word:
 
 def _synonym(word: str, lexicon: dict[str, list[str]], rng: np.random.Generator) -> str | None:
     """A synonym for the word's core (punctuation around it and a leading capital are kept)."""
-    lead, core, trail = EDGE.match(word).groups()
+    lead, core, trail = _edges(word).groups()
     options = lexicon.get(core.lower())
     if not options:
         return None
@@ -104,7 +111,7 @@ def augment_text(
         at = int(rng.integers(len(words) + 1))
         if 0 < at < len(words) and words[at - 1].span is not None and words[at - 1].span == words[at].span:
             continue  # inside an entity
-        words.insert(at, _Word(EDGE.match(sources[int(rng.integers(len(sources)))]).group(2), " "))
+        words.insert(at, _Word(_edges(sources[int(rng.integers(len(sources)))]).group(2), " "))
 
     out, new_spans = lead, []
     first_pos: dict[int, tuple[int, _Word]] = {}

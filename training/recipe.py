@@ -128,6 +128,8 @@ class ParamSpec(_Strict):
             return list(self.grid)
         if self.type == "categorical":
             return list(self.choices or [])
+        # numeric specs have both bounds: the search checks its space before sampling
+        assert self.low is not None and self.high is not None
         mid = (self.low * self.high) ** 0.5 if self.log and self.low > 0 else (self.low + self.high) / 2
         values = [self.low, mid, self.high]
         return sorted({round(v) for v in values}) if self.type == "int" else values

@@ -48,6 +48,7 @@ def _get(recipe: Recipe, dotted: str) -> Any:
 def _suggest(trial, key: str, spec: ParamSpec) -> Any:
     if spec.type == "categorical":
         return trial.suggest_categorical(key, spec.choices)
+    assert spec.low is not None and spec.high is not None  # _check_space refuses numeric specs without
     if spec.type == "int":
         return trial.suggest_int(key, int(spec.low), int(spec.high), log=spec.log)
     return trial.suggest_float(key, float(spec.low), float(spec.high), log=spec.log)
@@ -81,7 +82,8 @@ def _defaults(recipe: Recipe, space: dict[str, ParamSpec]) -> dict[str, Any]:
     out = {}
     for key, spec in space.items():
         value = _get(recipe, key)
-        if value is None or (spec.type == "categorical" and value not in spec.choices):
+        # `or []` only for the type: _check_space refuses categorical specs without choices
+        if value is None or (spec.type == "categorical" and value not in (spec.choices or [])):
             return {}
         out[key] = value  # a number outside the searched range is still run as given
     return out
@@ -116,6 +118,8 @@ def search(
     from training.tasks import get_task
 
     space = _check_space(recipe)
+    config = recipe.search
+    assert config is not None  # _check_space refuses a recipe without a search section
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
     out_dir = Path(out_dir or Settings().home / "runs" / f"{recipe.name}-search")
@@ -128,7 +132,7 @@ def search(
             {k: s.grid_values() for k, s in space.items()}, seed=seed
         ),
     }
-    pruner = pruner or recipe.search.pruner
+    pruner = pruner or config.pruner
     pruners = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
         "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
@@ -155,8 +159,8 @@ def search(
     def objective(trial) -> float:
         params = {key: _suggest(trial, key, spec) for key, spec in space.items()}
         overrides = dict(params)
-        if recipe.search.epochs is not None and "train.epochs" not in params:
-            overrides["train.epochs"] = recipe.search.epochs
+        if config.epochs is not None and "train.epochs" not in params:
+            overrides["train.epochs"] = config.epochs
         candidate = recipe.with_overrides(overrides)
         seed_everything(candidate.train.seed)
         # tasks keep what loading the data taught them (schema, vocabularies): reuse task and splits
@@ -177,7 +181,7 @@ def search(
         with quieted():  # a trial's stages would repeat their messages every trial
             task.prepare(model, splits)
 
-        metric = recipe.search.metric or task.metric
+        metric = config.metric or task.metric
         seen: list[float] = []
 
         def report(epoch: int, metrics: dict[str, Any]) -> None:
@@ -246,6 +250,7 @@ def write_report(
         f"{best.value:.4f}); use with: tuneserve train {recipe.name} --params {out_dir / 'best.yaml'}\n"
         + yaml.safe_dump(dict(best.params), sort_keys=True)
     )
+    assert recipe.search is not None  # a searched recipe has passed _check_space
     keys = list(recipe.search.space)
     lines = [
         f"# Search `{recipe.name}` — {sampler} sampler, {pruner} pruner",

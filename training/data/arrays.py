@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -21,7 +22,8 @@ def _take(targets: Targets, index: np.ndarray) -> Targets:
 def _join(parts: list[Targets]) -> Targets:
     if isinstance(parts[0], dict):
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return np.concatenate(parts)
+    # every part has the first one's structure (examples of one task), which a list's type cannot say
+    return np.concatenate(cast(list[np.ndarray], parts))
 
 
 def _tensors(targets: Targets) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -65,5 +67,9 @@ def array_loader(
 
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        range(len(examples)), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator
+        range(len(examples)),  # type: ignore[arg-type]  # torch takes any sequence as a map-style dataset
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=collate,
+        generator=generator,
     )

@@ -43,7 +43,7 @@ def synthetic_series(rng: np.random.Generator, length: int) -> np.ndarray:
     t = np.arange(length)
     hour = (t + rng.integers(24)) % 24
     day = (t // 24 + rng.integers(7)) % 7
-    daily = _daily_profile(rng, hour, harmonics=rng.integers(1, 4)) * rng.uniform(0.05, 0.35)
+    daily = _daily_profile(rng, hour, harmonics=int(rng.integers(1, 4))) * rng.uniform(0.05, 0.35)
     weekend = (day >= 5) * rng.uniform(-0.3, 0.1)
     weekend_shape = (day >= 5) * _daily_profile(rng, hour, 2) * rng.uniform(0, 0.15)
     trend = rng.normal(0, 0.15) * t / max(length, 1)

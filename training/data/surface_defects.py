@@ -62,7 +62,8 @@ def _directional_noise(rng: np.random.Generator, size: int, angle: float, length
     knots = rng.standard_normal((canvas, int(canvas / (2.5 * length)) + 2), dtype=np.float32)
     noise = cv2.resize(knots, (canvas, canvas), interpolation=cv2.INTER_CUBIC)
     noise = cv2.GaussianBlur(noise, (0, 0), sigmaX=2.0, sigmaY=0.6)
-    rot = cv2.getRotationMatrix2D((canvas / 2, canvas / 2), angle, 1.0)
+    # cv2's stubs type results as integer or float arrays (in-place float arithmetic refused); these are floats
+    rot: np.ndarray = cv2.getRotationMatrix2D((canvas / 2, canvas / 2), angle, 1.0)
     rot[:, 2] -= (canvas - size) / 2
     streaks = cv2.warpAffine(noise, rot, (size, size), flags=cv2.INTER_LINEAR)
     return streaks / (streaks.std() + 1e-6)
@@ -149,7 +150,7 @@ def woven_fabric(rng: np.random.Generator, size: int) -> Image:
 def painted_plastic(rng: np.random.Generator, size: int) -> Image:
     """Smooth saturated paint with a slight orange-peel ripple."""
     colour = _hsv_colour(rng.uniform(0, 360), rng.uniform(0.5, 0.95), rng.uniform(0.45, 0.9))
-    peel = cv2.GaussianBlur(
+    peel: np.ndarray = cv2.GaussianBlur(
         rng.standard_normal((size, size), dtype=np.float32), (0, 0), rng.uniform(1.5, 3.0) * size / 256
     )
     peel /= peel.std() + 1e-6
@@ -272,7 +273,7 @@ def add_scratch(rng: np.random.Generator, img: Image) -> Image:
     along = np.sin(np.pi * middles) ** 0.3 * rng.uniform(0.75, 1.0, len(middles))
     mask = np.zeros((size, size), np.uint8)
     _draw_path(mask, curve, np.full(len(along), width), 255 * along)
-    alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.5 * scale)
+    alpha: Mask = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.5 * scale)
     alpha /= alpha.max()
     strength = _contrast(rng, img, alpha, (0.35, 0.65), (0.2, 0.28))
     if rng.random() < 0.5:
@@ -323,7 +324,7 @@ def add_crack(rng: np.random.Generator, img: Image) -> Image:
     steps = int(rng.uniform(0.25, 0.5) * size / step)
     heading = rng.uniform(0.0, 2 * np.pi)
     main = _random_walk(rng, np.zeros(2), heading, steps, step, rng.uniform(0.3, 0.6))
-    width = rng.integers(1, 4)
+    width = int(rng.integers(1, 4))
     paths = [(main, np.linspace(width, 1, steps))]
     for _ in range(rng.integers(1, 5)):
         at = rng.integers(steps // 5, steps)
@@ -340,7 +341,7 @@ def add_crack(rng: np.random.Generator, img: Image) -> Image:
         widths = np.maximum(1, np.round(thickness * scale)).astype(int)
         _draw_path(mask, placed[start : start + len(path)], widths, 255 * rng.uniform(0.8, 1.0, len(widths)))
         start += len(path)
-    alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.4 * scale)
+    alpha: Mask = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.4 * scale)
     alpha /= alpha.max()
     return _darken(img, alpha, _contrast(rng, img, alpha, (0.5, 0.8), (0.25, 0.35)))
 
