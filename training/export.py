@@ -72,7 +72,7 @@ def check_parity(
     """ONNX and TorchScript outputs vs PyTorch's (`reference`) over the same batches, compared the
     task's way (`Task.parity`); raises ParityError when the task finds a difference too large."""
     batches = list(batches)
-    report = {
+    report: dict[str, Any] = {
         "onnx": task.parity(reference, run_batches(onnx_runner(onnx_path), task, batches)),
         "torchscript": task.parity(reference, run_batches(torchscript_runner(ts_path), task, batches)),
         "atol": atol,

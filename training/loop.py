@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from training.evaluate import torch_outputs
@@ -82,12 +83,11 @@ def _mean_across(value: float) -> float:
 
 def _sharded(loader: DataLoader, seed: int) -> DataLoader:
     """The same data, collate and global batch size, each process taking its 1/N share."""
-    from torch.utils.data.distributed import DistributedSampler
-
     n = dist.get_world_size()
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[int] = DistributedSampler(
         loader.dataset, num_replicas=n, rank=dist.get_rank(), shuffle=True, seed=seed
     )
+    assert loader.batch_size is not None  # task loaders batch by batch_size, not by a batch sampler
     return DataLoader(
         loader.dataset,
         batch_size=max(1, loader.batch_size // n),
@@ -186,11 +186,12 @@ def fit(
         ),
     )
     # frozen-backbone epochs leave parameters without gradients, which DDP must be told about
-    trained = (
+    ddp = (
         nn.parallel.DistributedDataParallel(model, find_unused_parameters=cfg.freeze_backbone_epochs > 0)
         if distributed
-        else model
+        else None
     )
+    trained: nn.Module = ddp if ddp is not None else model
 
     result = FitResult(best_metric=-math.inf, best_epoch=-1, steps=0)
     best_state: dict[str, torch.Tensor] | None = None
@@ -239,7 +240,9 @@ def fit(
             )
             break
         if distributed:
-            train_loader.sampler.set_epoch(epoch)
+            sampler = train_loader.sampler
+            assert isinstance(sampler, DistributedSampler)  # _sharded's
+            sampler.set_epoch(epoch)
 
         _set_backbone_frozen(model, epoch < cfg.freeze_backbone_epochs)
         model.train()
@@ -255,7 +258,7 @@ def fit(
                 )
             last_of_step = (i + 1) % accum == 0 or i + 1 == len(train_loader)
             # under DDP, gradients are averaged across processes only on the step's last micro-batch
-            sync = trained.no_sync() if distributed and not last_of_step else contextlib.nullcontext()
+            sync = ddp.no_sync() if ddp is not None and not last_of_step else contextlib.nullcontext()
             with sync, _autocast(cfg):
                 loss = task.loss(trained(*inputs.values()).float(), targets)
                 (loss / accum).backward()

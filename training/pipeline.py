@@ -18,7 +18,7 @@ from typing import Any
 import onnxruntime
 import torch
 
-from serving.manifest import Manifest, Signature, TensorSpec, Variant, write_manifest
+from serving.manifest import Device, Manifest, Signature, TensorSpec, Variant, write_manifest
 from serving.settings import Settings
 from training.backbones import count_parameters, get_backbone
 from training.evaluate import max_abs_diff, run_batches, torch_outputs
@@ -239,7 +239,8 @@ def _build_recipe(recipe: Recipe, repository: Path | None, quiet: bool, resume: 
                 parity=parity_report["onnx"],
             )
         }
-        default, reason = {"cpu": "fp32", "gpu": "fp32"}, "fp32: quantisation disabled in the recipe"
+        default: dict[Device, str] = {"cpu": "fp32", "gpu": "fp32"}
+        reason = "fp32: quantisation disabled in the recipe"
         if recipe.quantise.mode != "none":
             int8, validation["int8"], reason = quantise_and_gate(
                 task,
@@ -320,7 +321,8 @@ def build(
     if not recipe.compare_backbones:
         return build_recipe(recipe, repository, quiet, resume)
     repository.mkdir(parents=True, exist_ok=True)
-    rows, built = [], {}
+    rows: list[dict[str, Any]] = []
+    built: dict[str, BuildResult] = {}
     with (
         quieted(quiet or not is_main_process()),
         tempfile.TemporaryDirectory(dir=repository, prefix=f".{recipe.name}.candidates.") as tmp,

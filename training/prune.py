@@ -39,13 +39,17 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from training.backbones import SmallCNN
 from training.recipe import PruneConfig
+
+if TYPE_CHECKING:
+    from timm.models._efficientnet_blocks import InvertedResidual
 
 STRUCTURED_BACKBONES = ("small-cnn", "efficientnet-lite0")
 MIN_SPEEDUP = 1.05  # ONNX Runtime ms per batch of 8, before / after; above the noise of repeated timings
@@ -153,7 +157,7 @@ def _keep(scores: torch.Tensor, amount: float) -> torch.Tensor:
     return torch.sort(torch.topk(scores, k).indices).values
 
 
-def _param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
+def _param(t: torch.Tensor, like: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t.clone().contiguous(), requires_grad=like.requires_grad)
 
 
@@ -182,6 +186,8 @@ def _batchnorm(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
     if bn.affine:
         bn.weight = _param(bn.weight.data[idx], bn.weight)
         bn.bias = _param(bn.bias.data[idx], bn.bias)
+    # the backbones' BatchNorms track running statistics (torch's default)
+    assert bn.running_mean is not None and bn.running_var is not None
     bn.running_mean = bn.running_mean[idx].clone()
     bn.running_var = bn.running_var[idx].clone()
     bn.num_features = len(idx)
@@ -192,12 +198,19 @@ def _linear_inputs(linear: nn.Linear, idx: torch.Tensor) -> None:
     linear.in_features = len(idx)
 
 
+def _conv_bn(
+    pairs: list[tuple[nn.Conv2d, nn.Module]],
+) -> TypeGuard[list[tuple[nn.Conv2d, nn.BatchNorm2d]]]:
+    return all(isinstance(bn, nn.BatchNorm2d) for _, bn in pairs)
+
+
 def prune_small_cnn(model: nn.Module, amount: float) -> list[dict[str, int]]:
     """Remove output channels of every conv-BN block of a task model whose `.backbone` is a
     SmallCNN; the last block's removal shrinks `model.head`'s inputs."""
-    features = model.backbone.features
+    # nn.Module's type gives attributes as a tensor or a module: say which module it is
+    features = cast(SmallCNN, model.backbone).features
     pairs = [(m, features[i + 1]) for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
-    if not all(isinstance(bn, nn.BatchNorm2d) for _, bn in pairs):
+    if not _conv_bn(pairs):
         raise ValueError("expected conv-BN blocks")
     head = getattr(model, "head", None)
     if not isinstance(head, nn.Linear) or head.in_features != pairs[-1][0].out_channels:
@@ -217,7 +230,7 @@ def prune_small_cnn(model: nn.Module, amount: float) -> list[dict[str, int]]:
     return layers
 
 
-def prune_inverted_residual(block: nn.Module, amount: float) -> dict[str, int]:
+def prune_inverted_residual(block: InvertedResidual, amount: float) -> dict[str, int]:
     """Remove hidden (expanded) channels of one timm InvertedResidual block: conv_pw outputs and
     bn1, the depthwise conv_dw and bn2, conv_pwl inputs. The block's input and output widths stay."""
     if not isinstance(block.se, nn.Identity) or getattr(block, "conv_s2d", None) is not None:
@@ -240,7 +253,8 @@ def prune_efficientnet(model: nn.Module, amount: float) -> list[dict[str, int]]:
     """Every inverted-residual block of a task model whose `.backbone` is a timm EfficientNet."""
     from timm.models._efficientnet_blocks import InvertedResidual
 
-    blocks = [m for m in model.backbone.modules() if isinstance(m, InvertedResidual)]
+    backbone = cast(nn.Module, model.backbone)  # nn.Module's type gives attributes as a tensor or a module
+    blocks = [m for m in backbone.modules() if isinstance(m, InvertedResidual)]
     if not blocks:
         raise ValueError("no inverted-residual blocks in the backbone")
     return [prune_inverted_residual(b, amount) for b in blocks]
