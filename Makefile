@@ -46,7 +46,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy serving
+	$(BIN)/mypy serving training
 
 # gRPC stubs of the Open Inference Protocol (committed; regenerate after editing the .proto).
 protos: setup
@@ -63,6 +63,7 @@ bench: models
 	$(BIN)/python benchmarks/audio_classify.py
 	$(BIN)/python benchmarks/tabular_predict.py
 	$(BIN)/python benchmarks/loadtest_tool.py
+	$(BIN)/python benchmarks/hardening.py
 	$(BIN)/python benchmarks/report.py
 
 # docs/benchmarks.md from benchmarks/results/*.json (tests/test_docs.py fails while it is stale).
