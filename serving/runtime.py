@@ -70,6 +70,7 @@ def load_model(directory: Path, settings: Settings) -> LoadedModel:
             providers,
             settings.cache,
             settings.cuda_device,
+            settings.cpu_mem_arena,
         )
 
     providers = candidate_providers(settings.device)

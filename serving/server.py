@@ -12,6 +12,7 @@ from typing import Any
 
 from serving.batching import MicroBatcher
 from serving.errors import InputError, RequestError, TooManyRequests
+from serving.memory import HeapTrimmer
 from serving.runtime import LoadedModel, Runtime
 from serving.settings import Settings
 from serving.tasks import FileTask, ServingTask, Upload
@@ -32,6 +33,7 @@ class ModelServer:
         self.prepare_pool = ThreadPoolExecutor(max_workers=self.prepare_threads, thread_name_prefix="prepare")
         self._reload_lock = asyncio.Lock()
         self.in_flight = 0  # inference requests admitted and not yet answered
+        self.trimmer = HeapTrimmer()
         for model in self.runtime.models.values():
             self.attach_batcher(model)
 
@@ -61,6 +63,7 @@ class ModelServer:
             return await self._infer(model, request)
         finally:
             self.in_flight -= 1
+            self.trimmer.after_request()
 
     async def _infer(self, model: LoadedModel, request: Any) -> dict[str, Any]:
         task = model.task

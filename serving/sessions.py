@@ -36,8 +36,11 @@ def candidate_providers(device: str = "auto") -> list[str]:
     return [p for p in PROVIDER_ORDER if p in available and p != CPU] + [CPU]
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int, cpu_arena: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
+    # The arena keeps the buffers of the largest run for reuse; without it they are freed after each
+    # run, so a burst of large requests does not leave the worker at its high-water mark.
+    options.enable_cpu_mem_arena = cpu_arena
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -97,6 +100,7 @@ def create_session(
     providers: list[str] | None = None,
     cache_dir: Path | None = None,
     cuda_device: int = 0,
+    cpu_arena: bool = True,
 ) -> tuple[ort.InferenceSession, SessionInfo]:
     """Open `model_path` on the best provider that initialises; every failed try is recorded.
     `cache_dir` (TensorRT engines) is only touched when a GPU provider is tried."""
@@ -118,7 +122,7 @@ def create_session(
                 with _quiet_probe() if not known_good else contextlib.nullcontext(io.StringIO()) as said:
                     session = ort.InferenceSession(
                         str(model_path),
-                        sess_options=session_options(threads),
+                        sess_options=session_options(threads, cpu_arena),
                         providers=[(provider, provider_options(provider, cache_dir, cuda_device)), CPU],
                     )
             except Exception as exc:  # a provider that fails to initialise must not stop serving
@@ -133,5 +137,7 @@ def create_session(
             _unusable[provider] = f"did not initialise: {detail or 'no usable device or libraries'}"
     if fallbacks:
         log.info("%s: serving on the CPU; %s", Path(model_path).name, "; ".join(fallbacks))
-    session = ort.InferenceSession(str(model_path), sess_options=session_options(threads), providers=[CPU])
+    session = ort.InferenceSession(
+        str(model_path), sess_options=session_options(threads, cpu_arena), providers=[CPU]
+    )
     return session, SessionInfo(CPU, fallbacks)

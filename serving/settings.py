@@ -59,9 +59,13 @@ class Settings(BaseSettings):
         0, ge=0, description="ONNX Runtime intra-op threads per session; 0 = cores / workers"
     )
     max_batch: int = Field(64, ge=1, description="items merged into one ONNX Runtime call")
-    # A CNN on the CPU gains no throughput past a few images per call, while ONNX Runtime's memory
-    # arena keeps the largest batch's activations for good (benchmarks/results/soak.md); on a GPU
-    # batching pays, and this cap does not apply.
+    cpu_mem_arena: bool = Field(
+        False,
+        description="ONNX Runtime's CPU memory arena: keeps the largest run's buffers for good; off, they are freed after each run (benchmarks/results/ort_arena.md)",
+    )
+    # A CNN on the CPU gains no throughput past a few images per call, while a larger batch needs
+    # memory for its activations (kept for good when the arena is on; benchmarks/results/soak.md);
+    # on a GPU batching pays, and this cap does not apply.
     max_batch_image: int = Field(
         4, ge=1, description="items per ONNX Runtime call for image models on the CPU"
     )
