@@ -63,6 +63,30 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    """Re-embed a search model's documents and swap its index in place, without retraining."""
+    from serving.index import read_documents, rebuild_index
+
+    root = Path(args.repository or Settings().repository)
+    folder = root / args.model
+    if not (folder / MANIFEST_FILE).is_file():
+        print(f"error: no model {args.model!r} in {root}", file=sys.stderr)
+        return 2
+    try:
+        documents, _ = read_documents(Path(args.documents))
+        print(f"embedding {len(documents)} documents with {args.model} ...", file=sys.stderr)
+        index = rebuild_index(folder, documents, Settings().intra_op_threads(), source=str(args.documents))
+    except (OSError, ValueError, ManifestError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.model}: {index['kind']} index of {index['documents']} documents "
+        f"({index['dimension']} dimensions, metadata: {', '.join(index['metadata_keys']) or 'none'}); "
+        "a running server picks it up on POST /v1/admin/reload"
+    )
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings()
     env = dict(os.environ)
@@ -91,14 +115,17 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         help="what the model's task takes: texts, image or audio files, table rows (JSON objects or a JSON/JSONL file), a series (numbers, a JSON or CSV file)",
     )
+    flags: dict[str, tuple[type, list[str]]] = {}  # one flag per option name, whichever tasks take it
     for task in TASKS.values():
         for name, option in task.options.items():
-            p.add_argument(
-                f"--{name.replace('_', '-')}",
-                dest=name,
-                type=option.type,
-                help=f"{task.name} models: {option.help}",
-            )
+            kind, helps = flags.setdefault(name, (option.type, []))
+            if kind is not option.type:
+                raise TypeError(
+                    f"option {name!r} is {kind.__name__} in one task, {option.type.__name__} in {task.name}"
+                )
+            helps.append(f"{task.name} models: {option.help}")
+    for name, (kind, helps) in flags.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help="; ".join(helps))
     p.add_argument("--repository", help="model repository (default: exported/ or $TUNESERVE_REPOSITORY)")
     p.add_argument("--json", action="store_true", help="print the same JSON the HTTP endpoint returns")
     p.set_defaults(func=cmd_predict)
@@ -107,6 +134,14 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repository")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip sha256 checks")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser(
+        "index", help="rebuild a search model's index from your documents (no retraining; torch-free)"
+    )
+    p.add_argument("model", help="a semantic-search model of the repository, e.g. faq-search")
+    p.add_argument("documents", help='JSONL, one {"id", "text", "metadata"?} per line')
+    p.add_argument("--repository")
+    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("serve", help="serve the repository over HTTP with BentoML")
     p.add_argument("--repository")

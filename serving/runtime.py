@@ -19,7 +19,7 @@ from serving.errors import ManifestError, RequestError, UnknownModel
 from serving.manifest import MANIFEST_FILE, Manifest, asset_files, load_manifest, verify_files
 from serving.sessions import SessionInfo, candidate_providers, create_session, usable_accelerators
 from serving.settings import Settings
-from serving.tasks import TASKS, ServingTask, get_task
+from serving.tasks import TASKS, ServingTask, get_task, serves
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class Runtime:
     def resolve(self, name: str | None, task: str) -> LoadedModel:
         """The model a request asked for, or the task's default; 4xx errors name what is wrong."""
         if name is None:
-            same_task = sorted(m for m, model in self.models.items() if model.manifest.task == task)
+            same_task = sorted(m for m, model in self.models.items() if serves(model.manifest.task, task))
             if not same_task:
                 raise UnknownModel(
                     f"no {task} model is loaded; available models: {sorted(self.models) or 'none'}"
@@ -227,7 +227,7 @@ class Runtime:
             raise UnknownModel(
                 f"unknown model {shown}{hint}; available models: {sorted(self.models) or 'none'}"
             )
-        if model.manifest.task != task:
+        if not serves(model.manifest.task, task):
             route = f"/v1{TASKS[model.manifest.task].route}"
             raise RequestError(f"model {name!r} is a {model.manifest.task} model; send it to {route}")
         return model

@@ -49,6 +49,17 @@ def tiny_repository(tmp_path_factory) -> Path:
         {"data.limit": 400, "train.epochs": 1, "train.max_steps": 12, "gates.min_test_metric": 0.0}
     )
     build_recipe(recipe, repo, quiet=True)
+    recipe = load_recipe("faq-search").with_overrides(
+        {
+            "data.limit": 64,
+            "train.epochs": 1,
+            "train.max_steps": 3,
+            "train.batch_size": 16,
+            "quantise.calibration_size": 32,
+            "gates.min_test_metric": 0.0,
+        }
+    )
+    build_recipe(recipe, repo, quiet=True)
     from training.data.keywords import generate_keyword_clips
 
     clips = generate_keyword_clips(tmp_path_factory.mktemp("clips"), per_label=14, seed=2)

@@ -14,7 +14,7 @@ from serving.protocols.tensors import output_specs
 from serving.protocols.v2 import sample_tensors
 from serving.tasks import TASKS
 from tests.conftest import free_port, start_server
-from tests.test_v2 import MODELS, _labels, assert_outputs_equal, v1_answer
+from tests.test_v2 import _labels, assert_outputs_equal, model_for, v1_answer
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_health_and_metadata(client, grpc_server):
 @pytest.mark.parametrize("task_name", list(TASKS))
 def test_inference_answers_what_v1_answers(client, grpc_server, task_name):
     http, _ = grpc_server
-    task, model = TASKS[task_name], MODELS[task_name]
+    task, model = TASKS[task_name], model_for(task_name)
     (sample,) = task.samples(1, model)
     arrays, parameters = sample_tensors(task, sample)
     inputs = []

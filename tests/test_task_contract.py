@@ -25,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from serving.app import create_app
 from serving.errors import RequestError
+from serving.index import Document
 from serving.manifest import Manifest, Signature, TensorSpec, Variant, write_manifest
 from serving.runtime import Runtime
 from serving.server import ModelServer
@@ -284,6 +285,70 @@ def build_forecasting(folder: Path) -> None:
     write_model(folder, TASKS["forecasting"], "series", quantiles, config, graph)
 
 
+def embedding_graph(path: Path, vocab: int, width: int) -> Signature:
+    """input_ids, attention_mask [batch, seq] → the mean of the real tokens' embeddings, unit length."""
+    nodes = [
+        helper.make_node("Gather", ["embedding", "input_ids"], ["embedded"]),
+        helper.make_node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask", "last_axis"], ["mask3"]),
+        helper.make_node("Mul", ["embedded", "mask3"], ["masked"]),
+        helper.make_node("ReduceMean", ["masked"], ["summed"], axes=[1], keepdims=0),
+        helper.make_node("ReduceMean", ["mask"], ["share"], axes=[1], keepdims=1),
+        helper.make_node("Div", ["summed", "share"], ["pooled"]),
+        helper.make_node("LpNormalization", ["pooled"], ["embeddings"], axis=1, p=2),
+    ]
+    inputs = [
+        tensor("input_ids", TensorProto.INT64, ["batch", "seq"]),
+        tensor("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+    ]
+    params = {"embedding": weights(vocab, width), "last_axis": np.array([2], dtype=np.int64)}
+    return graph_file(
+        path, nodes, inputs, [tensor("embeddings", TensorProto.FLOAT, ["batch", width])], params
+    )
+
+
+# Documents of the contract's search index: FAQ-like, with the `category` the search samples filter on.
+CONTRACT_DOCUMENTS = [
+    Document(f"doc-{i}", text, {"category": category})
+    for i, (text, category) in enumerate(
+        [
+            ("How do I activate my new debit card? Use the app.", "cards"),
+            ("What should I do if my credit card is lost? Freeze it.", "cards"),
+            ("How do I open a savings account? Apply in the app.", "accounts"),
+            ("Can I pay off my car loan early? Yes.", "loans"),
+            ("How do I reset my online banking password? Tap Forgot password.", "digital"),
+            ("How long does an international transfer take? One day.", "payments"),
+        ]
+    )
+]
+
+
+def build_embedding(task: type[ServingTask], with_index: bool) -> Callable[[Path], None]:
+    def build(folder: Path) -> None:
+        from serving.index import IndexOptions, TextEmbedder, write_index
+        from serving.processing.text import TextPreprocessor
+        from serving.sessions import create_session
+
+        folder.mkdir(parents=True)
+        texts = [text for s in task.samples(20) for text in s.json.get("texts") or s.json["queries"]]
+        vocab = write_tokenizer(folder / "tokenizer.json", texts + [d.text for d in CONTRACT_DOCUMENTS])
+        config: dict[str, Any] = {
+            "tokenizer": "tokenizer.json",
+            "max_length": 32,
+            "lowercase": False,
+            "padding": "longest",
+        }
+        signature = embedding_graph(folder / "model.onnx", vocab, 16)
+        if with_index:
+            session, _ = create_session(folder / "model.onnx", 1, ["CPUExecutionProvider"])
+            embedder = TextEmbedder(session, TextPreprocessor.from_config(folder, config))
+            vectors, _ = embedder.embed([d.text for d in CONTRACT_DOCUMENTS])
+            config |= write_index(folder, CONTRACT_DOCUMENTS, vectors, IndexOptions())
+        write_model(folder, task, "text", [], config, lambda p: signature)
+
+    return build
+
+
 # One builder per task of the registry: a new task adds its line here.
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "text-classification": build_text(
@@ -296,6 +361,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "audio-classification": build_audio,
     "tabular-classification": build_tabular,
     "forecasting": build_forecasting,
+    "text-embedding": build_embedding(TASKS["text-embedding"], with_index=False),
+    "semantic-search": build_embedding(TASKS["semantic-search"], with_index=True),
 }
 
 
@@ -378,6 +445,9 @@ def inputs_sent(sample: Sample) -> int:
 def check_counts(sample: Sample, body: dict[str, Any]) -> None:
     if "predictions" in body:  # one prediction per input, in order
         assert len(body["predictions"]) == inputs_sent(sample)
+    elif "embeddings" in body:  # one unit vector per text, in order
+        assert len(body["embeddings"]) == inputs_sent(sample)
+        assert np.allclose(np.linalg.norm(body["embeddings"], axis=1), 1.0, atol=1e-5)
     else:  # a forecast answers its one series: every quantile covers the horizon it reports
         assert body["horizon"] == sample.json["horizon"]
         assert all(

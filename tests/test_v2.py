@@ -24,7 +24,19 @@ MODELS = {
     "audio-classification": "keywords",
     "tabular-classification": "credit-risk",
     "forecasting": "energy-demand",
+    "semantic-search": "faq-search",
 }
+# Tasks whose models the tiny repository has none of: a search model answers embeddings on v1, but
+# over v2 it speaks search; the embedding tensors are checked in-process (tests/test_semantic_search.py).
+SERVED_ELSEWHERE = {"text-embedding"}
+
+
+def model_for(task_name: str) -> str:
+    if task_name in SERVED_ELSEWHERE:
+        pytest.skip(
+            f"no {task_name} model in the tiny repository (v2 in-process: tests/test_semantic_search.py)"
+        )
+    return MODELS[task_name]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +86,7 @@ def v1_answer(server: str, task: type[ServingTask], sample) -> dict:
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 @pytest.mark.parametrize("task_name", list(TASKS))
 def test_inference_answers_what_v1_answers(client, server, task_name, binary):
-    task, model = TASKS[task_name], MODELS[task_name]
+    task, model = TASKS[task_name], model_for(task_name)
     (sample,) = task.samples(1, model)
     arrays, parameters = sample_tensors(task, sample, binary)
     inputs = [

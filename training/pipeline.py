@@ -267,6 +267,7 @@ def _build_recipe(recipe: Recipe, repository: Path | None, quiet: bool, resume: 
 
         for name, source in task.assets().items():
             shutil.copyfile(source, staging / name)
+        task.add_files(staging, splits)
         manifest = Manifest(
             name=recipe.name,
             version=recipe.version,

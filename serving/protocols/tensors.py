@@ -9,7 +9,7 @@ request `parameters`. A list of objects whose keys the model knows (a table mode
 come instead as one typed tensor per key. Outputs: each field of a prediction becomes a tensor with
 one row per input (`label` BYTES, `score` FP32, `scores` FP32 [n, classes], anything nested as JSON
 BYTES); fields of the answer itself become tensors of their own (a forecast's `forecast` FP32 [h],
-`quantiles` FP32 [h, q]). The server's own pre- and post-processing apply exactly as on v1.
+`quantiles` FP32 [h, q], embeddings FP32 [n, dimension]). The server's own pre- and post-processing apply exactly as on v1.
 """
 
 from __future__ import annotations
@@ -202,6 +202,13 @@ def _prediction_field(key: str, annotation: Any, labels: list[str]) -> OutputSpe
 def _answer_field(name: str, annotation: Any, labels: list[str]) -> OutputSpec:
     """A field of the answer itself: a list (per input, or a series), a dict of series, a scalar."""
     item = _list_item(annotation)
+    if item is not None and _list_item(item) is float:  # a vector per input (embeddings): [n, width]
+
+        def rows(r: dict[str, Any]) -> tuple[list[Any], tuple[int, ...]]:
+            vectors = r[name]
+            return [v for row in vectors for v in row], (len(vectors), len(vectors[0]) if vectors else 0)
+
+        return OutputSpec(name, "FP32", (-1, -1), extract=rows)
     if item is not None:
         datatype = _scalar_type(item) or "BYTES"
         return OutputSpec(

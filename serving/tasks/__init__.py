@@ -7,6 +7,7 @@ from serving.tasks.audio import AudioClassification
 from serving.tasks.base import FileRequest, FileTask, Sample, ServingTask, Upload
 from serving.tasks.forecasting import Forecasting
 from serving.tasks.image import ImageClassification
+from serving.tasks.search import SemanticSearch, TextEmbedding
 from serving.tasks.tabular import TabularClassification
 from serving.tasks.text import TextClassification, TokenClassification
 
@@ -19,6 +20,8 @@ TASKS: dict[str, type[ServingTask]] = {
         AudioClassification,
         TabularClassification,
         Forecasting,
+        TextEmbedding,
+        SemanticSearch,
     )
 }
 
@@ -28,6 +31,13 @@ def get_task(name: str) -> type[ServingTask]:
         return TASKS[name]
     except KeyError:
         raise ValueError(f"no serving task {name!r}; known: {', '.join(sorted(TASKS))}") from None
+
+
+def serves(model_task: str, task: str) -> bool:
+    """Whether a model of `model_task` answers on `task`'s route: its own, and those of the tasks its
+    serving class extends (a semantic-search model is an embedding model with an index)."""
+    model_class = TASKS.get(model_task)
+    return model_class is not None and issubclass(model_class, TASKS[task])
 
 
 def task_for_route(route: str) -> type[ServingTask]:
@@ -49,5 +59,6 @@ __all__ = [
     "ServingTask",
     "Upload",
     "get_task",
+    "serves",
     "task_for_route",
 ]

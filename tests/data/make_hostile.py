@@ -40,12 +40,17 @@ TEXT, ENTITIES, IMAGE, AUDIO, TABULAR, FORECAST = (
         "forecasting",
     )
 )
-# JSON routes → their main field (the request model's first required one); file routes → the file field
+# JSON routes → their main field (the request model's first required one, else the first field of
+# the task's first sample: search takes `query` or `queries`); file routes → the file field
 JSON_ROUTES = {
-    f"/v1{t.route}": next(n for n, f in t.request_model.model_fields.items() if f.is_required())
+    f"/v1{t.route}": next(
+        (n for n, f in t.request_model.model_fields.items() if f.is_required()),
+        next(k for k in t.samples(1)[0].json if k != "model"),
+    )
     for t in TASKS.values()
     if t.request_model is not None
 }
+EMBED, SEARCH = ROUTES["text-embedding"], ROUTES["semantic-search"]
 FILE_ROUTES = {f"/v1{t.route}": t.file_field for t in TASKS.values() if t.file_field}
 
 
@@ -352,6 +357,71 @@ def text_cases() -> list[Case]:
             "a forecasting model on a text route",
             dumps({"model": "energy-demand", "texts": ["hello"]}),
         )
+    return cases
+
+
+def search_cases() -> list[Case]:
+    """Questions, `top_k` and `filter` of the search route, and the embedding route's texts."""
+    cases = []
+
+    def add(name, what, body, route=SEARCH):
+        slug = "search" if route == SEARCH else "embed"
+        return cases.append(Case(f"{slug}-{name}", route, "fields", what, body))
+
+    add("query-empty", "an empty query", dumps({"query": ""}))
+    add("query-whitespace", "a query of only whitespace", dumps({"query": " \t\n "}))
+    add("queries-empty-list", "queries is an empty list", dumps({"queries": []}))
+    add("queries-empty-item", "queries holds an empty string", dumps({"queries": ["cards", ""]}))
+    add("query-and-queries", "both query and queries", dumps({"query": "a", "queries": ["b"]}))
+    add("no-query", "neither query nor queries", dumps({"top_k": 3}))
+    add("query-number", "query is a number", dumps({"query": 5}))
+    add("query-list", "query is a list", dumps({"query": ["lost card"]}))
+    add("queries-string", "queries is a string", dumps({"queries": "lost card"}))
+    add("query-too-long", "a query of 20,001 characters (limit 20,000)", dumps({"query": "a" * 20_001}))
+    add("too-many-queries", "257 queries (limit 256)", dumps({"queries": ["lost card"] * 257}))
+    for name, value in (
+        ("zero", 0),
+        ("negative", -3),
+        ("101", 101),
+        ("huge", 10**12),
+        ("string", "5"),
+        ("float", 2.5),
+        ("bool", True),
+        ("null", None),
+    ):
+        add(f"top-k-{name}", f"top_k is {value!r} (1..100)", dumps({"query": "lost card", "top_k": value}))
+    add(
+        "filter-unknown-key",
+        "a filter key no document has",
+        dumps({"query": "lost card", "filter": {"colour": "red"}}),
+    )
+    add("filter-string", "filter is a string", dumps({"query": "lost card", "filter": "cards"}))
+    add("filter-list", "filter is a list", dumps({"query": "lost card", "filter": ["cards"]}))
+    add(
+        "filter-nested",
+        "a filter value that is an object",
+        dumps({"query": "lost card", "filter": {"category": {"$ne": "cards"}}}),
+    )
+    add(
+        "filter-list-value",
+        "a filter value that is a list",
+        dumps({"query": "lost card", "filter": {"category": ["cards", "loans"]}}),
+    )
+    add(
+        "model-text-classification",
+        "a text classification model on the search route",
+        dumps({"model": "intent", "query": "lost card"}),
+    )
+    add("texts-empty-list", "texts is an empty list", dumps({"texts": []}), EMBED)
+    add("texts-string", "texts is a string", dumps({"texts": "lost card"}), EMBED)
+    add("text-too-long", "one text of 20,001 characters", dumps({"texts": ["a" * 20_001]}), EMBED)
+    add("query-field", "a search request on the embedding route", dumps({"query": "lost card"}), EMBED)
+    add(
+        "model-entities",
+        "an entity model on the embedding route",
+        dumps({"model": "entities", "texts": ["lost card"]}),
+        EMBED,
+    )
     return cases
 
 
@@ -1030,6 +1100,7 @@ def all_cases() -> list[Case]:
     cases = (
         body_cases()
         + text_cases()
+        + search_cases()
         + tabular_cases()
         + forecast_cases()
         + file_cases()

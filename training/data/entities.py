@@ -38,12 +38,13 @@ Labels outside ENTITY_TYPES are kept as given. Errors in a file name the file an
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from serving.index import jsonl_objects
 
 ENTITY_TYPES = ("PERSON", "ORG", "LOCATION", "DATE", "MONEY")
 
@@ -1064,16 +1065,8 @@ def _int_field(entity: dict, key: str) -> int | None:
 
 def read_span_jsonl(path: Path) -> list[SpanExample]:
     """One {"text": ..., "entities": [{"start", "end", "label"}, ...]} object per line."""
-    _require_file(path)
     examples: list[SpanExample] = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+    for where, obj in jsonl_objects(path):
         if (
             not isinstance(obj, dict)
             or not isinstance(obj.get("text"), str)

@@ -6,6 +6,7 @@ from training.tasks.audio_classification import AudioClassificationTask
 from training.tasks.base import Splits, Task
 from training.tasks.forecasting import ForecastingTask
 from training.tasks.image_classification import ImageClassificationTask
+from training.tasks.semantic_search import SemanticSearchTask, TextEmbeddingTask
 from training.tasks.tabular_classification import TabularClassificationTask
 from training.tasks.text_classification import TextClassificationTask
 from training.tasks.token_classification import TokenClassificationTask
@@ -17,6 +18,8 @@ TASKS: dict[str, type[Task]] = {
     AudioClassificationTask.name: AudioClassificationTask,
     TabularClassificationTask.name: TabularClassificationTask,
     ForecastingTask.name: ForecastingTask,
+    TextEmbeddingTask.name: TextEmbeddingTask,
+    SemanticSearchTask.name: SemanticSearchTask,
 }
 
 

@@ -206,6 +206,11 @@ class Task(ABC, Generic[P]):
             problems.append("the argmax differs")
         return ", ".join(problems) or None
 
+    def add_files(self, folder: Path, splits: Splits) -> None:
+        """Write files made from the exported model that serving reads beside it (a search index)
+        into the model's staging folder, after the gates and before the manifest lists every file;
+        `preprocessing_config` names them."""
+
     def assets(self) -> dict[str, Path]:
         """Files copied next to the model (name in the model folder → source path)."""
         return self.backbone.assets()

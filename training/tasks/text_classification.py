@@ -48,9 +48,13 @@ class EncoderWithHead(nn.Module):
         ).last_hidden_state
         if self.per_token:
             return self.head(self.dropout(hidden))
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        return self.head(self.dropout(pooled))
+        return self.head(self.dropout(mean_pool(hidden, attention_mask)))
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of the real tokens' states (padding excluded), as all-MiniLM-L6-v2 was trained to pool."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
 S = TypeVar("S")  # a split as `load_data` returns it
