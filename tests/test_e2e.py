@@ -46,6 +46,7 @@ def test_health_and_models(server):
         "credit-risk",
         "diagnosis",
         "energy-demand",
+        "faq-search",
     }
     assert body["refused"] == {}
     intent = models["intent"]
