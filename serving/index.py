@@ -38,8 +38,9 @@ from serving.errors import InputError
 
 log = logging.getLogger(__name__)
 
-# Below this many candidates, search is exact: measured in benchmarks/results/faq_search_scale.json,
-# where the matrix product's latency passes the graph's by orders of magnitude at 100,000 documents.
+# Below this many candidates search is exact: a matrix product is never wrong and still cheap; above
+# it the graph's latency stays flat while the product grows with the collection
+# (benchmarks/results/faq_search_scale.json compares both at 100,000 documents).
 EXACT_BELOW = 20_000
 FILES = ("documents", "vectors", "hnsw")  # the `preprocessing` keys naming index files
 
