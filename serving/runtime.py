@@ -17,7 +17,14 @@ from typing import Any
 
 from serving.errors import ManifestError, RequestError, UnknownModel
 from serving.manifest import MANIFEST_FILE, Manifest, asset_files, load_manifest, verify_files
-from serving.sessions import SessionInfo, candidate_providers, create_session, usable_accelerators
+from serving.sessions import (
+    SessionInfo,
+    candidate_providers,
+    create_session,
+    trt_profile,
+    usable_accelerators,
+    why_cpu,
+)
 from serving.settings import Settings
 from serving.tasks import TASKS, ServingTask, get_task, serves
 
@@ -42,6 +49,7 @@ class LoadedModel:
     def public(self) -> dict[str, Any]:
         info = self.manifest.public(self.variant)
         info["provider"] = self.session_info.provider
+        info["provider_fallbacks"] = self.session_info.fallbacks  # why not a better provider
         return info
 
 
@@ -62,36 +70,50 @@ def load_model(directory: Path, settings: Settings) -> LoadedModel:
     verify_files(directory, manifest, only=asset_files(manifest))
     stamp = hashlib.sha256(manifest_bytes).hexdigest()
 
-    def open_variant(variant: str, providers: list[str]):
-        verify_files(directory, manifest, only={manifest.variants[variant].file})
-        return create_session(
-            directory / manifest.variants[variant].file,
-            settings.intra_op_threads(),
-            providers,
-            settings.cache,
-            settings.cuda_device,
-            settings.cpu_mem_arena,
-        )
-
     providers = candidate_providers(settings.device)
     if not usable_accelerators(providers):  # no GPU provider can work here: straight to the CPU variant
         variant = manifest.variant_for("cpu", settings.variant)
-        session, info = open_variant(variant, providers)
+        session, info = open_variant(directory, manifest, variant, settings, providers)
+        info.fallbacks = why_cpu(settings.device) + info.fallbacks
         return LoadedModel(
             manifest, directory, variant, info, task_class(directory, manifest, session, settings), stamp
         )
     # Variant choice depends on the device, which is known only once a session initialises: try the
     # GPU variant on the GPU providers first, and the CPU variant on the CPU.
     gpu_variant = manifest.variant_for("gpu", settings.variant)
-    session, info = open_variant(gpu_variant, providers)
+    session, info = open_variant(directory, manifest, gpu_variant, settings, providers)
     variant = gpu_variant
     if info.device == "cpu":
         cpu_variant = manifest.variant_for("cpu", settings.variant)
         if cpu_variant != gpu_variant:
-            session, _ = open_variant(cpu_variant, ["CPUExecutionProvider"])
+            session, _ = open_variant(directory, manifest, cpu_variant, settings, ["CPUExecutionProvider"])
         variant = cpu_variant
     return LoadedModel(
         manifest, directory, variant, info, task_class(directory, manifest, session, settings), stamp
+    )
+
+
+def open_variant(
+    directory: Path, manifest: Manifest, variant: str, settings: Settings, providers: list[str]
+) -> tuple[Any, SessionInfo]:
+    """A session on one variant of a model (its file checked against the manifest first), on the
+    first of `providers` that initialises: the server's sessions, and benchmarks/gpu_check.py's.
+    TensorRT gets float16 kernels for a float16 variant only, and an engine sized for the GPU batch
+    limit and the tokenizer's longest sequence."""
+    verify_files(directory, manifest, only={manifest.variants[variant].file})
+    return create_session(
+        directory / manifest.variants[variant].file,
+        settings.intra_op_threads(),
+        providers,
+        settings.cache,
+        settings.cuda_device,
+        settings.cpu_mem_arena,
+        fp16=manifest.variants[variant].precision == "fp16",
+        trt_profile=trt_profile(
+            [(i.name, i.shape) for i in manifest.signature.inputs],
+            settings.batch_limit(manifest.modality, "gpu"),
+            manifest.preprocessing.get("max_length"),
+        ),
     )
 
 
@@ -200,12 +222,13 @@ class Runtime:
             log.error("not serving %s: %s", directory.name, reason)
             return None
         log.info(
-            "loaded %s v%s (%s, %s on %s)",
+            "loaded %s v%s (%s, %s on %s)%s",
             model.name,
             model.manifest.version,
             model.manifest.task,
             model.variant,
             model.session_info.provider,
+            "".join(f"; {why}" for why in model.session_info.fallbacks),
         )
         return model
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import threading
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 
 log = logging.getLogger(__name__)
@@ -29,11 +34,23 @@ class SessionInfo:
 
 
 def candidate_providers(device: str = "auto") -> list[str]:
-    """Providers to try, best first, from what this onnxruntime build offers."""
+    """Providers to try, best first, from what this onnxruntime build offers: every one for `auto`,
+    CUDA and the CPU for `cuda`, the CPU alone for `cpu`."""
     if device == "cpu":
         return [CPU]
     available = set(ort.get_available_providers())
-    return [p for p in PROVIDER_ORDER if p in available and p != CPU] + [CPU]
+    wanted = PROVIDER_ORDER[1:] if device == "cuda" else PROVIDER_ORDER
+    return [p for p in wanted if p in available and p != CPU] + [CPU]
+
+
+def why_cpu(device: str) -> list[str]:
+    """Why a model goes straight to the CPU without trying a GPU provider (`usable_accelerators` is
+    empty): said in SessionInfo.fallbacks, the log and GET /v1/models."""
+    if device == "cpu":
+        return ["TUNESERVE_DEVICE=cpu"]
+    if candidate_providers(device) == [CPU]:
+        return [f"this onnxruntime build has no GPU provider ({', '.join(ort.get_available_providers())})"]
+    return []  # GPU providers known to fail: create_session says why it skips each
 
 
 def session_options(threads: int, cpu_arena: bool = True) -> ort.SessionOptions:
@@ -52,17 +69,122 @@ def session_options(threads: int, cpu_arena: bool = True) -> ort.SessionOptions:
     return options
 
 
-def provider_options(provider: str, cache_dir: Path, cuda_device: int = 0) -> dict:
+def provider_options(
+    provider: str,
+    cache_dir: Path,
+    cuda_device: int = 0,
+    fp16: bool = False,
+    trt_profile: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Options of a GPU provider. TensorRT: engines and kernel timings cached in `cache_dir`, so a
+    restart loads the engine instead of building it again; float16 kernels only for a float16 graph
+    (`fp16`), since with an fp32 variant they would bring back the precision its gate turned down;
+    `trt_profile` (see `trt_profile`) fixes the range of the dynamic axes, so one engine is built for
+    every batch the server sends instead of a new one whenever a larger shape arrives."""
     if provider == "TensorrtExecutionProvider":
         return {
+            "device_id": cuda_device,
+            "trt_fp16_enable": fp16,
             "trt_engine_cache_enable": True,
             "trt_engine_cache_path": str(cache_dir),
             "trt_timing_cache_enable": True,
             "trt_timing_cache_path": str(cache_dir),
+            **(trt_profile or {}),
         }
     if provider == "CUDAExecutionProvider":
         return {"device_id": cuda_device}
     return {}
+
+
+def trt_profile(
+    inputs: Sequence[tuple[str, Sequence[str | int]]], max_batch: int, max_length: int | None = None
+) -> dict[str, str]:
+    """TensorRT's optimisation profile for a model's inputs (name, shape from the manifest's
+    signature): the `batch` axis from 1 to `max_batch` (the GPU batch limit), a `sequence` axis from
+    1 to `max_length` (the tokenizer's truncation), fixed axes as they are. Kernels are chosen for the
+    largest shapes, the batches that decide throughput under load. An axis of another name has no
+    known range: then no profile ({}), and TensorRT sizes engines from the shapes it sees."""
+    largest = {"batch": max_batch, "sequence": max_length}
+    lows, highs = [], []
+    for name, shape in inputs:
+        low, high = [], []
+        for dim in shape:
+            top = dim if isinstance(dim, int) else largest.get(dim)
+            if not top or top < 1:
+                return {}
+            low.append(dim if isinstance(dim, int) else 1)
+            high.append(top)
+        lows.append(f"{name}:{'x'.join(map(str, low))}")
+        highs.append(f"{name}:{'x'.join(map(str, high))}")
+    if not lows:
+        return {}
+    return {
+        "trt_profile_min_shapes": ",".join(lows),
+        "trt_profile_opt_shapes": ",".join(highs),
+        "trt_profile_max_shapes": ",".join(highs),
+    }
+
+
+def provider_chain(
+    provider: str,
+    cache_dir: Path,
+    cuda_device: int = 0,
+    fp16: bool = False,
+    trt_profile: Mapping[str, str] | None = None,
+) -> list[tuple[str, dict[str, Any]] | str]:
+    """What a session on `provider` is opened with: the provider, then where the operators it cannot
+    take run. Behind TensorRT that is CUDA (when this build has it), so they stay on the GPU instead
+    of costing a copy to the CPU and back; the CPU comes last."""
+    chain: list[tuple[str, dict[str, Any]] | str] = [
+        (provider, provider_options(provider, cache_dir, cuda_device, fp16, trt_profile))
+    ]
+    cuda = PROVIDER_ORDER[1]
+    if provider == PROVIDER_ORDER[0] and cuda in ort.get_available_providers():
+        chain.append((cuda, provider_options(cuda, cache_dir, cuda_device)))
+    return [*chain, CPU]
+
+
+class BoundSession:
+    """A session on a GPU provider, run through I/O binding: each input is copied to the device once
+    from its numpy array, and the outputs, left on the device by the run, are copied back once after
+    it. `run(output_names, feeds)` answers like `InferenceSession.run`, so the serving tasks call
+    either the same way; anything else is the session's own. The CPU provider keeps `session.run`
+    (with `device_type="cpu"` this class runs there too, which is how it is tested without a GPU).
+
+    The first run is timed and logged: TensorRT builds its engine then (unless the cache holds it),
+    and CUDA loads its kernels."""
+
+    def __init__(self, session: ort.InferenceSession, device_type: str = "cuda", device_id: int = 0) -> None:
+        self.session = session
+        self.device_type, self.device_id = device_type, device_id
+        self.output_names = [o.name for o in session.get_outputs()]
+        self._first_run = True
+
+    def run(
+        self,
+        output_names: Sequence[str] | None,
+        input_feed: Mapping[str, np.ndarray],
+        run_options: ort.RunOptions | None = None,
+    ) -> list[np.ndarray]:
+        binding = self.session.io_binding()
+        for name, value in input_feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in output_names or self.output_names:
+            binding.bind_output(name, self.device_type, self.device_id)
+        started = time.perf_counter()
+        self.session.run_with_iobinding(binding, run_options)
+        outputs = binding.copy_outputs_to_cpu()
+        if self._first_run:
+            self._first_run = False
+            log.info(
+                "first run on %s: %.2f s (a TensorRT engine is built in it unless the cache holds one)",
+                self.session.get_providers()[0],
+                time.perf_counter() - started,
+            )
+        return outputs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
 
 
 @contextlib.contextmanager
@@ -76,6 +198,14 @@ def _quiet_probe():
             yield said
     finally:
         ort.set_default_logger_severity(2)
+
+
+def _provider_error(printed: str) -> str:
+    """What ORT printed when a provider did not initialise, without its banner and C++ source
+    location: e.g. "Please install TensorRT libraries as mentioned in the GPU requirements page..."."""
+    text = re.sub(r"\*+|EP Error|/onnxruntime_src/\S+|void [\w:]+\([^)]*\)", " ", printed)
+    text = re.sub(r"\s*when using \[.*", "", text, flags=re.S)  # the options it was given, and "retrying"
+    return " ".join(text.split())[:300]
 
 
 # Providers that failed to initialise in this process, and why: later sessions skip them instead of
@@ -101,9 +231,13 @@ def create_session(
     cache_dir: Path | None = None,
     cuda_device: int = 0,
     cpu_arena: bool = True,
-) -> tuple[ort.InferenceSession, SessionInfo]:
+    fp16: bool = False,
+    trt_profile: Mapping[str, str] | None = None,
+) -> tuple[Any, SessionInfo]:
     """Open `model_path` on the best provider that initialises; every failed try is recorded.
-    `cache_dir` (TensorRT engines) is only touched when a GPU provider is tried."""
+    `cache_dir` (TensorRT engines) is only touched when a GPU provider is tried. On a GPU provider the
+    session comes back as a `BoundSession`, on the CPU as the `InferenceSession` itself; both answer
+    `run(output_names, feeds)`. `fp16` and `trt_profile`: see `provider_options`."""
     providers = providers or candidate_providers()
     cache_dir = cache_dir or Path.home() / ".cache" / "tuneserve"
     fallbacks: list[str] = []
@@ -119,11 +253,11 @@ def create_session(
                 continue
             try:
                 cache_dir.mkdir(parents=True, exist_ok=True)
+                chain = provider_chain(provider, cache_dir, cuda_device, fp16, trt_profile)
+                started = time.perf_counter()
                 with _quiet_probe() if not known_good else contextlib.nullcontext(io.StringIO()) as said:
                     session = ort.InferenceSession(
-                        str(model_path),
-                        sess_options=session_options(threads, cpu_arena),
-                        providers=[(provider, provider_options(provider, cache_dir, cuda_device)), CPU],
+                        str(model_path), sess_options=session_options(threads, cpu_arena), providers=chain
                     )
             except Exception as exc:  # a provider that fails to initialise must not stop serving
                 fallbacks.append(f"{provider}: {type(exc).__name__}: {exc}")
@@ -131,12 +265,19 @@ def create_session(
                 continue
             if session.get_providers()[0] == provider:
                 _working.add(provider)
-                return session, SessionInfo(provider, fallbacks)
-            detail = " ".join(said.getvalue().split())[:300]
+                log.info(
+                    "%s: session on %s in %.2f s%s",
+                    Path(model_path).name,
+                    provider,
+                    time.perf_counter() - started,
+                    f" (engine cache {cache_dir})" if provider == "TensorrtExecutionProvider" else "",
+                )
+                return BoundSession(session, "cuda", cuda_device), SessionInfo(provider, fallbacks)
+            detail = _provider_error(said.getvalue())
             fallbacks.append(f"{provider}: did not initialise ({detail or 'no usable device or libraries'})")
             _unusable[provider] = f"did not initialise: {detail or 'no usable device or libraries'}"
-    if fallbacks:
-        log.info("%s: serving on the CPU; %s", Path(model_path).name, "; ".join(fallbacks))
+    if fallbacks:  # the runtime logs them with the model's name
+        log.debug("%s: serving on the CPU; %s", Path(model_path).name, "; ".join(fallbacks))
     session = ort.InferenceSession(
         str(model_path), sess_options=session_options(threads, cpu_arena), providers=[CPU]
     )

@@ -42,8 +42,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="which models of the repository to load, comma-separated; empty = all",
     )
-    device: Literal["auto", "cpu"] = Field(
-        "auto", description="auto tries TensorRT, then CUDA, then the CPU; cpu never touches a GPU provider"
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto",
+        description="auto tries TensorRT, then CUDA, then the CPU; cuda tries CUDA, then the CPU (no TensorRT engine builds); cpu never touches a GPU provider",
     )
     variant: str | None = Field(
         None,
@@ -58,16 +59,24 @@ class Settings(BaseSettings):
     threads: int = Field(
         0, ge=0, description="ONNX Runtime intra-op threads per session; 0 = cores / workers"
     )
-    max_batch: int = Field(64, ge=1, description="items merged into one ONNX Runtime call")
+    max_batch: int = Field(64, ge=1, description="items merged into one ONNX Runtime call on the CPU")
     cpu_mem_arena: bool = Field(
         False,
         description="ONNX Runtime's CPU memory arena: keeps the largest run's buffers for good; off, they are freed after each run (benchmarks/results/ort_arena.md)",
     )
     # A CNN on the CPU gains no throughput past a few images per call, while a larger batch needs
     # memory for its activations (kept for good when the arena is on; benchmarks/results/soak.md);
-    # on a GPU batching pays, and this cap does not apply.
+    # on a GPU batching pays, and max_batch_gpu applies instead.
     max_batch_image: int = Field(
         4, ge=1, description="items per ONNX Runtime call for image models on the CPU"
+    )
+    # A GPU's throughput grows with the batch well past where a CPU's stops, and TensorRT builds its
+    # engine for batches up to this size (serving/sessions.py trt_profile): a larger batch than the
+    # engine's would need a new engine, so the limit is fixed at start-up, not per request.
+    max_batch_gpu: int = Field(
+        128,
+        ge=1,
+        description="items merged into one ONNX Runtime call on a GPU (every modality); the largest batch of TensorRT's engines",
     )
     max_wait_ms: float = Field(
         2.0, ge=0, description="how long a batch waits for more items when the queue is nearly empty"
@@ -169,7 +178,9 @@ class Settings(BaseSettings):
 
     def batch_limit(self, modality: str, device: str) -> int:
         """Items per ONNX Runtime call for a model of this modality on this device ("cpu"/"gpu")."""
-        if modality == "image" and device == "cpu":
+        if device == "gpu":
+            return self.max_batch_gpu
+        if modality == "image":
             return min(self.max_batch, self.max_batch_image)
         return self.max_batch
 

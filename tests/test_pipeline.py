@@ -83,7 +83,7 @@ def test_every_build_draws_its_figures_and_the_summary_lists_them(tiny_repositor
 def test_runtime_predicts_every_variant_consistently(tiny_repository):
     texts = ["I lost my card", "what's my balance", "", "transfer 50 dollars to Anna"]
     results = {}
-    for variant in ("fp32", "int8"):
+    for variant in ("fp32", "int8", "fp16"):
         settings = Settings(repository=tiny_repository, device="cpu", variant=variant, threads=1)
         model = Runtime(settings).resolve("intent", "text-classification")
         assert model.variant == variant
@@ -94,6 +94,37 @@ def test_runtime_predicts_every_variant_consistently(tiny_repository):
     fp32 = np.array([[p["scores"][k] for k in sorted(p["scores"])] for p in results["fp32"]])
     int8 = np.array([[p["scores"][k] for k in sorted(p["scores"])] for p in results["int8"]])
     assert np.abs(fp32 - int8).max() < 0.05
+    fp16 = np.array([[p["scores"][k] for k in sorted(p["scores"])] for p in results["fp16"]])
+    assert np.abs(fp32 - fp16).max() < 0.01  # the CPU provider runs the float16 graph too
+
+
+@pytest.mark.parametrize("name", sorted(TASK_FIGURES) + ["faq-search"])
+def test_every_build_has_an_fp16_variant_for_gpus(tiny_repository, name):
+    """model.fp16.onnx beside fp32 (float32 inputs and outputs, half the weights), checked against
+    fp32 on the test split: GPUs serve it when it matches, fp32 otherwise, and the reason says which."""
+    m = load_manifest(tiny_repository / name, verify=True)
+    fp16 = m.variants["fp16"]
+    assert fp16.file == "model.fp16.onnx" and fp16.precision == "fp16"
+    import onnx
+
+    def io(file: str) -> list[tuple[str, int]]:
+        graph = onnx.load(tiny_repository / name / file, load_external_data=False).graph
+        return [(v.name, v.type.tensor_type.elem_type) for v in [*graph.input, *graph.output]]
+
+    assert io("model.fp16.onnx") == io("model.onnx")  # the server feeds and reads it as it does fp32
+    assert m.files["model.fp16.onnx"].bytes < 0.6 * m.files["model.onnx"].bytes
+    parity, metric = fp16.parity, m.metrics["decisive"]
+    assert parity["max_abs_diff_vs_fp32"] <= parity["atol"] or not parity["gate_passed"]
+    assert parity.get("argmax_equal_vs_fp32", True) or not parity["gate_passed"]
+    assert parity["metric_drop"] == pytest.approx(m.variants["fp32"].metrics[metric] - fp16.metrics[metric])
+    if parity["gate_passed"]:
+        assert (
+            m.default_variant["gpu"] == "fp16"
+            and "; fp16 on GPU: vs fp32 on test max |Δ|" in m.default_reason
+        )
+    else:
+        assert m.default_variant["gpu"] == "fp32" and "; fp32 on GPU: fp16" in m.default_reason
+    assert "CPU provider" in fp16.note
 
 
 def test_single_and_batched_answers_agree(tiny_repository):
@@ -224,7 +255,8 @@ def test_int8_gate_and_variants_are_decided_on_validation(tiny_repository):
     m = load_manifest(tiny_repository / "intent")
     metric, recipe = m.metrics["decisive"], m.recipe["quantise"]
     validation, int8 = m.metrics["validation"], m.variants["int8"]
-    assert set(validation) == set(m.variants)
+    # fp16 is held to fp32's outputs (a parity check, like the export's), not chosen on a metric
+    assert set(validation) == set(m.variants) - {"fp16"}
     assert int8.parity["val_metric_drop"] == pytest.approx(
         validation["fp32"][metric] - validation["int8"][metric]
     )

@@ -96,7 +96,7 @@ def test_image_batches_are_capped_on_the_cpu_only(monkeypatch):
     monkeypatch.delenv("TUNESERVE_MAX_BATCH_IMAGE", raising=False)
     settings = Settings()
     assert settings.batch_limit("image", "cpu") == 4  # bounds ONNX Runtime's arena (see settings.py)
-    assert settings.batch_limit("image", "gpu") == 64
+    assert settings.batch_limit("image", "gpu") == settings.max_batch_gpu  # a limit of its own
     assert settings.batch_limit("text", "cpu") == 64
     monkeypatch.setenv("TUNESERVE_MAX_BATCH_IMAGE", "16")
     assert Settings().batch_limit("image", "cpu") == 16

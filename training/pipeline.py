@@ -23,6 +23,7 @@ from serving.settings import Settings
 from training.backbones import count_parameters, get_backbone
 from training.evaluate import max_abs_diff, run_batches, torch_outputs
 from training.export import check_parity, export_onnx, export_torchscript, onnx_runner
+from training.fp16 import fp16_variant
 from training.logs import quieted
 from training.loop import FitResult, fit, init_distributed, is_main_process, seed_everything
 from training.quantise import quantise_dynamic_int8, quantise_static_int8, time_session
@@ -225,7 +226,8 @@ def _build_recipe(recipe: Recipe, repository: Path | None, quiet: bool, resume: 
         )
 
         fp32 = onnx_runner(staging / "model.onnx")
-        fp32_metrics = task.metrics(run_batches(fp32, task, test.batches), test.targets, splits.label_names)
+        fp32_outputs = run_batches(fp32, task, test.batches)
+        fp32_metrics = task.metrics(fp32_outputs, test.targets, splits.label_names)
         validation = {
             "fp32": _scalars(
                 task.metrics(run_batches(fp32, task, val.batches), val.targets, splits.label_names)
@@ -240,7 +242,7 @@ def _build_recipe(recipe: Recipe, repository: Path | None, quiet: bool, resume: 
             )
         }
         default: dict[Device, str] = {"cpu": "fp32", "gpu": "fp32"}
-        reason = "fp32: quantisation disabled in the recipe"
+        reason = "fp32 on CPU: quantisation disabled in the recipe"
         if recipe.quantise.mode != "none":
             int8, validation["int8"], reason = quantise_and_gate(
                 task,
@@ -257,6 +259,23 @@ def _build_recipe(recipe: Recipe, repository: Path | None, quiet: bool, resume: 
             if int8.parity["gate_passed"]:
                 default["cpu"] = "int8"
             log.info("%s: %s", recipe.name, reason)
+        gpu_reason = "fp32 on GPU: fp16 disabled in the recipe"
+        if recipe.export.fp16:
+            log.info("%s: converting to fp16 and checking it against fp32", recipe.name)
+            variants["fp16"], gpu_reason = fp16_variant(
+                task,
+                staging,
+                test.batches,
+                test.targets,
+                splits.label_names,
+                fp32_outputs,
+                fp32_metrics[task.metric],
+                recipe.export.fp16_atol or task.fp16_atol,
+            )
+            if variants["fp16"].parity["gate_passed"]:
+                default["gpu"] = "fp16"
+            log.info("%s: %s", recipe.name, gpu_reason)
+        reason += "; " + gpu_reason
 
         # A release gate, not a choice between models: the served variant must reach the floor on test.
         served_metric = variants[default["cpu"]].metrics[task.metric]
@@ -447,7 +466,6 @@ def quantise_and_gate(
         if passed
         else f"fp32 on CPU: int8 {'not faster' if accurate else 'not accurate enough'} ({gate}); int8 kept but not served"
     )
-    reason += "; fp32 on GPU"
     variant = Variant(
         file=int8_path.name,
         precision="int8",

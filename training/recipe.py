@@ -61,6 +61,12 @@ class PretrainConfig(TrainConfig):
 class ExportConfig(_Strict):
     opset: int = 17
     parity_atol: float = 1e-4
+    fp16: bool = Field(
+        True, description="also write model.fp16.onnx for GPUs, served there when it matches fp32"
+    )
+    fp16_atol: float | None = Field(
+        None, gt=0, description="largest |fp16 - fp32| output difference on test (default: the task's)"
+    )
 
 
 class QuantiseConfig(_Strict):
