@@ -1,8 +1,10 @@
-"""The BentoML service: one model server per worker, the v1 app mounted at /v1.
+"""The BentoML service: one model server per worker, the v1 app mounted at /v1, the v2 app beside it,
+and a BentoML API per task for BentoML's clients (serving/protocols/native.py), all answering
+through the same server.
 
 Run it with `bentoml serve serving.service:TuneServe` (or `make serve`). Settings are read once, here,
 from TUNESERVE_* variables (serving/settings.py). Why the routes are a mounted app with per-model
-batchers instead of `@bentoml.api` methods: docs/decisions/0001-asgi-routes-with-own-batchers.md.
+batchers instead of batchable `@bentoml.api` methods: docs/decisions/0001-asgi-routes-with-own-batchers.md.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import bentoml
 
 from serving.app import UnroutablePaths, create_app, create_v2_app
 from serving.connections import ConnectionLimits, EdgeApp, install, path_labeller, route_table
+from serving.protocols.native import api_route, task_apis
 from serving.settings import Settings
+from serving.tasks import TASKS
 
 SETTINGS = Settings()
 V1_APP = create_app(lambda: bentoml.get_current_service().server, SETTINGS)
@@ -71,6 +75,10 @@ def _loaded(future: Future | None):
 
 LOADING = _start_loading(SETTINGS)
 
+# BentoML's own routes (assets: its docs page's files), beside the mounted apps' and the task APIs'.
+BENTOML_PATHS = ["/", "/docs.json", "/schema.json", "/metrics", "/healthz", "/livez", "/readyz"]
+BENTOML_PATTERNS = [(r"/(static_content|assets)/[\w./-]+", "/{assets}")]
+
 batch_size_histogram = bentoml.metrics.Histogram(
     name="tuneserve_batch_size",
     documentation="Items merged into one ONNX Runtime call, per model",
@@ -96,11 +104,11 @@ def observe_batches(model: str):
 
 # BentoML samples no traces by default, yet its OpenTelemetry middleware still builds a span per
 # request, a visible share of the event loop's time on small requests. Unless tracing is asked for,
-# skip it on /v1 and /v2 routes.
+# skip it on /v1 and /v2 routes and the task APIs.
 TRACING = (
     {"sample_rate": SETTINGS.trace_sample_rate}
     if SETTINGS.trace_sample_rate is not None
-    else {"excluded_urls": ["/v1/", "/v2/"]}
+    else {"excluded_urls": ["/v1/", "/v2/", *(api_route(task) for task in TASKS.values())]}
 )
 
 
@@ -119,6 +127,7 @@ TRACING = (
 # the v2 app at the root, which would otherwise try its routes on every /v1 request.
 @bentoml.asgi_app(V2_APP, path="/")
 @bentoml.asgi_app(V1_APP, path="/v1")
+@task_apis(reserved=["/v1", "/v2", *BENTOML_PATHS, "/static_content", "/assets"])
 class TuneServe:
     def __init__(self) -> None:
         from serving.server import ModelServer
@@ -152,18 +161,14 @@ cast("bentoml.Service[TuneServe]", TuneServe).add_asgi_middleware(
 )
 
 
-# BentoML's own routes (assets: its docs page's files), beside the mounted apps'.
-BENTOML_PATHS = ["/", "/docs.json", "/schema.json", "/metrics", "/healthz", "/livez", "/readyz"]
-BENTOML_PATTERNS = [(r"/(static_content|assets)/[\w./-]+", "/{assets}")]
-
-
 def _edge(app):
     exact, patterns = route_table([("/v1", V1_APP), ("", V2_APP)])
 
     def served():
         return bentoml.get_current_service().server.runtime.models
 
-    label = path_labeller(exact + BENTOML_PATHS, patterns + BENTOML_PATTERNS, served, ("/v1/", "/v2/"))
+    apis = [api.route for api in cast("bentoml.Service[TuneServe]", TuneServe).apis.values()]
+    label = path_labeller(exact + BENTOML_PATHS + apis, patterns + BENTOML_PATTERNS, served, ("/v1/", "/v2/"))
     return EdgeApp(app, SETTINGS.max_headers, label)
 
 

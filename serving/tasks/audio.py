@@ -53,6 +53,7 @@ class AudioClassifyAnswer(Answer):
 class AudioClassification(FileTask[AudioClip, np.ndarray, np.ndarray]):
     name = "audio-classification"
     route = "/audio/classify"
+    client_method = "classify_audio"
     summary = "Spot keywords in audio clips (WAV, FLAC, OGG); one prediction per file, in order"
     default_model = "keywords"
     response_model = AudioClassifyAnswer

@@ -19,12 +19,17 @@ payloads and the hostile-input corpus read these declarations; none of them name
 
 from __future__ import annotations
 
+import functools
+import inspect
+import operator
+import types
 from abc import ABC, abstractmethod
+from copy import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from serving.errors import InputError, RequestError
 from serving.manifest import Manifest
@@ -95,6 +100,7 @@ class Sample:
 class ServingTask(ABC, Generic[Prepared, Item, Output]):
     name: ClassVar[str]  # the manifest's `task`
     route: ClassVar[str]  # path under /v1
+    client_method: ClassVar[str]  # its method in serving/client.py and its BentoML API (e.g. classify_text)
     summary: ClassVar[str]
     default_model: ClassVar[str]  # answers requests that name no model, when loaded
     response_model: ClassVar[type[Answer]]
@@ -153,6 +159,43 @@ class ServingTask(ABC, Generic[Prepared, Item, Output]):
     # --- declarations read by tools ----------------------------------------------------------------
 
     @classmethod
+    def arguments(cls, files: Any) -> dict[str, tuple[Any, Any]]:
+        """The request as typed arguments, inputs first and `model` last, for the methods generated
+        from the registry (BentoML's APIs in serving/protocols/native.py, serving/client.py): a JSON
+        task's request-model fields; a file task's files (typed `files`: each caller's file type),
+        its options and `model`. Each is (annotation, pydantic FieldInfo)."""
+        model = (
+            str | None,
+            Field(
+                None, description=f"the model to answer; default: the task's default ({cls.default_model})"
+            ),
+        )
+        if cls.request_model is not None:
+            fields = cls.request_model.model_fields
+            inputs = {name: (f.annotation, copy(f)) for name, f in fields.items() if name != "model"}
+            return {**inputs, "model": model}
+        assert cls.file_field is not None
+        return {
+            cls.file_field: (files, Field(min_length=1, description="one or more files")),
+            **{
+                name: (option.type | None, Field(None, description=option.help))
+                for name, option in cls.options.items()
+            },
+            "model": model,
+        }
+
+    @classmethod
+    def method_signature(cls, files: Any, returns: Any) -> inspect.Signature:
+        """`(self, /, first input, *, other inputs..., model=None) -> returns` from `arguments(files)`:
+        the signature of the task's generated methods."""
+        params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)]
+        for i, (name, (annotation, info)) in enumerate(cls.arguments(files).items()):
+            kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if i == 0 else inspect.Parameter.KEYWORD_ONLY
+            default = inspect.Parameter.empty if info.is_required() else info.default
+            params.append(inspect.Parameter(name, kind, default=default, annotation=shown(annotation)))
+        return inspect.Signature(params, return_annotation=returns)
+
+    @classmethod
     @abstractmethod
     def samples(cls, count: int, model: str | None = None) -> list[Sample]:
         """Distinct valid requests for the default model (load tests, examples, the hostile corpus)."""
@@ -171,6 +214,23 @@ class ServingTask(ABC, Generic[Prepared, Item, Output]):
     def cli_rows(cls, inputs: list[str], answer: dict[str, Any]) -> list[tuple[str, Any]] | None:
         """(input, prediction) pairs to print one per line, or None to print the JSON answer."""
         return list(zip(inputs, answer["predictions"]))
+
+
+def shown(annotation: Any) -> Any:
+    """A type as a reader wants it in a signature: pydantic's constraints (`Annotated[str, Strict()]`)
+    taken off, at any depth."""
+    if get_origin(annotation) is Annotated:
+        return shown(get_args(annotation)[0])
+    args = get_args(annotation)
+    if not args:
+        return annotation
+    inner = tuple(shown(a) for a in args)
+    if get_origin(annotation) in (Union, types.UnionType):
+        return functools.reduce(operator.or_, inner)
+    try:
+        return get_origin(annotation)[inner]
+    except TypeError:  # a form that cannot be rebuilt from its parts: as it is
+        return annotation
 
 
 class FileTask(ServingTask[list[Prepared], Item, Output]):

@@ -47,6 +47,7 @@ class SeriesInput:
 class Forecasting(ServingTask[SeriesInput, np.ndarray, np.ndarray]):
     name = "forecasting"
     route = "/forecast"
+    client_method = "forecast"
     summary = "Forecast a series (e.g. hourly energy demand) with p10/p50/p90 quantiles"
     default_model = "energy-demand"
     request_model = ForecastRequest

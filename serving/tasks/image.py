@@ -40,6 +40,7 @@ class ImageClassifyAnswer(Answer):
 class ImageClassification(FileTask[np.ndarray, np.ndarray, np.ndarray]):
     name = "image-classification"
     route = "/image/classify"
+    client_method = "classify_images"
     summary = "Classify images (photos, surface defects); one prediction per file, in order"
     default_model = "imagenet"
     response_model = ImageClassifyAnswer

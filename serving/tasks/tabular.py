@@ -42,6 +42,7 @@ class TabularAnswer(Answer):
 class TabularClassification(ServingTask[Block, Block, list[dict[str, Any]]]):
     name = "tabular-classification"
     route = "/tabular/predict"
+    client_method = "predict_rows"
     summary = "Classify table rows (credit risk, diagnosis); one prediction per row, in order"
     default_model = "credit-risk"
     request_model = TabularRequest

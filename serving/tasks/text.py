@@ -95,6 +95,7 @@ class TextClassifyAnswer(Answer):
 class TextClassification(TextTask):
     name = "text-classification"
     route = "/text/classify"
+    client_method = "classify_text"
     summary = "Classify texts (e.g. customer-service intent); one prediction per text, in order"
     default_model = "intent"
     response_model = TextClassifyAnswer
@@ -148,6 +149,7 @@ class EntitiesAnswer(Answer):
 class TokenClassification(TextTask):
     name = "token-classification"
     route = "/text/entities"
+    client_method = "extract_entities"
     summary = "Entities in texts, as character spans into each original text"
     default_model = "entities"
     response_model = EntitiesAnswer
