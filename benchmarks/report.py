@@ -715,6 +715,117 @@ def startup(d: dict) -> list[str]:
     ]
 
 
+def measured(value: Any, unit: str) -> str:
+    """A hardening check's value (or target) in its unit."""
+    if value is None or isinstance(value, str):
+        return "–" if value is None else value
+    return {
+        "ms": lambda: f"{ms(value)} ms",
+        "s": lambda: seconds(value),
+        "bytes": lambda: mib(value),
+        "ratio": lambda: times(value),
+    }.get(unit, lambda: num(value))()
+
+
+def hardening(d: dict) -> list[str]:
+    checks, limits, cfg, memory = d["checks"], d["limits"], d["config"], d["memory"]
+
+    def target(c: dict) -> str:
+        if c["op"] == "in":
+            return " or ".join(measured(t, c["unit"]) for t in c["target"])
+        return ("≤ " if c["op"] == "<=" else "= ") + measured(c["target"], c["unit"])
+
+    return [
+        "Slow, greedy and malformed clients against one `bentoml serve` (one worker) on loopback, the "
+        "client on the same cores: decode bombs within the body limit, oversized heads, slow bodies, "
+        "slowloris (from one address, where the per-address cap applies, and spread over "
+        f"{num(cfg['addresses'])} loopback addresses), and random paths against `/metrics`. The worker's "
+        "memory is its resident set (peak: VmHWM, reset before each step). Server code: commit "
+        f"`{d['server_code']['short']}`"
+        + (" with uncommitted changes in `serving/`" if d["server_code"]["serving_changed"] else "")
+        + ". Server limits: "
+        + ", ".join(f"`{name}` {num(value)}" for name, value in limits.items())
+        + ".",
+        "",
+        f"**{num(d['passed'])} of {len(checks)} checks meet their target.** Other processes used "
+        f"{d.get('other_processes_cores') or 0:.2f} cores on average during the run, which took "
+        f"{seconds(d['seconds'])}.",
+        "",
+        *table(
+            ["check", "measured", "target", "met"],
+            [
+                [c["check"], measured(c["value"], c["unit"]), target(c), "yes" if c["pass"] else "**no**"]
+                for c in checks
+            ],
+            ["l", "r", "r", "l"],
+        ),
+        "",
+        "Held connections (closed after: seconds from each connection's start to the server's close):",
+        "",
+        *table(
+            [
+                "attack",
+                "opened",
+                "outcomes",
+                "closed after min / median / max",
+                "worker descriptors before / during / after",
+                "worker memory before / during / after",
+            ],
+            [
+                [
+                    label,
+                    num(run["connections"]["opened"]),
+                    ", ".join(f"{k}×{num(v)}" for k, v in sorted(run["connections"]["outcomes"].items())),
+                    " / ".join(
+                        seconds(run["connections"][k])
+                        for k in ("closed_min_s", "closed_p50_s", "closed_max_s")
+                    ),
+                    " / ".join(num(run.get(f"worker_fds_{k}")) for k in ("before", "during", "after")),
+                    " / ".join(mib(run.get(f"worker_rss_{k}_bytes")) for k in ("before", "during", "after")),
+                ]
+                for label, run in [
+                    (f"{num(cfg['slow_bodies'])} slow bodies", d["slow_bodies"]),
+                    (f"{num(cfg['slowloris'])} slowloris, one address", d["slowloris"]["one_address"]),
+                    (
+                        f"{num(cfg['slowloris'])} slowloris, {num(cfg['addresses'])} addresses",
+                        d["slowloris"]["spread"],
+                    ),
+                ]
+            ],
+            ["l", "r", "l", "r", "r", "r"],
+        ),
+        "",
+        "Worker memory: "
+        f"{mib(memory['rss_after_warm_up_bytes'])} after warm-up, {mib(memory['burst_peak_bytes'])} at the "
+        f"peak of every bomb at once ({num(memory['burst_requests'])} requests, slowest "
+        f"{ms(memory['burst_max_ms'])} ms), {mib(memory['rss_after_burst_bytes'])} "
+        f"{plain(cfg['settle_s'])} s later.",
+        "",
+        "Each request sent alone "
+        f"{num(cfg['repeats'])} times (peak growth: the worker's most resident memory above where the first "
+        "found it). The last row is no bomb: an ordinary request whose texts each fill the model's "
+        "input, sent after the bombs, for the model's own time on the text bomb's shape:",
+        "",
+        *table(
+            ["request", "route", "bytes", "statuses", "median ms", "slowest ms", "peak growth", "answer"],
+            [
+                [
+                    b["name"],
+                    f"`{b['route']}`",
+                    num(b["bytes"]),
+                    ", ".join(num(s) for s in b["statuses"]),
+                    ms(b["p50_ms"]),
+                    ms(b["max_ms"]),
+                    mib(b["growth_bytes"]),
+                    b["error"] or "–",
+                ]
+                for b in [*d["bombs"], d["reference"]]
+            ],
+            ["l", "l", "r", "r", "r", "r", "r", "l"],
+        ),
+    ]
+
+
 def generic(d: dict) -> list[str]:
     """A results file without its own summary: its top-level numbers and any engine or sweep rows."""
     lines = ["No summary is written for this benchmark yet; its top-level numbers:", ""]
@@ -742,6 +853,7 @@ BENCHMARKS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("soak", "Soak: mixed traffic", soak),
     ("startup", "Startup and memory", startup),
     ("loadtest_tool", "Load tester overhead", loadtest_tool),
+    ("hardening", "Hardening: slow, greedy and malformed clients", hardening),
 ]
 
 
