@@ -113,19 +113,22 @@ def test_fp16_graph_keeps_float32_io_halves_the_weights_and_matches_fp32_on_the_
     assert all(o.dtype == np.float32 for o in fp16)
     # the -1e30 fill was clamped to float16's -65504: still a logit that never wins
     assert fp16[0][:, -1].max() == pytest.approx(-65504, rel=1e-2) and not fp16[1][:, -1].any()
-    parity, problem = fp16_gate(Classifier(), fp32[1], fp16[1], 0.9, 0.9, atol=0.01)
+    parity, problem = fp16_gate(Classifier(), fp32[1], fp16[1], 0.9, 0.9, rtol=0.01)  # probabilities
     assert problem is None and parity["gate_passed"] and parity["argmax_equal_vs_fp32"]
-    assert 0 < parity["max_abs_diff_vs_fp32"] < 0.01
+    assert 0 < parity["max_abs_diff_vs_fp32"] < 0.01 and parity["limit"] == 0.01
 
 
 def test_fp16_gate_fails_on_a_changed_label_a_large_difference_or_a_nan():
     ref = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]], dtype=np.float32)
     near = ref + np.float32(1e-3)
-    assert fp16_gate(Classifier(), ref, near, 0.8, 0.8, atol=0.05) == (
+    # the tolerance scales with the largest output (3 here)
+    assert fp16_gate(Classifier(), ref, near, 0.8, 0.8, rtol=0.05) == (
         {
             "max_abs_diff_vs_fp32": pytest.approx(1e-3, rel=1e-3),
             "argmax_equal_vs_fp32": True,
-            "atol": 0.05,
+            "argmax_agreement_vs_fp32": 1.0,
+            "rtol": 0.05,
+            "limit": pytest.approx(0.15),
             "metric_drop": 0.0,
             "gate_passed": True,
         },
@@ -133,14 +136,18 @@ def test_fp16_gate_fails_on_a_changed_label_a_large_difference_or_a_nan():
     )
     flipped = ref.copy()
     flipped[0, 1] = 2.01  # within the tolerance, but another label wins
-    parity, problem = fp16_gate(Classifier(), ref, flipped, 0.8, 0.75, atol=2.0)
-    assert not parity["gate_passed"] and problem == "the argmax differs"
+    parity, problem = fp16_gate(Classifier(), ref, flipped, 0.8, 0.75, rtol=1.0)
+    assert not parity["gate_passed"] and problem == "the argmax differs (for 50.00% of the inputs)"
+    assert parity["argmax_agreement_vs_fp32"] == 0.5
     assert parity["metric_drop"] == pytest.approx(0.05)
-    _, problem = fp16_gate(Classifier(), ref, ref + 0.1, 0.8, 0.8, atol=0.05)
-    assert problem == "max |Δ| = 1.00e-01 (limit 5e-02)"
+    _, problem = fp16_gate(Classifier(), ref, ref + 0.2, 0.8, 0.8, rtol=0.05)
+    assert problem == "max |Δ| = 2.00e-01 (limit 1.50e-01)"
+    # outputs below 1 are held to rtol itself
+    _, problem = fp16_gate(Classifier(), ref / 10, ref / 10 + 0.02, 0.8, 0.8, rtol=0.01)
+    assert problem == "max |Δ| = 2.00e-02 (limit 1.00e-02)"
     broken = ref.copy()
     broken[1, 0] = np.nan  # overflow in float16 arithmetic; NaN compares as "within" any tolerance
-    parity, problem = fp16_gate(Classifier(), ref, broken, 0.8, 0.8, atol=0.05)
+    parity, problem = fp16_gate(Classifier(), ref, broken, 0.8, 0.8, rtol=0.05)
     assert not parity["gate_passed"] and problem is not None and "max_abs_diff is nan" in problem
 
 
@@ -168,18 +175,22 @@ def test_fp16_variant_is_served_on_gpus_when_it_passes(tmp_path):
     fp32 = cpu_session(tmp_path / "model.onnx").run(["logits"], {"x": x})[0]
     targets = fp32.argmax(-1)
     task = TinyTask()
-    variant, reason = fp16_variant(task, tmp_path, batches, targets, [], fp32, 1.0, atol=0.05)
+    variant, reason = fp16_variant(task, tmp_path, batches, targets, [], fp32, 1.0, rtol=0.01)
     assert variant.file == FP16_FILE and variant.precision == "fp16" and (tmp_path / FP16_FILE).is_file()
     assert variant.parity["gate_passed"] and variant.metrics == {"accuracy": 1.0, "n": 64.0}
     assert reason.startswith("fp16 on GPU: vs fp32 on test max |Δ| ") and "argmax equal" in reason
+    assert reason.endswith(f"(limit {variant.parity['limit']:.2e}: 1% of the largest fp32 output)")
     assert "CPU provider" in variant.note
 
     # a logit of -1e30 comes out as float16's -65504: the gate sees it
     mlp(tmp_path / "model.onnx", fill=True)
     fp32 = cpu_session(tmp_path / "model.onnx").run(["logits"], {"x": x})[0]
-    variant, reason = fp16_variant(task, tmp_path, batches, targets, [], fp32, 1.0, atol=0.05)
+    variant, reason = fp16_variant(task, tmp_path, batches, targets, [], fp32, 1.0, rtol=0.01)
     assert not variant.parity["gate_passed"]
-    assert reason == "fp32 on GPU: fp16 differs from fp32 on test (max |Δ| = 1.00e+30 (limit 5e-02))"
+    assert reason == (
+        "fp32 on GPU: fp16 differs from fp32 on test (max |Δ| = 1.00e+30 (limit 1.00e+28); "
+        "limit 1.00e+28: 1% of the largest fp32 output)"
+    )
 
 
 def test_fp16_variant_the_cpu_cannot_run_is_kept_unchecked_and_not_served(tmp_path, monkeypatch):
@@ -190,7 +201,7 @@ def test_fp16_variant_the_cpu_cannot_run_is_kept_unchecked_and_not_served(tmp_pa
 
     monkeypatch.setattr(training.fp16, "onnx_runner", cannot)
     mlp(tmp_path / "model.onnx")
-    variant, reason = fp16_variant(TinyTask(), tmp_path, [], None, [], None, 1.0, atol=0.05)
+    variant, reason = fp16_variant(TinyTask(), tmp_path, [], None, [], None, 1.0, rtol=0.01)
     assert variant.parity == {"gate_passed": False} and "not checked" in variant.note
     assert reason == (
         "fp32 on GPU: fp16 could not be checked on the CPU (RuntimeError: NOT_IMPLEMENTED: "

@@ -114,7 +114,8 @@ def test_every_build_has_an_fp16_variant_for_gpus(tiny_repository, name):
     assert io("model.fp16.onnx") == io("model.onnx")  # the server feeds and reads it as it does fp32
     assert m.files["model.fp16.onnx"].bytes < 0.6 * m.files["model.onnx"].bytes
     parity, metric = fp16.parity, m.metrics["decisive"]
-    assert parity["max_abs_diff_vs_fp32"] <= parity["atol"] or not parity["gate_passed"]
+    assert parity["max_abs_diff_vs_fp32"] <= parity["limit"] or not parity["gate_passed"]
+    assert parity["limit"] >= parity["rtol"]  # of the largest fp32 output, at least 1
     assert parity.get("argmax_equal_vs_fp32", True) or not parity["gate_passed"]
     assert parity["metric_drop"] == pytest.approx(m.variants["fp32"].metrics[metric] - fp16.metrics[metric])
     if parity["gate_passed"]:
@@ -232,7 +233,7 @@ def test_parity_gate_fails_with_a_message(tiny_repository):
     assert report["onnx"]["max_abs_diff"] == 0.0 and report["torchscript"]["max_abs_diff"] <= 1e-4
     assert report["onnx"]["argmax_equal"] and report["torchscript"]["argmax_equal"]
     with pytest.raises(
-        ParityError, match=re.escape("onnx output differs from PyTorch: max |Δ| = 1.00e-03 (limit 1e-04)")
+        ParityError, match=re.escape("onnx output differs from PyTorch: max |Δ| = 1.00e-03 (limit 1.00e-04)")
     ):
         check_parity(task, reference + 1e-3, batches, folder / "model.onnx", folder / "model.ts", atol=1e-4)
     flipped = reference.copy()

@@ -17,6 +17,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from serving.manifest import Variant
 from training.evaluate import run_batches
 from training.export import onnx_runner
@@ -44,19 +46,31 @@ def convert_fp16(fp32_path: Path, out_path: Path) -> Path:
 
 
 def fp16_gate(
-    task: Any, fp32_outputs: Any, fp16_outputs: Any, fp32_metric: float, fp16_metric: float, atol: float
+    task: Any, fp32_outputs: Any, fp16_outputs: Any, fp32_metric: float, fp16_metric: float, rtol: float
 ) -> tuple[dict[str, float | bool], str | None]:
     """The fp16 variant's `parity` and why it fails (None: it passes). Outputs are compared with
-    fp32's on the same inputs the task's way (`Task.parity`): within `atol` and, for classifiers,
-    the same argmax for every input; a NaN anywhere fails. The change of the deciding metric is
-    recorded and decides nothing."""
+    fp32's on the same inputs the task's way (`Task.parity`): within `rtol` times the largest fp32
+    output (at least 1) and, for classifiers, the same argmax for every input; a NaN anywhere fails.
+    The change of the deciding metric is recorded and decides nothing."""
+    scale = max(1.0, float(np.abs(fp32_outputs).max())) if isinstance(fp32_outputs, np.ndarray) else 1.0
+    limit = rtol * scale
     compared = task.parity(fp32_outputs, fp16_outputs)
+    if "argmax_equal" in compared and np.ndim(fp32_outputs) == 2:  # one row of scores per input
+        agree = np.argmax(fp32_outputs, -1) == np.argmax(fp16_outputs, -1)
+        compared["argmax_agreement"] = float(agree.mean())  # how many labels, when not all, are the same
     problems = [f"{k} is {v}" for k, v in compared.items() if isinstance(v, float) and not math.isfinite(v)]
-    problem = task.parity_problem(compared, atol)
+    problem = task.parity_problem(compared, limit)
+    if problem is not None and "argmax_agreement" in compared:
+        problem += f" (for {1 - compared['argmax_agreement']:.2%} of the inputs)" * ("argmax" in problem)
     if problem is not None:
         problems.append(problem)
     parity: dict[str, float | bool] = {f"{k}_vs_fp32": v for k, v in compared.items()}
-    parity |= {"atol": atol, "metric_drop": float(fp32_metric - fp16_metric), "gate_passed": not problems}
+    parity |= {
+        "rtol": rtol,
+        "limit": limit,
+        "metric_drop": float(fp32_metric - fp16_metric),
+        "gate_passed": not problems,
+    }
     return parity, ", ".join(problems) or None
 
 
@@ -68,7 +82,7 @@ def fp16_variant(
     label_names: list[str],
     fp32_outputs: Any,
     fp32_metric: float,
-    atol: float,
+    rtol: float,
 ) -> tuple[Variant, str]:
     """Write `staging`/model.fp16.onnx from `staging`/model.onnx and check it on the test `batches`
     against fp32's `fp32_outputs` there. Returns the Variant (`parity["gate_passed"]` decides whether
@@ -92,11 +106,12 @@ def fp16_variant(
         for k, v in task.metrics(outputs, targets, label_names).items()
         if isinstance(v, (int, float))
     }
-    parity, problem = fp16_gate(task, fp32_outputs, outputs, fp32_metric, metrics[task.metric], atol)
+    parity, problem = fp16_gate(task, fp32_outputs, outputs, fp32_metric, metrics[task.metric], rtol)
+    limit = f"limit {parity['limit']:.2e}: {rtol * 100:g}% of the largest fp32 output"
     variant = Variant(file=FP16_FILE, precision="fp16", metrics=metrics, parity=parity, note=CHECKED_ON)
     if problem is not None:
-        return variant, f"fp32 on GPU: fp16 differs from fp32 on test ({problem})"
-    return variant, f"fp16 on GPU: vs fp32 on test {_shown(parity)} (limit {atol:g})"
+        return variant, f"fp32 on GPU: fp16 differs from fp32 on test ({problem}; {limit})"
+    return variant, f"fp16 on GPU: vs fp32 on test {_shown(parity)} ({limit})"
 
 
 def _shown(parity: dict[str, float | bool]) -> str:
@@ -104,9 +119,9 @@ def _shown(parity: dict[str, float | bool]) -> str:
     names = {"max_abs_diff": "max |Δ|", "argmax_equal": "argmax equal", "min_cosine": "min cosine"}
     shown = []
     for key, value in parity.items():
-        if not key.endswith("_vs_fp32"):
-            continue
         name = key.removesuffix("_vs_fp32")
+        if name not in names:  # argmax_agreement: 1 when the argmax is equal, said in failures
+            continue
         if isinstance(value, bool):
             shown.append(names.get(name, name) if value else f"not {names.get(name, name)}")
         else:

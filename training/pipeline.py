@@ -270,7 +270,7 @@ def _build_recipe(recipe: Recipe, repository: Path | None, quiet: bool, resume: 
                 splits.label_names,
                 fp32_outputs,
                 fp32_metrics[task.metric],
-                recipe.export.fp16_atol or task.fp16_atol,
+                recipe.export.fp16_rtol or task.fp16_rtol,
             )
             if variants["fp16"].parity["gate_passed"]:
                 default["gpu"] = "fp16"

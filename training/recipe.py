@@ -64,8 +64,10 @@ class ExportConfig(_Strict):
     fp16: bool = Field(
         True, description="also write model.fp16.onnx for GPUs, served there when it matches fp32"
     )
-    fp16_atol: float | None = Field(
-        None, gt=0, description="largest |fp16 - fp32| output difference on test (default: the task's)"
+    fp16_rtol: float | None = Field(
+        None,
+        gt=0,
+        description="largest |fp16 - fp32| output difference on test, as a share of the largest fp32 output (at least 1); default: the task's",
     )
 
 

@@ -156,9 +156,11 @@ class Task(ABC, Generic[P]):
         )
         return {"confusion_matrix": path}
 
-    # The fp16 variant's tolerance vs fp32 (training/fp16.py), in the outputs' units: logits and
-    # scores by default; float16 keeps about three significant digits.
-    fp16_atol: ClassVar[float] = 0.05
+    # The fp16 variant's tolerance vs fp32 (training/fp16.py), as a share of the largest fp32 output
+    # (at least 1): float16 keeps about three significant digits, so the error grows with the
+    # outputs' scale (large logits of a well-trained model, forecasts) and with the depth of the
+    # network; labels must not change at all, and this only bounds the drift.
+    fp16_rtol: ClassVar[float] = 0.01
 
     # Static quantisation: whether ONNX Runtime's symbolic shape pass can follow the graph, and which
     # operator types to quantise (None: every supported one).
@@ -205,7 +207,7 @@ class Task(ABC, Generic[P]):
         the report has one."""
         problems = []
         if report["max_abs_diff"] > atol:
-            problems.append(f"max |Δ| = {report['max_abs_diff']:.2e} (limit {atol:.0e})")
+            problems.append(f"max |Δ| = {report['max_abs_diff']:.2e} (limit {atol:.2e})")
         if report.get("argmax_equal") is False:
             problems.append("the argmax differs")
         return ", ".join(problems) or None
