@@ -24,6 +24,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def tiny_defects_overrides(images: Path) -> dict:
+    """The surface-defects recipe on a small generated image folder, trained for two steps."""
+    return {
+        "data.source": str(images),
+        "preprocessing.resize_shorter": 72,
+        "preprocessing.crop": 64,
+        "train.epochs": 1,
+        "train.max_steps": 2,
+        "train.batch_size": 8,
+        "train.freeze_backbone_epochs": 0,
+        "gates.min_test_metric": 0.0,
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_repository(tmp_path_factory) -> Path:
     """The intent recipe trained for a few steps on a slice: real pipeline, small and fast.
@@ -77,15 +91,8 @@ def tiny_repository(tmp_path_factory) -> Path:
     images = generate_surface_defects(tmp_path_factory.mktemp("defects"), per_class=10, size=96, seed=3)
     recipe = load_recipe("surface-defects").with_overrides(
         {
-            "data.source": str(images),
-            "preprocessing.resize_shorter": 72,
-            "preprocessing.crop": 64,
-            "train.epochs": 1,
-            "train.max_steps": 2,
-            "train.batch_size": 8,
-            "train.freeze_backbone_epochs": 0,
+            **tiny_defects_overrides(images),
             "quantise.calibration_size": 16,
-            "gates.min_test_metric": 0.0,
         }
     )
     build_recipe(recipe, repo, quiet=True)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import tiny_defects_overrides
 from training import prune as P
 from training.backbones import SmallCNN, count_parameters
 from training.recipe import PruneConfig
@@ -220,15 +221,8 @@ def test_build_with_pruning_records_the_comparison(tmp_path, monkeypatch):
     images = generate_surface_defects(tmp_path / "defects", per_class=10, size=96, seed=3)
     recipe = load_recipe("surface-defects").with_overrides(
         {
-            "data.source": str(images),
-            "preprocessing.resize_shorter": 72,
-            "preprocessing.crop": 64,
-            "train.epochs": 1,
-            "train.max_steps": 2,
-            "train.batch_size": 8,
-            "train.freeze_backbone_epochs": 0,
+            **tiny_defects_overrides(images),
             "quantise.mode": "none",
-            "gates.min_test_metric": 0.0,
             # a 2-step model has large, unscaled logits: float32 rounding between engines reaches ~1e-4
             "export.parity_atol": 1e-3,
             "prune": {"amount": 0.3, "recovery_epochs": 1, "max_metric_drop": 1.0},

@@ -115,34 +115,36 @@ class TabularClassification(ServingTask[Block, Block, list[dict[str, Any]]]):
         return [(json.dumps(row)[:60], p) for row, p in zip(json_rows(inputs), answer["predictions"])]
 
 
+# The categories of the default (`credit-risk`) model's schema; training's data generator draws
+# from the same lists (training/data/tables.py).
+EMPLOYMENT = ["salaried", "self_employed", "contract", "unemployed", "retired"]
+HOME = ["rent", "mortgage", "own"]
+PURPOSES = [
+    "debt_consolidation",
+    "home_improvement",
+    "car",
+    "education",
+    "medical",
+    "small_business",
+    "other",
+]
+
+
 def sample_rows(count: int) -> list[dict[str, Any]]:
     """Credit applications in the default (`credit-risk`) model's schema."""
     rng = np.random.default_rng(0)
-    kinds, homes = (
-        ["salaried", "self_employed", "contract", "unemployed", "retired"],
-        ["rent", "mortgage", "own"],
-    )
-    purposes = [
-        "debt_consolidation",
-        "home_improvement",
-        "car",
-        "education",
-        "medical",
-        "small_business",
-        "other",
-    ]
     return [
         {
             "age": int(rng.integers(21, 75)),
-            "employment": kinds[i % 5],
+            "employment": EMPLOYMENT[i % len(EMPLOYMENT)],
             "annual_income": float(round(rng.lognormal(10.8, 0.5), -2)),
-            "home_ownership": homes[i % 3],
+            "home_ownership": HOME[i % len(HOME)],
             "credit_history_years": float(round(rng.uniform(0, 25), 1)),
             "open_credit_lines": int(rng.integers(1, 15)),
             "credit_utilization": float(round(rng.beta(2, 4), 3)),
             "debt_to_income": float(round(rng.uniform(0, 0.6), 3)),
             "delinquencies_2y": int(rng.poisson(0.3)),
-            "loan_purpose": purposes[i % 7],
+            "loan_purpose": PURPOSES[i % len(PURPOSES)],
             "loan_amount": float(round(rng.uniform(1_000, 40_000), -2)),
             "term_months": [36, 60][i % 2],
             "has_cosigner": bool(i % 11 == 0),

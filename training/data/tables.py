@@ -14,19 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.tasks.tabular import EMPLOYMENT, HOME, PURPOSES
 from training.data.images import data_cache
 
-EMPLOYMENT = ["salaried", "self_employed", "contract", "unemployed", "retired"]
-HOME = ["rent", "mortgage", "own"]
-PURPOSES = [
-    "debt_consolidation",
-    "home_improvement",
-    "car",
-    "education",
-    "medical",
-    "small_business",
-    "other",
-]
 DEFAULT_RATE = 0.10
 
 
