@@ -125,7 +125,12 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
                 )
             helps.append(f"{task.name} models: {option.help}")
     for name, (kind, helps) in flags.items():
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help="; ".join(helps))
+        if kind is bool:  # a switch: present = on
+            p.add_argument(
+                f"--{name.replace('_', '-')}", dest=name, action="store_true", help="; ".join(helps)
+            )
+        else:
+            p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help="; ".join(helps))
     p.add_argument("--repository", help="model repository (default: exported/ or $TUNESERVE_REPOSITORY)")
     p.add_argument("--json", action="store_true", help="print the same JSON the HTTP endpoint returns")
     p.set_defaults(func=cmd_predict)

@@ -91,6 +91,15 @@ class Settings(BaseSettings):
         ge=0,
         description="table rows: a numeric value further outside its training range than this many times the range is a 400; 0 = no check",
     )
+    explain_permutations: int = Field(
+        8,
+        ge=2,
+        le=256,
+        description="table models' explanations: feature orderings sampled per explained row (antithetic pairs)",
+    )
+    max_explain_rows: int = Field(
+        16, ge=1, description="table rows per request that may ask for an explanation (`explain: true`)"
+    )
     max_image_megapixels: float = Field(
         16.0,
         gt=0,

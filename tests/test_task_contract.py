@@ -224,6 +224,8 @@ def build_tabular(folder: Path) -> None:
         "target": "default",
         "positive_index": 1,
         "threshold": 0.5,
+        # the explanations' background: sample rows of the schema
+        "background": [s.json["rows"][0] for s in TASKS["tabular-classification"].samples(8)],
     }
 
     def graph(path: Path) -> Signature:

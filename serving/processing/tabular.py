@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from serving.errors import InputError
+from serving.processing.explain import FeatureColumns
 
 UNKNOWN, MISSING = "<unknown>", "<missing>"
 MAX_ROWS = 1000
@@ -106,6 +107,19 @@ class RowEncoder:
     @property
     def cardinalities(self) -> list[int]:
         return [len(f.vocabulary) for f in self.categorical]
+
+    def feature_columns(self) -> list[FeatureColumns]:
+        """Where each feature lives in the encoded arrays (its value and missing-indicator columns)."""
+        out = []
+        for f in self.features:
+            if f.kind == "categorical":
+                columns = [("categorical", self.categorical.index(f))]
+            else:
+                columns = [("numeric", self.dense.index(f))]
+                if f.missing == "impute":
+                    columns.append(("numeric", len(self.dense) + self.imputed.index(f)))
+            out.append(FeatureColumns(f.name, tuple(columns)))
+        return out
 
     def check_rows(self, rows: Any) -> list[dict]:
         if not isinstance(rows, list):

@@ -129,13 +129,14 @@ def column_specs(task: ServingTask) -> list[InputSpec]:
 
 
 def parameter_names(task: type[ServingTask]) -> set[str]:
-    """Request `parameters` the task reads: a file task's options, a JSON task's scalar fields."""
+    """Request `parameters` the task reads: a file task's options, a JSON task's scalar fields (but
+    those whose results v2 does not carry, marked `{"tensor": False}`, such as table explanations)."""
     if issubclass(task, FileTask) or task.request_model is None:
         return set(task.options)
     return {
         n
         for n, f in task.request_model.model_fields.items()
-        if n != "model" and _list_item(f.annotation) is None
+        if n != "model" and _list_item(f.annotation) is None and _is_tensor(f.json_schema_extra)
     }
 
 

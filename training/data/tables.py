@@ -1,7 +1,8 @@
 """Tables for tabular classification: CSV files with a header row, and the two built-in sources.
 
 Sources: a CSV path; `generated:credit-applications` (a synthetic but realistic credit-application
-book, below); `builtin:breast-cancer` (scikit-learn's bundled Wisconsin diagnostic data, 569 rows,
+book, below); `generated:card-transactions` (a card-transaction stream with rare fraud,
+training/data/transactions.py); `builtin:breast-cancer` (scikit-learn's bundled Wisconsin diagnostic data, 569 rows,
 30 numeric features). Built-in sources are written once as CSV under runs/data/ and then read like
 any user file, so the same path is exercised.
 """
@@ -132,12 +133,17 @@ def resolve_table(source: str, seed: int) -> Path:
     if source == "generated:credit-applications":
         path = data_cache() / f"credit-applications-seed{seed}.csv"
         return path if path.is_file() else write_csv(path, generate_credit_applications(seed=seed))
+    if source == "generated:card-transactions":
+        from training.data.transactions import generate_card_transactions
+
+        path = data_cache() / f"card-transactions-seed{seed}.csv"
+        return path if path.is_file() else write_csv(path, generate_card_transactions(seed=seed))
     if source == "builtin:breast-cancer":
         path = data_cache() / "breast-cancer.csv"
         return path if path.is_file() else write_csv(path, breast_cancer_table())
     if source.startswith(("generated:", "builtin:")):
         raise ValueError(
-            f"unknown table source {source!r}; known: generated:credit-applications, builtin:breast-cancer, or a CSV path"
+            f"unknown table source {source!r}; known: generated:credit-applications, generated:card-transactions, builtin:breast-cancer, or a CSV path"
         )
     return Path(source).expanduser()
 
