@@ -110,7 +110,28 @@ def tiny_repository(tmp_path_factory) -> Path:
         build_recipe(
             load_recipe(name).with_overrides({**overrides, "gates.min_test_metric": 0.0}), repo, quiet=True
         )
+    build_recipe(
+        load_recipe("card-fraud").with_overrides(tiny_fraud_overrides(repo.parent)), repo, quiet=True
+    )
     return repo
+
+
+def tiny_fraud_overrides(folder: Path) -> dict:
+    """card-fraud on a small stream (400 cards, 30 days, 2% fraud) for a couple of epochs."""
+    from training.data.tables import write_csv
+    from training.data.transactions import generate_card_transactions
+
+    stream = write_csv(
+        folder / "card-transactions-small.csv",
+        generate_card_transactions(cards=400, days=30, seed=3, fraud_rate=0.02),
+    )
+    return {
+        "data.source": str(stream),
+        "train.epochs": 2,
+        "preprocessing.anomaly_epochs": 2,
+        "preprocessing.alert_rate": 0.03,
+        "gates.min_test_metric": 0.0,
+    }
 
 
 class RunningServer:

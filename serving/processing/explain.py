@@ -56,18 +56,23 @@ class ShapleySampler:
         # interior steps only: step 0 is the background row itself, step M the explained row
         self.interior = self.switched[:, 1:m, :]
         self.column_masks: dict[str, np.ndarray] = {}
-        for name, array in background.items():
-            width = array.shape[1]
-            owner = np.full(width, -1)
-            for j, f in enumerate(features):
-                for input_name, column in f.columns:
-                    if input_name == name:
-                        owner[column] = j
+        for name in background:
             # (P, M-1, width): whether each column comes from the explained row at each interior step
-            mask = np.zeros((*self.interior.shape[:2], width), dtype=bool)
-            covered = owner >= 0
-            mask[:, :, covered] = self.interior[:, :, owner[covered]]
-            self.column_masks[name] = mask
+            self.column_masks[name] = self.columns_of(name, self.interior)
+
+    def columns_of(self, name: str, switched: np.ndarray) -> np.ndarray:
+        """Feature masks (..., M) → masks of input `name`'s columns (..., width): a column follows
+        the feature it belongs to; columns of no feature stay with the background."""
+        width = self.background[name].shape[1]
+        owner = np.full(width, -1)
+        for j, f in enumerate(self.features):
+            for input_name, column in f.columns:
+                if input_name == name:
+                    owner[column] = j
+        mask = np.zeros((*switched.shape[:-1], width), dtype=bool)
+        covered = owner >= 0
+        mask[..., covered] = switched[..., owner[covered]]
+        return mask
 
     @property
     def rows_per_explanation(self) -> int:

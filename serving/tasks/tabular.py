@@ -113,7 +113,7 @@ class TabularClassification(ServingTask[Rows, Rows, list[dict[str, Any]]]):
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1
             self.anomaly = ort.InferenceSession(
-                str(model_dir / config["anomaly"]["file"]), options, providers=["CPUExecutionProvider"]
+                str(model_dir / config["anomaly"]), options, providers=["CPUExecutionProvider"]
             )
         self.sampler: ShapleySampler | None = None
         if config.get("background"):

@@ -63,10 +63,12 @@ class TabularMLP(nn.Module):
         self.register_buffer("logit_adjust", torch.zeros(num_labels))
         self.register_buffer("temperature", torch.ones(1))
 
-        # With an anomaly detector (fraud): once fitted, the positive class's log-odds become
-        # stack[0] * the MLP's log-odds + stack[1] * the anomaly score + stack[2].
+        # With an anomaly detector (fraud), once fitted: a noisy-OR of two calibrated alarms, the
+        # MLP's (p1 = σ(stack[0]·log-odds + stack[1])) and the detector's (p2 = σ(stack[2]·score +
+        # stack[3])): p = 1 − (1 − p1)(1 − p2), so a transaction unlike normal traffic can raise an
+        # alert the MLP, trained on known fraud only, would veto in an additive combination.
         self.anomaly: Autoencoder | None = None
-        self.register_buffer("stack", torch.tensor([1.0, 0.0, 0.0]))
+        self.register_buffer("stack", torch.tensor([1.0, 0.0, 0.0, -80.0]))
         self.positive = 1
         self.combined = False
 
@@ -78,10 +80,15 @@ class TabularMLP(nn.Module):
         if self.anomaly is None or not self.combined:
             return logits
         pos = self.positive
-        log_odds = logits[:, pos] - logits[:, 1 - pos]
-        half = (
-            self.stack[0] * log_odds + self.stack[1] * self.anomaly(numeric, categorical) + self.stack[2]
-        ) / 2
+        u1 = (self.stack[0] * (logits[:, pos] - logits[:, 1 - pos]) + self.stack[1]).clamp(-80, 80)
+        u2 = (self.stack[2] * self.anomaly(numeric, categorical) + self.stack[3]).clamp(-80, 80)
+        # log p − log(1 − p), with log(1 − p) = −softplus(u1) − softplus(u2): stable in float32
+        log_odds = (
+            torch.log(torch.sigmoid(u1) + torch.sigmoid(u2) * torch.sigmoid(-u1))
+            + nn.functional.softplus(u1)
+            + nn.functional.softplus(u2)
+        )
+        half = log_odds / 2
         return torch.stack([-half, half] if pos == 1 else [half, -half], dim=1)
 
 
@@ -655,7 +662,7 @@ class TabularClassificationTask(Task[TabularPreprocessing]):
         normal = splits.train.subset(np.flatnonzero(splits.train.targets != pos))
         torch.manual_seed(self.recipe.train.seed)
         optimiser = torch.optim.Adam(ae.net.parameters(), lr=2e-3, weight_decay=1e-5)
-        loader = array_loader(normal, 512, True, self.recipe.train.seed)
+        loader = array_loader(normal, 1024, True, self.recipe.train.seed)
         ae.train()
         epochs = tqdm(
             range(self.options.anomaly_epochs), desc="autoencoder", disable=not self.progress, leave=False
@@ -679,8 +686,23 @@ class TabularClassificationTask(Task[TabularPreprocessing]):
         ae.center.fill_(center)
         ae.scale.fill_(scale)
         log_odds, score = outputs(splits.val)
-        stacker = LogisticRegression(C=1.0).fit(np.stack([log_odds, score], 1), splits.val.targets == pos)
-        weights = [float(stacker.coef_[0, 0]), float(stacker.coef_[0, 1]), float(stacker.intercept_[0])]
+        rate = self.options.alert_rate or 0.01
+        held = self._held(len(splits.test))
+        positive_test = splits.test.targets == pos
+        test_log_odds, test_score = outputs(splits.test)
+        # Each part alone on test at the same alert budget (reported, never used for a choice).
+        parts = {
+            name: ranking_metrics(test_scores, positive_test, budget_threshold(val_scores, rate), held)
+            for name, val_scores, test_scores in (
+                ("mlp", log_odds, test_log_odds),
+                ("autoencoder", score, test_score),
+            )
+        }
+        positive_val = splits.val.targets == pos
+        alarms = [
+            LogisticRegression(C=1.0).fit(values[:, None], positive_val) for values in (log_odds, score)
+        ]
+        weights = [float(v) for a in alarms for v in (a.coef_[0, 0], a.intercept_[0])]
         mlp.stack.copy_(torch.tensor(weights))
         mlp.positive, mlp.combined = pos, True
 
@@ -689,23 +711,13 @@ class TabularClassificationTask(Task[TabularPreprocessing]):
         signature = cast(Task, _AnomalySignature(self.input_names))
         export_onnx(ae, signature, example, folder / "anomaly.onnx", self.recipe.export.opset)
         self.anomaly_file = folder / "anomaly.onnx"
-
-        # Each part alone on test at the same alert budget (reported, never used for a choice).
-        rate = self.options.alert_rate or 0.01
-        held = self._held(len(splits.test))
-        positive_test = splits.test.targets == pos
-        test_log_odds, test_score = outputs(splits.test)
-        parts = {}
-        for name, val_scores, test_scores in (
-            ("mlp", log_odds, test_log_odds),
-            ("autoencoder", score, test_score),
-        ):
-            parts[name] = ranking_metrics(
-                test_scores, positive_test, budget_threshold(val_scores, rate), held
-            )
         return {
             "autoencoder": "32-8-32 on negative training rows, log mean squared reconstruction error",
-            "combination": dict(zip(["mlp_log_odds", "anomaly_score", "intercept"], weights)),
+            "combination": "noisy-OR of the two parts' alarms, each a logistic regression on validation",
+            "alarms": {
+                "mlp": {"weight": weights[0], "intercept": weights[1]},
+                "autoencoder": {"weight": weights[2], "intercept": weights[3]},
+            },
             "normal_score_center": center,
             "normal_score_scale": scale,
             "test_parts_at_alert_budget": parts,
@@ -785,7 +797,7 @@ class TabularClassificationTask(Task[TabularPreprocessing]):
         if options.alert_rate is not None:
             config["alert_rate"] = options.alert_rate
         if self.anomaly_file is not None:
-            config["anomaly"] = {"file": "anomaly.onnx"}
+            config["anomaly"] = "anomaly.onnx"  # a top-level file name: checked like every asset
         config["background"] = self.background
         return config
 
