@@ -82,12 +82,14 @@ class TabularMLP(nn.Module):
         pos = self.positive
         u1 = (self.stack[0] * (logits[:, pos] - logits[:, 1 - pos]) + self.stack[1]).clamp(-80, 80)
         u2 = (self.stack[2] * self.anomaly(numeric, categorical) + self.stack[3]).clamp(-80, 80)
-        # log p − log(1 − p), with log(1 − p) = −softplus(u1) − softplus(u2): stable in float32
-        log_odds = (
-            torch.log(torch.sigmoid(u1) + torch.sigmoid(u2) * torch.sigmoid(-u1))
-            + nn.functional.softplus(u1)
-            + nn.functional.softplus(u2)
-        )
+        # log p − log(1 − p) in log space only (ONNX Runtime's Sigmoid saturates far from 0, so
+        # σ(−80) cannot be taken literally): log(1 − p) = −softplus(u1) − softplus(u2), and
+        # p = σ(u1) + σ(u2)·σ(−u1), whose log is a log-add-exp of −softplus(−u1) and
+        # −softplus(−u2) − softplus(u1).
+        softplus = nn.functional.softplus
+        a, b = -softplus(-u1), -softplus(-u2) - softplus(u1)
+        log_p = torch.maximum(a, b) + torch.log(1 + torch.exp(-torch.abs(a - b)))
+        log_odds = log_p + softplus(u1) + softplus(u2)
         half = log_odds / 2
         return torch.stack([-half, half] if pos == 1 else [half, -half], dim=1)
 
