@@ -831,7 +831,7 @@ def table_explain(d: dict) -> list[str]:
     lines = [
         f"`card-fraud` on the generated stream's last 15% in time (test), alert budget "
         f"{pct(fraud['alert_rate'])} of transactions (threshold chosen on validation for every method); "
-        f"the `{fraud['holdout']}` pattern ({fraud['holdout_n']} test transactions) never appeared in "
+        f"the `{fraud['holdout']}` pattern ({int(fraud['holdout_n'])} test transactions) never appeared in "
         "training or validation:",
         "",
         *table(
