@@ -829,7 +829,7 @@ def hardening(d: dict) -> list[str]:
 def table_explain(d: dict) -> list[str]:
     fraud = d["fraud"]
     lines = [
-        f"`card-fraud` on the generated stream's last 15% in time (test), alert budget "
+        f"`card-fraud` on the latest part of the generated stream (the test split, in time order), alert budget "
         f"{pct(fraud['alert_rate'])} of transactions (threshold chosen on validation for every method); "
         f"the `{fraud['holdout']}` pattern ({int(fraud['holdout_n'])} test transactions) never appeared in "
         "training or validation:",
@@ -872,7 +872,7 @@ def table_explain(d: dict) -> list[str]:
             "",
             "Additivity, every test row explained as served: "
             + "; ".join(
-                f"`{name}` {a['rows']:,} rows, max |base + Σ − value| {a['max_abs_gap']:.1e}, "
+                f"`{name}` {a['rows']:,} rows, max |base + Σ − value| {num(a['max_abs_gap'])}, "
                 f"{a['ms_per_row']:.2f} ms per row in process"
                 for name, a in d["additivity"].items()
             )
