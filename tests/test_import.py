@@ -369,3 +369,60 @@ def test_round_trip_through_a_real_server(repository: Path, tmp_path: Path) -> N
             timeout=30,
         )
         assert bad.status_code == 400 and "features" in bad.json()["error"]
+
+
+@pytest.mark.fast
+def test_static_int8_from_calibration_inputs_is_gated_against_fp32(tmp_path: Path) -> None:
+    mlp(tmp_path / "mlp.onnx")
+    calibration = {
+        "features": rng.normal(0, 1, (32, 8)).astype(np.float32),
+        "counts": np.arange(32, dtype=np.int64),
+    }
+    np.savez(tmp_path / "calibration.npz", **calibration)
+    repo = tmp_path / "repository"
+    for name, tolerance in (("loose", "0.2"), ("strict", "1e-9")):
+        assert main(["import", name, "--onnx", str(tmp_path / "mlp.onnx"), "--calibration",
+                     str(tmp_path / "calibration.npz"), "--int8-tolerance", tolerance,
+                     "--repository", str(repo), "-q"]) == 0  # fmt: skip
+    loose, strict = load_manifest(repo / "loose"), load_manifest(repo / "strict")
+    assert loose.variants["int8"].parity["gate_passed"] and loose.default_variant["cpu"] == "int8"
+    assert not strict.variants["int8"].parity["gate_passed"] and strict.default_variant["cpu"] == "fp32"
+    assert loose.default_variant["gpu"] == "fp32" and "model.int8.onnx" in loose.files
+    # the served INT8 answers what ONNX Runtime answers on the INT8 file
+    expected = direct(repo / "loose" / "model.int8.onnx", {k: v[:3] for k, v in calibration.items()})
+
+    async def calls(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.post(
+            "/v2/models/loose/infer", json=v2_body({k: v[:3] for k, v in calibration.items()})
+        )
+
+    response = serve(repo, calls)
+    assert np.abs(outputs_of(response.json())["scores"] - expected["scores"]).max() <= 1e-5
+
+
+def test_torchscript_import_is_exported_and_checked(tmp_path: Path) -> None:
+    import torch
+
+    class Scaler(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x @ torch.ones(6, 2)) * 0.5
+
+    example = rng.normal(0, 1, (2, 6)).astype(np.float32)
+    torch.jit.trace(Scaler(), torch.from_numpy(example)).save(str(tmp_path / "scaler.ts"))
+    np.save(tmp_path / "x.npy", example)
+    repo = tmp_path / "repository"
+    assert main(["import", "scaler", "--torchscript", str(tmp_path / "scaler.ts"), "--example-input",
+                 str(tmp_path / "x.npy"), "--repository", str(repo), "-q"]) == 0  # fmt: skip
+    manifest = load_manifest(repo / "scaler")
+    assert manifest.source["kind"] == "torchscript"
+    assert manifest.variants["fp32"].parity["max_abs_diff_vs_torchscript"] <= 1e-5
+    assert [(s.name, s.shape) for s in manifest.signature.inputs] == [("x", ["batch", 6])]
+    rows = rng.normal(0, 1, (5, 6)).astype(np.float32)  # another batch size than the example's
+    got = direct(repo / "scaler" / "model.onnx", {"x": rows})["output"]
+    assert np.abs(got - np.maximum(rows @ np.ones((6, 2)), 0) * 0.5).max() <= 1e-5
+    assert (
+        main(
+            ["import", "again", "--torchscript", str(tmp_path / "scaler.ts"), "--repository", str(repo), "-q"]
+        )
+        == 2
+    )
