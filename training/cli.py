@@ -133,8 +133,16 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from training.importer import import_model
+    from training.importer import import_model, import_rapidocr
 
+    if args.rapidocr is not None:
+        manifest = import_rapidocr(args.name, _repository(args), args.rapidocr or None)
+        if not args.quiet:
+            print(
+                f"{manifest.name} v{manifest.version} → {_repository(args) / manifest.name}\n"
+                f"  from {manifest.source['file']} ({manifest.source['licence']}); answers on /v1/image/ocr"
+            )
+        return 0
     manifest = import_model(
         args.name,
         _repository(args),
@@ -266,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     given = p.add_mutually_exclusive_group(required=True)
     given.add_argument("--onnx", type=Path, help="an ONNX file")
     given.add_argument("--torchscript", type=Path, help="a TorchScript module, converted to ONNX and checked")
+    given.add_argument(
+        "--rapidocr",
+        nargs="?",
+        const="",
+        metavar="VERSION",
+        help="the OCR model (task ocr): PP-OCR's ONNX files from the rapidocr-onnxruntime wheel, downloaded from PyPI",
+    )
     p.add_argument(
         "--example-input",
         type=Path,

@@ -372,3 +372,49 @@ def check_onnx(path: Path, shown: str) -> None:
         raise ImportRefused(
             f"{shown}: not a model ONNX Runtime can serve ({type(exc).__name__}: {str(exc)[:300]})"
         ) from None
+
+
+def import_rapidocr(name: str, repository: Path, version: str | None = None) -> Manifest:
+    """The `ocr` model: PP-OCR's text detector (the served variant), recogniser and orientation
+    classifier, read out of the `rapidocr-onnxruntime` wheel (training/data/rapidocr.py), with the
+    pipeline's parameters (serving/processing/ocr.py) in `preprocessing`."""
+    from serving.processing.ocr import OcrConfig, dictionary
+    from training.data.rapidocr import PACKAGE, VERSION, fetch_wheel
+
+    wheel = fetch_wheel(version or VERSION)
+    with staged(Path(repository), name) as staging:
+        inside = wheel.extract(staging)
+        for file in inside:
+            check_onnx(staging / file, file)
+        import onnxruntime
+
+        recogniser = onnxruntime.InferenceSession(
+            str(staging / "rec.onnx"), providers=["CPUExecutionProvider"]
+        )
+        characters = dictionary(recogniser.get_modelmeta().custom_metadata_map)
+        manifest = Manifest(
+            name=name,
+            version=wheel.version,
+            task="ocr",
+            modality="image",
+            base_model="PP-OCRv4 (det, rec) and PP-OCR mobile v2.0 (cls), via rapidocr-onnxruntime",
+            signature=onnx_signature(staging / "det.onnx"),
+            preprocessing={**OcrConfig().config(), "recogniser": "rec.onnx", "orientation": "cls.onnx"},
+            variants={"fp32": Variant(file="det.onnx", precision="fp32")},
+            default_variant={"cpu": "fp32", "gpu": "fp32"},
+            default_reason="fp32: the shipped models as they are",
+            metrics={"dictionary_size": len(characters)},
+            build=build_info(),
+            source={
+                "kind": "wheel",
+                "package": PACKAGE,
+                "version": wheel.version,
+                "file": wheel.path.name,
+                "sha256": wheel.sha256,
+                "url": f"https://pypi.org/project/{PACKAGE}/{wheel.version}/",
+                "licence": wheel.licence,
+                "files": inside,
+            },
+        )
+        write_manifest(staging, manifest)
+    return manifest

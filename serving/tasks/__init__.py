@@ -7,6 +7,7 @@ from serving.tasks.audio import AudioClassification
 from serving.tasks.base import FileRequest, FileTask, Sample, ServingTask, Upload
 from serving.tasks.forecasting import Forecasting
 from serving.tasks.image import ImageClassification
+from serving.tasks.ocr import TextRecognition
 from serving.tasks.search import SemanticSearch, TextEmbedding
 from serving.tasks.tabular import TabularClassification
 from serving.tasks.tensor import TensorTask
@@ -23,6 +24,7 @@ TASKS: dict[str, type[ServingTask]] = {
         Forecasting,
         TextEmbedding,
         SemanticSearch,
+        TextRecognition,
     )
 }
 
