@@ -110,6 +110,9 @@ def tiny_repository(tmp_path_factory) -> Path:
         build_recipe(
             load_recipe(name).with_overrides({**overrides, "gates.min_test_metric": 0.0}), repo, quiet=True
         )
+    from training.importer import import_rapidocr
+
+    import_rapidocr("ocr", repo)  # imported, not trained: the wheel is downloaded once into the data cache
     return repo
 
 

@@ -116,6 +116,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_ocr(name: str, repository: Path) -> None:
+    from training.importer import import_rapidocr
+
+    import_rapidocr(name, repository)
+
+
+# Models `tuneserve build --models` makes by importing shipped files (no recipe, no training).
+IMPORTED = {"ocr": _import_ocr}
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     repo = _repository(args)
     names = args.models.split(",") if args.models else [n for n in list_recipes() if load_recipe(n).default]
@@ -128,7 +138,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     log.debug("built already: %s", ", ".join(sorted(set(names) - set(todo))) or "none")
     for i, name in enumerate(todo, 1):
         log.info("building %s (%d/%d)", name, i, len(todo))
-        build(load_recipe(name), repo, quiet=args.quiet)
+        if name in IMPORTED:  # made from shipped files, not trained
+            IMPORTED[name](name, repo)
+        else:
+            build(load_recipe(name), repo, quiet=args.quiet)
     return 0
 
 
@@ -261,7 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("build", help="build every default recipe that is missing from the repository")
-    p.add_argument("--models", help="comma-separated recipe names (default: every default recipe)")
+    p.add_argument(
+        "--models",
+        help="comma-separated recipe names, or ocr (imported: tuneserve import ocr --rapidocr); default: every default recipe",
+    )
     p.add_argument("--force", action="store_true", help="rebuild even if present")
     p.add_argument("--repository")
     p.set_defaults(func=cmd_build)
