@@ -266,6 +266,9 @@ def test_mismatched_tensors_are_400s_naming_the_input(repository: Path) -> None:
         out = {
             name: await client.post("/v2/models/mlp/infer", json=v2_body(f)) for name, (f, _) in cases.items()
         }
+        fractional = v2_body(good)
+        fractional["inputs"][1]["data"] = [1.5, 2.0]
+        out["fractional"] = await client.post("/v2/models/mlp/infer", json=fractional)
         out["unknown"] = await client.post(
             "/v2/models/mlp/infer",
             json={"inputs": [*v2_body(good)["inputs"], {**v2_body(good)["inputs"][1], "name": "x"}]},
@@ -281,6 +284,9 @@ def test_mismatched_tensors_are_400s_naming_the_input(repository: Path) -> None:
         r = responses[name]
         assert r.status_code == 400 and word in r.json()["error"], (name, r.status_code, r.text)
     assert responses["unknown"].status_code == 400 and "'x'" in responses["unknown"].json()["error"]
+    assert (
+        responses["fractional"].status_code == 400 and "integers" in responses["fractional"].json()["error"]
+    )
     assert responses["out of range"].status_code == 400, responses["out of range"].text
     v1 = responses["v1"]
     assert v1.status_code == 400 and "/v2/models/mlp/infer" in v1.json()["error"], v1.text
@@ -426,3 +432,19 @@ def test_torchscript_import_is_exported_and_checked(tmp_path: Path) -> None:
         )
         == 2
     )
+
+
+@pytest.mark.fast
+def test_predict_reads_npz_inputs_without_a_server(
+    repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    feeds = {"features": rng.normal(0, 1, (3, 8)).astype(np.float32), "counts": np.arange(3, dtype=np.int64)}
+    np.savez(tmp_path / "inputs.npz", **feeds)
+    assert main(["predict", "mlp", str(tmp_path / "inputs.npz"), "--repository", str(repository)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = direct(repository / "mlp" / "model.onnx", feeds)
+    assert printed["model"] == "mlp" and printed["variant"] == "fp32"
+    assert np.abs(outputs_of(printed)["scores"] - expected["scores"]).max() <= 1e-5
+    np.savez(tmp_path / "wrong.npz", features=feeds["features"].astype(np.float64), counts=feeds["counts"])
+    assert main(["predict", "mlp", str(tmp_path / "wrong.npz"), "--repository", str(repository)]) == 2
+    assert "features" in capsys.readouterr().err

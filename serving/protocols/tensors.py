@@ -290,6 +290,8 @@ def decode_json(data: Any, datatype: str, name: str) -> list[bytes] | np.ndarray
         return np.array(flat, dtype=np.bool_)
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
         raise RequestError(f"input {name!r}: {datatype} data must be numbers")
+    if "INT" in datatype and not all(isinstance(v, int) for v in flat):  # 1.5 is no INT64: say so, not round
+        raise RequestError(f"input {name!r}: {datatype} data must be integers")
     try:
         return np.array(flat, dtype=DTYPES[datatype])
     except (OverflowError, ValueError) as exc:
