@@ -126,9 +126,10 @@ def text_boxes(probability: np.ndarray, config: OcrConfig) -> list[tuple[np.ndar
 
 def reading_order(boxes: list[np.ndarray], max_gap: float = 2.0) -> list[list[int]]:
     """The boxes (corners) grouped into lines, lines top to bottom and boxes left to right. Taken
-    from left to right, a box joins a line when its centre lies within half a text height of the
-    line followed from its last box along that box's slant (so a slightly rotated line stays one
-    line) and the gap to that box is at most `max_gap` text heights (so columns stay apart)."""
+    from left to right, a box joins a line when its centre lies within half the taller text height
+    of the line as followed from the line's box reaching furthest right (not a speck the detector
+    found inside the line) along that box's slant, so a slightly rotated line stays one line; and
+    when the gap to that box is at most `max_gap` text heights, so columns stay apart."""
     geometry = []
     for tl, tr, br, bl in boxes:
         dx = float(tr[0] - tl[0])
@@ -142,14 +143,14 @@ def reading_order(boxes: list[np.ndarray], max_gap: float = 2.0) -> list[list[in
                 float(max(tr[0], br[0])),
             )
         )
-    lines: list[list[int]] = []  # grown left to right, so a line's nearest box is its last so far
+    lines: list[list[int]] = []  # grown left to right
     for i in sorted(range(len(boxes)), key=lambda i: geometry[i][4]):
         x, y, height, _, left, right = geometry[i]
         for line in lines:
-            j = line[-1]
+            j = max(line, key=lambda j: geometry[j][5])  # the box reaching furthest right so far
             jx, jy, jheight, slope, jleft, jright = geometry[j]
             gap = max(left - jright, jleft - right, 0.0)
-            if abs(y - (jy + slope * (x - jx))) < 0.5 * min(height, jheight) and gap <= max_gap * max(
+            if abs(y - (jy + slope * (x - jx))) < 0.5 * max(height, jheight) and gap <= max_gap * max(
                 height, jheight
             ):
                 line.append(i)
