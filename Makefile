@@ -64,6 +64,7 @@ bench: models
 	$(BIN)/python benchmarks/tabular_predict.py
 	$(BIN)/python benchmarks/loadtest_tool.py
 	$(BIN)/python benchmarks/hardening.py
+	$(BIN)/python benchmarks/ocr.py
 	$(BIN)/python benchmarks/report.py
 
 # docs/benchmarks.md from benchmarks/results/*.json (tests/test_docs.py fails while it is stale).

@@ -911,6 +911,35 @@ def table_explain(d: dict) -> list[str]:
     return lines
 
 
+def ocr(d: dict) -> list[str]:
+    p, model = d["page"], d["model"]
+    stages = p["stages_ms"]
+    return [
+        f"PP-OCR's detector, orientation classifier and recogniser from {model['package']} {model['version']} "
+        f"({model['licence']}), served by a real `bentoml serve`, one request at a time.",
+        "",
+        *measures_table(
+            [
+                (
+                    f"A5 page ({p['pixels'][0]} x {p['pixels'][1]} pixels, {p['text_lines']} lines): served p50",
+                    f"{ms(p['p50_ms'])} ms",
+                ),
+                ("served p90", f"{ms(p['p90_ms'])} ms"),
+                ("page character error rate (spaces ignored)", pct(p["cer"], 2)),
+                ("lines read on the page", f"{p['lines_read']} of {p['text_lines']}"),
+                (
+                    "one page in-process: detector / orientation / recogniser / total",
+                    f"{ms(stages['detector'])} / {ms(stages['orientation'])} / {ms(stages['recogniser'])} / {ms(stages['total'])} ms",
+                ),
+                (
+                    f"single lines ({d['lines']['images']} in {d['lines']['fonts']} fonts, rotated, blurred, JPEG): character error rate",
+                    pct(d["lines"]["cer"], 2),
+                ),
+            ]
+        ),
+    ]
+
+
 def generic(d: dict) -> list[str]:
     """A results file without its own summary: its top-level numbers and any engine or sweep rows."""
     lines = ["No summary is written for this benchmark yet; its top-level numbers:", ""]
@@ -940,6 +969,7 @@ BENCHMARKS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("startup", "Startup and memory", startup),
     ("loadtest_tool", "Load tester overhead", loadtest_tool),
     ("hardening", "Hardening: slow, greedy and malformed clients", hardening),
+    ("ocr", "OCR served", ocr),
 ]
 
 

@@ -54,8 +54,13 @@ def cmd_models(args: argparse.Namespace) -> int:
         try:
             m = load_manifest(path.parent, verify=args.verify)
             metric = m.metrics.get("decisive", "accuracy")
+            quality = (
+                f"imported ({m.source.get('kind')}, licence {m.source.get('licence') or 'not given'})"
+                if m.source
+                else f"test_{metric}={m.metrics.get('test_' + metric, float('nan')):.4f}"
+            )
             rows.append(
-                f"{m.name:<20} {m.task:<22} v{m.version:<4} cpu={m.default_variant['cpu']:<5} test_{metric}={m.metrics.get('test_' + metric, float('nan')):.4f}"
+                f"{m.name:<20} {m.task:<22} v{m.version:<4} cpu={m.default_variant['cpu']:<5} {quality}"
             )
         except ManifestError as exc:
             rows.append(f"{path.parent.name:<20} REFUSED: {exc}")

@@ -60,6 +60,8 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, FileEntry] = Field(default_factory=dict)
     build: dict[str, Any] = Field(default_factory=dict)
+    # imported models: where the files came from (kind, file or package, version, url, sha256, licence)
+    source: dict[str, Any] = Field(default_factory=dict)
 
     def variant_for(self, device: Device, override: str | None = None) -> str:
         name = override or self.default_variant.get(device) or self.default_variant["cpu"]

@@ -251,6 +251,7 @@ class Runtime:
                 f"unknown model {shown}{hint}; available models: {sorted(self.models) or 'none'}"
             )
         if not serves(model.manifest.task, task):
-            route = f"/v1{TASKS[model.manifest.task].route}"
+            own = TASKS.get(model.manifest.task)
+            route = f"/v1{own.route}" if own is not None else f"/v2/models/{name}/infer"
             raise RequestError(f"model {name!r} is a {model.manifest.task} model; send it to {route}")
         return model

@@ -113,6 +113,9 @@ def tiny_repository(tmp_path_factory) -> Path:
     build_recipe(
         load_recipe("card-fraud").with_overrides(tiny_fraud_overrides(repo.parent)), repo, quiet=True
     )
+    from training.importer import import_rapidocr
+
+    import_rapidocr("ocr", repo)  # imported, not trained: the wheel is downloaded once into the data cache
     return repo
 
 

@@ -47,6 +47,7 @@ def test_health_and_models(server):
         "diagnosis",
         "energy-demand",
         "faq-search",
+        "ocr",
     }
     assert body["refused"] == {}
     intent = models["intent"]

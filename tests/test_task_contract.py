@@ -351,6 +351,54 @@ def build_embedding(task: type[ServingTask], with_index: bool) -> Callable[[Path
     return build
 
 
+def build_ocr(folder: Path) -> None:
+    """Detector: dark pixels are text. Orientation: channel means → two classes. Recogniser: each
+    column's mean brightness → a class per column, over a three-letter dictionary in its metadata."""
+    from serving.processing.ocr import OcrConfig
+
+    folder.mkdir(parents=True)
+    image = tensor("x", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    scale = {"scale": np.array(-3.0, np.float32)}
+    graph_file(
+        folder / "cls.onnx",
+        [
+            helper.make_node("ReduceMean", ["x"], ["pooled"], axes=[2, 3], keepdims=0),
+            helper.make_node("MatMul", ["pooled", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ],
+        [image],
+        [tensor("probs", TensorProto.FLOAT, ["batch", 2])],
+        {"w": weights(3, 2)},
+    )
+    graph_file(
+        folder / "rec.onnx",
+        [
+            helper.make_node("ReduceMean", ["x"], ["columns"], axes=[1, 2], keepdims=0),
+            helper.make_node("Unsqueeze", ["columns", "last_axis"], ["steps"]),
+            helper.make_node("MatMul", ["steps", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=2),
+        ],
+        [image],
+        [tensor("probs", TensorProto.FLOAT, ["batch", "width", 5])],
+        {"w": np.array([[2.0, -3.0, 0.5, 3.0, -0.5]], np.float32), "last_axis": np.array([2], np.int64)},
+    )
+    rec = onnx.load(folder / "rec.onnx")
+    helper.set_model_props(rec, {"character": "a\nb\nc"})  # with the blank and a space: 5 classes
+    onnx.save(rec, folder / "rec.onnx")
+
+    def detector(path: Path) -> Signature:
+        nodes = [
+            helper.make_node("ReduceMean", ["x"], ["grey"], axes=[1], keepdims=1),
+            helper.make_node("Mul", ["grey", "scale"], ["darkness"]),
+            helper.make_node("Sigmoid", ["darkness"], ["probability"]),
+        ]
+        out = tensor("probability", TensorProto.FLOAT, ["batch", 1, "height", "width"])
+        return graph_file(path, nodes, [image], [out], scale)
+
+    config = {**OcrConfig(det_min_side=64).config(), "recogniser": "rec.onnx", "orientation": "cls.onnx"}
+    write_model(folder, TASKS["ocr"], "image", [], config, detector)
+
+
 # One builder per task of the registry: a new task adds its line here.
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "text-classification": build_text(
@@ -365,6 +413,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "forecasting": build_forecasting,
     "text-embedding": build_embedding(TASKS["text-embedding"], with_index=False),
     "semantic-search": build_embedding(TASKS["semantic-search"], with_index=True),
+    "ocr": build_ocr,
 }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from serving.cli import add_serving_commands
 from serving.manifest import MANIFEST_FILE
 from serving.settings import Settings
+from training.importer import IMPORT_TASKS, INT8_TOLERANCE, parse_pad, parse_preprocessing
 from training.logs import configure
 from training.recipe import RecipeError, list_recipes, load_recipe
 
@@ -115,6 +116,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_ocr(name: str, repository: Path) -> None:
+    from training.importer import import_rapidocr
+
+    import_rapidocr(name, repository)
+
+
+# Models `tuneserve build --models` makes by importing shipped files (no recipe, no training).
+IMPORTED = {"ocr": _import_ocr}
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     repo = _repository(args)
     names = args.models.split(",") if args.models else [n for n in list_recipes() if load_recipe(n).default]
@@ -127,7 +138,49 @@ def cmd_build(args: argparse.Namespace) -> int:
     log.debug("built already: %s", ", ".join(sorted(set(names) - set(todo))) or "none")
     for i, name in enumerate(todo, 1):
         log.info("building %s (%d/%d)", name, i, len(todo))
-        build(load_recipe(name), repo, quiet=args.quiet)
+        if name in IMPORTED:  # made from shipped files, not trained
+            IMPORTED[name](name, repo)
+        else:
+            build(load_recipe(name), repo, quiet=args.quiet)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from training.importer import import_model, import_rapidocr
+
+    if args.rapidocr is not None:
+        manifest = import_rapidocr(args.name, _repository(args), args.rapidocr or None)
+        if not args.quiet:
+            print(
+                f"{manifest.name} v{manifest.version} → {_repository(args) / manifest.name}\n"
+                f"  from {manifest.source['file']} ({manifest.source['licence']}); answers on /v1/image/ocr"
+            )
+        return 0
+    manifest = import_model(
+        args.name,
+        _repository(args),
+        onnx_file=args.onnx,
+        torchscript=args.torchscript,
+        example_input=args.example_input,
+        task=args.task,
+        labels_file=args.labels,
+        preprocessing=parse_preprocessing(args.preprocessing),
+        pad=parse_pad(args.pad),
+        version=args.version,
+        licence=args.licence,
+        source_url=args.source,
+        metrics_file=args.metrics,
+        calibration=args.calibration,
+        int8_tolerance=args.int8_tolerance,
+    )
+    if not args.quiet:
+        where = "/v2/models/{0}/infer" if manifest.task == "tensor" else "/v1/image/classify (model={0})"
+        shapes = ", ".join(f"{s.name} {s.dtype}{s.shape}" for s in manifest.signature.inputs)
+        print(
+            f"{manifest.name} v{manifest.version} → {_repository(args) / manifest.name}\n"
+            f"  inputs: {shapes}\n  served: CPU={manifest.default_variant['cpu']} — {manifest.default_reason}\n"
+            f"  answers on {where.format(manifest.name)}"
+        )
     return 0
 
 
@@ -221,10 +274,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("build", help="build every default recipe that is missing from the repository")
-    p.add_argument("--models", help="comma-separated recipe names (default: every default recipe)")
+    p.add_argument(
+        "--models",
+        help="comma-separated recipe names, or ocr (imported: tuneserve import ocr --rapidocr); default: every default recipe",
+    )
     p.add_argument("--force", action="store_true", help="rebuild even if present")
     p.add_argument("--repository")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser(
+        "import",
+        help="write a model trained elsewhere (ONNX, TorchScript) into the repository, to serve it",
+    )
+    p.add_argument("name", help="the model's name in the repository (the `model` of requests)")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--onnx", type=Path, help="an ONNX file")
+    given.add_argument("--torchscript", type=Path, help="a TorchScript module, converted to ONNX and checked")
+    given.add_argument(
+        "--rapidocr",
+        nargs="?",
+        const="",
+        metavar="VERSION",
+        help="the OCR model (task ocr): PP-OCR's ONNX files from the rapidocr-onnxruntime wheel, downloaded from PyPI",
+    )
+    p.add_argument(
+        "--example-input",
+        type=Path,
+        help="--torchscript: the inputs to trace and check with, a .npz by input name (or a .npy)",
+    )
+    p.add_argument(
+        "--task",
+        choices=IMPORT_TASKS,
+        default="tensor",
+        help="tensor (default): raw tensors on the v2 protocol only; image-classification: the v1 image route",
+    )
+    p.add_argument("--labels", type=Path, help="class names, one a line, in output order")
+    p.add_argument(
+        "--preprocessing",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="image-classification: size, resize, mean, std (one value or three), pixels (255 or 1), colour (RGB or BGR), outputs (logits or probabilities)",
+    )
+    p.add_argument(
+        "--pad",
+        nargs="+",
+        default=[],
+        metavar="INPUT=VALUE",
+        help="tensor: batch rows of different lengths, padding this input with VALUE",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        help="inputs (.npz by input name) to calibrate a static INT8 variant on and gate it against fp32",
+    )
+    p.add_argument(
+        "--int8-tolerance",
+        type=float,
+        default=INT8_TOLERANCE,
+        help="INT8's largest difference from fp32 on the calibration inputs, as a share of fp32's largest output",
+    )
+    p.add_argument("--version", default="1")
+    p.add_argument("--licence", default="", help="the model's licence, recorded in the manifest")
+    p.add_argument(
+        "--source", default="", help="where the model comes from (a URL), recorded in the manifest"
+    )
+    p.add_argument("--metrics", type=Path, help="a JSON object of the model's measured metrics")
+    p.add_argument("--repository")
+    p.set_defaults(func=cmd_import)
 
     add_serving_commands(sub)
     _add_verbosity(parser, default=False)

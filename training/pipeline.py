@@ -18,12 +18,13 @@ from typing import Any
 import onnxruntime
 import torch
 
-from serving.manifest import Device, Manifest, Signature, TensorSpec, Variant, write_manifest
+from serving.manifest import Device, Manifest, Variant, write_manifest
 from serving.settings import Settings
 from training.backbones import count_parameters, get_backbone
 from training.evaluate import max_abs_diff, run_batches, torch_outputs
 from training.export import check_parity, export_onnx, export_torchscript, onnx_runner
 from training.fp16 import fp16_variant
+from training.graph import onnx_signature
 from training.logs import quieted
 from training.loop import FitResult, fit, init_distributed, is_main_process, seed_everything
 from training.quantise import quantise_dynamic_int8, quantise_static_int8, time_session
@@ -61,19 +62,6 @@ class BuildResult:
         relative to the folder holding the repository."""
         home = self.directory.parent.parent
         return {kind: home / path for kind, path in self.manifest.metrics.get("figures", {}).items()}
-
-
-def _signature(task, model_dir: Path, onnx_file: str) -> Signature:
-    import onnx
-
-    graph = onnx.load(str(model_dir / onnx_file), load_external_data=False).graph
-
-    def spec(value) -> TensorSpec:
-        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
-        return TensorSpec(name=value.name, dtype=dtype, shape=dims)
-
-    return Signature(inputs=[spec(v) for v in graph.input], outputs=[spec(v) for v in graph.output])
 
 
 def run_dir_for(repository: Path, name: str) -> Path:
@@ -295,7 +283,7 @@ def _build_recipe(recipe: Recipe, repository: Path | None, quiet: bool, resume: 
             base_model=backbone.base_model,
             recipe=recipe.model_dump(mode="json"),
             labels=splits.label_names,
-            signature=_signature(task, staging, "model.onnx"),
+            signature=onnx_signature(staging / "model.onnx"),
             preprocessing=task.preprocessing_config(),
             variants=variants,
             default_variant=default,

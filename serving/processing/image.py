@@ -106,28 +106,54 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 KEEP_ASPECT = 4  # images up to 4:1 are resized whole, exactly as before this cut existed
 
 
+Scale = float | tuple[float, ...]  # one value for every channel, or one per channel
+
+
 @dataclass(frozen=True)
 class ImagePreprocessor:
-    """Resize the shorter side, centre-crop, scale (x - mean) / std, HWC RGB → CHW float32."""
+    """Resize the shorter side, centre-crop, put the channels in the model's order (RGB or BGR),
+    scale (x - mean) / std (pixel units, 0-255; one value or one per channel in the model's order),
+    HWC → CHW float32."""
 
     resize_shorter: int = 256
     crop: int = 224
-    mean: float = 127.0
-    std: float = 128.0
+    mean: Scale = 127.0
+    std: Scale = 128.0
+    colour: str = "RGB"
+
+    def __post_init__(self) -> None:
+        if self.colour not in ("RGB", "BGR"):
+            raise ValueError(f"colour: {self.colour!r}; expected RGB or BGR")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                if len(value) != 3:
+                    raise ValueError(f"{name}: one value or three (one per channel), not {len(value)}")
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+        stds = self.std if isinstance(self.std, tuple) else (self.std,)
+        if any(v <= 0 for v in stds):
+            raise ValueError(f"std: must be positive, not {self.std}")
 
     @classmethod
     def from_config(cls, config: dict) -> ImagePreprocessor:
+        def scale(value: float | list[float]) -> Scale:
+            return tuple(float(v) for v in value) if isinstance(value, list) else float(value)
+
         return cls(
-            int(config["resize_shorter"]), int(config["crop"]), float(config["mean"]), float(config["std"])
+            int(config["resize_shorter"]),
+            int(config["crop"]),
+            scale(config["mean"]),
+            scale(config["std"]),
+            str(config.get("colour", "RGB")),
         )
 
     def config(self) -> dict:
         return {
             "resize_shorter": self.resize_shorter,
             "crop": self.crop,
-            "mean": self.mean,
-            "std": self.std,
-            "colour": "RGB",
+            "mean": list(self.mean) if isinstance(self.mean, tuple) else self.mean,
+            "std": list(self.std) if isinstance(self.std, tuple) else self.std,
+            "colour": self.colour,
             "layout": "NCHW",
             "resize": "shorter side, area interpolation when shrinking",
             "crop_mode": "centre",
@@ -151,8 +177,13 @@ class ImagePreprocessor:
         return resized[top : top + self.crop, left : left + self.crop]
 
     def normalise(self, rgb_uint8: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 → (3, H, W) float32 scaled; training's augmented crops end here too."""
-        return ((rgb_uint8.astype(np.float32) - self.mean) / self.std).transpose(2, 0, 1).copy()
+        """(H, W, 3) uint8 RGB → (3, H, W) float32 scaled; training's augmented crops end here too."""
+        pixels = rgb_uint8[..., ::-1] if self.colour == "BGR" else rgb_uint8
+        mean, std = (
+            np.asarray(self.mean, np.float32),
+            np.asarray(self.std, np.float32),
+        )  # broadcast over the channel axis
+        return ((pixels.astype(np.float32) - mean) / std).transpose(2, 0, 1).copy()
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         return self.normalise(self.resize_and_crop(rgb))

@@ -27,7 +27,9 @@ import numpy as np
 from pydantic import BaseModel
 
 from serving.errors import RequestError
+from serving.manifest import Signature
 from serving.tasks import FileTask, ServingTask
+from serving.tasks.tensor import datatype_of, is_dynamic
 
 # OIP datatype → numpy dtype (BYTES are Python bytes in an object array)
 DTYPES: dict[str, Any] = {
@@ -60,9 +62,7 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class InputSpec(TensorSpec):
-    kind: str = (
-        "strings"  # strings | json | numbers | files | column: how elements become the request's values
-    )
+    kind: str = "strings"  # strings | json | numbers | files | column | tensor: how elements become the request's values
     column_of: str = ""  # a column: the request's list field whose objects it fills (e.g. rows)
 
 
@@ -226,6 +226,30 @@ def _answer_field(name: str, annotation: Any, labels: list[str]) -> OutputSpec:
     return OutputSpec(name, datatype, (1,), extract=lambda r: (_column([r[name]], datatype), (1,)))
 
 
+# --- a model's own tensors (the `tensor` task) ---------------------------------------------------
+
+
+def signature_specs(signature: Signature) -> tuple[list[InputSpec], list[OutputSpec]]:
+    """The model's ONNX inputs and outputs as they are (dynamic dimensions as -1); each output is
+    read from the answer's `outputs` (serving/tasks/tensor.py)."""
+
+    def shape(dims: list[str | int]) -> tuple[int, ...]:
+        return tuple(-1 if is_dynamic(d) else int(d) for d in dims)
+
+    def output(name: str) -> Callable[[dict[str, Any]], tuple[list[Any], tuple[int, ...]]]:
+        def extract(results: dict[str, Any]) -> tuple[list[Any], tuple[int, ...]]:
+            tensor = next(t for t in results["outputs"] if t["name"] == name)
+            return tensor["data"], tuple(tensor["shape"])
+
+        return extract
+
+    inputs = [InputSpec(s.name, datatype_of(s), shape(s.shape), "tensor") for s in signature.inputs]
+    outputs = [
+        OutputSpec(s.name, datatype_of(s), shape(s.shape), extract=output(s.name)) for s in signature.outputs
+    ]
+    return inputs, outputs
+
+
 # --- encodings ----------------------------------------------------------------------------------
 
 
@@ -267,6 +291,8 @@ def decode_json(data: Any, datatype: str, name: str) -> list[bytes] | np.ndarray
         return np.array(flat, dtype=np.bool_)
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
         raise RequestError(f"input {name!r}: {datatype} data must be numbers")
+    if "INT" in datatype and not all(isinstance(v, int) for v in flat):  # 1.5 is no INT64: say so, not round
+        raise RequestError(f"input {name!r}: {datatype} data must be integers")
     try:
         return np.array(flat, dtype=DTYPES[datatype])
     except (OverflowError, ValueError) as exc:

@@ -34,9 +34,11 @@ from serving.protocols.tensors import (
     input_specs,
     output_specs,
     parameter_names,
+    signature_specs,
 )
 from serving.protocols.v1 import DirectRoute, ServerRef, bound, error_responses
 from serving.tasks import FileRequest, FileTask, Sample, ServingTask, Upload
+from serving.tasks.tensor import TensorRequest, TensorTask
 
 if TYPE_CHECKING:
     from serving.runtime import LoadedModel
@@ -89,10 +91,13 @@ class ModelTensors:
     def __init__(self, model: LoadedModel) -> None:
         task = type(model.task)
         self.task = task
-        self.inputs = input_specs(task)
+        if issubclass(task, TensorTask):  # the model's own tensors, as its signature names them
+            self.inputs, self.outputs = signature_specs(model.manifest.signature)
+        else:
+            self.inputs = input_specs(task)
+            self.outputs = output_specs(task, model.manifest.labels)
         taken = {s.name for s in self.inputs}
         self.columns = [c for c in column_specs(model.task) if c.name not in taken]
-        self.outputs = output_specs(task, model.manifest.labels)
         self.outputs_by_name = {s.name: s for s in self.outputs}
         self.parameters = parameter_names(task)
 
@@ -155,7 +160,11 @@ def input_values(request: InferRequest, binary: memoryview, specs: list[InputSpe
             raise RequestError(
                 f"input {tensor.name!r}: datatype {tensor.datatype} does not match the model's {spec.datatype}"
             )
-        if len(tensor.shape) != len(spec.shape) or any(s < 0 for s in tensor.shape):
+        if (
+            len(tensor.shape) != len(spec.shape)
+            or any(s < 0 for s in tensor.shape)
+            or any(0 <= e != s for s, e in zip(tensor.shape, spec.shape))
+        ):
             raise RequestError(
                 f"input {tensor.name!r}: shape {tensor.shape} does not match the model's {list(spec.shape)}"
             )
@@ -243,6 +252,11 @@ def task_request(tensors: ModelTensors, model: LoadedModel, request: InferReques
             f"unknown parameter(s) {unknown}; this model reads {sorted(tensors.parameters) or 'none'}"
         )
     task = tensors.task
+    if issubclass(task, TensorTask):
+        shapes = {t.name: t.shape for t in request.inputs}
+        return TensorRequest(
+            model.name, {name: np.asarray(v).reshape(shapes[name]) for name, v in values.items()}
+        )
     if issubclass(task, FileTask):
         files = [Upload(i, None, v) for i, v in enumerate(values[task.file_field])]
         if not files:

@@ -7,8 +7,10 @@ from serving.tasks.audio import AudioClassification
 from serving.tasks.base import FileRequest, FileTask, Sample, ServingTask, Upload
 from serving.tasks.forecasting import Forecasting
 from serving.tasks.image import ImageClassification
+from serving.tasks.ocr import TextRecognition
 from serving.tasks.search import SemanticSearch, TextEmbedding
 from serving.tasks.tabular import TabularClassification
+from serving.tasks.tensor import TensorTask
 from serving.tasks.text import TextClassification, TokenClassification
 
 TASKS: dict[str, type[ServingTask]] = {
@@ -22,15 +24,21 @@ TASKS: dict[str, type[ServingTask]] = {
         Forecasting,
         TextEmbedding,
         SemanticSearch,
+        TextRecognition,
     )
 }
 
 
+# Served on the Open Inference Protocol only, with no v1 route: raw tensors (imported models).
+PROTOCOL_ONLY: dict[str, type[ServingTask]] = {TensorTask.name: TensorTask}
+
+
 def get_task(name: str) -> type[ServingTask]:
     try:
-        return TASKS[name]
+        return TASKS.get(name) or PROTOCOL_ONLY[name]
     except KeyError:
-        raise ValueError(f"no serving task {name!r}; known: {', '.join(sorted(TASKS))}") from None
+        known = ", ".join(sorted([*TASKS, *PROTOCOL_ONLY]))
+        raise ValueError(f"no serving task {name!r}; known: {known}") from None
 
 
 def serves(model_task: str, task: str) -> bool:
@@ -52,6 +60,7 @@ def task_for_route(route: str) -> type[ServingTask]:
 
 
 __all__ = [
+    "PROTOCOL_ONLY",
     "TASKS",
     "FileRequest",
     "FileTask",

@@ -66,6 +66,8 @@ class ImageClassification(FileTask[np.ndarray, np.ndarray, np.ndarray]):
             min_side=self.preprocessor.resize_shorter,
         )
         self.input_name = session.get_inputs()[0].name
+        # an imported graph that ends in a softmax already (`tuneserve import --preprocessing outputs=...`)
+        self.probabilities = manifest.preprocessing.get("outputs") == "probabilities"
 
     def check(self, request: FileRequest) -> None:
         self.top_k(request)
@@ -91,8 +93,8 @@ class ImageClassification(FileTask[np.ndarray, np.ndarray, np.ndarray]):
         return prepared
 
     def run(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        (logits,) = self.session.run(None, {self.input_name: np.stack(images)})
-        return list(softmax(logits))
+        logits = self.session.run(None, {self.input_name: np.stack(images)})[0]
+        return list(logits if self.probabilities else softmax(logits))
 
     def answer(
         self, request: FileRequest, prepared: list[np.ndarray], outputs: list[np.ndarray]

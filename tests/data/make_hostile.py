@@ -671,7 +671,7 @@ def file_cases() -> list[Case]:
             "a text model on a file route",
             multipart(("model", None, b"intent"), (key, "a.bin", good)),
         )
-        other = {IMAGE: "keywords", AUDIO: "surface-defects"}.get(route, "intent")
+        other = {IMAGE: "keywords"}.get(route, "surface-defects")  # a model of another file route
         add(
             "model-other-modality",
             f"model {other!r} of the other file route",
