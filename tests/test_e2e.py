@@ -48,6 +48,7 @@ def test_health_and_models(server):
         "energy-demand",
         "faq-search",
         "ocr",
+        "card-fraud",
     }
     assert body["refused"] == {}
     intent = models["intent"]
