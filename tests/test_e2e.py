@@ -47,6 +47,8 @@ def test_health_and_models(server):
         "diagnosis",
         "energy-demand",
         "faq-search",
+        "defect-segmentation",
+        "defect-detection",
     }
     assert body["refused"] == {}
     intent = models["intent"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from serving.tasks.audio import AudioClassification
 from serving.tasks.base import FileRequest, FileTask, Sample, ServingTask, Upload
+from serving.tasks.detection import ObjectDetection
 from serving.tasks.forecasting import Forecasting
 from serving.tasks.image import ImageClassification
 from serving.tasks.search import SemanticSearch, TextEmbedding
+from serving.tasks.segmentation import ImageSegmentation
 from serving.tasks.tabular import TabularClassification
 from serving.tasks.text import TextClassification, TokenClassification
 
@@ -22,6 +24,8 @@ TASKS: dict[str, type[ServingTask]] = {
         Forecasting,
         TextEmbedding,
         SemanticSearch,
+        ImageSegmentation,
+        ObjectDetection,
     )
 }
 
