@@ -15,6 +15,13 @@ from serving.settings import Settings
 from serving.tasks import TASKS
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value in ("true", "1", "yes")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from serving.runtime import Runtime
 
@@ -125,7 +132,8 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
                 )
             helps.append(f"{task.name} models: {option.help}")
     for name, (kind, helps) in flags.items():
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help="; ".join(helps))
+        parse = _boolean if kind is bool else kind  # bool("false") is True
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=parse, help="; ".join(helps))
     p.add_argument("--repository", help="model repository (default: exported/ or $TUNESERVE_REPOSITORY)")
     p.add_argument("--json", action="store_true", help="print the same JSON the HTTP endpoint returns")
     p.set_defaults(func=cmd_predict)

@@ -228,3 +228,15 @@ def test_cli_predict_writes_the_json_answer(tiny_repository, scene_files, tmp_pa
     assert main([*args, "--repository", str(tiny_repository)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["model"] == "defect-detection" and len(printed["predictions"][0]["detections"]) <= 3
+
+
+@pytest.mark.parametrize("flag,returned", [("true", True), ("false", False)])
+def test_cli_return_mask_flag_is_a_boolean(tiny_repository, scene_files, tmp_path, capsys, flag, returned):
+    from serving.cli import main
+
+    path = tmp_path / scene_files[1][0]
+    path.write_bytes(scene_files[1][1])
+    args = ["predict", "defect-segmentation", str(path), "--return-mask", flag, "--json"]
+    assert main([*args, "--repository", str(tiny_repository)]) == 0
+    prediction = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert (prediction["mask_png"] is not None) == returned

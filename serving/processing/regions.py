@@ -3,7 +3,7 @@
 Segmentation: per-class logits over the letterboxed input → a class-index mask of the original
 image (pixel = class index, 0 = background), the area of each class, and one instance per
 connected region of a class (its box and outline polygon from OpenCV's contours, its score the mean
-probability of its class inside it).
+softmax probability of its class inside it).
 
 Detection: the model's maps over the letterboxed input, CenterNet-style: channels [0, C) are each
 class's centre heat (probabilities), channels [C, C + 4) the distances from a cell's centre to the
@@ -28,20 +28,13 @@ MIN_REGION_PIXELS = 4  # smaller regions (at the work size) are not reported as 
 NMS_IOU = 0.5
 
 
-def softmax_channels(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=0, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=0, keepdims=True)
-    return z
-
-
 @dataclass
 class Segmentation:
     """A class-index mask of an image at `scale` x its original size (1 unless the image is larger
-    than MAX_WORK_SIDE), with each pixel's class probabilities."""
+    than MAX_WORK_SIDE), with each pixel's class logits."""
 
     mask: np.ndarray  # (H, W) uint8
-    probs: np.ndarray  # (C, H, W) float32
+    logits: np.ndarray  # (C, H, W) float32
     placement: Placement
     scale: float
 
@@ -68,7 +61,7 @@ class Segmentation:
                 )
                 outline = max(contours, key=cv2.contourArea)
                 outline = cv2.approxPolyDP(outline, 1.0, True).reshape(-1, 2) + [x, y]
-                score = float(self.probs[c, y : y + h, x : x + w][region].mean())
+                score = float(self.probability(c, region, (x, y)).mean())
                 out.append(
                     {
                         "label": labels[c],
@@ -82,6 +75,15 @@ class Segmentation:
         out.sort(key=lambda i: -float(i["score"]))
         return out
 
+    def probability(self, c: int, region: np.ndarray, corner: tuple[int, int]) -> np.ndarray:
+        """Class `c`'s softmax probability at a region's pixels (a box's mask, from its top-left
+        corner): computed for the regions answered, not for the whole image."""
+        x, y = corner
+        h, w = region.shape
+        z = self.logits[:, y : y + h, x : x + w][:, region]
+        z = np.exp(z - z.max(axis=0, keepdims=True))
+        return z[c] / z.sum(axis=0)
+
     def full_mask(self) -> np.ndarray:
         """The mask at the original image's size."""
         p = self.placement
@@ -93,8 +95,8 @@ class Segmentation:
 def segment(logits: np.ndarray, placement: Placement, input_size: int) -> Segmentation:
     """(C, h, w) logits over the letterboxed input → the original image's segmentation."""
     scale = min(1.0, MAX_WORK_SIDE / max(placement.height, placement.width))
-    probs = softmax_channels(to_original_grid(logits, placement, input_size, scale))
-    return Segmentation(probs.argmax(0).astype(np.uint8), probs, placement, scale)
+    grid = to_original_grid(logits, placement, input_size, scale)
+    return Segmentation(grid.argmax(0).astype(np.uint8), grid, placement, scale)
 
 
 def mask_png(mask: np.ndarray) -> str:

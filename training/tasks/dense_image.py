@@ -32,7 +32,7 @@ from training.tasks.base import Batch, Preprocessing, Splits, Task
 # timm tf_efficientnet_lite0 stages whose outputs form the pyramid: strides 4, 8, 16, 32
 PYRAMID_STAGES = (1, 2, 4, 6)
 PYRAMID_CHANNELS = (24, 40, 112, 320)
-STRIDE = 4  # of the decoder's output
+STRIDE = 4  # of the FPN's output (detection's maps); segmentation refines it to 2
 
 
 class DensePreprocessing(Preprocessing):
@@ -43,11 +43,30 @@ class DensePreprocessing(Preprocessing):
     std: float = Field(Letterbox.std, gt=0)
 
 
-class PyramidNet(nn.Module):
-    """EfficientNet-Lite0 stages → FPN (lateral 1 x 1, top-down sums, 3 x 3 smoothing) at stride 4 →
-    the task's head."""
+class FineStage(nn.Module):
+    """Stride 4 → 2: the FPN's map, narrowed and upsampled, plus the backbone's first stage (16
+    channels at stride 2), smoothed: for outlines of defects a few pixels wide."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, width: int = 64) -> None:
+    def __init__(self, width: int = 64, out: int = 32, fine_channels: int = 16) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(width, out, 1)
+        self.lateral = nn.Conv2d(fine_channels, out, 1)
+        self.smooth = nn.Sequential(
+            nn.Conv2d(out, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)
+        )
+
+    def forward(self, top: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(self.reduce(top), scale_factor=2.0, mode="nearest")
+        return self.smooth(up + self.lateral(fine))
+
+
+class PyramidNet(nn.Module):
+    """EfficientNet-Lite0 stages → FPN (lateral 1 x 1, top-down sums, 3 x 3 smoothing) at stride 4
+    (→ `fine`, if given, to stride 2) → the task's head."""
+
+    def __init__(
+        self, backbone: nn.Module, head: nn.Module, width: int = 64, fine: FineStage | None = None
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         for unused in ("conv_head", "bn2", "global_pool", "classifier"):
@@ -57,6 +76,7 @@ class PyramidNet(nn.Module):
         self.smooth = nn.Sequential(
             nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
         )
+        self.fine = fine
         self.head = head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -65,12 +85,17 @@ class PyramidNet(nn.Module):
         features = []
         for i, stage in enumerate(net.blocks):
             x = stage(x)
+            if i == 0:
+                first = x
             if i in PYRAMID_STAGES:
                 features.append(x)
         top = self.lateral[-1](features[-1])
         for lateral, feature in zip(reversed(self.lateral[:-1]), reversed(features[:-1])):
             top = lateral(feature) + F.interpolate(top, scale_factor=2.0, mode="nearest")
-        return self.head(self.smooth(top))
+        top = self.smooth(top)
+        if self.fine is not None:
+            top = self.fine(top, first)
+        return self.head(top)
 
 
 @dataclass
@@ -125,8 +150,11 @@ class DenseImageTask(Task[DensePreprocessing]):
         )
         return Splits(train, val, test, labels)
 
+    stride: ClassVar[int] = STRIDE  # of the model's output maps
+
     def build_model(self, label_names: list[str]) -> nn.Module:
-        return PyramidNet(self.backbone.load(), self.build_head(len(label_names)))
+        fine = FineStage() if self.stride == 2 else None
+        return PyramidNet(self.backbone.load(), self.build_head(len(label_names)), fine=fine)
 
     def build_head(self, classes: int) -> nn.Module:
         raise NotImplementedError
@@ -193,7 +221,7 @@ class DenseImageTask(Task[DensePreprocessing]):
         ]
 
     def preprocessing_config(self) -> dict[str, Any]:
-        return {**self.letterbox.config(), "stride": STRIDE}
+        return {**self.letterbox.config(), "stride": self.stride}
 
     def figures(
         self, folder: Path, outputs: Any, targets: Any, splits: Splits, metrics: dict[str, Any]

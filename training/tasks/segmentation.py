@@ -1,6 +1,7 @@
-"""Semantic segmentation (`defect-segmentation`): per-pixel classes from the FPN decoder at stride 4.
+"""Semantic segmentation (`defect-segmentation`): per-pixel classes from the FPN decoder, refined
+to stride 2 with the backbone's first stage (scratches and cracks are a few pixels wide).
 
-The graph answers `logits` [batch, classes, size / 4, size / 4] over the letterboxed input; the
+The graph answers `logits` [batch, classes, size / 2, size / 2] over the letterboxed input; the
 server (and the metrics here) map them onto the original image (serving/processing/regions.py).
 Label 0 is the background. Loss: cross-entropy of the logits upsampled to the input, the padding
 ignored. Decisive metric `miou`: the mean IoU of the defect classes over the whole split, in
@@ -61,9 +62,10 @@ class SegmentationTask(DenseImageTask):
     metric = "miou"
     output_names: ClassVar[list[str]] = ["logits"]
     label_kind = "masks"
+    stride = 2
 
     def build_head(self, classes: int) -> nn.Module:
-        return segmentation_head(classes)
+        return segmentation_head(classes, width=32)
 
     def decode(self, scene) -> Decoded:
         item = super().decode(scene)
