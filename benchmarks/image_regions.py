@@ -123,7 +123,8 @@ def main() -> None:
         name: {k: v for k, v in manifest.variants[name].metrics.items() if k != "n"} for name in sessions
     }
     picture = None
-    figure = ROOT / manifest.metrics.get("figures", {}).get("predictions", "")
+    # figure paths are relative to the folder holding the repository (training/pipeline.py)
+    figure = repository.resolve().parent / manifest.metrics.get("figures", {}).get("predictions", "-")
     if figure.is_file():
         picture = f"image_regions_{kind}_predictions.png"
         shutil.copyfile(figure, RESULTS / picture)

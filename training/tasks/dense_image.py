@@ -144,7 +144,11 @@ class DenseImageTask(Task[DensePreprocessing]):
 
     def load_data(self) -> Splits:
         d = self.recipe.data
-        labels = list(self.recipe.labels or [])
+        if not self.recipe.labels:
+            raise ValueError(
+                f"recipe {self.recipe.name!r}: {self.name} needs `labels` (mask values or COCO category names)"
+            )
+        labels = list(self.recipe.labels)
         train, val, test = load_scene_splits(
             d.source, self.label_kind, labels, d.val_fraction, d.test_fraction, d.seed, d.limit, self.progress
         )
