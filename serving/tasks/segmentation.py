@@ -1,6 +1,6 @@
 """Image segmentation (`/image/segment`): per-pixel classes of each uploaded image, in its own pixels.
 
-The model answers class logits over the letterboxed input (stride 4); the inference thread maps them
+The model answers class logits over the letterboxed input (at its stride); the inference thread maps them
 onto the original image and takes each pixel's class (serving/processing/regions.py); the answer
 gives each label's share of the image, one instance per connected region of a defect class (label,
 score, box, polygon), and on request the mask itself as a PNG of class indices.
