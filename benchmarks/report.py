@@ -314,6 +314,45 @@ def image_classify(d: dict) -> list[str]:
     ]
 
 
+def image_regions(d: dict) -> list[str]:
+    """Segmentation or detection: engines, the served sweep, the ratio, the quality of each variant."""
+    r = d["ratios"]
+    variant = d["served_variant"]
+    served_key = next(k for k in r if k.startswith("served_c"))
+    served = key_numbers(served_key)
+    quality = d["quality"]
+    metrics = sorted({k for q in quality.values() for k in q})
+    return [
+        f"`{d['model']}` ({d['task']}): PyTorch eager, ONNX Runtime fp32 and int8 on the same letterboxed "
+        "batches; then the served endpoint, one generated scene per request as JPEG (decoding, letterboxing "
+        "and the post-processing in the loop), closed loop. The picture: the build's predictions on test images.",
+        "",
+        f"Served variant `{variant}`: {d.get('served_reason') or 'no reason recorded'}.",
+        "",
+        *engines_table(d["engines"]),
+        "",
+        *sweep_table(d["served"], "images/s"),
+        "",
+        *table(
+            ["variant", *metrics], [[f"`{v}`", *[num(q.get(m)) for m in metrics]] for v, q in quality.items()]
+        ),
+        "",
+        *measures_table(
+            [
+                (
+                    "served images/s at concurrency {c} vs ONNX Runtime {v} images/s at batch {b}".format(
+                        v=variant, **served
+                    ),
+                    pct(r[served_key]),
+                ),
+                ("non-2xx responses, served sweep", num(r["errors_total"])),
+                (f"test {d['decisive_metric']} of the served variant (`{variant}`)", num(d["served_metric"])),
+                ("build time (s)", num(d.get("build_seconds"))),
+            ]
+        ),
+    ]
+
+
 def audio_classify(d: dict) -> list[str]:
     variant, cores = d["served_variant"], d.get("cores")
     others = d.get("other_processes_cores") or {}
@@ -960,6 +999,7 @@ BENCHMARKS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("text_classify", "Text classification", text_classify),
     ("text_entities", "Entities vs classification", text_entities),
     ("image_classify", "Image classification", image_classify),
+    ("image_regions", "Segmentation and detection", image_regions),
     ("audio_classify", "Audio: keyword spotting", audio_classify),
     ("tabular_predict", "Tables and forecasts", tabular_predict),
     ("table_explain", "Table explanations and card fraud", table_explain),

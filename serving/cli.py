@@ -15,6 +15,13 @@ from serving.settings import Settings
 from serving.tasks import TASKS
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value in ("true", "1", "yes")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from serving.runtime import Runtime
 
@@ -130,9 +137,14 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
                 )
             helps.append(f"{task.name} models: {option.help}")
     for name, (kind, helps) in flags.items():
-        if kind is bool:  # a switch: present = on
+        if kind is bool:  # `--flag` alone is on; `--flag true|false` says which (bool("false") is True)
             p.add_argument(
-                f"--{name.replace('_', '-')}", dest=name, action="store_true", help="; ".join(helps)
+                f"--{name.replace('_', '-')}",
+                dest=name,
+                type=_boolean,
+                nargs="?",
+                const=True,
+                help="; ".join(helps),
             )
         else:
             p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, help="; ".join(helps))

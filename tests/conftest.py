@@ -38,6 +38,20 @@ def tiny_defects_overrides(images: Path) -> dict:
     }
 
 
+def tiny_scenes_overrides(scenes: Path) -> dict:
+    """A dense image recipe (defect-segmentation, defect-detection) on a few generated scenes,
+    letterboxed to 64 px, trained for two steps."""
+    return {
+        "data.source": str(scenes),
+        "preprocessing.size": 64,
+        "train.epochs": 1,
+        "train.max_steps": 2,
+        "train.batch_size": 8,
+        "quantise.calibration_size": 16,
+        "gates.min_test_metric": 0.0,
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_repository(tmp_path_factory) -> Path:
     """The intent recipe trained for a few steps on a slice: real pipeline, small and fast.
@@ -96,6 +110,11 @@ def tiny_repository(tmp_path_factory) -> Path:
         }
     )
     build_recipe(recipe, repo, quiet=True)
+    from training.data.defect_scenes import generate_defect_scenes
+
+    scenes = generate_defect_scenes(tmp_path_factory.mktemp("scenes"), count=30, seed=3)
+    for name in ("defect-segmentation", "defect-detection"):
+        build_recipe(load_recipe(name).with_overrides(tiny_scenes_overrides(scenes)), repo, quiet=True)
     for name, overrides in {
         "credit-risk": {"data.limit": 3000, "train.epochs": 2},
         "diagnosis": {"train.epochs": 3},

@@ -62,6 +62,7 @@ def _text_numbers(data: Any) -> set[str]:
                 walk(v)
         elif isinstance(x, str):
             found.update(re.findall(r"\d+(?:\.\d+)*", x))
+            found.update(NUMBER.findall(x))  # as the page reads them: 5.71e+00 shows "5"
 
     walk(data)
     return found

@@ -49,6 +49,8 @@ def test_health_and_models(server):
         "faq-search",
         "ocr",
         "card-fraud",
+        "defect-segmentation",
+        "defect-detection",
     }
     assert body["refused"] == {}
     intent = models["intent"]

@@ -108,8 +108,8 @@ def test_builtin_payloads_for_every_endpoint():
         first = payloads[0]
         if endpoint.file_field:
             ((_filename, content, ctype),) = first.files
-            if ctype.startswith("image/"):
-                assert Image.open(io.BytesIO(content)).size == (224, 224)
+            if ctype.startswith("image/"):  # classification's are 224², segmentation's and detection's vary
+                assert min(Image.open(io.BytesIO(content)).size) >= 160, name
             else:
                 with wave.open(io.BytesIO(content)) as w:
                     assert w.getframerate() == 16000 and w.getnframes() == 16000

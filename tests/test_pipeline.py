@@ -56,6 +56,8 @@ TASK_FIGURES = {
     "credit-risk": {"confusion_matrix", "roc_pr"},
     "diagnosis": {"confusion_matrix", "roc_pr"},
     "energy-demand": {"backtest"},
+    "defect-segmentation": {"predictions"},  # masks and outlines drawn on test images
+    "defect-detection": {"predictions"},  # true and predicted boxes drawn on test images
 }
 
 

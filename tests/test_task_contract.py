@@ -206,6 +206,61 @@ def build_audio(folder: Path) -> None:
     )
 
 
+def dense_image_graph(path: Path, channels: int, sigmoid_scale: np.ndarray | None = None) -> Signature:
+    """images [batch, 3, s, s] → 4 x 4 average pooling → 1 x 1 convolution → [batch, channels, s/4, s/4]
+    (then, for detection maps, a sigmoid scaled per channel: heat in [0, 1], box edges in pixels)."""
+    out = "logits" if sigmoid_scale is None else "maps"
+    nodes = [
+        helper.make_node("AveragePool", ["images"], ["pooled"], kernel_shape=[4, 4], strides=[4, 4]),
+        helper.make_node("Conv", ["pooled", "w"], ["conv" if sigmoid_scale is not None else out]),
+    ]
+    params = {"w": weights(channels, 3, 1, 1)}
+    if sigmoid_scale is not None:
+        nodes += [
+            helper.make_node("Sigmoid", ["conv"], ["squashed"]),
+            helper.make_node("Mul", ["squashed", "scale"], [out]),
+        ]
+        params["scale"] = sigmoid_scale.reshape(1, channels, 1, 1).astype(np.float32)
+    return graph_file(
+        path,
+        nodes,
+        [tensor("images", TensorProto.FLOAT, ["batch", 3, "h", "w"])],
+        [tensor(out, TensorProto.FLOAT, ["batch", channels, "cells", "cells"])],
+        params,
+    )
+
+
+def build_segmentation(folder: Path) -> None:
+    from serving.processing.letterbox import Letterbox
+
+    labels = ["background", "scratch", "spot", "crack"]
+    config = {**Letterbox(size=32).config(), "stride": 4}
+    write_model(
+        folder,
+        TASKS["image-segmentation"],
+        "image",
+        labels,
+        config,
+        lambda p: dense_image_graph(p, len(labels)),
+    )
+
+
+def build_detection(folder: Path) -> None:
+    from serving.processing.letterbox import Letterbox
+
+    labels = ["scratch", "spot", "crack"]
+    config = {**Letterbox(size=32).config(), "stride": 4}
+    scale = np.array([1.0] * len(labels) + [8.0] * 4)
+    write_model(
+        folder,
+        TASKS["object-detection"],
+        "image",
+        labels,
+        config,
+        lambda p: dense_image_graph(p, len(labels) + 4, scale),
+    )
+
+
 def build_tabular(folder: Path) -> None:
     """A schema with every feature of the task's sample rows, typed by their JSON values."""
     from serving.processing.tabular import UNKNOWN, Feature, RowEncoder
@@ -414,6 +469,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "text-embedding": build_embedding(TASKS["text-embedding"], with_index=False),
     "semantic-search": build_embedding(TASKS["semantic-search"], with_index=True),
     "ocr": build_ocr,
+    "image-segmentation": build_segmentation,
+    "object-detection": build_detection,
 }
 
 

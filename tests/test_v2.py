@@ -26,6 +26,8 @@ MODELS = {
     "forecasting": "energy-demand",
     "semantic-search": "faq-search",
     "ocr": "ocr",
+    "image-segmentation": "defect-segmentation",
+    "object-detection": "defect-detection",
 }
 # Tasks whose models the tiny repository has none of: a search model answers embeddings on v1, but
 # over v2 it speaks search; the embedding tensors are checked in-process (tests/test_semantic_search.py).

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from serving.tasks.audio import AudioClassification
 from serving.tasks.base import FileRequest, FileTask, Sample, ServingTask, Upload
+from serving.tasks.detection import ObjectDetection
 from serving.tasks.forecasting import Forecasting
 from serving.tasks.image import ImageClassification
 from serving.tasks.ocr import TextRecognition
 from serving.tasks.search import SemanticSearch, TextEmbedding
+from serving.tasks.segmentation import ImageSegmentation
 from serving.tasks.tabular import TabularClassification
 from serving.tasks.tensor import TensorTask
 from serving.tasks.text import TextClassification, TokenClassification
@@ -25,6 +27,8 @@ TASKS: dict[str, type[ServingTask]] = {
         TextEmbedding,
         SemanticSearch,
         TextRecognition,
+        ImageSegmentation,
+        ObjectDetection,
     )
 }
 

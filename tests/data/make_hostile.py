@@ -671,10 +671,10 @@ def file_cases() -> list[Case]:
             "a text model on a file route",
             multipart(("model", None, b"intent"), (key, "a.bin", good)),
         )
-        other = {IMAGE: "keywords"}.get(route, "surface-defects")  # a model of another file route
+        other = "surface-defects" if route == AUDIO else "keywords"  # a model of another file route
         add(
             "model-other-modality",
-            f"model {other!r} of the other file route",
+            f"model {other!r} of another file route",
             multipart(("model", None, other.encode()), (key, "a.bin", good)),
         )
         add("too-many-files", "65 files (limit 64)", multipart(*[(key, f"{i}.bin", good) for i in range(65)]))

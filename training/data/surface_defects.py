@@ -252,8 +252,9 @@ def _lighten(img: Image, alpha: Mask, strength: float) -> Image:
     return np.minimum(1.0, img + (1.0 - 0.5 * img) * (strength * alpha)[..., None])
 
 
-def add_scratch(rng: np.random.Generator, img: Image) -> Image:
-    """One thin straight or gently curved line, lighter or darker, across any grain."""
+def add_scratch(rng: np.random.Generator, img: Image, drawn: list[Mask] | None = None) -> Image:
+    """One thin straight or gently curved line, lighter or darker, across any grain. Its coverage is
+    appended to `drawn` (defect scenes label their pixels from it)."""
     size = img.shape[0]
     scale = size / 256
     length = rng.uniform(0.2, 0.6) * size
@@ -275,6 +276,8 @@ def add_scratch(rng: np.random.Generator, img: Image) -> Image:
     _draw_path(mask, curve, np.full(len(along), width), 255 * along)
     alpha: Mask = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.5 * scale)
     alpha /= alpha.max()
+    if drawn is not None:
+        drawn.append(alpha)
     strength = _contrast(rng, img, alpha, (0.35, 0.65), (0.2, 0.28))
     if rng.random() < 0.5:
         return _lighten(img, alpha, strength)
@@ -300,8 +303,8 @@ def _blob_mask(rng: np.random.Generator, size: int, centre: np.ndarray, radius: 
     return np.clip(soft * mottle, 0.0, 1.0)
 
 
-def add_spots(rng: np.random.Generator, img: Image) -> Image:
-    """One to three blobs or stains, darker or discoloured."""
+def add_spots(rng: np.random.Generator, img: Image, drawn: list[Mask] | None = None) -> Image:
+    """One to three blobs or stains, darker or discoloured; each blob's coverage is appended to `drawn`."""
     size = img.shape[0]
     scale = size / 256
     for _ in range(rng.integers(1, 4)):
@@ -309,6 +312,8 @@ def add_spots(rng: np.random.Generator, img: Image) -> Image:
         reach = 1.95 * radius + 2 * scale  # outline wobble plus three blur sigmas
         lo, hi = INNER_MARGIN * size + reach, (1 - INNER_MARGIN) * size - reach
         alpha = _blob_mask(rng, size, rng.uniform(lo, hi, 2), radius)
+        if drawn is not None:
+            drawn.append(alpha)
         img = _darken(img, alpha, _contrast(rng, img, alpha, (0.35, 0.7), (0.22, 0.3)))
         if rng.random() < 0.5:  # rust, tea or oil tint on top of the darkening
             tint = _hsv_colour(rng.uniform(0, 60), rng.uniform(0.4, 0.9), 1.0)
@@ -316,8 +321,9 @@ def add_spots(rng: np.random.Generator, img: Image) -> Image:
     return img
 
 
-def add_crack(rng: np.random.Generator, img: Image) -> Image:
-    """A jagged dark crack: a random-walk main path with one to four tapering branches."""
+def add_crack(rng: np.random.Generator, img: Image, drawn: list[Mask] | None = None) -> Image:
+    """A jagged dark crack: a random-walk main path with one to four tapering branches; its coverage
+    is appended to `drawn`."""
     size = img.shape[0]
     scale = size / 256
     step = rng.uniform(3.0, 6.0) * scale
@@ -343,10 +349,13 @@ def add_crack(rng: np.random.Generator, img: Image) -> Image:
         start += len(path)
     alpha: Mask = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.4 * scale)
     alpha /= alpha.max()
+    if drawn is not None:
+        drawn.append(alpha)
     return _darken(img, alpha, _contrast(rng, img, alpha, (0.5, 0.8), (0.25, 0.35)))
 
 
-DEFECTS: dict[str, Callable[[np.random.Generator, Image], Image]] = {
+# each takes (rng, image, drawn=None): the image with the defect, coverage masks appended to `drawn`
+DEFECTS: dict[str, Callable[..., Image]] = {
     "scratch": add_scratch,
     "spot": add_spots,
     "crack": add_crack,

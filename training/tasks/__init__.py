@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from training.tasks.audio_classification import AudioClassificationTask
 from training.tasks.base import Splits, Task
+from training.tasks.detection import DetectionTask
 from training.tasks.forecasting import ForecastingTask
 from training.tasks.image_classification import ImageClassificationTask
+from training.tasks.segmentation import SegmentationTask
 from training.tasks.semantic_search import SemanticSearchTask, TextEmbeddingTask
 from training.tasks.tabular_classification import TabularClassificationTask
 from training.tasks.text_classification import TextClassificationTask
@@ -20,6 +22,8 @@ TASKS: dict[str, type[Task]] = {
     ForecastingTask.name: ForecastingTask,
     TextEmbeddingTask.name: TextEmbeddingTask,
     SemanticSearchTask.name: SemanticSearchTask,
+    SegmentationTask.name: SegmentationTask,
+    DetectionTask.name: DetectionTask,
 }
 
 
