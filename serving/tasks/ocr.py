@@ -57,7 +57,7 @@ class TextRecognition(FileTask[np.ndarray, np.ndarray, list[dict[str, Any]]]):
         ".jpeg": "image/jpeg",
         ".png": "image/png",
     }
-    load_samples = 8
+    load_samples = 16
 
     def __init__(self, model_dir: Path, manifest: Manifest, session: Any, settings: Settings) -> None:
         super().__init__(model_dir, manifest, session, settings)
