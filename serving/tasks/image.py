@@ -37,6 +37,10 @@ class ImageClassifyAnswer(Answer):
     predictions: list[ImagePrediction]
 
 
+# File suffix → content type of the image uploads every image task takes (for --payload-file).
+IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+
+
 class ImageClassification(FileTask[np.ndarray, np.ndarray, np.ndarray]):
     name = "image-classification"
     route = "/image/classify"
@@ -48,11 +52,7 @@ class ImageClassification(FileTask[np.ndarray, np.ndarray, np.ndarray]):
     options: ClassVar[dict[str, Option]] = {
         "top_k": Option(int, "classes to rank per image (default 5)", {"type": "integer", "minimum": 1})
     }
-    content_types: ClassVar[dict[str, str]] = {
-        ".jpg": "image/jpeg",
-        ".jpeg": "image/jpeg",
-        ".png": "image/png",
-    }
+    content_types: ClassVar[dict[str, str]] = IMAGE_TYPES
     load_samples = 16
 
     def __init__(self, model_dir: Path, manifest: Manifest, session: Any, settings: Settings) -> None:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from serving.manifest import Manifest
 from serving.settings import Settings
 from serving.tasks.base import Answer, FileRequest, FileTask, Sample
+from serving.tasks.image import IMAGE_TYPES
 
 
 class TextLine(BaseModel):
@@ -52,11 +53,7 @@ class TextRecognition(FileTask[np.ndarray, np.ndarray, list[dict[str, Any]]]):
     default_model = "ocr"
     response_model = OcrAnswer
     file_field = "images"
-    content_types: ClassVar[dict[str, str]] = {
-        ".jpg": "image/jpeg",
-        ".jpeg": "image/jpeg",
-        ".png": "image/png",
-    }
+    content_types: ClassVar[dict[str, str]] = IMAGE_TYPES
     load_samples = 16
 
     def __init__(self, model_dir: Path, manifest: Manifest, session: Any, settings: Settings) -> None:
