@@ -77,6 +77,9 @@ class ModelServer:
                 raise RequestError(str(exc)) from None
         items = task.items(prepared)
         outputs = await model.batcher.submit(items) if items else []
+        if task.answer_in_pool:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.prepare_pool, task.answer, request, prepared, outputs)
         return task.answer(request, prepared, outputs)
 
     async def prepare(self, handler: ServingTask, request: Any) -> Any:

@@ -201,3 +201,23 @@ def test_readers_split_masks_and_coco_boxes(scenes):
     ] == name
     with pytest.raises(ValueError, match=r"categories .* are not among the labels"):
         read_coco(scenes, ["scratch"])
+
+
+@pytest.mark.parametrize("flips", [(x, y, t) for x in (0, 1) for y in (0, 1) for t in (0, 1)])
+def test_training_geometry_moves_boxes_with_the_pixels_and_keeps_the_padding_bottom_right(flips):
+    from training.tasks.dense_image import Geometry
+
+    geometry = Geometry(*map(bool, flips))
+    size, content, fill = 64, (40, 56), 9  # h != w, so a transposition shows
+    canvas = np.full((size, size), fill, np.uint8)
+    canvas[: content[0], : content[1]] = 0
+    x1, y1, x2, y2 = 5, 3, 17, 30  # a box's pixels: columns 5..16, rows 3..29
+    canvas[y1:y2, x1:x2] = 1
+    moved = geometry.apply(canvas, content)
+    rows, cols = np.nonzero(moved == 1)
+    box = geometry.boxes(np.array([[x1, y1, x2, y2]], np.float32), content)[0]
+    assert box.tolist() == [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
+    h, w = content[::-1] if geometry.transpose else content
+    assert (moved[h:] == fill).all() and (moved[:, w:] == fill).all()
+    assert (moved[:h, :w] != fill).all()
+    assert moved.shape == canvas.shape and (canvas == moved).all() == (flips == (0, 0, 0))

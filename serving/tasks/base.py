@@ -108,6 +108,10 @@ class ServingTask(ABC, Generic[Prepared, Item, Output]):
     file_field: ClassVar[str | None] = None  # file tasks: the multipart field holding the files
     options: ClassVar[dict[str, Option]] = {}  # file tasks' text fields; CLI flags of every task
     load_samples: ClassVar[int] = 200  # distinct requests the load tester rotates through
+    # Whether `answer` is heavy CPU work (masks, contours, PNG encoding) that the server runs in its
+    # prepare pool: off the event loop, and off the inference thread, so that it overlaps the next
+    # batch's ONNX Runtime call instead of delaying it.
+    answer_in_pool: ClassVar[bool] = False
 
     def __init__(self, model_dir: Path, manifest: Manifest, session: Any, settings: Settings) -> None:
         self.manifest = manifest

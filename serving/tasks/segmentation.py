@@ -1,8 +1,8 @@
 """Image segmentation (`/image/segment`): per-pixel classes of each uploaded image, in its own pixels.
 
-The model answers class logits over the letterboxed input (at its stride); the inference thread maps them
-onto the original image and takes each pixel's class (serving/processing/regions.py); the answer
-gives each label's share of the image, one instance per connected region of a defect class (label,
+The model answers class logits over the letterboxed input (at its stride); the answer, in the server's
+prepare pool rather than the inference thread, maps them onto the original image and takes each
+pixel's class (serving/processing/regions.py). It gives each label's share of the image, one instance per connected region of a defect class (label,
 score, box, polygon), and on request the mask itself as a PNG of class indices.
 """
 
@@ -59,25 +59,25 @@ class ImageSegmentation(LetterboxedImageTask):
     def check(self, request: FileRequest) -> None:
         flag_option(request, "return_mask")
 
-    def run(self, items: list[Prepared]) -> list[Any]:
-        from serving.processing.regions import segment
+    answer_in_pool = True  # masks at the original size, regions, contours and PNGs cost more than inference
 
-        logits = self.infer(items)
-        return [segment(maps, placement, self.letterbox.size) for maps, (_, placement) in zip(logits, items)]
+    def run(self, items: list[Prepared]) -> list[Any]:
+        return list(self.infer(items))
 
     def answer(self, request: FileRequest, prepared: list[Prepared], outputs: list[Any]) -> dict[str, Any]:
-        from serving.processing.regions import mask_png
+        from serving.processing.regions import mask_png, segment
 
         labels = self.manifest.labels
         return_mask = flag_option(request, "return_mask")
-        return {
-            "predictions": [
+        predictions = []
+        for maps, (_, placement), upload in zip(outputs, prepared, request.files):
+            seg = segment(maps, placement, self.letterbox.size)
+            predictions.append(
                 {
                     "classes": seg.areas(labels),
                     "instances": seg.instances(labels),
                     "mask_png": mask_png(seg.full_mask()) if return_mask else None,
                     "file": upload.filename,
                 }
-                for seg, upload in zip(outputs, request.files)
-            ]
-        }
+            )
+        return {"predictions": predictions}

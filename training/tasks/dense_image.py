@@ -2,9 +2,8 @@
 feature pyramid under a light FPN decoder at stride 4, letterboxed inputs, scenes decoded once.
 
 Every image goes through serving's `decode_image` and `Letterbox` (serving/processing/letterbox.py),
-byte for byte what the server does; training images are then flipped (the image's part of the
-canvas only, so the padding stays bottom and right as in serving) and jittered in brightness and
-contrast. Targets are made from the letterboxed labels; metrics are computed in original-image
+byte for byte what the server does; training images are then jittered in brightness and contrast,
+flipped and transposed (`Geometry`: the padding stays bottom and right, as in serving). Targets are made from the letterboxed labels; metrics are computed in original-image
 pixels through serving's own post-processing (serving/processing/regions.py), so the test metrics
 are those of the served answers.
 """
@@ -36,7 +35,7 @@ STRIDE = 4  # of the FPN's output (detection's maps); segmentation refines it to
 
 
 class DensePreprocessing(Preprocessing):
-    """The server's `Letterbox` parameters; augment_strength scales flips and brightness/contrast jitter."""
+    """The server's `Letterbox` parameters; augment_strength scales flips, transpositions and brightness/contrast jitter."""
 
     size: int = Field(Letterbox.size, ge=32, multiple_of=32)
     mean: float = Letterbox.mean
@@ -108,6 +107,41 @@ class Decoded:
     mask: np.ndarray | None = None  # letterboxed class indices (segmentation), IGNORE_PIXEL outside
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """One of the eight flips and rotations of an image that keep a letterboxed canvas letterboxed:
+    flips inside the content (top-left h x w), then, optionally, a transposition of the whole square
+    canvas, which moves the content to the top-left w x h and leaves the padding bottom and right."""
+
+    flip_x: bool = False
+    flip_y: bool = False
+    transpose: bool = False
+
+    def apply(self, canvas: np.ndarray, content: tuple[int, int]) -> np.ndarray:
+        """A (size, size[, channels]) canvas or mask, transformed (a copy)."""
+        h, w = content
+        out = canvas.copy()
+        if self.flip_x:
+            out[:h, :w] = out[:h, :w][:, ::-1]
+        if self.flip_y:
+            out[:h, :w] = out[:h, :w][::-1]
+        if self.transpose:
+            out = np.ascontiguousarray(out.swapaxes(0, 1))
+        return out
+
+    def boxes(self, boxes: np.ndarray, content: tuple[int, int]) -> np.ndarray:
+        """(n, 4) boxes [x1, y1, x2, y2] in input pixels, transformed like the canvas."""
+        h, w = content
+        out = boxes.copy()
+        if self.flip_x:
+            out[:, [0, 2]] = w - out[:, [2, 0]]
+        if self.flip_y:
+            out[:, [1, 3]] = h - out[:, [3, 1]]
+        if self.transpose:
+            out = out[:, [1, 0, 3, 2]]
+        return out
+
+
 class DenseScenes(Dataset):
     def __init__(self, items: list[Decoded], transform) -> None:
         self.items = items
@@ -173,23 +207,20 @@ class DenseImageTask(Task[DensePreprocessing]):
             self._decoded[id(split)] = [self.decode(s) for s in split]
         return self._decoded[id(split)]
 
-    def augment(self, item: Decoded) -> tuple[np.ndarray, bool, bool]:
-        """A flipped, jittered copy of the canvas and the flips (horizontal, vertical) applied."""
+    def augment(self, item: Decoded) -> tuple[np.ndarray, Geometry]:
+        """A jittered copy of the canvas under a random `Geometry` (flips, transposition), and that
+        geometry, for the task to apply to its labels."""
         strength = self.options.augment_strength
-        canvas = item.canvas.copy()
         h, w = item.placement.content
-        flip_x, flip_y = bool(self._rng.random() < 0.5 * strength), bool(self._rng.random() < 0.5 * strength)
-        if flip_x:
-            canvas[:h, :w] = canvas[:h, :w][:, ::-1]
-        if flip_y:
-            canvas[:h, :w] = canvas[:h, :w][::-1]
+        canvas = item.canvas.copy()
         if strength > 0:
             gain = 1 + self._rng.uniform(-0.2, 0.2) * strength
             shift = self._rng.uniform(-20, 20) * strength
             canvas[:h, :w] = np.clip(canvas[:h, :w].astype(np.float32) * gain + shift, 0, 255).astype(
                 np.uint8
             )
-        return canvas, flip_x, flip_y
+        geometry = Geometry(*(bool(self._rng.random() < 0.5 * strength) for _ in range(3)))
+        return geometry.apply(canvas, item.placement.content), geometry
 
     def loader(self, split: list[Scene], shuffle: bool, batch_size: int | None = None) -> DataLoader:
         generator = torch.Generator().manual_seed(self.recipe.train.seed)

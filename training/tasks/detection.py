@@ -26,7 +26,7 @@ from torch import nn
 from serving.processing.regions import detect
 from training.evaluate import max_abs_diff
 from training.tasks.base import Batch
-from training.tasks.dense_image import STRIDE, Decoded, DenseImageTask, colour
+from training.tasks.dense_image import STRIDE, Decoded, DenseImageTask, Geometry, colour
 
 EVAL_SCORE_THRESHOLD = 0.01  # detections kept for mAP (the served default is higher)
 EVAL_MAX_DETECTIONS = 100
@@ -170,22 +170,17 @@ class DetectionTask(DenseImageTask):
     def build_head(self, classes: int) -> nn.Module:
         return CenterHead(classes)
 
-    def boxes_in_input(self, item: Decoded, flip_x: bool = False, flip_y: bool = False) -> np.ndarray:
+    def boxes_in_input(self, item: Decoded, geometry: Geometry | None = None) -> np.ndarray:
         boxes = item.placement.to_input(item.scene.boxes).astype(np.float32).reshape(-1, 4)
-        h, w = item.placement.content
-        if flip_x:
-            boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
-        if flip_y:
-            boxes[:, [1, 3]] = h - boxes[:, [3, 1]]
-        return boxes
+        return geometry.boxes(boxes, item.placement.content) if geometry else boxes
 
     def targets_of(self, boxes: np.ndarray, item: Decoded) -> tuple[np.ndarray, ...]:
         cells = self.letterbox.size // STRIDE
         return centre_targets(boxes, item.scene.classes, len(self.recipe.labels or []), cells)
 
     def train_item(self, item: Decoded) -> tuple:
-        canvas, flip_x, flip_y = self.augment(item)
-        targets = self.targets_of(self.boxes_in_input(item, flip_x, flip_y), item)
+        canvas, geometry = self.augment(item)
+        targets = self.targets_of(self.boxes_in_input(item, geometry), item)
         return (self.letterbox.normalise(canvas), *targets, item)
 
     def eval_item(self, item: Decoded) -> tuple:

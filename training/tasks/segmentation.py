@@ -77,14 +77,9 @@ class SegmentationTask(DenseImageTask):
         return item
 
     def train_item(self, item: Decoded) -> tuple[np.ndarray, np.ndarray, Decoded]:
-        canvas, flip_x, flip_y = self.augment(item)
+        canvas, geometry = self.augment(item)
         assert item.mask is not None
-        mask = item.mask.copy()
-        h, w = item.placement.content
-        if flip_x:
-            mask[:h, :w] = mask[:h, :w][:, ::-1]
-        if flip_y:
-            mask[:h, :w] = mask[:h, :w][::-1]
+        mask = geometry.apply(item.mask, item.placement.content)
         return self.letterbox.normalise(canvas), mask, item
 
     def eval_item(self, item: Decoded) -> tuple[np.ndarray, np.ndarray, Decoded]:
