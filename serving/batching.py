@@ -2,7 +2,9 @@
 
 A single worker task per model takes whatever is queued (up to `max_batch_size` items), waiting at most
 `max_wait_ms` for more only when the queue is nearly empty. While a batch runs, new requests pile up
-and form the next batch, so the batch size follows the load: 1 when idle, large under pressure.
+and form the next batch, so the batch size follows the load: 1 when idle, large under pressure. With
+`slots` > 1, that many batches run at once (each ONNX Runtime call on its share of the threads); the
+next batch is formed only once a slot is free, so batches still grow with the load.
 Each item carries its own future, so answers always go back to the request and position they came from.
 """
 
@@ -45,6 +47,7 @@ class MicroBatcher(Generic[In, Out]):
         max_wait_ms: float = 2.0,
         max_queue: int = 4096,
         on_batch: Callable[[int, float], None] | None = None,
+        slots: int = 1,
     ) -> None:
         self.fn = fn
         self.max_batch_size = max_batch_size
@@ -54,8 +57,10 @@ class MicroBatcher(Generic[In, Out]):
         self.stats = BatchStats()
         self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] | None = None
         self._worker: asyncio.Task[None] | None = None
-        # One inference at a time per model: ORT already uses all its intra-op threads.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort")
+        # `slots` inferences at a time per model (usually one: ORT already uses all its intra-op threads)
+        self.slots = slots
+        self._executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="ort")
+        self._running: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def _ensure_worker(self) -> asyncio.Queue[tuple[In, asyncio.Future[Out]]]:
@@ -95,29 +100,48 @@ class MicroBatcher(Generic[In, Out]):
         return batch
 
     async def _run(self, queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]]) -> None:
-        loop = asyncio.get_running_loop()
+        free = asyncio.Semaphore(self.slots)
         while True:
+            await free.acquire()
             batch = await self._collect(queue)
             # Requests whose client went away are dropped before they cost compute.
             batch = [(item, fut) for item, fut in batch if not fut.done()]
             if not batch:
+                free.release()
                 continue
-            started = time.perf_counter()
-            try:
-                results = await loop.run_in_executor(self._executor, self.fn, [item for item, _ in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"predictor returned {len(results)} results for {len(batch)} inputs")
-            except Exception as exc:  # fail this batch's requests, keep serving the next ones
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+            if self.slots == 1:
+                await self._execute(batch)
+                free.release()
                 continue
-            self.stats.record(len(batch))
-            if self.on_batch is not None:
-                self.on_batch(len(batch), time.perf_counter() - started)
-            for (_, fut), result in zip(batch, results):
+            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._running.add(task)
+
+            def done(finished: asyncio.Task[None]) -> None:
+                self._running.discard(finished)
+                free.release()
+
+            task.add_done_callback(done)
+
+    async def _execute(self, batch: list[tuple[In, asyncio.Future[Out]]]) -> None:
+        """One ONNX Runtime call for the batch; its results (or its error) to each item's future."""
+        started = time.perf_counter()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.fn, [item for item, _ in batch]
+            )
+            if len(results) != len(batch):
+                raise RuntimeError(f"predictor returned {len(results)} results for {len(batch)} inputs")
+        except Exception as exc:  # fail this batch's requests, keep serving the next ones
+            for _, fut in batch:
                 if not fut.done():
-                    fut.set_result(result)
+                    fut.set_exception(exc)
+            return
+        self.stats.record(len(batch))
+        if self.on_batch is not None:
+            self.on_batch(len(batch), time.perf_counter() - started)
+        for (_, fut), result in zip(batch, results):
+            if not fut.done():
+                fut.set_result(result)
 
     def close(self) -> None:
         """Stop the worker; anything still queued is answered 503 (retry), later submits too."""

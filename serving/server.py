@@ -41,6 +41,7 @@ class ModelServer:
         model.batcher = MicroBatcher(
             model.task.run,
             max_batch_size=self.settings.batch_limit(model.manifest.modality, model.session_info.device),
+            slots=self.settings.slots(model.manifest.modality, model.session_info.device),
             max_wait_ms=self.settings.max_wait_ms,
             max_queue=self.settings.max_queue,
             on_batch=self.observer(model.name) if self.observer else None,

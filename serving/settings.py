@@ -70,6 +70,15 @@ class Settings(BaseSettings):
     max_batch_image: int = Field(
         4, ge=1, description="items per ONNX Runtime call for image models on the CPU"
     )
+    # A CNN's call on the CPU parallelises poorly across intra-op threads, and worse while the server's
+    # other threads (HTTP, decoding, masks) want the same cores: with two calls at once, one's
+    # threads work while the other's wait (spinning is off, so waiting costs nothing)
+    # (benchmarks/results/image_regions_*.md).
+    image_slots: int = Field(
+        2,
+        ge=1,
+        description="ONNX Runtime calls in flight at once per image model on the CPU (each on the session's intra-op threads)",
+    )
     # A GPU's throughput grows with the batch well past where a CPU's stops, and TensorRT builds its
     # engine for batches up to this size (serving/sessions.py trt_profile): a larger batch than the
     # engine's would need a new engine, so the limit is fixed at start-up, not per request.
@@ -197,6 +206,12 @@ class Settings(BaseSettings):
         if self.threads > 0:
             return self.threads
         return max(1, (os.cpu_count() or 1) // self.workers)
+
+    def slots(self, modality: str | None, device: str) -> int:
+        """ONNX Runtime calls in flight at once for a model of this modality on this device."""
+        if device == "cpu" and modality == "image":
+            return self.image_slots
+        return 1
 
 
 def settings_table() -> str:

@@ -221,3 +221,12 @@ def test_training_geometry_moves_boxes_with_the_pixels_and_keeps_the_padding_bot
     assert (moved[h:] == fill).all() and (moved[:, w:] == fill).all()
     assert (moved[:h, :w] != fill).all()
     assert moved.shape == canvas.shape and (canvas == moved).all() == (flips == (0, 0, 0))
+
+
+def test_argmax_classes_matches_numpy_argmax_ties_included():
+    from serving.processing.regions import argmax_classes
+
+    rng = np.random.default_rng(0)
+    grid = rng.integers(0, 3, (5, 40, 30)).astype(np.float32)  # many ties
+    assert (argmax_classes(grid) == grid.argmax(0)).all()
+    assert argmax_classes(grid).dtype == np.uint8

@@ -100,3 +100,43 @@ def test_image_batches_are_capped_on_the_cpu_only(monkeypatch):
     assert settings.batch_limit("text", "cpu") == 64
     monkeypatch.setenv("TUNESERVE_MAX_BATCH_IMAGE", "16")
     assert Settings().batch_limit("image", "cpu") == 16
+
+
+@pytest.mark.parametrize("slots", [1, 2, 3])
+def test_batcher_runs_at_most_its_slots_at_once_and_keeps_every_answer_in_place(slots):
+    import threading
+    import time
+
+    lock, running, most, sizes = threading.Lock(), [0], [0], []
+
+    def fn(items):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            sizes.append(len(items))
+        time.sleep(0.03)  # an ONNX Runtime call: the GIL is released while it runs
+        with lock:
+            running[0] -= 1
+        return [x * 10 for x in items]
+
+    async def main():
+        b = MicroBatcher(fn, max_batch_size=4, max_wait_ms=1, slots=slots)
+        results = await asyncio.gather(*[b.submit([i, i + 1000]) for i in range(40)])
+        b.close()
+        return results, b.stats
+
+    results, stats = _run(main())
+    assert results == [[i * 10, (i + 1000) * 10] for i in range(40)]
+    assert most[0] == slots  # the slots are used, never exceeded
+    assert max(sizes) == 4 and stats.items == 80  # batches still fill up while the slots are busy
+
+
+def test_image_models_on_the_cpu_run_two_calls_at_once(monkeypatch):
+    from serving.settings import Settings
+
+    monkeypatch.delenv("TUNESERVE_IMAGE_SLOTS", raising=False)
+    settings = Settings()
+    assert settings.slots("image", "cpu") == 2
+    assert settings.slots("image", "gpu") == 1 and settings.slots("text", "cpu") == 1
+    monkeypatch.setenv("TUNESERVE_IMAGE_SLOTS", "1")
+    assert Settings().slots("image", "cpu") == 1

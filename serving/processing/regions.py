@@ -48,14 +48,19 @@ class Segmentation:
         out: list[dict[str, Any]] = []
         for c in range(1, len(labels)):
             binary = (self.mask == c).astype(np.uint8)
-            if not binary.any():
+            # labelled within the class's bounding rectangle: defects cover a small part of an image
+            left, top, width, height = cv2.boundingRect(binary)
+            if width == 0:
                 continue
-            count, regions, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+            count, regions, stats, _ = cv2.connectedComponentsWithStats(
+                binary[top : top + height, left : left + width], connectivity=8
+            )
             for r in range(1, count):
                 x, y, w, h, area = stats[r]
                 if area < MIN_REGION_PIXELS:
                     continue
                 region = regions[y : y + h, x : x + w] == r
+                x, y = x + left, y + top
                 contours, _ = cv2.findContours(
                     region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
                 )
@@ -96,7 +101,19 @@ def segment(logits: np.ndarray, placement: Placement, input_size: int) -> Segmen
     """(C, h, w) logits over the letterboxed input → the original image's segmentation."""
     scale = min(1.0, MAX_WORK_SIDE / max(placement.height, placement.width))
     grid = to_original_grid(logits, placement, input_size, scale)
-    return Segmentation(grid.argmax(0).astype(np.uint8), grid, placement, scale)
+    return Segmentation(argmax_classes(grid), grid, placement, scale)
+
+
+def argmax_classes(grid: np.ndarray) -> np.ndarray:
+    """(C, H, W) → (H, W) uint8 index of each pixel's largest channel, the first on ties (as argmax):
+    one pass per channel over contiguous planes, several times faster than argmax over axis 0."""
+    best = grid[0].copy()
+    index = np.zeros(grid.shape[1:], np.uint8)
+    for c in range(1, grid.shape[0]):
+        higher = grid[c] > best
+        index[higher] = c
+        np.maximum(best, grid[c], out=best)
+    return index
 
 
 def mask_png(mask: np.ndarray) -> str:
