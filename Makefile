@@ -34,8 +34,16 @@ setup: system $(BIN)/.installed
 models: setup
 	$(BIN)/tuneserve build $(if $(MODELS),--models $(MODELS))
 
-serve: models
+# Serves as soon as one model is built (the cheapest first); the other missing defaults build in the
+# background and are loaded as they land (GET /v1/models shows what is still building). With
+# MODELS=a,b: builds those first, then serves.
+serve: setup
+ifneq ($(MODELS),)
+	$(BIN)/tuneserve build --models $(MODELS)
 	$(BIN)/tuneserve serve --host $(HOST) --port $(PORT)
+else
+	$(BIN)/tuneserve serve --build-missing --host $(HOST) --port $(PORT)
+endif
 
 # Every tier: fast contract tests, pipeline tests (tiny models trained in the session), end-to-end
 # tests against real servers.

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving.errors import ManifestError
-from serving.manifest import MANIFEST_FILE, load_manifest
-from serving.settings import Settings
+from serving.manifest import BUILD_STATUS_FILE, MANIFEST_FILE, load_manifest
+from serving.settings import Settings, tuneserve_home
 from serving.tasks import TASKS
 
 
@@ -99,11 +99,60 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_missing(repository: Path) -> None:
+    """Build the missing default models so that the server answers soon: the cheapest one now if no
+    model is built yet, the rest in the background (`tuneserve build --status-file`, its output in
+    runs/build-background.log), each loaded by the server as it lands."""
+    import subprocess
+
+    tuneserve = [str(Path(sys.executable).with_name("tuneserve"))]
+    where = ["--repository", str(repository)]
+    plan = json.loads(subprocess.run([*tuneserve, "build", "--plan", *where], capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    if plan and not any(repository.glob(f"*/{MANIFEST_FILE}")):
+        first, plan = plan[0], plan[1:]
+        print(f"building {first} first, so that the server has a model to answer with", flush=True)
+        subprocess.run([*tuneserve, "build", "--models", first, *where], check=True)
+    if not plan:
+        return
+    status = repository / BUILD_STATUS_FILE
+    status.write_text(json.dumps({"building": None, "pending": plan, "built": [], "failed": {}}))
+    log_file = tuneserve_home() / "runs" / "build-background.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    print(
+        f"building {', '.join(plan)} in the background (log: {log_file}); "
+        "the server loads each as it lands (GET /v1/models shows what is still building)",
+        flush=True,
+    )
+    with open(log_file, "ab") as out:
+        # same process group: Ctrl-C stops the build with the server; so does the server's end
+        subprocess.Popen(
+            [*tuneserve, "build", "--models", ",".join(plan), "--status-file", str(status), *where],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_end_with_parent,
+        )
+
+
+def _end_with_parent() -> None:
+    """In the background build's process, before it runs: SIGTERM when its parent (this process,
+    which becomes the server) ends. Linux only; elsewhere the build runs to its end."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings()
     env = dict(os.environ)
     # the workers resolve nothing against their working directory: the repository is passed absolute
     env["TUNESERVE_REPOSITORY"] = str(Path(args.repository or settings.repository).resolve())
+    if args.build_missing:
+        build_missing(Path(env["TUNESERVE_REPOSITORY"]))
     bentoml = Path(sys.executable).with_name("bentoml")
     argv = [str(bentoml), "serve", "serving.service:TuneServe", "--host", args.host, "--port", str(args.port)]
     grace = settings.grace_s
@@ -169,6 +218,11 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repository")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
+    p.add_argument(
+        "--build-missing",
+        action="store_true",
+        help="build the missing default models: the cheapest first, before the server starts, if none is built; the others in the background, loaded as they land",
+    )
     p.set_defaults(func=cmd_serve)
 
     if add_loadtest_command is not None:

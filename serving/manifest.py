@@ -12,6 +12,9 @@ from pydantic import BaseModel, Field, ValidationError
 from serving.errors import ManifestError
 
 MANIFEST_FILE = "manifest.json"
+# In the repository while `tuneserve serve --build-missing` builds models in the background: what is
+# being built and what is pending (`tuneserve build --status-file`); the server reloads as models land.
+BUILD_STATUS_FILE = ".building.json"
 SCHEMA_VERSION = 1
 Device = Literal["cpu", "gpu"]
 

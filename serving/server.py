@@ -5,17 +5,23 @@ BentoML service (serving/service.py) owns one per worker, and tests run one in-p
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from serving.batching import MicroBatcher
 from serving.errors import InputError, RequestError, TooManyRequests
+from serving.manifest import BUILD_STATUS_FILE
 from serving.memory import HeapTrimmer
 from serving.runtime import LoadedModel, Runtime
 from serving.settings import Settings
 from serving.tasks import FileTask, ServingTask, Upload
+
+log = logging.getLogger(__name__)
 
 # Per model: called after every batch with (items, seconds); the service feeds its metrics with it.
 BatchObserver = Callable[[str], Callable[[int, float], None] | None]
@@ -135,6 +141,26 @@ class ModelServer:
             for old in retired:
                 loop.call_later(self.settings.timeout_s + 1, old.batcher.close)
             return report
+
+    def build_status(self) -> dict[str, Any] | None:
+        """What `tuneserve serve --build-missing` is building in the background, None when nothing."""
+        try:
+            status = json.loads((Path(self.settings.repository) / BUILD_STATUS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return status if isinstance(status, dict) else None
+
+    async def watch_builds(self, poll_s: float = 2.0) -> None:
+        """While a background build runs, reload whenever its status changes (a model landed, or
+        failed) and once more when it ends; returns at once when none runs."""
+        last = self.build_status()
+        while last is not None:
+            await asyncio.sleep(poll_s)
+            status = self.build_status()
+            if status != last:
+                report = await self.reload()
+                log.info("background build: %s; reload: %s", status or "finished", report)
+                last = status
 
     def close(self) -> None:
         for model in self.runtime.models.values():

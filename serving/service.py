@@ -9,6 +9,7 @@ batchers instead of batchable `@bentoml.api` methods: docs/decisions/0001-asgi-r
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -136,6 +137,11 @@ class TuneServe:
 
     def __is_ready__(self) -> bool:
         return self.server.ready()
+
+    @bentoml.on_startup
+    async def watch_builds(self) -> None:
+        """Models built in the background (`tuneserve serve --build-missing`) are loaded as they land."""
+        self.build_watcher = asyncio.get_running_loop().create_task(self.server.watch_builds())
 
     @bentoml.on_startup
     async def start_grpc(self) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import signal
+import sys
 from pathlib import Path
 
 from serving.cli import add_serving_commands
@@ -126,22 +129,83 @@ def _import_ocr(name: str, repository: Path) -> None:
 IMPORTED = {"ocr": _import_ocr}
 
 
+# Default recipes cheapest first, so that `tuneserve serve --build-missing` answers soon and every
+# later model lands as early as it can. Measured builds on 2 cores: credit-risk 13 s, diagnosis 21 s,
+# card-fraud 195 s, surface-defects 585 s, faq-search 703 s; the others sit by their epochs and data.
+CHEAPEST_FIRST = [
+    "credit-risk",
+    "diagnosis",
+    "energy-demand",
+    "card-fraud",
+    "intent",
+    "entities",
+    "keywords",
+    "imagenet",
+    "surface-defects",
+    "faq-search",
+]
+
+
+def build_order(names: list[str]) -> list[str]:
+    """`names` cheapest first (CHEAPEST_FIRST), then any other in the order given."""
+    rank = {n: i for i, n in enumerate(CHEAPEST_FIRST)}
+    return sorted(names, key=lambda n: rank.get(n, len(rank)))
+
+
+def write_status(path: Path, status: dict | None) -> None:
+    """The background build's status for the server (`/v1/models` → building); None removes it."""
+    if status is None:
+        path.unlink(missing_ok=True)
+        return
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(status, indent=1))
+    temporary.replace(path)  # readers see the old status or the new one, never half of one
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     repo = _repository(args)
     names = args.models.split(",") if args.models else [n for n in list_recipes() if load_recipe(n).default]
-    todo = [n for n in names if args.force or not (repo / n / MANIFEST_FILE).is_file()]
+    todo = build_order([n for n in names if args.force or not (repo / n / MANIFEST_FILE).is_file()])
+    if args.plan:  # what would be built, in order, for `tuneserve serve --build-missing`
+        print(json.dumps(todo))
+        return 0
+    status_file = Path(args.status_file) if args.status_file else None
+    if status_file:  # stopped with the server (SIGTERM): still remove the status file on the way out
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not todo:
         log.info("all requested models are built in %s: %s", repo, ", ".join(names))
+        if status_file:
+            write_status(status_file, None)
         return 0
     from training.pipeline import build
 
     log.debug("built already: %s", ", ".join(sorted(set(names) - set(todo))) or "none")
-    for i, name in enumerate(todo, 1):
-        log.info("building %s (%d/%d)", name, i, len(todo))
-        if name in IMPORTED:  # made from shipped files, not trained
-            IMPORTED[name](name, repo)
-        else:
-            build(load_recipe(name), repo, quiet=args.quiet)
+    done: list[str] = []
+    failed: dict[str, str] = {}
+    try:
+        for i, name in enumerate(todo, 1):
+            log.info("building %s (%d/%d)", name, i, len(todo))
+            if status_file:
+                status = {"building": name, "pending": todo[i:], "built": done, "failed": failed}
+                write_status(status_file, status)
+            try:
+                if name in IMPORTED:  # made from shipped files, not trained
+                    IMPORTED[name](name, repo)
+                else:
+                    build(load_recipe(name), repo, quiet=args.quiet)
+                done.append(name)
+            except Exception as exc:
+                if not status_file:  # in the foreground a failed build stops the rest
+                    raise
+                # in the background (the server is up), one failed model does not stop the others
+                log.exception("building %s failed", name)
+                failed[name] = f"{type(exc).__name__}: {exc}"[:300]
+    finally:
+        if status_file:
+            write_status(status_file, None)
+    if failed:
+        log.error("models that failed to build: %s", ", ".join(failed))
+        return 1
     return 0
 
 
@@ -280,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="rebuild even if present")
     p.add_argument("--repository")
+    p.add_argument("--plan", action="store_true", help="print what would be built, in order (JSON), and stop")
+    p.add_argument(
+        "--status-file",
+        help="write progress to this JSON file, removed at the end; a failed model does not stop the others (what `tuneserve serve --build-missing` runs in the background)",
+    )
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser(

@@ -191,6 +191,8 @@ async def list_models(request: Request, server: ModelServer) -> JSONResponse:
             "models": [m.public() for m in runtime.models.values()],
             "refused": runtime.broken,
             "not_updated": runtime.stale,
+            # `tuneserve serve --build-missing`: the model being built and those still to come
+            "building": server.build_status(),
         }
     )
 
