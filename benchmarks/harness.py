@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -48,6 +49,20 @@ def write_results(name: str, report: dict, markdown_lines: list[str]) -> None:
     text = "\n".join(markdown_lines)
     (RESULTS / f"{name}.md").write_text(text)
     print(text)
+
+
+def machine_info() -> dict:
+    """The machine and library versions a model benchmark's results were measured with."""
+    import onnxruntime
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def free_port() -> int:

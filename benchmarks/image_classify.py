@@ -10,8 +10,6 @@ Writes benchmarks/results/image_classify.{json,md}. Run: `make bench` or
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -24,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import (
     eager_model,
+    machine_info,
     model_benchmark_args,
     serve_and_sweep,
     served_table,
@@ -131,12 +130,7 @@ def main() -> None:
         "served_variant": variant,
         "served_reason": manifest.default_reason,
         "served_accuracy": manifest.variants[variant].metrics.get("accuracy"),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "onnxruntime": __import__("onnxruntime").__version__,
-        },
+        "machine": machine_info(),
         "config": vars(args),
         "engines": engine_rows,
         "served": served,

@@ -12,8 +12,6 @@ Writes benchmarks/results/image_regions_<segmentation|detection>.{json,md,_predi
 
 from __future__ import annotations
 
-import os
-import platform
 import shutil
 import sys
 from pathlib import Path
@@ -28,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.harness import (
     RESULTS,
     eager_model,
+    machine_info,
     model_benchmark_args,
     serve_and_sweep,
     served_table,
@@ -138,12 +137,7 @@ def main() -> None:
         "quality": quality,
         "build_seconds": manifest.build.get("seconds"),
         "picture": picture,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "onnxruntime": __import__("onnxruntime").__version__,
-        },
+        "machine": machine_info(),
         "config": vars(args),
         "engines": engine_rows,
         "served": served,

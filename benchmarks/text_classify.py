@@ -11,8 +11,6 @@ Run: `make bench` (or `python benchmarks/text_classify.py --help`).
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from benchmarks.harness import (
     closed_loop_sweep,
     eager_model,
     free_port,
+    machine_info,
     model_benchmark_args,
     serve_and_sweep,
     served_table,
@@ -162,13 +161,7 @@ def main() -> None:
         "model": args.model,
         "served_variant": info["variant"],
         "served_accuracy": manifest.variants[info["variant"]].metrics["accuracy"],
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "onnxruntime": __import__("onnxruntime").__version__,
-        },
+        "machine": machine_info(),
         "config": vars(args),
         "engines": engines,
         "served": served,
