@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE = 1
 # apt-get when missing (the machines run as root; elsewhere install them by hand).
 SYSTEM_PROGRAMS := espeak-ng
 
-.PHONY: setup system models serve test test-fast lint protos bench bench-report bento container clean
+.PHONY: setup system models serve test test-fast lint protos bench bench-peers bench-report bento container clean
 
 system:
 	@missing=""; for p in $(SYSTEM_PROGRAMS); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -74,6 +74,14 @@ bench: models
 	$(BIN)/python benchmarks/hardening.py
 	$(BIN)/python benchmarks/ocr.py
 	$(BIN)/python benchmarks/report.py
+
+# tuneserve against LitServe, Ray Serve and plain FastAPI on the same models (benchmarks/peers/); the
+# peers live in .venv-bench, apart from the project's environment.
+bench-peers: models
+	@test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/peers/run.py --model intent
+	$(BIN)/python benchmarks/peers/run.py --model surface-defects
 
 # docs/benchmarks.md from benchmarks/results/*.json (tests/test_docs.py fails while it is stale).
 bench-report: $(BIN)/.installed

@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -79,7 +79,10 @@ def server(
     ready_path: str = "/readyz",
     timeout_s: float = 180,
     cwd: Path = ROOT,
+    started: list[subprocess.Popen] | None = None,
 ) -> Iterator[str]:
+    """The server of `argv` up and ready, in a session of its own (`tree_cpu_seconds(proc.pid)`
+    counts all its processes; all are stopped at the end); `started` gets its process."""
     proc = subprocess.Popen(
         argv,
         cwd=cwd,
@@ -88,16 +91,77 @@ def server(
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    if started is not None:
+        started.append(proc)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base + ready_path, proc, timeout_s)
         yield base
     finally:
+        strays = _tree(proc.pid, _processes()) if os.path.exists("/proc") else set()
         os.killpg(proc.pid, 15)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
+        for pid in strays - {proc.pid}:  # descendants in sessions of their own (Ray's cluster)
+            with suppress(ProcessLookupError):
+                os.kill(pid, 9)
+
+
+def _processes() -> dict[int, tuple[int, int, float]]:
+    """pid → (parent, session, CPU seconds user + system) of every live process (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # from the state on: state ppid pgrp session ... utime (11) stime (12)
+        procs[int(entry)] = (int(fields[1]), int(fields[3]), (int(fields[11]) + int(fields[12])) / tick)
+    return procs
+
+
+def _tree(root: int, procs: dict[int, tuple[int, int, float]]) -> set[int]:
+    """`root`'s session and every descendant (BentoML's workers and Ray's processes start sessions
+    of their own)."""
+    ours = {pid for pid, (_, session, _) in procs.items() if session == root or pid == root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (parent, _, _) in procs.items():
+            if parent in ours and pid not in ours:
+                ours.add(pid)
+                grew = True
+    return ours
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of the live processes started from `root` (its session and descendants)."""
+    procs = _processes()
+    return sum(procs[pid][2] for pid in _tree(root, procs))
+
+
+def cpu_measured_step(
+    base: str, route: str, payloads: list[Payload], concurrency: int, seconds: float, root: int
+) -> dict:
+    """One closed-loop step, with the server's CPU over it (every process started from `root`)."""
+    cpu_before, wall_before = tree_cpu_seconds(root), time.monotonic()
+    stats = run(closed_loop(base + route, payloads, concurrency, seconds, warmup_s=1.0))
+    cpu, wall = tree_cpu_seconds(root) - cpu_before, time.monotonic() - wall_before
+    s = stats.summary()
+    return {
+        "concurrency": concurrency,
+        "req_s": s["throughput_rps"],
+        "p50_ms": s["p50_ms"],
+        "p99_ms": s["p99_ms"],
+        "errors": s["errors"],
+        "server_cores": cpu / wall,
+        "server_cpu_ms_per_request": 1000 * cpu / max(s["ok"] + s["errors"], 1),
+    }
 
 
 def tuneserve_server(repository: Path) -> tuple[list[str], int, dict[str, str]]:

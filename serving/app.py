@@ -16,7 +16,6 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Match, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -24,6 +23,7 @@ from serving.connections import restore_path
 from serving.errors import RequestError
 from serving.protocols import v1, v2
 from serving.protocols.auth import REFUSAL, authorised
+from serving.protocols.bodies import JSONResponse
 from serving.settings import Settings
 
 if TYPE_CHECKING:

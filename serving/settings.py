@@ -64,11 +64,13 @@ class Settings(BaseSettings):
         False,
         description="ONNX Runtime's CPU memory arena: keeps the largest run's buffers for good; off, they are freed after each run (benchmarks/results/ort_arena.md)",
     )
-    # A CNN on the CPU gains no throughput past a few images per call, while a larger batch needs
-    # memory for its activations (kept for good when the arena is on; benchmarks/results/soak.md);
-    # on a GPU batching pays, and max_batch_gpu applies instead.
+    # A CNN on the CPU gains no throughput per image from a larger batch (the engine's images/s are
+    # flat from 1 to 8), while each call allocates its activations afresh (the arena is off) and a
+    # batch's are several times larger: one image per call, with `image_slots` calls in flight, serves
+    # more images/s than batches do (benchmarks/results/image_*.md). On a GPU batching pays, and
+    # max_batch_gpu applies instead.
     max_batch_image: int = Field(
-        4, ge=1, description="items per ONNX Runtime call for image models on the CPU"
+        1, ge=1, description="items per ONNX Runtime call for image models on the CPU"
     )
     # A CNN's call on the CPU parallelises poorly across intra-op threads, and worse while the server's
     # other threads (HTTP, decoding, masks) want the same cores: with two calls at once, one's

@@ -306,7 +306,7 @@ def test_gpu_batches_have_their_own_limit(monkeypatch):
         monkeypatch.delenv(f"TUNESERVE_{name}", raising=False)
     settings = Settings()
     assert [settings.batch_limit(m, "gpu") for m in ("image", "text", "audio")] == [128] * 3
-    assert settings.batch_limit("image", "cpu") == 4 and settings.batch_limit("text", "cpu") == 64
+    assert settings.batch_limit("image", "cpu") == 1 and settings.batch_limit("text", "cpu") == 64
     monkeypatch.setenv("TUNESERVE_MAX_BATCH_GPU", "256")
     monkeypatch.setenv("TUNESERVE_MAX_BATCH", "16")
     settings = Settings()

@@ -18,7 +18,7 @@ from serving.errors import InputError, RequestError
 from serving.processing.audio import decode_audio
 from serving.processing.image import ImagePreprocessor, decode_image
 from serving.processing.series import clean_history
-from serving.protocols.bodies import parse_json_body
+from serving.protocols.bodies import JSONResponse, parse_json_body
 from serving.tasks.forecasting import ForecastRequest
 from serving.tasks.tabular import TabularRequest
 from serving.tasks.text import TextRequest
@@ -367,3 +367,31 @@ def test_any_body_parses_to_a_request_or_a_request_error(raw, schema):
 )
 def test_pathological_json_is_a_request_error(raw):
     check_body(raw, TextRequest)
+
+
+# --- answers ------------------------------------------------------------------------------------
+
+
+def finite(value):
+    """`value` with every non-finite float as None (what an answer's JSON carries for them)."""
+    if isinstance(value, np.ndarray | np.generic):
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    return value
+
+
+@PROPERTY
+@given(json_values)
+@example({"score": float("nan"), "big": 10**30, "text": "naïve ✓"})
+@example([np.float32(0.25), np.int64(7), np.arange(3, dtype=np.int32), np.array([[0.5, np.inf]])])
+def test_any_answer_renders_as_the_same_json(value):
+    """The answers' JSON (orjson) reads back as the standard library's rendering of the same value,
+    with numpy numbers as numbers and NaN or infinity as null instead of a 500."""
+    body = JSONResponse(value).body
+    expected = json.loads(json.dumps(finite(value)))
+    assert json.loads(body) == expected

@@ -95,7 +95,7 @@ def test_image_batches_are_capped_on_the_cpu_only(monkeypatch):
     monkeypatch.setenv("TUNESERVE_MAX_BATCH", "64")
     monkeypatch.delenv("TUNESERVE_MAX_BATCH_IMAGE", raising=False)
     settings = Settings()
-    assert settings.batch_limit("image", "cpu") == 4  # bounds ONNX Runtime's arena (see settings.py)
+    assert settings.batch_limit("image", "cpu") == 1  # one image per call, several calls at once
     assert settings.batch_limit("image", "gpu") == settings.max_batch_gpu  # a limit of its own
     assert settings.batch_limit("text", "cpu") == 64
     monkeypatch.setenv("TUNESERVE_MAX_BATCH_IMAGE", "16")

@@ -1,13 +1,16 @@
 """Reading request bodies: bounded, parsed as JSON and validated with a pydantic model; every error
-names what is wrong (the field, the position) and becomes a 4xx."""
+names what is wrong (the field, the position) and becomes a 4xx. And writing JSON answers."""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
+from starlette.responses import JSONResponse as StarletteJSONResponse
 
 from serving.errors import RequestError
 
@@ -116,3 +119,31 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise RequestError(f"request body exceeds the limit of {limit} bytes", status=413)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class JSONResponse(StarletteJSONResponse):
+    """Starlette's JSON response written by orjson: the same compact UTF-8 text, several times faster
+    on answers of many numbers (scores, boxes, polygons); numpy arrays and scalars are written as
+    numbers, and a NaN or infinity as null (Starlette's would raise and turn the answer into a 500).
+    What orjson cannot write (an integer over 64 bits) goes through the standard library, the same way."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError:
+            return json.dumps(
+                _finite(content), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            ).encode("utf-8")
+
+
+def _finite(value: Any) -> Any:
+    """`value` as plain JSON types, with every NaN or infinity as None."""
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

@@ -24,12 +24,18 @@ from typing import TYPE_CHECKING, Any
 import bentoml
 from pydantic import ValidationError, create_model
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from serving.app import request_error
 from serving.errors import RequestError
 from serving.protocols.auth import REFUSAL, authorised
-from serving.protocols.bodies import describe_validation_error, parse_json_body, read_body, require_json
+from serving.protocols.bodies import (
+    JSONResponse,
+    describe_validation_error,
+    parse_json_body,
+    read_body,
+    require_json,
+)
 from serving.protocols.v1 import file_request, read_form
 from serving.tasks import TASKS, FileRequest, FileTask, ServingTask, Upload
 

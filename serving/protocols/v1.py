@@ -17,11 +17,11 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.datastructures import ImmutableMultiDict
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route, request_response
 
 from serving.errors import RequestError
-from serving.protocols.bodies import parse_json_body, read_body, require_json
+from serving.protocols.bodies import JSONResponse, parse_json_body, read_body, require_json
 from serving.protocols.multipart import FilePart, parse_multipart
 from serving.tasks import TASKS, FileRequest, FileTask, ServingTask, Upload
 

@@ -19,10 +19,16 @@ import numpy as np
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from serving.errors import RequestError, UnknownModel
-from serving.protocols.bodies import describe_validation_error, loads, read_body, refuse_simple_types
+from serving.protocols.bodies import (
+    JSONResponse,
+    describe_validation_error,
+    loads,
+    read_body,
+    refuse_simple_types,
+)
 from serving.protocols.tensors import (
     InputSpec,
     OutputSpec,
