@@ -1,4 +1,5 @@
-"""Giving freed memory back to the operating system after large requests.
+"""Giving freed memory back to the operating system after large requests, and keeping the garbage
+collector's pauses short.
 
 glibc's allocator keeps memory that large requests freed (decoded images and audio, token and
 activation buffers) in its heaps, so a worker's resident memory stays at its high-water mark after
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import time
@@ -92,3 +94,29 @@ class HeapTrimmer:
         else:  # never expected; keep serving without trims
             log.warning("malloc_trim failed: %s", future.exception())
             self.trim = None
+
+
+def settle_heap(threshold: int) -> None:
+    """Once a worker's models are open: move everything alive now (modules, sessions, tokenizers,
+    BentoML) out of the cyclic collector's sight, and let the youngest generation grow to `threshold`
+    objects between collections. A request allocates thousands of short-lived objects; with Python's
+    default (700) the collector runs every few requests, and its full collections walked the whole
+    heap while every request in flight waited: they were the server's slowest answers
+    (benchmarks/results/peers.md). Frozen objects are still freed by reference counting; only
+    cycles among them wait for `refreeze_heap`. 0 leaves Python's defaults."""
+    if threshold <= 0:
+        return
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(threshold, middle, oldest)
+
+
+def refreeze_heap() -> None:
+    """After models were replaced and their last requests answered: collect what the frozen heap
+    holds (cycles of the retired models included), then freeze what is alive again. Nothing
+    happens where nothing was frozen."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()

@@ -16,7 +16,7 @@ from typing import Any
 from serving.batching import MicroBatcher
 from serving.errors import InputError, RequestError, TooManyRequests
 from serving.manifest import BUILD_STATUS_FILE
-from serving.memory import HeapTrimmer
+from serving.memory import HeapTrimmer, refreeze_heap
 from serving.runtime import LoadedModel, Runtime
 from serving.settings import Settings
 from serving.tasks import FileTask, ServingTask, Upload
@@ -140,6 +140,8 @@ class ModelServer:
             loop = asyncio.get_running_loop()
             for old in retired:
                 loop.call_later(self.settings.timeout_s + 1, old.batcher.close)
+            if retired:
+                loop.call_later(self.settings.timeout_s + 2, refreeze_heap)
             return report
 
     def build_status(self) -> dict[str, Any] | None:

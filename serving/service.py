@@ -76,6 +76,7 @@ def _loaded(future: Future | None):
 
 LOADING = _start_loading(SETTINGS)
 
+
 # BentoML's own routes (assets: its docs page's files), beside the mounted apps' and the task APIs'.
 BENTOML_PATHS = ["/", "/docs.json", "/schema.json", "/metrics", "/healthz", "/livez", "/readyz"]
 BENTOML_PATTERNS = [(r"/(static_content|assets)/[\w./-]+", "/{assets}")]
@@ -134,6 +135,9 @@ class TuneServe:
         from serving.server import ModelServer
 
         self.server = ModelServer(SETTINGS, _loaded(LOADING), observe_batches)
+        from serving.memory import settle_heap
+
+        settle_heap(SETTINGS.gc_threshold)
 
     def __is_ready__(self) -> bool:
         return self.server.ready()

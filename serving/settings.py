@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         ge=1,
         description="items merged into one ONNX Runtime call on a GPU (every modality); the largest batch of TensorRT's engines",
     )
+    gc_threshold: int = Field(
+        50_000,
+        ge=0,
+        description="objects allocated between collections of Python's youngest generation in a worker, whose start-up heap is frozen out of the collector (0: Python's defaults, nothing frozen)",
+    )
     max_wait_ms: float = Field(
         2.0, ge=0, description="how long a batch waits for more items when the queue is nearly empty"
     )

@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,33 @@ def test_no_look_between_intervals():
         assert trimmer.floor == 1 and not trimmer.running and floor
 
     asyncio.run(scenario())
+
+
+def test_a_settled_heap_keeps_its_start_up_objects_out_of_collections_until_refrozen():
+    """In a fresh interpreter (freezing is process-wide): what is alive when the worker settles is not
+    collected, even once it becomes a garbage cycle, until `refreeze_heap` (after a reload's retired
+    models are done); the youngest generation's threshold is the setting."""
+    code = """
+import gc, weakref
+from serving.memory import refreeze_heap, settle_heap
+settle_heap(0)
+assert gc.get_freeze_count() == 0 and gc.get_threshold()[0] == 700
+class Model: pass
+model = Model(); model.itself = model; probe = weakref.ref(model)
+settle_heap(50_000)
+assert gc.get_threshold()[0] == 50_000 and gc.get_freeze_count() > 0
+del model
+gc.collect()
+assert probe() is not None, "a frozen cycle was collected"
+refreeze_heap()
+assert probe() is None, "refreezing left the retired cycle alive"
+assert gc.get_freeze_count() > 0
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
