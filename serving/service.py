@@ -76,7 +76,6 @@ def _loaded(future: Future | None):
 
 LOADING = _start_loading(SETTINGS)
 
-
 # BentoML's own routes (assets: its docs page's files), beside the mounted apps' and the task APIs'.
 BENTOML_PATHS = ["/", "/docs.json", "/schema.json", "/metrics", "/healthz", "/livez", "/readyz"]
 BENTOML_PATTERNS = [(r"/(static_content|assets)/[\w./-]+", "/{assets}")]
@@ -132,12 +131,11 @@ TRACING = (
 @task_apis(reserved=["/v1", "/v2", *BENTOML_PATHS, "/static_content", "/assets"])
 class TuneServe:
     def __init__(self) -> None:
+        from serving.memory import settle_heap
         from serving.server import ModelServer
 
         self.server = ModelServer(SETTINGS, _loaded(LOADING), observe_batches)
-        from serving.memory import settle_heap
-
-        settle_heap(SETTINGS.gc_threshold)
+        settle_heap(SETTINGS.gc_threshold)  # after the models are open, so they are frozen too
 
     def __is_ready__(self) -> bool:
         return self.server.ready()
