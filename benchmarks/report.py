@@ -994,6 +994,48 @@ def generic(d: dict) -> list[str]:
     return lines
 
 
+def forecast_zero_shot(d: dict) -> list[str]:
+    label = {"model": "forecaster", "auto_ets": "AutoETS"}
+
+    def rows(groups: dict[str, dict[str, dict[str, Any]]]) -> list[list[str]]:
+        return [
+            [
+                group,
+                label[m],
+                str(s["series"]),
+                f"{s['share_below_seasonal_naive'] * 100:.0f}%",
+                f"{s['geomean_mase_vs_seasonal_naive']:.3f}",
+                f"{s['geomean_quantile_loss_vs_seasonal_naive']:.3f}",
+                f"{s['coverage_p10_p90'] * 100:.0f}%",
+            ]
+            for group, by_method in groups.items()
+            for m, s in by_method.items()
+        ]
+
+    header = [
+        "series",
+        "method",
+        "n",
+        "MASE below seasonal-naive",
+        "geomean MASE vs seasonal-naive",
+        "geomean quantile loss vs seasonal-naive",
+        "p10-p90 coverage",
+    ]
+    return [
+        f"`{d['model']}` (variant `{d['variant']}`) forecasting series it never saw, from the last "
+        f"{d['origins']} origins of each: real series bundled with statsmodels and sktime, and series "
+        "from generator families the pretraining never used, at every frequency it serves; per-series "
+        "ratios to seasonal-naive, then the geometric mean"
+        + (", with a per-series AutoETS beside it." if d["auto_ets"] else "."),
+        "",
+        *table(header, rows(d["summary"]), ["l", "l"] + ["r"] * 5),
+        "",
+        "Held-out families by frequency:",
+        "",
+        *table(header, rows(d["by_frequency"]), ["l", "l"] + ["r"] * 5),
+    ]
+
+
 # (file name, title, renderer), in page order; other results files follow with `generic`.
 BENCHMARKS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("text_classify", "Text classification", text_classify),
@@ -1002,6 +1044,7 @@ BENCHMARKS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("image_regions", "Segmentation and detection", image_regions),
     ("audio_classify", "Audio: keyword spotting", audio_classify),
     ("tabular_predict", "Tables and forecasts", tabular_predict),
+    ("forecast_zero_shot", "Zero-shot forecasting", forecast_zero_shot),
     ("table_explain", "Table explanations and card fraud", table_explain),
     ("route_styles", "Route styles", route_styles),
     ("overload", "Overload", overload),

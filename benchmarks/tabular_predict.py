@@ -33,7 +33,7 @@ from benchmarks.harness import (
 )
 from serving.loadtest.payloads import json_payload
 from serving.manifest import load_manifest
-from serving.processing.series import clean_history, standardise
+from serving.processing.series import FREQUENCIES, clean_history, series_features
 from serving.processing.tabular import RowEncoder
 from serving.sessions import create_session
 from serving.tasks.forecasting import sample_histories as _series
@@ -150,11 +150,18 @@ def main() -> None:
     fc_dir = repository / "energy-demand"
     fc = load_manifest(fc_dir)
     histories = _series(64)
-    windows = np.stack([standardise(clean_history(h, fc.preprocessing["window"])[0])[0] for h in histories])
+    p = fc.preprocessing
+    rows = [
+        series_features(
+            clean_history(h, p["window"], minimum=1)[0], FREQUENCIES["hourly"], p["window"], p["horizon"]
+        )
+        for h in histories
+    ]
+    feeds = {name: np.stack([r[i] for r in rows]) for i, name in enumerate(("history", "observed", "lags"))}
     print("energy-demand engines:", flush=True)
     fc_engines = engines(
         fc_dir,
-        lambda bs: {"history": np.ascontiguousarray(np.resize(windows, (bs, windows.shape[1])))},
+        lambda bs: {k: np.ascontiguousarray(np.resize(v, (bs, *v.shape[1:]))) for k, v in feeds.items()},
         [1, 32],
         args.engine_seconds,
         args.threads,

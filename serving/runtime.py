@@ -47,7 +47,7 @@ class LoadedModel:
         return self.manifest.name
 
     def public(self) -> dict[str, Any]:
-        info = self.manifest.public(self.variant)
+        info = self.manifest.public(self.variant) | self.task.describe()
         info["provider"] = self.session_info.provider
         info["provider_fallbacks"] = self.session_info.fallbacks  # why not a better provider
         return info

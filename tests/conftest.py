@@ -122,7 +122,7 @@ def tiny_repository(tmp_path_factory) -> Path:
             "data.limit": 1500,
             "train.epochs": 1,
             "pretrain.series": 16,
-            "pretrain.length": 600,
+            "pretrain.windows_per_series": 4,
             "pretrain.epochs": 1,
         },
     }.items():

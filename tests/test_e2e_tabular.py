@@ -174,9 +174,31 @@ def test_forecast_quantiles_are_ordered_and_scale_with_the_history(server, tiny_
         server, "/v1/forecast", {"history": [10 * v + 5000 for v in history], "horizon": 12}
     ).json()
     np.testing.assert_allclose(scaled["forecast"], [10 * v + 5000 for v in body["forecast"]], rtol=1e-4)
-    # default horizon: the model's maximum
+    # default horizon: the usual one of the model's own frequency
     full = _post(server, "/v1/forecast", {"history": history}).json()
-    assert full["horizon"] == manifest.preprocessing["horizon"] == len(full["quantiles"]["p90"])
+    own = manifest.preprocessing["frequencies"][manifest.preprocessing["frequency"]]
+    assert (
+        full["horizon"] == own["horizon"] == len(full["quantiles"]["p90"]) and full["frequency"] == "hourly"
+    )
+
+
+def test_one_forecaster_serves_other_frequencies_and_lists_what_each_needs(server):
+    models = {m["name"]: m for m in httpx.get(f"{server}/v1/models", timeout=30).json()["models"]}
+    served = models["energy-demand"]["frequencies"]
+    assert {"hourly", "daily", "monthly"} <= set(served) and served["monthly"]["min_history"] == 24
+    months = np.arange(60)
+    monthly = (100 + 0.5 * months + 10 * np.sin(2 * np.pi * months / 12)).round(2).tolist()
+    r = _post(server, "/v1/forecast", {"history": monthly, "frequency": "monthly", "horizon": 12})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["frequency"] == "monthly" and len(body["forecast"]) == 12
+    assert all(np.isfinite(body["quantiles"][q]).all() for q in ("p10", "p50", "p90"))
+    # every history length from each frequency's minimum up answers 200
+    for name, spec in served.items():
+        for n in (spec["min_history"], spec["min_history"] + 1, 600):
+            series = (50 + 5 * np.sin(np.arange(n) / 3)).round(3).tolist()
+            r = _post(server, "/v1/forecast", {"history": series, "frequency": name, "horizon": 1})
+            assert r.status_code == 200, (name, n, r.text)
 
 
 def test_forecast_interpolates_short_gaps_and_says_so(server):
@@ -193,8 +215,19 @@ def test_forecast_interpolates_short_gaps_and_says_so(server):
 @pytest.mark.parametrize(
     "body, status, message",
     [
-        ({"history": [1.0] * 100}, 400, "history: 100 points; the model needs at least 168"),
-        ({"history": [1.0] * 200, "horizon": 25}, 400, "horizon: 25 is out of range"),
+        (
+            {"history": [1.0] * 100},
+            400,
+            "history: 100 points; the model needs at least 168 for hourly series",
+        ),
+        (
+            {"history": [1.0] * 20, "frequency": "monthly"},
+            400,
+            "history: 20 points; the model needs at least 24 for monthly series",
+        ),
+        ({"history": [1.0] * 200, "frequency": "minutely"}, 400, "frequency: 'minutely' is not served"),
+        ({"history": [1.0] * 200, "frequency": 12}, 400, "frequency"),
+        ({"history": [1.0] * 200, "horizon": 49}, 400, "horizon: 49 is out of range"),
         ({"history": [1.0] * 200, "horizon": 0}, 400, "horizon: 0 is out of range"),
         ({"history": [1.0] * 200, "horizon": "24"}, 400, "horizon"),
         (

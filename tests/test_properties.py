@@ -310,15 +310,44 @@ def hostile_histories(draw) -> list:
 def test_any_json_history_prepares_a_finite_window_or_a_clear_error(loaded, history, horizon):
     forecaster = loaded["energy-demand"].task
     try:
-        values, _ = clean_history(history, forecaster.window)
-        prepared = forecaster.prepare(ForecastRequest.model_construct(history=history, horizon=horizon))
+        values, _ = clean_history(history, forecaster.window, minimum=168)
+        prepared = forecaster.prepare(
+            ForecastRequest.model_construct(history=history, horizon=horizon, frequency=None)
+        )
     except Exception as exc:
         assert_clear_error(exc, ValueError)
         return
-    assert values.shape == (forecaster.window,) and np.isfinite(values).all()
-    assert prepared.window.dtype == np.float32 and np.isfinite(prepared.window).all()
+    assert values.shape == (min(len(history), forecaster.window),) and np.isfinite(values).all()
+    assert all(f.dtype == np.float32 and np.isfinite(f).all() for f in prepared.feeds)
     assert math.isfinite(prepared.loc) and math.isfinite(prepared.scale) and prepared.scale > 0
     assert 1 <= prepared.horizon <= forecaster.max_horizon
+
+
+@PROPERTY
+@given(
+    st.sampled_from(["hourly", "daily", "weekly", "monthly", "quarterly", "yearly"]),
+    st.integers(0, 700),
+    st.floats(-1e12, 1e12, allow_nan=False),
+    st.floats(0, 1e9, allow_nan=False),
+    st.integers(1, 48),
+)
+def test_every_frequency_and_history_length_forecasts_or_names_the_minimum(
+    loaded, frequency, length, level, spread, horizon
+):
+    """What the manifest claims: from each frequency's minimum history on, a finite forecast."""
+    model = loaded["energy-demand"]
+    task = model.task
+    minimum = task.frequencies[frequency]["min_history"]
+    rng = np.random.default_rng(length)
+    history = (level + spread * rng.standard_normal(length)).tolist()
+    request = ForecastRequest(history=history or [0.0], horizon=horizon, frequency=frequency)
+    if length < minimum:
+        with pytest.raises(RequestError, match=f"needs at least {minimum} for {frequency}"):
+            task.predict(request)
+        return
+    answer = task.predict(request)
+    assert len(answer["forecast"]) == horizon and answer["frequency"] == frequency
+    assert all(math.isfinite(v) for q in answer["quantiles"].values() for v in q)
 
 
 # --- request bodies ----------------------------------------------------------------------------

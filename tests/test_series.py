@@ -5,8 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.processing.series import SeriesError, clean_history, standardise
-from training.data.series import city_load, read_series_csv, synthetic_corpus
+from serving.processing.series import (
+    FREQUENCIES,
+    LAG_FEATURES,
+    SeriesError,
+    clean_history,
+    frequency_named,
+    robust_scale,
+    series_features,
+    standardise,
+)
+from training.data.series import (
+    HELDOUT_FAMILIES,
+    PRETRAIN_FAMILIES,
+    city_load,
+    corpus,
+    read_series_csv,
+    synthetic_corpus,
+)
 from training.tasks.forecasting import WEEK, windows
 
 
@@ -49,17 +65,76 @@ def test_standardise_maps_back_exactly_and_survives_constant_series():
     assert np.isfinite(z).all() and (z == 0).all() and (loc[:, 0] == 7.0).all()
 
 
-def test_windows_targets_are_the_future_and_its_seasonal_naive_baseline():
-    series = np.arange(1000, dtype=np.float64) % 168 * 3 + 10  # exactly weekly-periodic
-    examples, loc, scale = windows(series, np.array([300, 500]), 168, 24)
+def test_windows_targets_are_the_future_and_its_seasonal_naive_forecast():
+    series = np.arange(2000, dtype=np.float64) % 168 * 3 + 10  # exactly weekly-periodic
+    hourly = FREQUENCIES["hourly"]
+    examples, loc, scale = windows(series, np.array([600, 900]), hourly, 512, 48)
     truth, naive = examples.targets["future"], examples.targets["naive"]
     np.testing.assert_allclose(
-        truth * scale[:, None] + loc[:, None], series[[[t] for t in (300, 500)] + np.arange(24)], rtol=1e-5
+        truth * scale[:, None] + loc[:, None], series[[[t] for t in (600, 900)] + np.arange(48)], rtol=1e-5
     )
-    np.testing.assert_allclose(
-        truth, naive, atol=1e-5
-    )  # a weekly-periodic series is forecast perfectly by seasonal-naive
-    np.testing.assert_allclose(examples.inputs["history"][0] * scale[0] + loc[0], series[132:300], rtol=1e-5)
+    np.testing.assert_allclose(truth, naive, atol=1e-5)  # seasonal-naive is perfect on a weekly cycle
+    h = examples.inputs["history"][0]
+    np.testing.assert_allclose(h * scale[0] + loc[0], series[600 - 512 : 600], rtol=1e-5)
+    assert (examples.inputs["observed"] == 1).all() and (examples.targets["weight"] > 0).all()
+    # a forecast origin near the end: the steps past the series weigh nothing
+    tail, _, _ = windows(series, np.array([1990]), hourly, 512, 48)
+    assert (tail.targets["weight"][0, :10] > 0).all() and (tail.targets["weight"][0, 10:] == 0).all()
+
+
+def test_seasonal_lags_are_the_same_phase_of_earlier_seasons_and_short_histories_are_flagged():
+    monthly = FREQUENCIES["monthly"]
+    values = np.arange(30, dtype=np.float64)  # 30 months: two and a half years
+    history, observed, lags, loc, scale = series_features(values, monthly, 512, 18)
+    assert history.shape == observed.shape == (512,) and lags.shape == (18, LAG_FEATURES)
+    assert observed.sum() == 30 and (history[:-30] == 0).all()
+    back = lags * scale + loc
+    # step h, j seasons back: index 30 - 12 j + h % 12
+    np.testing.assert_allclose(back[:, 0], 30 - 12 + np.arange(18) % 12, rtol=1e-5)
+    np.testing.assert_allclose(back[:, 2], 30 - 24 + np.arange(18) % 12, rtol=1e-5)
+    # three years back reaches into the history only for the phases from month 6 on
+    reached = (30 - 36 + np.arange(18) % 12) >= 0
+    np.testing.assert_array_equal(lags[:, 5], reached)
+    assert (lags[~reached, 4] == 0).all()
+    assert (lags[:, 1] == 1).all() and (lags[:, 3] == 1).all()
+
+
+def test_robust_scale_ignores_a_level_shift_long_before_the_origin():
+    rng = np.random.default_rng(0)
+    hourly = FREQUENCIES["hourly"]
+    base = 100 + 10 * np.sin(np.arange(600) * 2 * np.pi / 24) + rng.normal(0, 1, 600)
+    shifted = base.copy()
+    shifted[:200] += 500  # a level shift 400 hours ago
+    assert robust_scale(shifted, hourly)[0] == pytest.approx(robust_scale(base, hourly)[0])
+    assert robust_scale(shifted, hourly)[1] == pytest.approx(robust_scale(base, hourly)[1], rel=0.3)
+    # a constant history: a finite, positive scale
+    loc, scale = robust_scale(np.full(200, 7.0), hourly)
+    assert loc == 7.0 and 0 < scale < 1e-3
+
+
+def test_frequencies_are_named_or_refused_with_the_list():
+    served = {"hourly": {}, "monthly": {}}
+    assert frequency_named(None, "hourly", served).name == "hourly"
+    assert frequency_named("monthly", "hourly", served).periods == (12, 12)
+    with pytest.raises(SeriesError, match="'daily' is not served by this model; it serves hourly, monthly"):
+        frequency_named("daily", "hourly", served)
+    with pytest.raises(SeriesError, match="history: 10 points; the model needs at least 24 for monthly"):
+        clean_history([1.0] * 10, 512, minimum=24, series="monthly")
+    values, _ = clean_history([1.0] * 30, 512, minimum=24)
+    assert len(values) == 30
+
+
+def test_generator_families_cover_every_frequency_and_are_deterministic():
+    series = corpus(60, seed=4)
+    assert {f for _, f, _ in series} == set(FREQUENCIES)
+    assert {fam for fam, _, _ in series} == set(PRETRAIN_FAMILIES)
+    assert all(np.isfinite(v).all() and len(v) >= FREQUENCIES[f].min_history + 10 for _, f, v in series)
+    np.testing.assert_array_equal(series[7][2], corpus(60, seed=4)[7][2])
+    assert not set(PRETRAIN_FAMILIES) & set(HELDOUT_FAMILIES)
+    rng = np.random.default_rng(1)
+    for family in HELDOUT_FAMILIES.values():
+        for frequency in FREQUENCIES:
+            assert np.isfinite(family(rng, 200, frequency)).all()
 
 
 def test_read_series_csv_fills_short_gaps_and_refuses_long_ones(tmp_path):

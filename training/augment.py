@@ -1,4 +1,4 @@
-"""Training-time augmentation for text, tables and series, with one `strength` knob per recipe
+"""Training-time augmentation for text and tables, with one `strength` knob per recipe
 (`preprocessing.augment_strength`: 0 = off, 1 = the documented default amounts). Image and audio
 augmentation live in their tasks (they need the decoded pixels / samples).
 
@@ -7,9 +7,8 @@ augmentation live in their tasks (they need the decoded pixels / samples).
   extraction, words inside an entity are never touched, nothing is inserted inside an entity, and
   the spans' character offsets are recomputed for the new text.
 - Tables: Gaussian noise on standardised numeric features; optional mixup (soft targets).
-- Series: jitter on the history, a smooth magnitude warp of history and target, and window slicing
-  (a random crop of the history stretched back to the window), re-standardised afterwards (the
-  forecasting task recomputes its seasonal-naive baseline from the augmented history).
+
+Forecasting has none: its pretraining corpus of generated series is where its variety comes from.
 """
 
 from __future__ import annotations
@@ -20,8 +19,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-
-from serving.processing.series import standardise
 
 LEXICON_FILE = Path(__file__).resolve().parent / "data" / "synonyms.txt"
 WORD = re.compile(r"\S+")
@@ -151,35 +148,3 @@ def mixup(
     if "categorical" in inputs:
         mixed["categorical"] = inputs["categorical"] if lam >= 0.5 else inputs["categorical"][perm]
     return mixed, (lam * onehot + (1 - lam) * onehot[perm]).astype(np.float32)
-
-
-def augment_series(
-    history: np.ndarray, future: np.ndarray, strength: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """history (n, window) and future (n, horizon), standardised by the history. Each transform
-    applies to an example with probability 0.3 × strength: jitter (σ 0.05 × strength), magnitude warp
-    (a smooth curve through 4 knots, σ 0.1 × strength, over history and future), window slicing (a
-    crop of 90-100% of the history stretched back to the window). Both come back re-standardised by
-    the new history; anything derived from the history (a seasonal-naive baseline) is the caller's
-    to recompute."""
-    if strength <= 0:
-        return history, future
-    n, window = history.shape
-    horizon = future.shape[1]
-    x, y = history.astype(np.float64).copy(), future.astype(np.float64).copy()
-    p = min(1.0, 0.3 * strength)
-    t = np.arange(window + horizon)
-    for i in range(n):
-        if rng.random() < p:
-            knots = np.linspace(0, window + horizon - 1, 4)
-            curve = np.interp(t, knots, 1 + rng.normal(0, 0.1 * strength, 4))
-            x[i] *= curve[:window]
-            y[i] *= curve[window:]
-        if rng.random() < p:
-            keep = int(window * rng.uniform(0.9, 1.0))
-            start = int(rng.integers(0, window - keep + 1))
-            x[i] = np.interp(np.linspace(start, start + keep - 1, window), np.arange(window), x[i])
-        if rng.random() < p:
-            x[i] += rng.normal(0, 0.05 * strength, window)
-    z, loc, scale = standardise(x)
-    return z, ((y - loc) / scale).astype(np.float32)

@@ -154,9 +154,9 @@ BACKBONES: dict[str, Backbone] = {
     ),
     "series-cnn": Backbone(
         name="series-cnn",
-        base_model="a 1-D CNN quantile forecaster pretrained in the same build on a synthetic corpus of hourly series",
+        base_model="a 1-D CNN + per-step MLP quantile forecaster pretrained in the same build on a generated corpus of series of every frequency",
         modality="series",
-        hidden_size=256,
+        hidden_size=128,
         load=_built_by_task("series-cnn"),
     ),
 }

@@ -54,8 +54,8 @@ class TrainConfig(_Strict):
 class PretrainConfig(TrainConfig):
     """Pretraining on a generated corpus before fine-tuning on the recipe's data (forecasting)."""
 
-    series: int = Field(400, ge=1, description="number of synthetic series in the corpus")
-    length: int = Field(2016, ge=1, description="points per series")
+    series: int = Field(400, ge=1, description="number of generated series in the corpus")
+    windows_per_series: int = Field(16, ge=1, description="forecast origins drawn from each series")
 
 
 class ExportConfig(_Strict):

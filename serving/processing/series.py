@@ -1,15 +1,24 @@
-"""Series history → the forecaster's input window, and its output back to the series' units.
+"""Series history → the forecaster's inputs, and its output back to the series' units.
 Shared by training and serving (numpy only).
 
-The model sees the last `window` points of the history, standardised by that window's own mean and
-standard deviation (so one model serves series of any level and scale); its quantile outputs are
-mapped back with the same two numbers. Missing points (null or NaN) in runs of at most `max_gap`
-are linearly interpolated (the nearest value at the edges); longer runs are refused.
+Missing points (null or NaN) in runs of at most `max_gap` are linearly interpolated (the nearest
+value at the edges); longer runs are refused.
+
+A forecaster reads the last `context` points of a history (fewer are padded on the left and
+marked unobserved), scaled by the recent level and spread (`robust_scale`: a level shift earlier in
+the history moves neither), and, for each forecast step, the values at the same phase of the last
+`SEASONS` seasons of each of the frequency's two periods (`seasonal_lags`): the seasonal-naive
+forecast is one of them, and the network learns what to make of the rest. One model serves every
+frequency in `FREQUENCIES`; its quantile outputs are mapped back as `y * scale + loc`.
+
+Models built before frequencies existed read `window` points standardised by the window's mean and
+standard deviation (`standardise`) and nothing else; the server still serves them.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,12 +33,132 @@ class SeriesError(InputError):
     """A history the model cannot take; the message names the position."""
 
 
-def clean_history(history: Any, window: int, max_gap: int = MAX_GAP) -> tuple[np.ndarray, int]:
-    """The last `window` points as float64, gaps interpolated; returns (values, points interpolated)."""
+@dataclass(frozen=True)
+class Frequency:
+    """How a forecaster reads series of one sampling frequency."""
+
+    name: str
+    periods: tuple[int, int]  # (the seasonal-naive period, a second period); equal where there is one
+    min_history: int  # the shortest history served: at least one full season
+    horizon: int  # the usual horizon (training weighs the steps up to it)
+    reach: int  # the most recent points read (at most the model's context): a decades-long trend
+    # or regime far back says little about the next seasons and dwarfs the recent scale
+
+
+FREQUENCIES: dict[str, Frequency] = {
+    f.name: f
+    for f in (
+        Frequency("hourly", (168, 24), 168, 24, 512),  # same hour last week; and yesterday
+        Frequency("daily", (7, 365), 28, 14, 512),
+        Frequency("weekly", (52, 52), 60, 13, 260),
+        Frequency("monthly", (12, 12), 24, 18, 120),
+        Frequency("quarterly", (4, 4), 12, 8, 48),
+        Frequency("yearly", (1, 1), 12, 6, 40),  # no season: seasonal-naive is the last value
+    )
+}
+SEASONS = 3  # lags per period: the same phase 1..SEASONS periods back
+# per step: (value, observed) per lag and log(period) per period; then, the same for every step, how
+# the history itself behaved (`diagnostics`)
+DIAGNOSTICS = 2 * 3 + 1
+LAG_FEATURES = 2 * SEASONS * 2 + 2 + DIAGNOSTICS
+CLIP = 50.0  # scaled values beyond ±CLIP are cut: a spike cannot swamp the network
+
+
+def robust_scale(values: np.ndarray, frequency: Frequency) -> tuple[float, float]:
+    """(loc, scale): the mean of the last short period (at least 8 points) and the standard
+    deviation of the last four of them, floored by the whole history's median absolute deviation
+    (and, for series that are mostly one value, its mean absolute deviation), so that neither a level
+    shift nor a flat stretch earlier in the history moves them much."""
+    recent = max(8, min(frequency.periods))
+    loc = float(values[-recent:].mean())
+    spread = float(values[-4 * recent :].std())
+    deviation = np.abs(values - np.median(values))
+    floor = max(0.15 * float(np.median(deviation)), 0.01 * float(deviation.mean()), 1e-6 * max(1.0, abs(loc)))
+    return loc, max(spread, floor)
+
+
+def seasonal_lags(scaled: np.ndarray, frequency: Frequency, horizon: int) -> np.ndarray:
+    """(horizon, LAG_FEATURES): for each step h and each period p, the scaled values at index
+    n - j*p + (h mod p) for j = 1..SEASONS with a flag saying whether the history reaches back that
+    far, then log(p) per period. Slot (0, j=1) is the seasonal-naive forecast."""
+    n = len(scaled)
+    steps = np.arange(horizon)
+    out = np.empty((horizon, LAG_FEATURES), dtype=np.float32)
+    col = 0
+    for p in frequency.periods:
+        for j in range(1, SEASONS + 1):
+            idx = n - j * p + steps % p
+            ok = idx >= 0
+            out[:, col] = np.where(ok, scaled[np.maximum(idx, 0)], 0.0)
+            out[:, col + 1] = ok
+            col += 2
+    out[:, col : col + 2] = np.log1p(np.asarray(frequency.periods, dtype=np.float32)) / math.log1p(168)
+    out[:, col + 2 :] = diagnostics(scaled, frequency)
+    return out
+
+
+def diagnostics(scaled: np.ndarray, frequency: Frequency) -> np.ndarray:
+    """(DIAGNOSTICS,): what an exponential-smoothing model selection would look at, measured on the
+    history: per period p, the in-sample error of repeating the last season, the error of the mean
+    of the last SEASONS seasons, and the autocorrelation at lag p; then the one-step error. They tell
+    a stable season (average it) from an evolving one (repeat the last) and from a random walk."""
+    out = np.zeros(DIAGNOSTICS, dtype=np.float32)
+    n = len(scaled)
+    for i, p in enumerate(frequency.periods):
+        if n <= p + 1:
+            continue
+        now = scaled[p:]
+        out[3 * i] = np.abs(now - scaled[:-p]).mean()
+        total, count = np.zeros(n - p), np.zeros(n - p)
+        for j in range(1, SEASONS + 1):
+            past = np.arange(p, n) - j * p
+            ok = past >= 0
+            total[ok] += scaled[past[ok]]
+            count[ok] += 1
+        out[3 * i + 1] = np.abs(now - total / count).mean()
+        a, b = now - now.mean(), scaled[:-p] - scaled[:-p].mean()
+        denominator = math.sqrt(float((a * a).sum() * (b * b).sum()))
+        out[3 * i + 2] = float((a * b).sum()) / denominator if denominator > 0 else 0.0
+    if n > 1:
+        out[-1] = np.abs(np.diff(scaled)).mean()
+    return np.clip(out, -CLIP, CLIP)
+
+
+def series_features(
+    values: np.ndarray, frequency: Frequency, context: int, horizon: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """(history (context,), observed (context,), lags (horizon, LAG_FEATURES), loc, scale) for one
+    clean history of at least `frequency.min_history` points (its last `frequency.reach` are read)."""
+    values = values[-min(context, frequency.reach) :]
+    loc, scale = robust_scale(values, frequency)
+    scaled = np.clip((values - loc) / scale, -CLIP, CLIP).astype(np.float32)
+    history = np.zeros(context, dtype=np.float32)
+    observed = np.zeros(context, dtype=np.float32)
+    history[context - len(scaled) :] = scaled
+    observed[context - len(scaled) :] = 1.0
+    return history, observed, seasonal_lags(scaled, frequency, horizon), loc, scale
+
+
+def frequency_named(name: str | None, default: str, served: dict[str, Any]) -> Frequency:
+    """The `Frequency` a request asks for; a name the model does not serve is an input error."""
+    key = default if name is None else name
+    if key not in served or key not in FREQUENCIES:
+        raise SeriesError(f"frequency: {key!r} is not served by this model; it serves {', '.join(served)}")
+    return FREQUENCIES[key]
+
+
+def clean_history(
+    history: Any, window: int, max_gap: int = MAX_GAP, minimum: int | None = None, series: str = ""
+) -> tuple[np.ndarray, int]:
+    """The last `window` points (or all, when fewer but at least `minimum`) as float64, gaps
+    interpolated; returns (values, points interpolated). `series` names the frequency in errors."""
     if not isinstance(history, list):
         raise SeriesError(f"history: expected an array of numbers, got {type(history).__name__}")
-    if len(history) < window:
-        raise SeriesError(f"history: {len(history)} points; the model needs at least {window}")
+    need = window if minimum is None else minimum
+    if len(history) < need:
+        raise SeriesError(
+            f"history: {len(history)} points; the model needs at least {need}{f' for {series} series' if series else ''}"
+        )
     if len(history) > MAX_HISTORY:
         raise SeriesError(f"history: {len(history)} points; at most {MAX_HISTORY}")
     bad = next((i for i, v in enumerate(history) if v is not None and type(v) not in (int, float)), None)
@@ -38,6 +167,7 @@ def clean_history(history: Any, window: int, max_gap: int = MAX_GAP) -> tuple[np
         raise SeriesError(
             f"history[{bad}]: expected a number or null, got {type(v).__name__} {str(v)[:30]!r}"
         )
+    window = min(window, len(history))
     offset = len(history) - window
     values = np.empty(window, dtype=np.float64)
     missing = np.zeros(window, dtype=bool)

@@ -156,6 +156,11 @@ class ServingTask(ABC, Generic[Prepared, Item, Output]):
         (the v2 protocol's typed per-feature tensors) build the objects from them."""
         return {}
 
+    def describe(self) -> dict[str, Any]:
+        """What `GET /v1/models` shows of this model besides its manifest's public part (e.g. the
+        frequencies a forecaster serves and the history each needs)."""
+        return {}
+
     def heavy(self, request: Any) -> bool:
         """Whether `prepare` should run off the event loop (file tasks always prepare there)."""
         return False

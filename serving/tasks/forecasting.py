@@ -1,6 +1,12 @@
-"""Quantile forecasts (`/forecast`): the history is validated (gaps, types, length) and its last
-window standardised; windows of several requests run together; the quantiles are mapped back to
-the series' units and cut to the requested horizon."""
+"""Quantile forecasts (`/forecast`): the history is validated (gaps, types, length against the
+frequency's minimum), scaled, and read the way the model was trained (serving/processing/series.py
+`series_features`); windows of several requests run together; the quantiles are mapped back to the
+series' units and cut to the requested horizon.
+
+A model's manifest lists the frequencies it serves (`preprocessing.frequencies`: seasonal periods,
+the minimum history and the usual horizon of each); a request may name one (`frequency`), else the
+model's own. Models built before frequencies existed read one standardised window of a fixed
+length and serve their own frequency only."""
 
 from __future__ import annotations
 
@@ -10,11 +16,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field, StrictInt
+from pydantic import Field, StrictInt, StrictStr
 
 from serving.errors import InputError
 from serving.manifest import Manifest
-from serving.processing.series import clean_history, standardise
+from serving.processing.series import Frequency, clean_history, frequency_named, series_features, standardise
 from serving.settings import Settings
 from serving.tasks.base import Answer, Option, Sample, ServingTask, TaskRequest
 
@@ -25,11 +31,16 @@ class ForecastRequest(TaskRequest):
         description="numbers or null (gaps), oldest first; at least the model's window",
         json_schema_extra={"tensor": "FP32"},
     )  # on v2: an FP32 tensor, NaN for a gap
-    horizon: StrictInt | None = Field(None, description="steps ahead; default: the model's maximum")
+    horizon: StrictInt | None = Field(None, description="steps ahead; default: the frequency's usual horizon")
+    frequency: StrictStr | None = Field(
+        None,
+        description="hourly, daily, weekly, monthly, quarterly or yearly (those the model's manifest lists); default: the model's own",
+    )
 
 
 class ForecastAnswer(Answer):
     horizon: int
+    frequency: str
     forecast: list[float] = Field(description="the median (p50)")
     quantiles: dict[str, list[float]]
     interpolated: int = Field(description="gaps in the history filled by interpolation")
@@ -37,14 +48,15 @@ class ForecastAnswer(Answer):
 
 @dataclass
 class SeriesInput:
-    window: np.ndarray  # (window,) float32, standardised
+    feeds: tuple[np.ndarray, ...]  # one row of each model input, in the model's input order
     loc: float
     scale: float
     horizon: int
     interpolated: int
+    frequency: str
 
 
-class Forecasting(ServingTask[SeriesInput, np.ndarray, np.ndarray]):
+class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
     name = "forecasting"
     route = "/forecast"
     client_method = "forecast"
@@ -54,8 +66,9 @@ class Forecasting(ServingTask[SeriesInput, np.ndarray, np.ndarray]):
     response_model = ForecastAnswer
     options: ClassVar[dict[str, Option]] = {
         "horizon": Option(
-            int, "steps ahead (default: the model's maximum)", {"type": "integer", "minimum": 1}
-        )
+            int, "steps ahead (default: the frequency's usual horizon)", {"type": "integer", "minimum": 1}
+        ),
+        "frequency": Option(str, "the series' frequency (default: the model's own)", {"type": "string"}),
     }
     load_samples = 50
 
@@ -67,24 +80,66 @@ class Forecasting(ServingTask[SeriesInput, np.ndarray, np.ndarray]):
             int(p["horizon"]),
             int(p.get("max_gap", 3)),
         )
+        self.frequency = str(p.get("frequency", "hourly"))
+        # {name: {"periods", "min_history", "horizon"}}; absent: a fixed-window model of one frequency
+        self.frequencies: dict[str, dict[str, Any]] = dict(p.get("frequencies") or {})
         self.quantile_names = list(manifest.labels)
-        self.input_name = session.get_inputs()[0].name
+        self.input_names = [i.name for i in session.get_inputs()]
+
+    def describe(self) -> dict[str, Any]:
+        """What `/v1/models` says besides the manifest: the frequencies served and their minimum history."""
+        if not self.frequencies:
+            return {
+                "frequencies": {self.frequency: {"min_history": self.window, "horizon": self.max_horizon}}
+            }
+        return {
+            "frequencies": {
+                name: {"min_history": f["min_history"], "horizon": min(f["horizon"], self.max_horizon)}
+                for name, f in self.frequencies.items()
+            }
+        }
 
     def prepare(self, request: ForecastRequest) -> SeriesInput:
-        horizon = self.max_horizon if request.horizon is None else request.horizon
+        if not self.frequencies:
+            return self._prepare_fixed(request)
+        frequency: Frequency = frequency_named(request.frequency, self.frequency, self.frequencies)
+        horizon = self._horizon(request.horizon, min(frequency.horizon, self.max_horizon))
+        minimum = int(self.frequencies[frequency.name]["min_history"])
+        values, interpolated = clean_history(
+            request.history, self.window, self.max_gap, minimum=minimum, series=frequency.name
+        )
+        history, observed, lags, loc, scale = series_features(
+            values, frequency, self.window, self.max_horizon
+        )
+        feeds = {"history": history, "observed": observed, "lags": lags}
+        return SeriesInput(
+            tuple(feeds[name] for name in self.input_names), loc, scale, horizon, interpolated, frequency.name
+        )
+
+    def _horizon(self, asked: int | None, default: int) -> int:
+        horizon = default if asked is None else asked
         if not 1 <= horizon <= self.max_horizon:
             raise InputError(
                 f"horizon: {horizon} is out of range; the model forecasts 1..{self.max_horizon} steps"
             )
+        return horizon
+
+    def _prepare_fixed(self, request: ForecastRequest) -> SeriesInput:
+        if request.frequency is not None and request.frequency != self.frequency:
+            raise InputError(
+                f"frequency: {request.frequency!r} is not served by this model; it serves {self.frequency}"
+            )
+        horizon = self._horizon(request.horizon, self.max_horizon)
         values, interpolated = clean_history(request.history, self.window, self.max_gap)
         window, loc, scale = standardise(values)
-        return SeriesInput(window, float(loc[0]), float(scale[0]), horizon, interpolated)
+        return SeriesInput((window,), float(loc[0]), float(scale[0]), horizon, interpolated, self.frequency)
 
-    def items(self, prepared: SeriesInput) -> list[np.ndarray]:
-        return [prepared.window]
+    def items(self, prepared: SeriesInput) -> list[tuple[np.ndarray, ...]]:
+        return [prepared.feeds]
 
-    def run(self, windows: list[np.ndarray]) -> list[np.ndarray]:
-        (out,) = self.session.run(None, {self.input_name: np.stack(windows)})
+    def run(self, items: list[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
+        feeds = {name: np.stack([item[i] for item in items]) for i, name in enumerate(self.input_names)}
+        (out,) = self.session.run(None, feeds)
         return list(out)
 
     def answer(
@@ -95,6 +150,7 @@ class Forecasting(ServingTask[SeriesInput, np.ndarray, np.ndarray]):
         median = quantiles.get("p50", values[:, len(self.quantile_names) // 2].tolist())
         return {
             "horizon": prepared.horizon,
+            "frequency": prepared.frequency,
             "forecast": median,
             "quantiles": quantiles,
             "interpolated": prepared.interpolated,
@@ -109,7 +165,12 @@ class Forecasting(ServingTask[SeriesInput, np.ndarray, np.ndarray]):
 
     @classmethod
     def cli_request(cls, inputs: list[str], options: dict[str, Any], model: str) -> ForecastRequest:
-        return ForecastRequest(model=model, history=read_history(inputs), horizon=options.get("horizon"))
+        return ForecastRequest(
+            model=model,
+            history=read_history(inputs),
+            horizon=options.get("horizon"),
+            frequency=options.get("frequency"),
+        )
 
     @classmethod
     def cli_rows(cls, inputs: list[str], answer: dict[str, Any]) -> None:

@@ -551,6 +551,17 @@ def forecast_cases() -> list[Case]:
         "a 10 MB string in the history",
         dumps({"history": HISTORY + ["1" * 10_000_000]}),
     )
+    add(
+        "frequency-unknown",
+        "a frequency the model does not serve",
+        dumps({"history": HISTORY, "frequency": "minutely"}),
+    )
+    add("frequency-number", "frequency given as a number", dumps({"history": HISTORY, "frequency": 12}))
+    add(
+        "frequency-monthly-too-short",
+        "20 monthly points (the model needs 24)",
+        dumps({"history": HISTORY[:20], "frequency": "monthly"}),
+    )
     add("horizon-zero", "horizon 0", raw(good, b"0"))
     add("horizon-negative", "horizon -5", raw(good, b"-5"))
     add("horizon-huge", "horizon 10**9", raw(good, b"1000000000"))

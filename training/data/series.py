@@ -1,7 +1,14 @@
-"""Hourly series for forecasting: a synthetic pretraining corpus, a synthetic city load, and CSV files.
+"""Series for forecasting: generator families for pretraining and for held-out evaluation, a
+synthetic city load, and CSV files.
 
-- `synthetic_corpus`: many varied series for pretraining a global forecaster — daily and weekly
-  seasonality of random shapes, trend, level shifts, holidays, autocorrelated noise, random scale.
+- `corpus`: many varied series of every frequency in serving/processing/series.py FREQUENCIES for
+  pretraining a global forecaster, drawn from `PRETRAIN_FAMILIES`: seasonal composites (several
+  periods of random shape, additive or multiplicative, trend with changepoints, level shifts,
+  holidays, outliers, autocorrelated noise), random walks with seasonality, intermittent counts and
+  saturating growth, exponential smoothing's state space. `HELDOUT_FAMILIES` are generators never used in pretraining (on/off schedules,
+  stochastic seasonality, exponential growth with multiplicative seasonality, drifting seasonal
+  amplitude and phase); benchmarks/forecast_zero_shot.py scores the forecaster on them.
+- `synthetic_corpus`: hourly series only (the corpus of the first forecasters).
 - `city_load`: the fine-tuning target, an hourly electricity load whose seasonality is driven by
   temperature (heating below 15 °C, cooling above 22 °C), with weekday/weekend profiles, public
   holidays, weather fronts lasting days, growth and noise. Written as CSV (timestamp, load_mw,
@@ -65,6 +72,228 @@ def synthetic_series(rng: np.random.Generator, length: int) -> np.ndarray:
 def synthetic_corpus(count: int, length: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [synthetic_series(rng, length) for _ in range(count)]
+
+
+# --- generator families, every frequency -------------------------------------------------------
+
+# points per generated series, by frequency: (fewest, most)
+LENGTHS = {
+    "hourly": (1200, 3000),
+    "daily": (300, 1500),
+    "weekly": (120, 520),
+    "monthly": (48, 360),
+    "quarterly": (28, 160),
+    "yearly": (24, 150),
+}
+# the seasonal periods a generator draws from, per frequency (fractional: the year in days/weeks)
+SEASONALITIES = {
+    "hourly": (24.0, 168.0),
+    "daily": (7.0, 365.25),
+    "weekly": (52.18,),
+    "monthly": (12.0,),
+    "quarterly": (4.0,),
+    "yearly": (),
+}
+
+
+def _shape(rng: np.random.Generator, t: np.ndarray, period: float, harmonics: int) -> np.ndarray:
+    """A random periodic shape of unit-ish amplitude."""
+    out = np.zeros(len(t))
+    for k in range(1, harmonics + 1):
+        out += rng.normal(0, 1 / k) * np.sin(2 * np.pi * k * t / period + rng.uniform(0, 2 * np.pi))
+    return out / max(1e-6, np.abs(out).max())
+
+
+def _seasonal(rng: np.random.Generator, t: np.ndarray, frequency: str) -> np.ndarray:
+    out = np.zeros(len(t))
+    for period in SEASONALITIES[frequency]:
+        if period <= len(t) / 1.5 and rng.random() < 0.85:
+            out += rng.uniform(0.05, 0.6) * _shape(rng, t, period, int(rng.integers(1, 5)))
+    if frequency == "yearly" and rng.random() < 0.5:  # business or sunspot-like cycles
+        out += rng.uniform(0.1, 0.6) * _shape(rng, t, rng.uniform(5, 12), int(rng.integers(1, 3)))
+    return out
+
+
+def _trend(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Piecewise-linear, with a few changepoints, sometimes damped."""
+    slope = np.full(n, rng.normal(0, 0.6) / n)
+    for _ in range(rng.poisson(1.0)):
+        slope[rng.integers(n) :] += rng.normal(0, 0.6) / n
+    trend = np.cumsum(slope) * (rng.random() < 0.8)
+    return trend * (1 - np.exp(-np.arange(n) / (n * rng.uniform(0.2, 2)))) if rng.random() < 0.2 else trend
+
+
+def _shifts(rng: np.random.Generator, n: int, rate: float = 0.8) -> np.ndarray:
+    out = np.zeros(n)
+    for _ in range(rng.poisson(rate)):
+        out[rng.integers(n) :] += rng.normal(0, 0.25)
+    return out
+
+
+def _noise(rng: np.random.Generator, n: int) -> np.ndarray:
+    return _ar1(rng, n, rng.uniform(0, 0.95), rng.uniform(0.005, 0.1)) + rng.normal(
+        0, rng.uniform(0, 0.15), n
+    )
+
+
+def _events(rng: np.random.Generator, n: int, frequency: str) -> np.ndarray:
+    """Holidays (a day of hourly data, a day of daily data) and one-point outliers, multiplicative."""
+    out = np.zeros(n)
+    span = {"hourly": 24, "daily": 1}.get(frequency)
+    if span is not None:
+        for _ in range(rng.poisson(n / span / 60)):
+            start = int(rng.integers(n))
+            out[start : start + span] += rng.uniform(-0.35, 0.1)
+    for _ in range(rng.poisson(n / 300)):
+        out[rng.integers(n)] += rng.choice([-1, 1]) * rng.uniform(0.2, 1.0)
+    return out
+
+
+def composite(rng: np.random.Generator, n: int, frequency: str) -> np.ndarray:
+    """Level x (trend, shifts, slow drift) with seasonality, additive or multiplicative, and noise."""
+    t = np.arange(n) + rng.integers(0, 10_000)
+    level = 1 + _trend(rng, n) + _shifts(rng, n) + _ar1(rng, n, rng.uniform(0.9, 0.999), rng.uniform(0, 0.02))
+    seasonal = _seasonal(rng, t, frequency) + _events(rng, n, frequency)
+    series = level * (1 + seasonal) if rng.random() < 0.5 else level + seasonal
+    return series + _noise(rng, n)
+
+
+def random_walk(rng: np.random.Generator, n: int, frequency: str) -> np.ndarray:
+    t = np.arange(n) + rng.integers(0, 10_000)
+    walk = np.cumsum(rng.normal(rng.normal(0, 0.01), rng.uniform(0.005, 0.08), n))
+    return (
+        1 + walk + _seasonal(rng, t, frequency) * rng.uniform(0, 1) + rng.normal(0, rng.uniform(0, 0.05), n)
+    )
+
+
+def intermittent(rng: np.random.Generator, n: int, frequency: str) -> np.ndarray:
+    """Counts: a seasonal Poisson rate, often near zero."""
+    t = np.arange(n) + rng.integers(0, 10_000)
+    rate = rng.lognormal(rng.uniform(-1.5, 2.5), 0.3) * np.exp(
+        0.8 * _seasonal(rng, t, frequency) + _trend(rng, n)
+    )
+    return rng.poisson(rate).astype(np.float64)
+
+
+def saturating(rng: np.random.Generator, n: int, frequency: str) -> np.ndarray:
+    t = np.arange(n) + rng.integers(0, 10_000)
+    growth = 1 / (1 + np.exp(-(np.arange(n) - rng.uniform(0.1, 0.9) * n) / (n * rng.uniform(0.05, 0.3))))
+    return (
+        1 + rng.uniform(0.5, 3) * growth + _seasonal(rng, t, frequency) * rng.uniform(0, 0.5) + _noise(rng, n)
+    )
+
+
+def state_space(rng: np.random.Generator, n: int, frequency: str) -> np.ndarray:
+    """Exponential smoothing's state space simulated: a level, a damped trend and seasonal states
+    that each take a share of the innovations, so the seasonal shape evolves (additive, or
+    multiplicative on a log scale)."""
+    m = max(1, round((SEASONALITIES[frequency] or (1.0,))[0]))
+    alpha, beta, gamma = (
+        rng.uniform(0.02, 0.5),
+        rng.uniform(0, 0.1) * (rng.random() < 0.5),
+        rng.uniform(0, 0.3),
+    )
+    phi = rng.uniform(0.8, 1.0)
+    season = list(_shape(rng, np.arange(m), m, int(rng.integers(1, 4))) * rng.uniform(0, 1.5) * (m > 1))
+    level, slope, sigma = 0.0, rng.normal(0, 0.01), rng.uniform(0.02, 0.3)
+    out = np.empty(n)
+    for i in range(n):
+        s = season[i % m]
+        e = rng.normal(0, sigma)
+        out[i] = level + phi * slope + s + e
+        level, slope = level + phi * slope + alpha * e, phi * slope + beta * e
+        season[i % m] = s + gamma * e
+    return np.exp(out * 0.3) if rng.random() < 0.4 else 10 + out
+
+
+def schedule(rng: np.random.Generator, n: int, frequency: str) -> np.ndarray:
+    """Held out: on/off blocks (opening hours, working days, peak seasons) with noise and outages."""
+    t = np.arange(n) + rng.integers(0, 10_000)
+    out = np.ones(n)
+    for period in SEASONALITIES[frequency] or (rng.uniform(4, 9),):
+        phase = (t % period) / period
+        start, width = rng.uniform(0, 1), rng.uniform(0.2, 0.6)
+        out += rng.uniform(0.2, 1.0) * (((phase - start) % 1) < width)
+    for _ in range(rng.poisson(n / 400)):
+        s = int(rng.integers(n))
+        out[s : s + int(rng.integers(1, 6))] *= rng.uniform(0.1, 0.6)
+    return out * (1 + rng.normal(0, rng.uniform(0.02, 0.1), n))
+
+
+def seasonal_ar(rng: np.random.Generator, n: int, frequency: str) -> np.ndarray:
+    """Held out: stochastic seasonality, y_t = phi_s y_{t-m} + phi y_{t-1} - phi phi_s y_{t-m-1} + e_t."""
+    m = max(1, round((SEASONALITIES[frequency] or (1.0,))[0]))
+    phi_s, phi = rng.uniform(0.6, 0.97), rng.uniform(0, 0.8)
+    e = rng.normal(0, 1, n + 3 * m + 1)
+    y = np.zeros_like(e)
+    y[: m + 1] = rng.normal(0, 3, m + 1)
+    for i in range(m + 1, len(e)):
+        y[i] = phi_s * y[i - m] + phi * y[i - 1] - phi * phi_s * y[i - m - 1] + e[i]
+    return 20 + y[-n:]
+
+
+def exponential(rng: np.random.Generator, n: int, frequency: str) -> np.ndarray:
+    """Held out: log-linear growth with multiplicative seasonality and lognormal noise (airline-like)."""
+    t = np.arange(n) + rng.integers(0, 10_000)
+    log = rng.uniform(0.5, 3) * np.arange(n) / n + _seasonal(rng, t, frequency) * rng.uniform(0.1, 0.5)
+    return np.exp(log + rng.normal(0, rng.uniform(0.01, 0.08), n))
+
+
+def modulated(rng: np.random.Generator, n: int, frequency: str) -> np.ndarray:
+    """Held out: seasonal cycles whose amplitude and phase drift, noise whose variance switches regime."""
+    t = np.arange(n) + rng.integers(0, 10_000)
+    out = np.full(n, 5.0)
+    for period in SEASONALITIES[frequency] or (rng.uniform(5, 12),):
+        amp = 1 + 0.5 * np.sin(2 * np.pi * np.arange(n) / (n * rng.uniform(0.5, 2)) + rng.uniform(0, 6))
+        drift = np.cumsum(rng.normal(0, 0.01, n))
+        out += rng.uniform(0.3, 1.5) * amp * np.sin(2 * np.pi * t / period + drift)
+    sigma = np.where(np.cumsum(rng.random(n) < 3 / n) % 2 == 0, 0.1, 0.4) * rng.uniform(0.3, 1.5)
+    return out + rng.normal(0, 1, n) * sigma
+
+
+PRETRAIN_FAMILIES = {
+    "composite": composite,
+    "random_walk": random_walk,
+    "intermittent": intermittent,
+    "saturating": saturating,
+    "state_space": state_space,
+}
+HELDOUT_FAMILIES = {
+    "schedule": schedule,
+    "seasonal_ar": seasonal_ar,
+    "exponential": exponential,
+    "modulated": modulated,
+}
+FREQUENCY_WEIGHTS = {
+    "hourly": 0.3,
+    "daily": 0.2,
+    "weekly": 0.1,
+    "monthly": 0.2,
+    "quarterly": 0.1,
+    "yearly": 0.1,
+}
+
+
+def corpus(
+    count: int, seed: int, families: dict | None = None, frequencies: dict[str, float] | None = None
+) -> list[tuple[str, str, np.ndarray]]:
+    """`count` series as (family, frequency, values), families drawn evenly, frequencies by weight,
+    each at a random scale and offset (sometimes crossing zero)."""
+    families = families or PRETRAIN_FAMILIES
+    weights = frequencies or FREQUENCY_WEIGHTS
+    names = list(weights)
+    p = np.asarray([weights[k] for k in names])
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        family = list(families)[i % len(families)]
+        frequency = names[rng.choice(len(names), p=p / p.sum())]
+        low, high = LENGTHS[frequency]
+        n = int(rng.integers(low, high + 1))
+        values = families[family](rng, n, frequency)
+        scale, offset = rng.lognormal(2, 2), (rng.normal(0, 1) if rng.random() < 0.1 else 0.0)
+        out.append((family, frequency, (values + offset) * scale))
+    return out
 
 
 def _holidays(years: range) -> set[dt.date]:

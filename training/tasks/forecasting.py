@@ -1,225 +1,321 @@
-"""Forecasting: a global 1-D CNN quantile forecaster (p10/p50/p90 by pinball loss) pretrained on a
-synthetic corpus of hourly series, then fine-tuned on the target series.
+"""Forecasting: one global quantile forecaster (p10/p50/p90 by pinball loss) for series of every
+frequency in serving/processing/series.py FREQUENCIES, pretrained on a generated corpus of all of
+them (training/data/series.py `corpus`) and fine-tuned on the recipe's series with the corpus
+replayed beside it, so that the fine-tuned model still serves the other frequencies.
 
-Each example is the last `window` points before a forecast origin and the `horizon` points after it,
-both standardised by the history window's own mean and standard deviation (serving does the same
-from the request's history). The network predicts corrections to the seasonal-naive forecast (the
-same hour one week earlier), with quantiles kept ordered by construction.
+The network reads what `series_features` makes of a history: the last `context` points (padded and
+flagged where the history is shorter), scaled by the recent level and spread, and for each step
+ahead the values at the same phase of the last seasons of the frequency's two periods. A 1-D CNN
+summarises the context; a per-step MLP reads that summary, the step's seasonal lags and a learned
+step embedding, and predicts a correction to the seasonal-naive forecast (one of the lags), with
+the outer quantiles kept ordered by construction. Each example's loss is divided by the
+seasonal-naive error of its own history (MASE's denominator), so smooth and noisy series weigh alike.
 
-Splits are in time order: training windows from the start, validation origins next, and the held-out
-tail as a rolling-origin backtest (one 24-hour forecast per day). The manifest's report has MASE and
-p10-p90 coverage in the series' units for the fine-tuned model, the pretrained-only model and
-seasonal-naive. Recipe `preprocessing` keys: `ForecastingPreprocessing`.
+The recipe's series splits in time order: training windows from the start, validation origins
+next, and the held-out tail as a rolling-origin backtest (one forecast per `origin_stride` points).
+The manifest's report has MASE and p10-p90 coverage in the series' units for the fine-tuned model,
+the pretrained-only model and seasonal-naive. Recipe `preprocessing` keys: `ForecastingPreprocessing`.
 
-Targets are `{"future": (n, horizon), "naive": (n, horizon)}`: the standardised truth and the
-seasonal-naive baseline the `skill` metric compares with. Parity is a tolerance on the quantiles
-(there is no class to agree on).
+Targets are `{"future", "naive", "weight"}` (n, horizon): the scaled truth, the seasonal-naive
+forecast and each step's weight (0 past the series' end). Parity is a tolerance on the quantiles.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
 
-from serving.processing.series import MAX_GAP, standardise
-from training.augment import augment_series
+from serving.processing.series import CLIP, FREQUENCIES, LAG_FEATURES, MAX_GAP, Frequency, series_features
 from training.data.arrays import ArrayExamples, array_loader
-from training.data.series import read_series_csv, resolve_series, synthetic_corpus
+from training.data.series import corpus, read_series_csv, resolve_series
 from training.evaluate import max_abs_diff, torch_outputs
+from training.recipe import RecipeError
 from training.tasks.base import Preprocessing, Splits, Task
 
 log = logging.getLogger(__name__)
 
 QUANTILES = (0.1, 0.5, 0.9)
 WEEK = 168
+BEYOND = 0.3  # weight of the steps past a frequency's usual horizon
+STEP_DIM = 16
 
 
-class SeriesCNN(nn.Module):
+class SeasonalNet(nn.Module):
     def __init__(
-        self, window: int, horizon: int, width: int = 32, hidden: int = 256, dropout: float = 0.1
+        self,
+        context: int,
+        horizon: int,
+        width: int = 32,
+        embed: int = 64,
+        hidden: int = 128,
+        dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        if window < WEEK or horizon > WEEK:
-            raise ValueError(f"series-cnn needs window ≥ {WEEK} and horizon ≤ {WEEK} (seasonal-naive skip)")
-        self.window, self.horizon = window, horizon
+        if context % 64:
+            raise ValueError(f"series-seasonal needs a context divisible by 64, got {context}")
+        self.context, self.horizon = context, horizon
         self.backbone = nn.Sequential(
-            nn.Conv1d(1, 16, 7, padding=3),
+            nn.Conv1d(2, 16, 7, padding=3),
             nn.GELU(),
             nn.Conv1d(16, width, 5, stride=2, padding=2),
             nn.GELU(),
             nn.Conv1d(width, width, 5, stride=2, padding=2),
             nn.GELU(),
+            nn.Conv1d(width, width, 5, stride=2, padding=2),
+            nn.GELU(),
+            nn.AvgPool1d(context // 64),
         )
-        conv_out = width * math.ceil(math.ceil(window / 2) / 2)
-        self.mix = nn.Sequential(nn.Linear(conv_out + window, hidden), nn.GELU(), nn.Dropout(dropout))
-        self.head = nn.Linear(hidden, horizon * len(QUANTILES))
+        self.summary = nn.Sequential(nn.Linear(width * 8 + context, embed), nn.GELU())
+        self.steps = nn.Parameter(torch.randn(horizon, STEP_DIM) * 0.1)
+        self.head = nn.Sequential(
+            nn.Linear(LAG_FEATURES + embed + STEP_DIM, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, len(QUANTILES)),
+        )
+        nn.init.zeros_(self.head[-1].weight)  # type: ignore[arg-type]
+        nn.init.zeros_(self.head[-1].bias)  # type: ignore[arg-type]
 
-    def forward(self, history: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(history.unsqueeze(1)).flatten(1)
-        out = self.head(self.mix(torch.cat([features, history], dim=1))).view(-1, self.horizon, 3)
-        start = self.window - WEEK
-        median = history[:, start : start + self.horizon] + out[..., 1]
+    def forward(self, history: torch.Tensor, observed: torch.Tensor, lags: torch.Tensor) -> torch.Tensor:
+        conv = self.backbone(torch.stack([history, observed], dim=1)).flatten(1)
+        summary = self.summary(torch.cat([conv, history], dim=1))
+        n = lags.shape[0]
+        per_step = torch.cat(
+            [
+                lags,
+                summary.unsqueeze(1).expand(n, self.horizon, summary.shape[1]),
+                self.steps.unsqueeze(0).expand(n, self.horizon, STEP_DIM),
+            ],
+            dim=-1,
+        )
+        out = self.head(per_step)
+        median = lags[..., 0] + out[..., 1]
         low = median - nn.functional.softplus(out[..., 0])
         high = median + nn.functional.softplus(out[..., 2])
         return torch.stack([low, median, high], dim=-1)
 
 
-def pinball(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    q = torch.tensor(QUANTILES, dtype=pred.dtype)
+def pinball(pred: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    q = torch.tensor(QUANTILES, dtype=pred.dtype, device=pred.device)
     err = truth.unsqueeze(-1) - pred
-    return torch.maximum(q * err, (q - 1) * err).mean()
+    loss = torch.maximum(q * err, (q - 1) * err).mean(-1)
+    return (loss * weight).sum() / weight.sum().clamp_min(1e-6)
 
 
-def seasonal_naive(history: np.ndarray, horizon: int) -> np.ndarray:
-    """The forecast that repeats the same hours one week earlier, from (n, window) histories."""
-    start = history.shape[1] - WEEK
-    return history[:, start : start + horizon]
+def naive_error(scaled: np.ndarray, period: int) -> float:
+    """In-sample seasonal-naive MAE of a scaled history (MASE's denominator), floored."""
+    if len(scaled) <= period:
+        return 1.0
+    return max(float(np.abs(scaled[period:] - scaled[:-period]).mean()), 0.05)
 
 
 def windows(
-    series: np.ndarray, origins: np.ndarray, window: int, horizon: int
+    values: np.ndarray,
+    origins: np.ndarray,
+    frequency: Frequency,
+    context: int,
+    horizon: int,
+    starts: np.ndarray | None = None,
 ) -> tuple[ArrayExamples, np.ndarray, np.ndarray]:
-    """Examples for forecast origins (index of the first forecast point); targets are the future and
-    its seasonal-naive forecast, standardised like the history. Also returns loc and scale."""
-    view = sliding_window_view(series, window + horizon)[origins - window]
-    history, future = view[:, :window], view[:, window:]
-    x, loc, scale = standardise(history)
-    y = ((future - loc) / scale).astype(np.float32)
-    return (
-        ArrayExamples({"history": x}, {"future": y, "naive": seasonal_naive(x, horizon)}),
-        loc[:, 0],
-        scale[:, 0],
+    """Examples for forecast origins (index of the first forecast point) of one series; histories
+    begin at `starts` (default: as far back as the context reaches). Also returns loc and scale."""
+    n = len(origins)
+    history = np.empty((n, context), np.float32)
+    observed = np.empty((n, context), np.float32)
+    lags = np.empty((n, horizon, LAG_FEATURES), np.float32)
+    future = np.zeros((n, horizon), np.float32)
+    weight = np.zeros((n, horizon), np.float32)
+    loc, scale = np.empty(n), np.empty(n)
+    step_weight = np.where(np.arange(horizon) < frequency.horizon, 1.0, BEYOND)
+    for i, origin in enumerate(origins):
+        begin = max(0, origin - context) if starts is None else starts[i]
+        history[i], observed[i], lags[i], loc[i], scale[i] = series_features(
+            values[begin:origin], frequency, context, horizon
+        )
+        ahead = values[origin : origin + horizon]
+        future[i, : len(ahead)] = np.clip((ahead - loc[i]) / scale[i], -CLIP, CLIP)
+        kept = history[i][observed[i] > 0]
+        weight[i, : len(ahead)] = step_weight[: len(ahead)] / naive_error(kept, frequency.periods[0])
+    examples = ArrayExamples(
+        {"history": history, "observed": observed, "lags": lags},
+        {"future": future, "naive": lags[..., 0].copy(), "weight": weight},
     )
+    return examples, loc, scale
+
+
+def corpus_windows(count: int, seed: int, per_series: int, context: int, horizon: int) -> ArrayExamples:
+    """Windows of a generated corpus of every frequency: random origins, and one history in three
+    cut short (down to the frequency's minimum)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _, name, values in corpus(count, seed):
+        frequency = FREQUENCIES[name]
+        low = frequency.min_history
+        if len(values) < low + 1:
+            continue
+        origins = rng.integers(low, len(values), per_series)
+        short = rng.random(per_series) < 1 / 3
+        starts = np.where(
+            short,
+            origins - rng.integers(low, np.minimum(origins, context) + 1),
+            np.maximum(0, origins - context),
+        )
+        parts.append(windows(values, origins, frequency, context, horizon, starts)[0])
+    return ArrayExamples.concatenate(parts)
 
 
 class ForecastingPreprocessing(Preprocessing):
-    window: int = Field(
-        WEEK,
+    context: int = Field(
+        512,
         ge=WEEK,
-        description="hours of history the model reads (at least a week: the seasonal-naive skip)",
+        description="points of history the model reads (a multiple of 64; for hourly data, three weeks)",
     )
-    horizon: int = Field(24, ge=1, le=WEEK, description="hours forecast")
-    train_stride: int = Field(1, ge=1, description="hours between training origins")
-    origin_stride: int = Field(24, ge=1, description="hours between validation and backtest origins")
-    # augment_strength: jitter, magnitude warp, window slicing (training/augment.py)
+    horizon: int = Field(48, ge=1, le=WEEK, description="steps forecast, at most (requests may ask fewer)")
+    frequency: str = Field(
+        "hourly", description="the recipe's series: one of serving/processing/series.py FREQUENCIES"
+    )
+    train_stride: int = Field(1, ge=1, description="points between training origins")
+    origin_stride: int = Field(24, ge=1, description="points between backtest origins")
+    val_stride: int = Field(6, ge=1, description="points between validation origins (early stopping)")
+    backtest_horizon: int = Field(24, ge=1, description="steps scored by the backtest")
+    replay: float = Field(
+        1.0, ge=0, description="corpus windows replayed in fine-tuning, per window of the recipe's series"
+    )
 
 
 class ForecastingTask(Task[ForecastingPreprocessing]):
     name = "forecasting"
     modality = "series"
-    metric = "skill"  # 1 - MAE(p50) / MAE(seasonal naive), on standardised windows
-    input_names: ClassVar[list[str]] = ["history"]
+    metric = "skill"  # 1 - MAE(p50) / MAE(seasonal naive), weighted as the loss, on scaled windows
+    input_names: ClassVar[list[str]] = ["history", "observed", "lags"]
     output_names: ClassVar[list[str]] = ["quantiles"]
-    dynamic_axes: ClassVar[dict[str, dict[int, str]]] = {"history": {0: "batch"}, "quantiles": {0: "batch"}}
+    dynamic_axes: ClassVar[dict[str, dict[int, str]]] = {
+        "history": {0: "batch"},
+        "observed": {0: "batch"},
+        "lags": {0: "batch"},
+        "quantiles": {0: "batch"},
+    }
     preprocessing_model = ForecastingPreprocessing
 
     def __init__(self, recipe, backbone) -> None:
         super().__init__(recipe, backbone)
-        self.window, self.horizon = self.options.window, self.options.horizon
-        self.train_stride, self.origin_stride = self.options.train_stride, self.options.origin_stride
+        o = self.options
+        if o.frequency not in FREQUENCIES:
+            raise RecipeError(
+                f"recipe {recipe.name!r}: preprocessing.frequency {o.frequency!r} is not one of {', '.join(FREQUENCIES)}"
+            )
+        if o.augment_strength > 0:
+            raise RecipeError(
+                f"recipe {recipe.name!r}: forecasting has no augmentation (the pretraining corpus varies the series); "
+                "set preprocessing.augment_strength to 0"
+            )
+        self.context, self.horizon, self.frequency = o.context, o.horizon, FREQUENCIES[o.frequency]
         self.series: np.ndarray | None = None
         self.test_origins: np.ndarray | None = None
         self.pretrained: nn.Module | None = None
 
     def load_data(self) -> Splits:
-        d = self.recipe.data
+        d, o = self.recipe.data, self.options
         path, column = resolve_series(d.source, d.seed)
         series = read_series_csv(path, value_column=column)
         n = len(series)
         test_len, val_len = int(n * d.test_fraction), int(n * d.val_fraction)
         train_end = n - test_len - val_len
-        if train_end - self.window - self.horizon < 10 * WEEK // 7:
+        first = self.frequency.min_history
+        if train_end - first - self.horizon < 10 * self.frequency.periods[0]:
             raise ValueError(
-                f"{path}: {n} hourly points is too short for window {self.window} + horizon {self.horizon} and the splits"
+                f"{path}: {n} points is too short for a {self.frequency.name} history of {first}, horizon {self.horizon} and the splits"
             )
-        self.series = series
-        self.train_end = train_end
-        train_origins = np.arange(self.window, train_end - self.horizon + 1, self.train_stride)
+        self.series, self.train_end = series, train_end
+        train_origins = np.arange(first, train_end - self.horizon + 1, o.train_stride)
         if d.limit is not None:
             train_origins = train_origins[-d.limit :]
-        val_origins = np.arange(train_end, n - test_len - self.horizon + 1, self.origin_stride)
-        test_origins = np.arange(n - test_len, n - self.horizon + 1, self.origin_stride)
+        val_origins = np.arange(train_end, n - test_len - o.backtest_horizon + 1, o.val_stride)
+        test_origins = np.arange(n - test_len, n - o.backtest_horizon + 1, o.origin_stride)
         self.test_origins = test_origins
-        train, _, _ = windows(series, train_origins, self.window, self.horizon)
-        val, _, _ = windows(series, val_origins, self.window, self.horizon)
-        test, self.test_loc, self.test_scale = windows(series, test_origins, self.window, self.horizon)
+        make = lambda origins: windows(series, origins, self.frequency, self.context, self.horizon)  # noqa: E731
+        train, val = make(train_origins)[0], make(val_origins)[0]
+        test, self.test_loc, self.test_scale = make(test_origins)
         return Splits(train, val, test, [f"p{round(q * 100)}" for q in QUANTILES])
 
     def build_model(self, label_names: list[str]) -> nn.Module:
-        return SeriesCNN(self.window, self.horizon, dropout=self.recipe.train.dropout)
+        return SeasonalNet(self.context, self.horizon, dropout=self.recipe.train.dropout)
+
+    def restore(self, preprocessing: dict[str, Any]) -> None:
+        self.context, self.horizon = int(preprocessing["window"]), int(preprocessing["horizon"])
 
     def prepare(self, model: nn.Module, splits: Splits) -> None:
-        """Pretrain on the synthetic corpus (the recipe's `pretrain` section), keep a copy for the report."""
+        """Pretrain on the generated corpus (the recipe's `pretrain` section), keep a copy for the
+        report, and mix corpus windows into the training split (`replay`)."""
         cfg = self.recipe.pretrain
         if cfg is None or cfg.epochs == 0:
             return
         from training.loop import fit
 
-        corpus = synthetic_corpus(cfg.series, cfg.length, cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
-        parts = []
-        for s in corpus:
-            origins = np.arange(
-                self.window + rng.integers(self.origin_stride), len(s) - self.horizon + 1, self.origin_stride
-            )
-            parts.append(windows(s, origins, self.window, self.horizon)[0])
-        cut = max(1, len(parts) // 20)  # the last 5% of series validate the pretraining
-        train, val = ArrayExamples.concatenate(parts[cut:]), ArrayExamples.concatenate(parts[:cut])
-        log.info(
-            "%s: pretraining on %d synthetic series (%d windows)", self.recipe.name, len(corpus), len(train)
+        per_series = cfg.windows_per_series
+        corpus_train = corpus_windows(cfg.series, cfg.seed, per_series, self.context, self.horizon)
+        corpus_val = corpus_windows(
+            max(20, cfg.series // 20), cfg.seed + 1, per_series, self.context, self.horizon
         )
-        result = fit(model, self, Splits(train, val, val, splits.label_names), cfg, progress=self.progress)
+        log.info(
+            "%s: pretraining on %d generated series of every frequency (%d windows)",
+            self.recipe.name,
+            cfg.series,
+            len(corpus_train),
+        )
+        result = fit(
+            model,
+            self,
+            Splits(corpus_train, corpus_val, corpus_val, splits.label_names),
+            cfg,
+            progress=self.progress,
+        )
         self.report["pretraining"] = {
             "series": cfg.series,
-            "windows": len(train),
+            "windows": len(corpus_train),
+            "frequencies": list(FREQUENCIES),
             "best_val_skill": result.best_metric,
             "steps": result.steps,
         }
         self.pretrained = copy.deepcopy(model).eval()
+        replay = int(len(splits.train) * self.options.replay)
+        if replay:
+            pick = np.random.default_rng(cfg.seed).permutation(len(corpus_train))[:replay]
+            splits.train = ArrayExamples.concatenate([splits.train, corpus_train.subset(np.sort(pick))])
 
     def loader(self, split: ArrayExamples, shuffle: bool, batch_size: int | None = None) -> DataLoader:
-        strength = self.options.augment_strength
-        transform = None
-        if shuffle and strength > 0:
-            rng = np.random.default_rng(self.recipe.train.seed)
-
-            def transform(inputs, targets):
-                history, future = augment_series(inputs["history"], targets["future"], strength, rng)
-                return {"history": history}, {
-                    "future": future,
-                    "naive": seasonal_naive(history, self.horizon),
-                }
-
         return array_loader(
-            split, batch_size or self.recipe.train.batch_size, shuffle, self.recipe.train.seed, transform
+            split, batch_size or self.recipe.train.batch_size, shuffle, self.recipe.train.seed
         )
 
     def loss(self, outputs: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        return pinball(outputs, targets["future"])
+        return pinball(outputs, targets["future"], targets["weight"])
 
     def metrics(
         self, outputs: np.ndarray, targets: dict[str, np.ndarray], label_names: list[str]
     ) -> dict[str, Any]:
-        truth, naive = targets["future"], targets["naive"]
-        mae = float(np.abs(outputs[..., 1] - truth).mean())
-        mae_naive = float(np.abs(naive - truth).mean())
+        truth, naive, w = targets["future"], targets["naive"], targets["weight"]
+        mae = float((np.abs(outputs[..., 1] - truth) * w).sum() / w.sum())
+        mae_naive = float((np.abs(naive - truth) * w).sum() / w.sum())
         q = np.asarray(QUANTILES)
         err = truth[..., None] - outputs
+        inside = (outputs[..., 0] <= truth) & (truth <= outputs[..., 2])
+        present = w > 0
         return {
             "skill": 1 - mae / mae_naive if mae_naive > 0 else 0.0,
-            "mae_std_units": mae,
-            "pinball": float(np.maximum(q * err, (q - 1) * err).mean()),
-            "coverage_p10_p90": float(((outputs[..., 0] <= truth) & (truth <= outputs[..., 2])).mean()),
+            "weighted_mae": mae,
+            "pinball": float((np.maximum(q * err, (q - 1) * err).mean(-1) * w).sum() / w.sum()),
+            "coverage_p10_p90": float(inside[present].mean()),
             "n": len(truth),
         }
 
@@ -228,16 +324,16 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
         return {"max_abs_diff": max_abs_diff(reference, candidate)}
 
     def after_fit(self, model: nn.Module, splits: Splits) -> None:
-        """Rolling-origin backtest on the held-out tail, in the series' units (reported, decides nothing)."""
+        """Rolling-origin backtest on the held-out tail, in the series' units, over the first
+        `backtest_horizon` steps (reported, decides nothing)."""
         if self.series is None:
             return
+        steps, period = self.options.backtest_horizon, self.frequency.periods[0]
         train = self.series[: self.train_end]
-        scale = float(
-            np.abs(train[WEEK:] - train[:-WEEK]).mean()
-        )  # in-sample seasonal-naive MAE (MASE's denominator)
-        loc, spread = self.test_loc[:, None, None], self.test_scale[:, None, None]
-        truth = splits.test.targets["future"] * spread[..., 0] + loc[..., 0]
-        naive = splits.test.targets["naive"] * spread[..., 0] + loc[..., 0]
+        scale = float(np.abs(train[period:] - train[:-period]).mean())  # MASE's denominator
+        loc, spread = self.test_loc[:, None], self.test_scale[:, None]
+        truth = (splits.test.targets["future"] * spread + loc)[:, :steps]
+        naive = (splits.test.targets["naive"] * spread + loc)[:, :steps]
 
         def score(outputs: np.ndarray | None, median: np.ndarray) -> dict[str, float]:
             out = {
@@ -250,17 +346,20 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
                 )
             return out
 
-        batches = list(self.loader(splits.test, shuffle=False, batch_size=256))
-        tuned = torch_outputs(model, self, batches)[0] * spread + loc
+        def run(m: nn.Module) -> np.ndarray:
+            batches = list(self.loader(splits.test, shuffle=False, batch_size=256))
+            return (torch_outputs(m, self, batches)[0] * spread[..., None] + loc[..., None])[:, :steps]
+
+        tuned = run(model)
         backtest: dict[str, Any] = {
             "origins": len(truth),
-            "horizon": self.horizon,
+            "horizon": steps,
             "mase_scale": scale,
             "fine_tuned": score(tuned, tuned[..., 1]),
             "seasonal_naive": score(None, naive),
         }
         if self.pretrained is not None:
-            pre = torch_outputs(self.pretrained, self, batches)[0] * spread + loc
+            pre = run(self.pretrained)
             backtest["pretrained_only"] = score(pre, pre[..., 1])
         self.report["backtest"] = backtest
         log.info(
@@ -287,14 +386,15 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
         assert self.test_origins is not None  # load_data sets it with the series
         from training import figures
 
+        steps = self.options.backtest_horizon
         loc, spread = self.test_loc[:, None], self.test_scale[:, None]
         path = figures.backtest(
             folder / "backtest.png",
             self.series,
             self.test_origins,
-            outputs * spread[..., None] + loc[..., None],
-            naive=targets["naive"] * spread + loc,
-            context=self.window,
+            (outputs * spread[..., None] + loc[..., None])[:, :steps],
+            naive=(targets["naive"] * spread + loc)[:, :steps],
+            context=WEEK,
             title=f"{self.recipe.name}: backtest on the test split (skill {metrics['skill']:.3f})",
         )
         return {"backtest": path}
@@ -302,14 +402,19 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
     def preprocessing_config(self) -> dict[str, Any]:
         return {
             "kind": "series",
-            "window": self.window,
+            "window": self.context,
             "horizon": self.horizon,
             "quantiles": list(QUANTILES),
             "max_gap": MAX_GAP,
-            "frequency": "hourly",
-            "scaling": "mean and standard deviation of the input window",
+            "frequency": self.frequency.name,
+            "frequencies": {
+                f.name: {"periods": list(f.periods), "min_history": f.min_history, "horizon": f.horizon}
+                for f in FREQUENCIES.values()
+            },
+            "scaling": "recent level and spread (serving/processing/series.py robust_scale)",
         }
 
     def calibration_inputs(self, splits: Splits, count: int) -> list[dict[str, np.ndarray]]:
-        x = splits.train.inputs["history"][:count]
-        return [{"history": x[i : i + 64]} for i in range(0, len(x), 64)]
+        pick = np.random.default_rng(0).permutation(len(splits.train))[:count]
+        x = splits.train.subset(np.sort(pick)).inputs
+        return [{k: v[i : i + 64] for k, v in x.items()} for i in range(0, len(pick), 64)]
