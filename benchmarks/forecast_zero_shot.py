@@ -25,6 +25,7 @@ Writes benchmarks/results/forecast_zero_shot.{json,md}. Run: `python benchmarks/
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 import time
 import warnings
@@ -145,8 +146,10 @@ def seasonal_naive(history: np.ndarray, period: int, horizon: int) -> np.ndarray
 
 def auto_ets(history: np.ndarray, period: int, horizon: int) -> np.ndarray:
     """(horizon, 3): the best ETS by AICc, its mean and 80% prediction interval."""
+    import pandas as pd
     from statsmodels.tsa.exponential_smoothing.ets import ETSModel
 
+    series = pd.Series(history)  # its prediction intervals need an index to label
     positive = bool((history > 0).all())
     seasonal_ok = period > 1 and len(history) >= 2 * period + 2
     best, best_aicc = None, np.inf
@@ -159,7 +162,7 @@ def auto_ets(history: np.ndarray, period: int, horizon: int) -> np.ndarray:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         fit = ETSModel(
-                            history,
+                            series,
                             error=error,
                             trend=trend,
                             damped_trend=damped,
@@ -351,6 +354,7 @@ def main() -> None:
         "by_frequency": by("frequency", heldout),
         "rows": rows,
         "machine": machine_info(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "seconds": time.perf_counter() - start,
     }
     write_results("forecast_zero_shot", report, markdown(report))

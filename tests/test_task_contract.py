@@ -307,8 +307,11 @@ def build_tabular(folder: Path) -> None:
 
 
 def build_forecasting(folder: Path) -> None:
-    """history [batch, window] → its mean, spread into [batch, horizon, 3] ordered quantiles."""
-    window, horizon, quantiles = 48, 24, ["p10", "p50", "p90"]
+    """history, observed [batch, window] and lags [batch, horizon, features] → the seasonal-naive
+    lag, spread into [batch, horizon, 3] ordered quantiles."""
+    from serving.processing.series import FREQUENCIES, LAG_FEATURES
+
+    window, horizon, quantiles = 64, 24, ["p10", "p50", "p90"]
     config = {
         "kind": "series",
         "window": window,
@@ -316,25 +319,31 @@ def build_forecasting(folder: Path) -> None:
         "quantiles": [0.1, 0.5, 0.9],
         "max_gap": 3,
         "frequency": "hourly",
-        "scaling": "mean and standard deviation of the input window",
+        "frequencies": {
+            f.name: {"periods": list(f.periods), "min_history": f.min_history, "horizon": f.horizon}
+            for f in FREQUENCIES.values()
+        },
     }
 
     def graph(path: Path) -> Signature:
         nodes = [
-            helper.make_node("ReduceMean", ["history"], ["level"], axes=[1], keepdims=1),
-            helper.make_node("MatMul", ["level", "w"], ["flat"]),
-            helper.make_node("Add", ["flat", "spread"], ["shifted"]),
-            helper.make_node("Reshape", ["shifted", "shape"], ["quantiles"]),
+            helper.make_node("Slice", ["lags", "start", "end", "axis"], ["naive"]),
+            helper.make_node("Add", ["naive", "spread"], ["quantiles"]),
         ]
         params = {
-            "w": weights(1, horizon * 3),
-            "spread": np.tile(np.array([-1.0, 0.0, 1.0], np.float32), horizon),
-            "shape": np.array([-1, horizon, 3], dtype=np.int64),
+            "start": np.array([0], dtype=np.int64),
+            "end": np.array([1], dtype=np.int64),
+            "axis": np.array([2], dtype=np.int64),
+            "spread": np.array([-1.0, 0.0, 1.0], dtype=np.float32),
         }
         return graph_file(
             path,
             nodes,
-            [tensor("history", TensorProto.FLOAT, ["batch", window])],
+            [
+                tensor("history", TensorProto.FLOAT, ["batch", window]),
+                tensor("observed", TensorProto.FLOAT, ["batch", window]),
+                tensor("lags", TensorProto.FLOAT, ["batch", horizon, LAG_FEATURES]),
+            ],
             [tensor("quantiles", TensorProto.FLOAT, ["batch", horizon, 3])],
             params,
         )

@@ -5,11 +5,13 @@ replayed beside it, so that the fine-tuned model still serves the other frequenc
 
 The network reads what `series_features` makes of a history: the last `context` points (padded and
 flagged where the history is shorter), scaled by the recent level and spread, and for each step
-ahead the values at the same phase of the last seasons of the frequency's two periods. A 1-D CNN
-summarises the context; a per-step MLP reads that summary, the step's seasonal lags and a learned
-step embedding, and predicts a correction to the seasonal-naive forecast (one of the lags), with
-the outer quantiles kept ordered by construction. Each example's loss is divided by the
-seasonal-naive error of its own history (MASE's denominator), so smooth and noisy series weigh alike.
+ahead the values at the same phase of the last seasons of the frequency's two periods, with a few
+diagnostics of how the history behaved. A 1-D CNN and a linear map of the whole context make a
+summary; a per-step MLP reads a projection of it, the step's seasonal lags and a learned step
+embedding, a linear readout of the summary adds a correction of its own per step, and the sum
+corrects the seasonal-naive forecast (one of the lags), with the outer quantiles kept ordered by
+construction. Each example's loss is divided by the seasonal-naive error of its own history
+(MASE's denominator), so smooth and noisy series weigh alike.
 
 The recipe's series splits in time order: training windows from the start, validation origins
 next, and the held-out tail as a rolling-origin backtest (one forecast per `origin_stride` points).
@@ -56,6 +58,7 @@ class SeasonalNet(nn.Module):
         width: int = 32,
         embed: int = 64,
         hidden: int = 128,
+        wide: int = 256,
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
@@ -73,7 +76,9 @@ class SeasonalNet(nn.Module):
             nn.GELU(),
             nn.AvgPool1d(context // 64),
         )
-        self.summary = nn.Sequential(nn.Linear(width * 8 + context, embed), nn.GELU())
+        self.summary = nn.Sequential(nn.Linear(width * 8 + context, wide), nn.GELU(), nn.Dropout(dropout))
+        self.project = nn.Sequential(nn.Linear(wide, embed), nn.GELU())
+        self.direct = nn.Linear(wide, horizon * len(QUANTILES))  # a readout of its own per step
         self.steps = nn.Parameter(torch.randn(horizon, STEP_DIM) * 0.1)
         self.head = nn.Sequential(
             nn.Linear(LAG_FEATURES + embed + STEP_DIM, hidden),
@@ -83,12 +88,14 @@ class SeasonalNet(nn.Module):
             nn.GELU(),
             nn.Linear(hidden, len(QUANTILES)),
         )
-        nn.init.zeros_(self.head[-1].weight)  # type: ignore[arg-type]
-        nn.init.zeros_(self.head[-1].bias)  # type: ignore[arg-type]
+        for layer in (self.head[-1], self.direct):
+            nn.init.zeros_(layer.weight)  # type: ignore[arg-type]
+            nn.init.zeros_(layer.bias)  # type: ignore[arg-type]
 
     def forward(self, history: torch.Tensor, observed: torch.Tensor, lags: torch.Tensor) -> torch.Tensor:
         conv = self.backbone(torch.stack([history, observed], dim=1)).flatten(1)
-        summary = self.summary(torch.cat([conv, history], dim=1))
+        wide = self.summary(torch.cat([conv, history], dim=1))
+        summary = self.project(wide)
         n = lags.shape[0]
         per_step = torch.cat(
             [
@@ -98,7 +105,7 @@ class SeasonalNet(nn.Module):
             ],
             dim=-1,
         )
-        out = self.head(per_step)
+        out = self.head(per_step) + self.direct(wide).view(n, self.horizon, len(QUANTILES))
         median = lags[..., 0] + out[..., 1]
         low = median - nn.functional.softplus(out[..., 0])
         high = median + nn.functional.softplus(out[..., 2])
