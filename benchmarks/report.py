@@ -1036,6 +1036,26 @@ def forecast_zero_shot(d: dict) -> list[str]:
     ]
 
 
+def transformer_fusion(d: dict) -> list[str]:
+    agreement = [
+        [name, f"{a['max_abs_diff_vs_fp32']:.6f}", f"{a['argmax_agreement_vs_fp32'] * 100:.1f}%"]
+        for name, a in d["agreement"].items()
+    ]
+    return [
+        f"`{d['model']}` engines on the same pre-tokenised texts: the exported fp32 graph, the same graph "
+        "after onnxruntime.transformers' fusions (every fusion; all but Attention), static INT8 (the "
+        f"served `{d['served_variant']}` variant's recipe) of each, and dynamic INT8 for reference (its "
+        "ranges are measured per call, so a text's scores depend on its batch; the server does not use it).",
+        "",
+        *engines_table(d["engines"]),
+        "",
+        *table(["engine", "max abs diff vs fp32", "argmax agreement"], agreement),
+        "",
+        *(f"- {name}: {ratio:.2f}×" for name, ratio in d["ratios"].items()),
+        *(f"- {name}: not built ({error.split(':')[0]})" for name, error in d["errors"].items()),
+    ]
+
+
 # (file name, title, renderer), in page order; other results files follow with `generic`.
 BENCHMARKS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("text_classify", "Text classification", text_classify),
@@ -1045,6 +1065,7 @@ BENCHMARKS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("audio_classify", "Audio: keyword spotting", audio_classify),
     ("tabular_predict", "Tables and forecasts", tabular_predict),
     ("forecast_zero_shot", "Zero-shot forecasting", forecast_zero_shot),
+    ("transformer_fusion", "Transformer fusions and INT8 formats", transformer_fusion),
     ("table_explain", "Table explanations and card fraud", table_explain),
     ("route_styles", "Route styles", route_styles),
     ("overload", "Overload", overload),

@@ -6,10 +6,11 @@ GELU as Erf arithmetic, attention as MatMul/Softmax chains. ONNX Runtime has fus
 own graph optimiser does not apply to an exported graph; the transformers optimizer rewrites the
 graph to use them, given the model's head count and hidden size.
 
-Two candidates are made: every fusion, and every fusion except Attention. Static INT8 (QDQ)
-quantises MatMuls, and a fused Attention node keeps its input projection inside itself, unquantised;
-which of the two makes the faster served variant is measured in the build (training/pipeline.py),
-and a fused graph is kept only where it passes the same parity gate as the export and is faster.
+Two candidates: every fusion, and every fusion except Attention (static INT8 quantises MatMuls, and
+a fused Attention node keeps its input projection inside itself). benchmarks/transformer_fusion.py
+measures both against the exported graph, fp32 and INT8; the build does not fuse, because there the
+session's own optimiser already matches the fused graphs at batch 32 and the static quantiser cannot
+calibrate them (the results page has the numbers and the error).
 """
 
 from __future__ import annotations

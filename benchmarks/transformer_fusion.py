@@ -1,0 +1,185 @@
+"""Transformer fusions and INT8 formats for a text model's engine, side by side in one run.
+
+On the same pre-tokenised batches of the recipe's own texts (batch 1/8/32), ONNX Runtime on the CPU:
+
+- the exported fp32 graph (what `tuneserve build` writes; the session applies ONNX Runtime's own
+  graph optimisations when it opens it, as the server does);
+- the same graph after onnxruntime.transformers' optimizer (training/fusion.py), with every fusion
+  (EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu) and with all but Attention;
+- static INT8 (QDQ, per-channel, MinMax calibration on the texts: the served variant's recipe) of the
+  exported graph and of each fused graph;
+- dynamic INT8 of the exported graph, for reference only: its activation ranges are measured per call,
+  so a text's scores depend on the batch it shares, which is why the server does not use it.
+
+Each engine's largest difference from the exported fp32 graph and its argmax agreement on the texts
+are recorded beside its speed. Writes benchmarks/results/transformer_fusion.{json,md}.
+Run: `python benchmarks/transformer_fusion.py` (after `make models` has built `intent`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import machine_info, time_engines, write_results
+from serving.manifest import load_manifest
+from serving.processing import TextPreprocessor
+from serving.sessions import create_session
+from training.backbones import get_backbone
+from training.data.text import read_labelled_texts, resolve_source
+from training.fusion import CANDIDATES, fuse_transformer
+from training.quantise import quantise_dynamic_int8, quantise_static_int8
+from training.recipe import Recipe
+
+OP_TYPES = [
+    "MatMul",
+    "Gemm",
+    "Gather",
+]  # what the text tasks quantise (training/tasks/text_classification.py)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="intent")
+    ap.add_argument("--repository", type=Path, default=ROOT / "exported")
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--seconds", type=float, default=2.0, help="timing per engine and batch size")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--calibration", type=int, default=256, help="texts for static calibration")
+    args = ap.parse_args()
+
+    model_dir = args.repository / args.model
+    manifest = load_manifest(model_dir)
+    recipe = Recipe.model_validate(manifest.recipe)
+    pre = TextPreprocessor.from_config(model_dir, manifest.preprocessing)
+    texts = [t for t, _ in read_labelled_texts(resolve_source(recipe.data.source))]
+    config = get_backbone(recipe.backbone).load().config  # the encoder's head count and width
+    heads, hidden = int(config.num_attention_heads), int(config.hidden_size)
+
+    def feeds(chunk: list[str]) -> dict[str, np.ndarray]:
+        encoded = pre.encode(chunk)
+        return {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
+
+    calibration = [feeds(texts[i : i + 32]) for i in range(0, min(args.calibration, len(texts)), 32)]
+    checks = [feeds(texts[i : i + 32]) for i in range(0, min(512, len(texts)), 32)]
+    errors: dict[str, str] = {}
+    fused_ops: dict[str, dict[str, int]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        source = model_dir / manifest.variants["fp32"].file
+        paths: dict[str, Path] = {"fp32": source}
+        for kind in CANDIDATES:
+            path = work / f"fused-{kind}.onnx"
+            fused_ops[kind] = fuse_transformer(source, path, heads, hidden, kind)
+            paths[f"fp32 fused ({kind})"] = path
+        for name in list(paths):
+            target = work / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}.int8.onnx"
+            label = "int8 static" + name.removeprefix("fp32")
+            try:
+                quantise_static_int8(
+                    paths[name], target, calibration, symbolic_shapes=False, op_types=OP_TYPES
+                )
+                paths[label] = target
+            except Exception as exc:  # a fused graph the quantiser cannot follow: recorded, not timed
+                errors[label] = f"{type(exc).__name__}: {exc}"
+        quantise_dynamic_int8(source, work / "dynamic.onnx")
+        paths["int8 dynamic (batch-dependent)"] = work / "dynamic.onnx"
+
+        sessions = {
+            name: create_session(path, args.threads, ["CPUExecutionProvider"])[0]
+            for name, path in paths.items()
+        }
+        reference = [sessions["fp32"].run(None, f)[0] for f in checks]
+        agreement: dict[str, dict[str, float]] = {}
+        for name, session in sessions.items():
+            outputs = [session.run(None, f)[0] for f in checks]
+            agreement[name] = {
+                "max_abs_diff_vs_fp32": float(max(np.abs(o - r).max() for o, r in zip(outputs, reference))),
+                "argmax_agreement_vs_fp32": float(
+                    np.mean(
+                        np.concatenate([o.argmax(-1) == r.argmax(-1) for o, r in zip(outputs, reference)])
+                    )
+                ),
+            }
+        rows: list[dict[str, Any]] = []
+        for batch in (int(b) for b in args.batches.split(",")):
+            batch_feeds = [feeds(texts[i : i + batch]) for i in range(0, batch * 8, batch)]
+            turn = {"i": 0}
+
+            def step(session, fs=batch_feeds, it=turn):
+                it["i"] = (it["i"] + 1) % len(fs)
+                return session.run(None, fs[it["i"]])
+
+            rows += time_engines(
+                {name: (lambda s=s: step(s)) for name, s in sessions.items()}, batch, args.seconds, "seq"
+            )
+
+    def rate(engine: str, batch: int) -> float | None:
+        return next((r["seq_per_s"] for r in rows if r["engine"] == engine and r["batch"] == batch), None)
+
+    top = max(int(b) for b in args.batches.split(","))
+    ratios = {}
+    for name in sessions:
+        base = "fp32" if name.startswith("fp32") else "int8 static"
+        if name != base and rate(name, top) and rate(base, top):
+            ratios[f"{name} vs {base}, batch {top}"] = rate(name, top) / rate(base, top)
+    report = {
+        "model": args.model,
+        "served_variant": manifest.default_variant["cpu"],
+        "num_heads": heads,
+        "hidden_size": hidden,
+        "fused_operators": fused_ops,
+        "engines": rows,
+        "agreement": agreement,
+        "errors": errors,
+        "ratios": ratios,
+        "config": {"threads": args.threads, "seconds": args.seconds, "calibration_texts": args.calibration},
+        "machine": machine_info(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    write_results("transformer_fusion", report, markdown(report))
+
+
+def markdown(report: dict[str, Any]) -> list[str]:
+    batches = sorted({r["batch"] for r in report["engines"]})
+    names = list(dict.fromkeys(r["engine"] for r in report["engines"]))
+    lines = [
+        f"# Transformer fusions and INT8 formats — `{report['model']}` engine",
+        "",
+        f"{report['machine']['cores']} cores, ONNX Runtime {report['machine']['onnxruntime']}, "
+        f"{report['config']['threads']} threads; served CPU variant `{report['served_variant']}`. Fused "
+        f"operators: "
+        + "; ".join(
+            f"{kind}: " + ", ".join(f"{op} {n}" for op, n in ops.items())
+            for kind, ops in report["fused_operators"].items()
+        ),
+        "",
+        "| engine | "
+        + " | ".join(f"batch {b} seq/s" for b in batches)
+        + " | max abs diff vs fp32 | argmax agreement |",
+        "|---|" + "---:|" * (len(batches) + 2),
+    ]
+    for name in names:
+        by = {r["batch"]: r["seq_per_s"] for r in report["engines"] if r["engine"] == name}
+        a = report["agreement"][name]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{by[b]:.0f}" for b in batches)
+            + f" | {a['max_abs_diff_vs_fp32']:.3g} | {a['argmax_agreement_vs_fp32'] * 100:.1f}% |"
+        )
+    lines += ["", *(f"- {k}: {v:.2f}×" for k, v in report["ratios"].items())]
+    lines += [f"- {k}: not built ({v[:160]})" for k, v in report["errors"].items()]
+    return lines + [""]
+
+
+if __name__ == "__main__":
+    main()
