@@ -118,6 +118,13 @@ def test_frequencies_are_named_or_refused_with_the_list():
     assert frequency_named("monthly", "hourly", served).periods == (12, 12)
     with pytest.raises(SeriesError, match="'daily' is not served by this model; it serves hourly, monthly"):
         frequency_named("daily", "hourly", served)
+    # the manifest's description wins over this code's defaults (a model keeps what it was trained with)
+    trained = {"monthly": {"periods": [12, 6], "min_history": 30, "horizon": 12, "reach": 96}}
+    assert frequency_named("monthly", "monthly", trained) == FREQUENCIES["monthly"].__class__(
+        "monthly", (12, 6), 30, 12, 96
+    )
+    custom = {"minutely": {"periods": [60, 60], "min_history": 120, "horizon": 30, "reach": 480}}
+    assert frequency_named(None, "minutely", custom).periods == (60, 60)
     with pytest.raises(SeriesError, match="history: 10 points; the model needs at least 24 for monthly"):
         clean_history([1.0] * 10, 512, minimum=24, series="monthly")
     values, _ = clean_history([1.0] * 30, 512, minimum=24)

@@ -140,11 +140,23 @@ def series_features(
 
 
 def frequency_named(name: str | None, default: str, served: dict[str, Any]) -> Frequency:
-    """The `Frequency` a request asks for; a name the model does not serve is an input error."""
+    """The `Frequency` a request asks for, as the model's manifest describes it (`served`: name →
+    periods, min_history, horizon, reach; what a manifest leaves out is this module's default); a
+    name the model does not serve is an input error."""
     key = default if name is None else name
-    if key not in served or key not in FREQUENCIES:
+    known, spec = FREQUENCIES.get(key), served.get(key)
+    if spec is None or (known is None and not {"periods", "min_history", "horizon", "reach"} <= set(spec)):
         raise SeriesError(f"frequency: {key!r} is not served by this model; it serves {', '.join(served)}")
-    return FREQUENCIES[key]
+    if known is None:
+        known = Frequency(key, (1, 1), 1, 1, 1)  # every field comes from the manifest
+    periods = spec.get("periods", known.periods)
+    return Frequency(
+        key,
+        (int(periods[0]), int(periods[1])),
+        int(spec.get("min_history", known.min_history)),
+        int(spec.get("horizon", known.horizon)),
+        int(spec.get("reach", known.reach)),
+    )
 
 
 def clean_history(

@@ -92,10 +92,11 @@ class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
             return {
                 "frequencies": {self.frequency: {"min_history": self.window, "horizon": self.max_horizon}}
             }
+        served = [frequency_named(name, self.frequency, self.frequencies) for name in self.frequencies]
         return {
             "frequencies": {
-                name: {"min_history": f["min_history"], "horizon": min(f["horizon"], self.max_horizon)}
-                for name, f in self.frequencies.items()
+                f.name: {"min_history": f.min_history, "horizon": min(f.horizon, self.max_horizon)}
+                for f in served
             }
         }
 
@@ -104,9 +105,8 @@ class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
             return self._prepare_fixed(request)
         frequency: Frequency = frequency_named(request.frequency, self.frequency, self.frequencies)
         horizon = self._horizon(request.horizon, min(frequency.horizon, self.max_horizon))
-        minimum = int(self.frequencies[frequency.name]["min_history"])
         values, interpolated = clean_history(
-            request.history, self.window, self.max_gap, minimum=minimum, series=frequency.name
+            request.history, self.window, self.max_gap, minimum=frequency.min_history, series=frequency.name
         )
         history, observed, lags, loc, scale = series_features(
             values, frequency, self.window, self.max_horizon

@@ -415,7 +415,12 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
             "max_gap": MAX_GAP,
             "frequency": self.frequency.name,
             "frequencies": {
-                f.name: {"periods": list(f.periods), "min_history": f.min_history, "horizon": f.horizon}
+                f.name: {
+                    "periods": list(f.periods),
+                    "min_history": f.min_history,
+                    "horizon": f.horizon,
+                    "reach": f.reach,
+                }
                 for f in FREQUENCIES.values()
             },
             "scaling": "recent level and spread (serving/processing/series.py robust_scale)",
