@@ -337,7 +337,7 @@ def test_every_frequency_and_history_length_forecasts_or_names_the_minimum(
     """What the manifest claims: from each frequency's minimum history on, a finite forecast."""
     model = loaded["energy-demand"]
     task = model.task
-    minimum = task.frequencies[frequency]["min_history"]
+    minimum = task.frequencies[frequency].min_history
     rng = np.random.default_rng(length)
     history = (level + spread * rng.standard_normal(length)).tolist()
     request = ForecastRequest(history=history or [0.0], horizon=horizon, frequency=frequency)

@@ -309,7 +309,7 @@ def build_tabular(folder: Path) -> None:
 def build_forecasting(folder: Path) -> None:
     """history, observed [batch, window] and lags [batch, horizon, features] → the seasonal-naive
     lag, spread into [batch, horizon, 3] ordered quantiles."""
-    from serving.processing.series import FREQUENCIES, LAG_FEATURES
+    from serving.processing.series import LAG_FEATURES, manifest_frequencies
 
     window, horizon, quantiles = 64, 24, ["p10", "p50", "p90"]
     config = {
@@ -319,10 +319,7 @@ def build_forecasting(folder: Path) -> None:
         "quantiles": [0.1, 0.5, 0.9],
         "max_gap": 3,
         "frequency": "hourly",
-        "frequencies": {
-            f.name: {"periods": list(f.periods), "min_history": f.min_history, "horizon": f.horizon}
-            for f in FREQUENCIES.values()
-        },
+        "frequencies": manifest_frequencies(),
     }
 
     def graph(path: Path) -> Signature:

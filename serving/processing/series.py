@@ -139,6 +139,23 @@ def series_features(
     return history, observed, seasonal_lags(scaled, frequency, horizon), loc, scale
 
 
+def manifest_frequencies() -> dict[str, dict[str, Any]]:
+    """`FREQUENCIES` as a manifest's `preprocessing.frequencies` records them."""
+    return {
+        f.name: {
+            "periods": list(f.periods),
+            "min_history": f.min_history,
+            "horizon": f.horizon,
+            "reach": f.reach,
+        }
+        for f in FREQUENCIES.values()
+    }
+
+
+def not_served(name: str, served: Any) -> SeriesError:
+    return SeriesError(f"frequency: {name!r} is not served by this model; it serves {', '.join(served)}")
+
+
 def frequency_named(name: str | None, default: str, served: dict[str, Any]) -> Frequency:
     """The `Frequency` a request asks for, as the model's manifest describes it (`served`: name →
     periods, min_history, horizon, reach; what a manifest leaves out is this module's default); a
@@ -146,7 +163,7 @@ def frequency_named(name: str | None, default: str, served: dict[str, Any]) -> F
     key = default if name is None else name
     known, spec = FREQUENCIES.get(key), served.get(key)
     if spec is None or (known is None and not {"periods", "min_history", "horizon", "reach"} <= set(spec)):
-        raise SeriesError(f"frequency: {key!r} is not served by this model; it serves {', '.join(served)}")
+        raise not_served(key, served)
     if known is None:
         known = Frequency(key, (1, 1), 1, 1, 1)  # every field comes from the manifest
     periods = spec.get("periods", known.periods)

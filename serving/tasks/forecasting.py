@@ -20,7 +20,14 @@ from pydantic import Field, StrictInt, StrictStr
 
 from serving.errors import InputError
 from serving.manifest import Manifest
-from serving.processing.series import Frequency, clean_history, frequency_named, series_features, standardise
+from serving.processing.series import (
+    Frequency,
+    clean_history,
+    frequency_named,
+    not_served,
+    series_features,
+    standardise,
+)
 from serving.settings import Settings
 from serving.tasks.base import Answer, Option, Sample, ServingTask, TaskRequest
 
@@ -81,8 +88,11 @@ class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
             int(p.get("max_gap", 3)),
         )
         self.frequency = str(p.get("frequency", "hourly"))
-        # {name: {"periods", "min_history", "horizon"}}; absent: a fixed-window model of one frequency
-        self.frequencies: dict[str, dict[str, Any]] = dict(p.get("frequencies") or {})
+        # as the manifest describes them, resolved once; absent: a fixed-window model of one frequency
+        listed: dict[str, Any] = dict(p.get("frequencies") or {})
+        self.frequencies: dict[str, Frequency] = {
+            name: frequency_named(name, self.frequency, listed) for name in listed
+        }
         self.quantile_names = list(manifest.labels)
         self.input_names = [i.name for i in session.get_inputs()]
 
@@ -92,18 +102,20 @@ class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
             return {
                 "frequencies": {self.frequency: {"min_history": self.window, "horizon": self.max_horizon}}
             }
-        served = [frequency_named(name, self.frequency, self.frequencies) for name in self.frequencies]
         return {
             "frequencies": {
                 f.name: {"min_history": f.min_history, "horizon": min(f.horizon, self.max_horizon)}
-                for f in served
+                for f in self.frequencies.values()
             }
         }
 
     def prepare(self, request: ForecastRequest) -> SeriesInput:
         if not self.frequencies:
             return self._prepare_fixed(request)
-        frequency: Frequency = frequency_named(request.frequency, self.frequency, self.frequencies)
+        key = self.frequency if request.frequency is None else request.frequency
+        frequency = self.frequencies.get(key)
+        if frequency is None:
+            raise not_served(key, self.frequencies)
         horizon = self._horizon(request.horizon, min(frequency.horizon, self.max_horizon))
         values, interpolated = clean_history(
             request.history, self.window, self.max_gap, minimum=frequency.min_history, series=frequency.name

@@ -35,7 +35,15 @@ from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
 
-from serving.processing.series import CLIP, FREQUENCIES, LAG_FEATURES, MAX_GAP, Frequency, series_features
+from serving.processing.series import (
+    CLIP,
+    FREQUENCIES,
+    LAG_FEATURES,
+    MAX_GAP,
+    Frequency,
+    manifest_frequencies,
+    series_features,
+)
 from training.data.arrays import ArrayExamples, array_loader
 from training.data.series import corpus, read_series_csv, resolve_series
 from training.evaluate import max_abs_diff, torch_outputs
@@ -414,15 +422,7 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
             "quantiles": list(QUANTILES),
             "max_gap": MAX_GAP,
             "frequency": self.frequency.name,
-            "frequencies": {
-                f.name: {
-                    "periods": list(f.periods),
-                    "min_history": f.min_history,
-                    "horizon": f.horizon,
-                    "reach": f.reach,
-                }
-                for f in FREQUENCIES.values()
-            },
+            "frequencies": manifest_frequencies(),
             "scaling": "recent level and spread (serving/processing/series.py robust_scale)",
         }
 
