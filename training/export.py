@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from serving.sessions import create_session
 from training.evaluate import run_batches
@@ -20,11 +23,57 @@ class ParityError(RuntimeError):
     pass
 
 
+def _padded_conv(conv: nn.Conv2d, pad: tuple[int, int, int, int], x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(F.pad(x, pad), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+
+@contextlib.contextmanager
+def static_same_padding(model: nn.Module, example: dict[str, torch.Tensor]) -> Iterator[None]:
+    """timm's TF-"same" convolutions (Conv2dSame, in tf_efficientnet_*) work out their padding from
+    the input's size on every call, so a traced graph carries that arithmetic as float tensor ops
+    (Shape, Ceil, Sub, Mul, Concat). Static INT8 calibrates and quantises those numbers like
+    activations and then pads by the wrong amounts. The exported inputs have a fixed spatial size
+    (only the batch axis is dynamic), so while exporting each such convolution pads by the constant
+    amounts its input size gives; the module is restored afterwards."""
+    try:
+        from timm.layers.conv2d_same import Conv2dSame
+        from timm.layers.padding import pad_same_arg
+    except ImportError:  # no timm model, nothing to freeze
+        yield
+        return
+    convs = [m for m in model.modules() if isinstance(m, Conv2dSame)]
+    if not convs:
+        yield
+        return
+    sizes: dict[nn.Module, list[int]] = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args: sizes.__setitem__(mod, list(args[0].shape[-2:])))
+        for m in convs
+    ]
+    try:
+        with torch.no_grad():
+            model(*example.values())
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for m in convs:
+        left, right, top, bottom = (
+            int(p)
+            for p in pad_same_arg(sizes[m], list(m.weight.shape[-2:]), list(m.stride), list(m.dilation))
+        )
+        m.forward = functools.partial(_padded_conv, m, (left, right, top, bottom))  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for m in convs:
+            del m.forward
+
+
 def export_onnx(
     model: nn.Module, task: Task, example: dict[str, torch.Tensor], path: Path, opset: int
 ) -> Path:
     model.eval()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), static_same_padding(model, example):
         warnings.simplefilter("ignore")  # tracer warnings about python control flow in transformers
         torch.onnx.export(
             model,
@@ -42,7 +91,7 @@ def export_onnx(
 
 def export_torchscript(model: nn.Module, example: dict[str, torch.Tensor], path: Path) -> Path:
     model.eval()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), static_same_padding(model, example):
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(model, tuple(example.values()), check_trace=False)
     traced.save(str(path))

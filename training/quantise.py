@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -52,6 +53,31 @@ def quantise_dynamic_int8(fp32_path: Path, out_path: Path) -> Path:
     return out_path
 
 
+SHAPE_SOURCES = {"Shape", "Size"}
+
+
+def shape_arithmetic(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that only compute with tensor shapes: everything fed by Shape or Size and by
+    constants alone (e.g. the padding a TF-"same" convolution works out from its input size, or a
+    reshape target). Traced graphs often do that arithmetic in float, and static quantisation would
+    then calibrate and round those numbers like activations: pads and reshapes by the wrong amounts.
+    They are cheap scalars, so they stay in float."""
+    constant = {i.name for i in model.graph.initializer}
+    derived: set[str] = set()
+    names = []
+    for node in model.graph.node:  # ONNX keeps nodes in topological order
+        inputs = [i for i in node.input if i]
+        if node.op_type == "Constant":
+            constant.update(node.output)
+        elif node.op_type in SHAPE_SOURCES or (
+            any(i in derived for i in inputs) and all(i in derived or i in constant for i in inputs)
+        ):
+            derived.update(node.output)
+            if node.name and node.op_type not in SHAPE_SOURCES:
+                names.append(node.name)
+    return names
+
+
 class _Calibration(CalibrationDataReader):
     def __init__(self, batches: list[dict[str, np.ndarray]]) -> None:
         self._batches = iter(batches)
@@ -70,9 +96,11 @@ def quantise_static_int8(
     """Static INT8 in QDQ format, per-channel weights, activation ranges from calibration inputs
     (MinMax over what the server would feed). The ranges are fixed in the graph, so an input's
     answer does not depend on what else shares its batch (dynamic quantisation's per-call ranges
-    do). `op_types` limits what is quantised (transformers: the matrix products and embeddings)."""
+    do). `op_types` limits what is quantised (transformers: the matrix products and embeddings).
+    Arithmetic on tensor shapes is never quantised (`shape_arithmetic`)."""
     out_path = Path(out_path).resolve()
     with _prepared(fp32_path, symbolic_shapes=symbolic_shapes) as prepared:
+        excluded = shape_arithmetic(onnx.load(str(prepared), load_external_data=False))
         quantize_static(
             str(prepared),
             str(out_path),
@@ -83,6 +111,7 @@ def quantise_static_int8(
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             op_types_to_quantize=op_types,
+            nodes_to_exclude=excluded,
         )
     return out_path
 

@@ -1,0 +1,126 @@
+"""Export and static INT8 of convolutions with TF-"same" padding (timm's Conv2dSame, used by the
+efficientnet-lite0 backbone): the exported graph pads by constants, and the quantiser leaves any
+arithmetic on tensor shapes in float, so an INT8 graph pads by the same amounts as fp32."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from training.export import export_onnx, export_torchscript, static_same_padding
+from training.quantise import quantise_static_int8, shape_arithmetic
+
+pytestmark = pytest.mark.fast  # in-process, no training, no server
+
+SIZE = 37  # odd, so "same" padding at stride 2 is asymmetric
+
+
+class SameNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import create_conv2d
+        from timm.layers.conv2d_same import Conv2dSame
+
+        torch.manual_seed(0)
+        self.a = create_conv2d(3, 8, 3, stride=2, padding="same")
+        self.b = create_conv2d(8, 8, 5, stride=2, padding="same", depthwise=True)
+        self.head = nn.Linear(8, 4)
+        assert isinstance(self.a, Conv2dSame) and isinstance(self.b, Conv2dSame)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = torch.clamp(self.a(images), 0, 6)
+        x = torch.clamp(self.b(x), 0, 6)
+        return self.head(x.mean((2, 3)))
+
+
+TASK = SimpleNamespace(
+    input_names=["images"],
+    output_names=["logits"],
+    dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+)
+
+
+def _images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, (n, 3, SIZE, SIZE)).astype(np.float32)
+
+
+def _run(path: Path, images: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"images": images})[0]
+
+
+def _ops(path: Path) -> set[str]:
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def _dynamic_export(model: nn.Module, path: Path) -> Path:
+    """The graph a plain trace gives: padding worked out from the input size at run time."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.from_numpy(_images(2, 0)),),
+            str(path),
+            input_names=TASK.input_names,
+            output_names=TASK.output_names,
+            dynamic_axes=TASK.dynamic_axes,
+            opset_version=17,
+            dynamo=False,
+        )
+    return path
+
+
+def test_export_pads_by_constants_and_restores_the_model(tmp_path):
+    model = SameNet().eval()
+    example = {"images": torch.from_numpy(_images(2, 0))}
+    path = export_onnx(model, TASK, example, tmp_path / "m.onnx", opset=17)
+    assert "Shape" not in _ops(path) and "Ceil" not in _ops(path)
+    images = _images(5, 1)  # another batch size: only the batch axis is dynamic
+    with torch.no_grad():
+        expected = model(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(_run(path, images), expected, atol=1e-5)
+    ts = torch.jit.load(str(export_torchscript(model, example, tmp_path / "m.ts")))
+    with torch.no_grad():
+        np.testing.assert_allclose(ts(torch.from_numpy(images)).numpy(), expected, atol=1e-5)
+    # the modules run their own (size-dependent) forward again after the export
+    assert "forward" not in model.a.__dict__ and "forward" not in model.b.__dict__
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 4)
+
+
+def test_static_padding_is_a_no_op_without_same_convolutions():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)).eval()
+    with static_same_padding(model, {"x": torch.zeros(1, 3, 8, 8)}):
+        assert "forward" not in model[0].__dict__
+
+
+def test_quantiser_leaves_shape_arithmetic_in_float(tmp_path):
+    model = SameNet().eval()
+    fp32 = _dynamic_export(model, tmp_path / "dynamic.onnx")
+    graph = onnx.load(str(fp32))
+    assert "Shape" in _ops(fp32)  # the trace did compute the padding at run time
+    excluded = set(shape_arithmetic(graph))
+    ceil = [n.name for n in graph.graph.node if n.op_type == "Ceil"]
+    assert ceil and set(ceil) <= excluded
+    assert not excluded & {n.name for n in graph.graph.node if n.op_type in ("Conv", "Gemm")}
+
+    calibration = [{"images": _images(8, seed)} for seed in range(4)]
+    int8 = quantise_static_int8(fp32, tmp_path / "int8.onnx", calibration)
+    quantised = onnx.load(str(int8))
+    producers = {o: n for n in quantised.graph.node for o in n.output}
+    for node in quantised.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in producers:
+            assert producers[node.input[0]].op_type not in ("Ceil", "Sub", "Mul", "Concat", "Cast")
+    images = _images(16, 9)
+    reference, candidate = _run(fp32, images), _run(int8, images)
+    assert candidate.shape == reference.shape
+    error = np.linalg.norm(candidate - reference) / np.linalg.norm(reference)
+    assert error < 0.1, f"INT8 relative error {error:.3f}"
