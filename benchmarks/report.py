@@ -1056,6 +1056,45 @@ def transformer_fusion(d: dict) -> list[str]:
     ]
 
 
+def imagenet_int8(d: dict) -> list[str]:
+    speed: dict[str, list[dict]] = {}
+    for r in d["engines"]:  # each engine's rows in the order measured: the small batch, then the large
+        speed.setdefault(r["engine"], []).append(r)
+    small, large = speed["fp32"][0]["batch"], speed["fp32"][-1]["batch"]
+    base = speed["fp32"][-1]["img_per_s"]
+    rows = [
+        [
+            name,
+            q["why"],
+            f"{q['agreement'] * 100:.1f}%",
+            f"{q['agreement_confident'] * 100:.1f}%",
+            f"{q['fp32_top1_in_top5'] * 100:.1f}%",
+            "—" if q["snr_db"] is None else "same as fp32" if q["snr_db"] > 100 else f"{q['snr_db']:.1f}",
+            f"{speed[name][0]['img_per_s']:.0f}",
+            f"{speed[name][-1]['img_per_s']:.0f}",
+            "—" if name == "fp32" else f"{speed[name][-1]['img_per_s'] / base:.2f}×",
+        ]
+        for name, q in d["quality"].items()
+    ]
+    header = ["engine", "what changes", "top-1 agreement", "on confident crops", "fp32 top-1 in top 5"]
+    header += ["logits SNR dB", f"batch {small} img/s", f"batch {large} img/s", f"vs fp32 at batch {large}"]
+    layers = [
+        [r["layer"], "×".join(map(str, r["shape"])), f"{r['snr_db']:.1f}"] for r in d["weight_sensitivity"]
+    ]
+    return [
+        f"{d['machine']['cores']} cores, ONNX Runtime {d['machine']['onnxruntime']}, {d['config']['threads']} "
+        f"threads. {d['held_out']} held-out photo crops; {d['confident']} of them have an fp32 top-1 "
+        f'probability ≥ {d["confident_threshold"]} ("confident"). Calibration: {d["calibration"]} crops '
+        f"drawn with the recipe's seed. Served CPU variant: `{d['served_variant']}`.",
+        "",
+        *table(header, rows, ["l", "l"] + ["r"] * 7),
+        "",
+        "Where the noise comes from: one layer's weights at a time in INT8 (per channel), the rest fp32:",
+        "",
+        *table(["layer", "weights", "logits SNR dB"], layers, ["l", "l", "r"]),
+    ]
+
+
 # (file name, title, renderer), in page order; other results files follow with `generic`.
 BENCHMARKS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("text_classify", "Text classification", text_classify),
@@ -1066,6 +1105,7 @@ BENCHMARKS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("tabular_predict", "Tables and forecasts", tabular_predict),
     ("forecast_zero_shot", "Zero-shot forecasting", forecast_zero_shot),
     ("transformer_fusion", "Transformer fusions and INT8 formats", transformer_fusion),
+    ("imagenet_int8", "ImageNet INT8", imagenet_int8),
     ("table_explain", "Table explanations and card fraud", table_explain),
     ("route_styles", "Route styles", route_styles),
     ("overload", "Overload", overload),

@@ -1,0 +1,252 @@
+"""Static INT8 of the `imagenet` classifier (EfficientNet-Lite0): how far each quantisation choice
+keeps its top-1 answers, side by side in one run.
+
+The fp32 graph is the one `tuneserve build` exported (TF-"same" padding by constants). Calibration
+uses the build's own photo crops (the recipe's seed); the answers are compared on crops of the same
+photos drawn with another seed, so no calibration image is among them. For each variant:
+
+- top-1 agreement with fp32 on every held-out crop, and on the crops where fp32 is confident (top-1
+  probability ≥ 0.3; many crops of the shipped photos show no ImageNet class at all, and fp32's
+  top-1 there is a near tie that any rounding flips);
+- whether fp32's top-1 is among the variant's top 5, and the logits' signal-to-noise ratio in dB;
+- images/s of the engine at batch 8 and 32 (2 threads).
+
+Variants: the graph as exported before padding was constant (the padding arithmetic quantised with
+the rest: the old build), MinMax (what the build does), entropy and percentile calibration, the first
+convolution and the classifier left in float, and the stem with the first three stages in float.
+Writes benchmarks/results/imagenet_int8.{json,md}.
+Run: `python benchmarks/imagenet_int8.py` (after `make models` has built `imagenet`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+from benchmarks.harness import machine_info, time_engines, write_results
+from benchmarks.report import imagenet_int8 as section
+from serving.manifest import load_manifest
+from serving.processing import ImagePreprocessor, decode_image
+from serving.sessions import create_session
+from training.data.images import generate_photo_crops, read_class_folder
+from training.quantise import _Calibration, _prepared, quantise_static_int8, shape_arithmetic
+
+CONFIDENT = 0.3
+STAGES_IN_FLOAT = ("conv_stem", "/backbone/bn1/", "blocks.0/", "blocks.1/", "blocks.2/")
+
+
+def images(folder: Path, pre: ImagePreprocessor, count: int) -> np.ndarray:
+    paths, _ = read_class_folder(folder)
+    return np.stack([pre(decode_image(p.read_bytes())) for p in sorted(paths)[:count]]).astype(np.float32)
+
+
+def dynamic_padding_graph(path: Path) -> Path:
+    """The fp32 graph as the build exported it before: padding worked out from the input size."""
+    import torch
+
+    from training.backbones import get_backbone
+    from training.tasks.image_classification import PooledHeadClassifier
+
+    net = get_backbone("efficientnet-lite0").load()
+    classifier = net.get_classifier()
+    head = torch.nn.Linear(classifier.in_features, classifier.out_features)
+    head.load_state_dict(classifier.state_dict())
+    net.reset_classifier(0)
+    model = PooledHeadClassifier(net, head, 0.0).eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.zeros(2, 3, 224, 224),),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
+    return path
+
+
+def quantise(fp32: Path, out: Path, calibration: list[dict[str, np.ndarray]], **options: Any) -> Path:
+    """quantize_static with the build's settings, changed by `options`; `exclude` is a list of
+    node-name fragments kept in float, beside the shape arithmetic (unless `shapes_too`)."""
+    fragments = options.pop("exclude", ())
+    quantise_shapes = options.pop("shapes_too", False)
+    with _prepared(fp32, symbolic_shapes=True) as prepared:
+        graph = onnx.load(str(prepared))
+        excluded = [] if quantise_shapes else shape_arithmetic(graph)
+        excluded += [n.name for n in graph.graph.node if any(f in n.name for f in fragments)]
+        settings: dict[str, Any] = {
+            "quant_format": QuantFormat.QDQ,
+            "per_channel": True,
+            "activation_type": QuantType.QUInt8,
+            "weight_type": QuantType.QInt8,
+            "calibrate_method": CalibrationMethod.MinMax,
+            "nodes_to_exclude": excluded,
+        }
+        quantize_static(str(prepared), str(out), _Calibration(calibration), **(settings | options))
+    return out
+
+
+def per_channel_int8(weights: np.ndarray) -> np.ndarray:
+    """Symmetric per-output-channel INT8 rounding of a weight tensor, back in float."""
+    rows = weights.reshape(weights.shape[0], -1)
+    scale = np.abs(rows).max(1, keepdims=True) / 127
+    scale[scale == 0] = 1
+    return (np.round(rows / scale).clip(-127, 127) * scale).reshape(weights.shape).astype(np.float32)
+
+
+def weight_sensitivity(fp32: Path, images: np.ndarray, work: Path, top: int = 6) -> list[dict[str, Any]]:
+    """Each layer's weights rounded to INT8 alone (everything else fp32): the logits' SNR in dB, the
+    layers that lose most first. Says where the INT8 noise comes from."""
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(fp32))
+    weights = {i.name: i for i in graph.graph.initializer}
+    layers = [
+        (n.name, n.input[1])
+        for n in graph.graph.node
+        if n.op_type in ("Conv", "Gemm") and n.input[1] in weights
+    ]
+    reference = create_session(fp32, 2, ["CPUExecutionProvider"])[0].run(None, {"images": images})[0]
+    rows = []
+    for node, name in layers:
+        original = numpy_helper.to_array(weights[name])
+        weights[name].CopyFrom(numpy_helper.from_array(per_channel_int8(original), name))
+        onnx.save(graph, str(work / "one-layer.onnx"))
+        weights[name].CopyFrom(numpy_helper.from_array(original, name))
+        out = create_session(work / "one-layer.onnx", 2, ["CPUExecutionProvider"])[0].run(
+            None, {"images": images}
+        )[0]
+        rows.append({"layer": node, "shape": list(original.shape), "snr_db": float(snr(reference, out))})
+    return sorted(rows, key=lambda r: r["snr_db"])[:top]
+
+
+def snr(reference: np.ndarray, candidate: np.ndarray) -> float:
+    return float(20 * np.log10(np.linalg.norm(reference) / max(np.linalg.norm(reference - candidate), 1e-12)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repository", type=Path, default=ROOT / "exported")
+    ap.add_argument("--calibration", type=int, default=240, help="calibration crops (the recipe's size)")
+    ap.add_argument("--held-out", type=int, default=400, help="held-out crops")
+    ap.add_argument("--seconds", type=float, default=2.0, help="timing per engine and batch size")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    model_dir = args.repository / "imagenet"
+    manifest = load_manifest(model_dir)
+    pre = ImagePreprocessor.from_config(manifest.preprocessing)
+    seed = int(manifest.recipe["data"]["seed"])
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        calib = images(generate_photo_crops(work / "calibration", 400, seed), pre, 400)
+        held = images(generate_photo_crops(work / "held", args.held_out, seed + 1000), pre, 10**6)
+        calibration = [{"images": calib[i : i + 16]} for i in range(0, args.calibration - 15, 16)]
+        fp32 = model_dir / manifest.variants["fp32"].file
+        dynamic = dynamic_padding_graph(work / "dynamic.onnx")
+        variants: dict[str, tuple[Path, str]] = {}
+
+        def add(name: str, source: Path, why: str, **options: Any) -> None:
+            print(f"quantising: {name}", flush=True)
+            variants[name] = (quantise(source, work / f"{len(variants)}.onnx", calibration, **options), why)
+
+        add("before: padding arithmetic quantised", dynamic, "the old build's graph", shapes_too=True)
+        built = quantise_static_int8(fp32, work / "built.onnx", calibration)
+        variants["MinMax (the build)"] = (built, "the build's recipe")
+        add("entropy", fp32, "calibration method", calibrate_method=CalibrationMethod.Entropy)
+        add("percentile 99.999", fp32, "calibration method", calibrate_method=CalibrationMethod.Percentile)
+        add(
+            "MinMax, first conv + classifier float",
+            fp32,
+            "layers left in float",
+            exclude=("conv_stem/Conv", "/head/"),
+        )
+        add("MinMax, stem + stages 0-2 float", fp32, "layers left in float", exclude=STAGES_IN_FLOAT)
+
+        sessions = {"fp32": create_session(fp32, args.threads, ["CPUExecutionProvider"])[0]}
+        sessions["fp32, padding arithmetic"] = create_session(
+            dynamic, args.threads, ["CPUExecutionProvider"]
+        )[0]
+        for name, (path, _) in variants.items():
+            sessions[name] = create_session(path, args.threads, ["CPUExecutionProvider"])[0]
+
+        def logits(session) -> np.ndarray:
+            return np.concatenate(
+                [session.run(None, {"images": held[i : i + 32]})[0] for i in range(0, len(held), 32)]
+            )
+
+        reference = logits(sessions["fp32"])
+        shifted = np.exp(reference - reference.max(1, keepdims=True))
+        confident = (shifted / shifted.sum(1, keepdims=True)).max(1) >= CONFIDENT
+        top1 = reference.argmax(1)
+        quality: dict[str, dict[str, Any]] = {}
+        for name, session in sessions.items():
+            out = logits(session)
+            agree = out.argmax(1) == top1
+            quality[name] = {
+                "agreement": float(agree.mean()),
+                "agreement_confident": float(agree[confident].mean()),
+                "fp32_top1_in_top5": float(np.mean([t in np.argsort(-o)[:5] for t, o in zip(top1, out)])),
+                "snr_db": snr(reference, out) if name != "fp32" else None,
+                "why": variants[name][1] if name in variants else "reference",
+            }
+            print(
+                f"  {name:42} agreement {agree.mean():.3f} (confident {agree[confident].mean():.3f})",
+                flush=True,
+            )
+        print("weights of one layer at a time in INT8", flush=True)
+        sensitivity = weight_sensitivity(fp32, held[:32], work)
+        rows: list[dict[str, Any]] = []
+        for batch in (8, 32):
+            feeds = {"images": held[:batch]}
+            rows += time_engines(
+                {name: (lambda s=s: s.run(None, feeds)) for name, s in sessions.items()},
+                batch,
+                args.seconds,
+                "img",
+            )
+
+    report = {
+        "model": "imagenet",
+        "served_variant": manifest.default_variant["cpu"],
+        "held_out": len(held),
+        "confident": int(confident.sum()),
+        "confident_threshold": CONFIDENT,
+        "calibration": args.calibration,
+        "quality": quality,
+        "weight_sensitivity": sensitivity,
+        "engines": rows,
+        "config": {"threads": args.threads, "seconds": args.seconds},
+        "machine": machine_info(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    write_results("imagenet_int8", report, markdown(report))
+
+
+def markdown(report: dict[str, Any]) -> list[str]:
+    return [
+        "# Static INT8 of `imagenet` (EfficientNet-Lite0): top-1 agreement with fp32",
+        "",
+        *section(report),
+        "",
+    ]
+
+
+if __name__ == "__main__":
+    main()
