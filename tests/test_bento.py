@@ -64,7 +64,7 @@ def test_bento_holds_serving_code_and_models_only(bento):
         and not (src / "tests").exists()
     )
     assert not (src / "serving" / "loadtest").exists()
-    assert not list(src.rglob("model.ts")) and not list(src.rglob("*.pt"))
+    assert not list(src.rglob("model.ts")) and not list(src.rglob("*.pt")) and not list(src.rglob("*.pt2"))
     models = {p.parent.name for p in (src / "exported").glob("*/manifest.json")}
     assert {
         "intent",

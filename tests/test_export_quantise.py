@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -15,8 +15,15 @@ import pytest
 import torch
 from torch import nn
 
-from training.export import export_onnx, export_torchscript, static_same_padding
+from training.export import (
+    export_and_check_program,
+    export_onnx,
+    export_torchscript,
+    program_runner,
+    static_same_padding,
+)
 from training.quantise import quantise_static_int8, shape_arithmetic
+from training.tasks.base import Task
 
 pytestmark = pytest.mark.fast  # in-process, no training, no server
 
@@ -41,11 +48,18 @@ class SameNet(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-TASK = SimpleNamespace(
-    input_names=["images"],
-    output_names=["logits"],
-    dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-)
+class _Checks:
+    """What the exports and their parity checks read from a task (a classifier's defaults)."""
+
+    input_names: ClassVar[list[str]] = ["images"]
+    output_names: ClassVar[list[str]] = ["logits"]
+    dynamic_axes: ClassVar[dict[str, dict[int, str]]] = {"images": {0: "batch"}, "logits": {0: "batch"}}
+    collect_outputs = Task.collect_outputs
+    parity = Task.parity
+    parity_problem = Task.parity_problem
+
+
+TASK = _Checks()
 
 
 def _images(n: int, seed: int) -> np.ndarray:
@@ -124,3 +138,49 @@ def test_quantiser_leaves_shape_arithmetic_in_float(tmp_path):
     assert candidate.shape == reference.shape
     error = np.linalg.norm(candidate - reference) / np.linalg.norm(reference)
     assert error < 0.1, f"INT8 relative error {error:.3f}"
+
+
+def _batches(model: nn.Module, sizes: tuple[int, ...]):
+    batches = [({"images": torch.from_numpy(_images(n, 20 + n))}, None) for n in sizes]
+    with torch.no_grad():
+        reference = np.concatenate([model(b["images"]).numpy() for b, _ in batches])
+    return reference, batches
+
+
+def test_exported_program_ships_with_its_parity(tmp_path):
+    model = SameNet().eval()
+    reference, batches = _batches(model, (3, 7))  # neither is the example's batch size
+    example = {"images": torch.from_numpy(_images(2, 0))}
+    report = export_and_check_program(model, TASK, example, tmp_path / "m.pt2", reference, batches, 1e-4)
+    assert report["file"] == "m.pt2" and "problem" not in report, report
+    assert report["max_abs_diff"] <= 1e-4 and report["argmax_equal"]
+    run = program_runner(tmp_path / "m.pt2")
+    images = _images(5, 3)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            run({"images": images}), model(torch.from_numpy(images)).numpy(), atol=1e-5
+        )
+
+
+class _DataDependent(nn.Module):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        flat = images.flatten(1)
+        return flat[:, :4] if flat.sum() > 0 else -flat[:, :4]  # branches on the data
+
+
+class _FixedBatch(nn.Module):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.reshape(2, -1)[:, :4]  # only ever batches of two
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [(_DataDependent(), "torch.export failed"), (_FixedBatch(), "cannot run the test batches")],
+)
+def test_a_program_that_cannot_ship_is_left_out_with_the_reason(tmp_path, model, says):
+    reference = np.zeros((10, 4), np.float32)
+    _, batches = _batches(SameNet().eval(), (3, 7))
+    example = {"images": torch.from_numpy(_images(2, 0))}
+    report = export_and_check_program(model, TASK, example, tmp_path / "m.pt2", reference, batches, 1e-4)
+    assert report["file"] is None and report["problem"].startswith(says), report
+    assert not (tmp_path / "m.pt2").exists()

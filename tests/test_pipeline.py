@@ -18,8 +18,24 @@ from tests.test_figures import read_png
 def test_build_writes_a_complete_model_folder(tiny_repository):
     folder = tiny_repository / "intent"
     names = {p.name for p in folder.iterdir()}
-    assert {"manifest.json", "model.onnx", "model.int8.onnx", "model.ts", "tokenizer.json"} <= names
+    assert {
+        "manifest.json",
+        "model.onnx",
+        "model.int8.onnx",
+        "model.ts",
+        "model.pt2",
+        "tokenizer.json",
+    } <= names
     m = load_manifest(folder, verify=True)
+    program = m.build["exports"]["exported_program"]
+    assert program["file"] == "model.pt2" and program["max_abs_diff"] <= 1e-4 and program["argmax_equal"]
+    from training.export import onnx_runner, program_runner
+
+    # the ExportedProgram's batch and sequence axes are dynamic, as the ONNX graph's are
+    feeds = {"input_ids": np.full((3, 11), 1012, np.int64), "attention_mask": np.ones((3, 11), np.int64)}
+    np.testing.assert_allclose(
+        program_runner(folder / "model.pt2")(feeds), onnx_runner(folder / "model.onnx")(feeds), atol=1e-4
+    )
     assert m.task == "text-classification" and len(m.labels) == 10
     assert set(m.files) == names - {"manifest.json"}
     fp32 = m.variants["fp32"]

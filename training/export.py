@@ -98,6 +98,24 @@ def export_torchscript(model: nn.Module, example: dict[str, torch.Tensor], path:
     return path
 
 
+def export_program(model: nn.Module, task: Task, example: dict[str, torch.Tensor], path: Path) -> Path:
+    """torch.export's ExportedProgram (`.pt2`, load with `torch.export.load(path).module()`): the
+    task's dynamic ONNX axes are dynamic dimensions here too (`Dim.AUTO`: a dimension the model
+    fixes is kept static, and the parity check over other batch sizes then says so)."""
+    from torch.export import Dim
+
+    model.eval()
+    tensors = tuple(example.values())
+    if tensors[0].shape[0] < 2:  # a batch of one would be specialised to one
+        tensors = tuple(torch.cat([t, t]) for t in tensors)
+    shapes = tuple({axis: Dim.AUTO for axis in task.dynamic_axes.get(name, {})} for name in task.input_names)
+    with warnings.catch_warnings(), torch.no_grad(), static_same_padding(model, example):
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, tensors, dynamic_shapes=shapes)
+    torch.export.save(program, str(path))
+    return path
+
+
 def onnx_runner(path: Path, threads: int = 0):
     session, _ = create_session(path, threads or torch.get_num_threads(), ["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
@@ -105,7 +123,11 @@ def onnx_runner(path: Path, threads: int = 0):
 
 
 def torchscript_runner(path: Path):
-    module = torch.jit.load(str(path))
+    with warnings.catch_warnings():
+        # TorchScript is deprecated upstream, but the repository ships it for torch users, so
+        # checking what it ships is intended use
+        warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=FutureWarning)
+        module = torch.jit.load(str(path))
     module.eval()
 
     def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -113,6 +135,58 @@ def torchscript_runner(path: Path):
             return module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
 
     return run
+
+
+def program_runner(path: Path):
+    module = torch.export.load(str(path)).module()
+
+    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            return module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+
+    return run
+
+
+def check_program(
+    task: Task, reference: Any, batches: Iterable[Batch], path: Path, atol: float
+) -> dict[str, Any]:
+    """The ExportedProgram's outputs vs PyTorch's, the task's way: its parity report, with `problem`
+    set when it fails (including a program that cannot run the batches, e.g. a dimension the export
+    fixed)."""
+    try:
+        report = task.parity(reference, run_batches(program_runner(path), task, list(batches)))
+    except Exception as exc:  # any failure to run is a parity failure, reported
+        return {"problem": f"cannot run the test batches: {_first_line(exc)}"}
+    problem = task.parity_problem(report, atol)
+    return report if problem is None else {**report, "problem": f"output differs from PyTorch: {problem}"}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
+
+def export_and_check_program(
+    model: nn.Module,
+    task: Task,
+    example: dict[str, torch.Tensor],
+    path: Path,
+    reference: Any,
+    batches: Iterable[Batch],
+    atol: float,
+) -> dict[str, Any]:
+    """Write `path` and check it; a model torch.export cannot take, or whose program fails parity,
+    ships without it (the file is removed) and the report says why: the ONNX and TorchScript files
+    are what the repository promises, the ExportedProgram is offered beside them."""
+    try:
+        export_program(model, task, example, path)
+    except Exception as exc:  # recorded in the manifest, the build goes on
+        return {"file": None, "problem": f"torch.export failed: {_first_line(exc)}"}
+    report = check_program(task, reference, batches, path, atol)
+    if "problem" in report:
+        path.unlink(missing_ok=True)
+        return {"file": None, **report}
+    return {"file": path.name, **report}
 
 
 def check_parity(

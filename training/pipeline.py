@@ -22,7 +22,13 @@ from serving.manifest import Device, Manifest, Variant, write_manifest
 from serving.settings import Settings
 from training.backbones import count_parameters, get_backbone
 from training.evaluate import max_abs_diff, run_batches, torch_outputs
-from training.export import check_parity, export_onnx, export_torchscript, onnx_runner
+from training.export import (
+    check_parity,
+    export_and_check_program,
+    export_onnx,
+    export_torchscript,
+    onnx_runner,
+)
 from training.fp16 import fp16_variant
 from training.graph import onnx_signature
 from training.logs import quieted
@@ -212,6 +218,18 @@ def _build_recipe(recipe: Recipe, repository: Path | None, quiet: bool, resume: 
             parity_report["onnx"]["max_abs_diff"],
             parity_report["torchscript"]["max_abs_diff"],
         )
+        program = export_and_check_program(
+            model, task, example, staging / "model.pt2", reference, test.batches, recipe.export.parity_atol
+        )
+        if program["file"] is None:
+            log.warning("%s: no model.pt2 (ExportedProgram): %s", recipe.name, program["problem"])
+        else:
+            log.info("%s: ExportedProgram model.pt2 parity ok", recipe.name)
+        exports = {
+            "onnx": {"file": "model.onnx", "exporter": "torch.onnx.export (TorchScript-based, dynamo=False)"},
+            "torchscript": {"file": "model.ts", "exporter": "torch.jit.trace"},
+            "exported_program": {"exporter": "torch.export.export", **program},
+        }
 
         fp32 = onnx_runner(staging / "model.onnx")
         fp32_outputs = run_batches(fp32, task, test.batches)
@@ -304,7 +322,7 @@ def _build_recipe(recipe: Recipe, repository: Path | None, quiet: bool, resume: 
                 **task.report,
                 **{f"test_{k}": v for k, v in _scalars(variants[default["cpu"]].metrics).items()},
             },
-            build=_build_info(started, fitted.steps, len(splits.train)),
+            build={**_build_info(started, fitted.steps, len(splits.train)), "exports": exports},
         )
         write_manifest(staging, manifest)
         target = repository / recipe.name
