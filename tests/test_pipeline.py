@@ -51,6 +51,12 @@ def test_build_writes_a_complete_model_folder(tiny_repository):
         "DynamicQuantizeLinear",
         "MatMulInteger",
     } & ops
+    # the matrix products' outputs stay float (no requantising before the float ops that follow)
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    requantised = [
+        n.name for n in graph.node if n.op_type == "QuantizeLinear" and producers.get(n.input[0]) == "MatMul"
+    ]
+    assert not requantised, requantised
     assert [i.name for i in m.signature.inputs] == ["input_ids", "attention_mask"]
     assert m.signature.inputs[0].shape == ["batch", "sequence"]
     assert m.preprocessing["max_length"] == 128 and m.preprocessing["padding"] == "longest"

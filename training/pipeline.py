@@ -450,6 +450,7 @@ def quantise_and_gate(
             task.calibration_inputs(splits, q.calibration_size),
             symbolic_shapes=task.quantise_symbolic_shapes,
             op_types=task.quantise_op_types,
+            float_outputs=task.quantise_float_outputs,
         )
     int8 = onnx_runner(int8_path)
     val_metrics = _scalars(

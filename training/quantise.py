@@ -92,12 +92,14 @@ def quantise_static_int8(
     calibration: list[dict[str, np.ndarray]],
     symbolic_shapes: bool = True,
     op_types: list[str] | None = None,
+    float_outputs: list[str] | None = None,
 ) -> Path:
     """Static INT8 in QDQ format, per-channel weights, activation ranges from calibration inputs
     (MinMax over what the server would feed). The ranges are fixed in the graph, so an input's
     answer does not depend on what else shares its batch (dynamic quantisation's per-call ranges
-    do). `op_types` limits what is quantised (transformers: the matrix products and embeddings).
-    Arithmetic on tensor shapes is never quantised (`shape_arithmetic`)."""
+    do). `op_types` limits what is quantised (transformers: the matrix products and embeddings);
+    the outputs of the `float_outputs` operator types stay float. Arithmetic on tensor shapes is never
+    quantised (`shape_arithmetic`)."""
     out_path = Path(out_path).resolve()
     with _prepared(fp32_path, symbolic_shapes=symbolic_shapes) as prepared:
         excluded = shape_arithmetic(onnx.load(str(prepared), load_external_data=False))
@@ -112,6 +114,7 @@ def quantise_static_int8(
             calibrate_method=CalibrationMethod.MinMax,
             op_types_to_quantize=op_types,
             nodes_to_exclude=excluded,
+            extra_options={"OpTypesToExcludeOutputQuantization": float_outputs} if float_outputs else None,
         )
     return out_path
 

@@ -166,6 +166,10 @@ class Task(ABC, Generic[P]):
     # operator types to quantise (None: every supported one).
     quantise_symbolic_shapes: ClassVar[bool] = True
     quantise_op_types: ClassVar[list[str] | None] = None
+    # Operator types whose outputs stay float: ONNX Runtime then runs quantised input × INT8 weight
+    # → float in one kernel (MatMulIntegerToFloat) instead of requantising every output to UINT8 and
+    # dequantising it again for the float operators that follow.
+    quantise_float_outputs: ClassVar[list[str]] = []
 
     def calibration_inputs(self, splits: Splits, count: int) -> list[dict[str, np.ndarray]]:
         """Model inputs for static quantisation's calibration; tasks that support it override this."""

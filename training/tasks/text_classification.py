@@ -75,6 +75,8 @@ class TextEncoderTask(Task[TextPreprocessing], Generic[S, E]):
     # size saving, with ranges fixed at build time (each build's manifest records both).
     quantise_symbolic_shapes = False
     quantise_op_types: ClassVar[list[str]] = ["MatMul", "Gemm", "Gather"]
+    # every matrix product feeds a float bias add, GELU or layer norm (benchmarks/transformer_fusion.py)
+    quantise_float_outputs: ClassVar[list[str]] = ["MatMul", "Gemm"]
     preprocessing_model = TextPreprocessing
 
     def __init__(self, recipe: Recipe, backbone: Backbone) -> None:
