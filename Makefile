@@ -73,6 +73,7 @@ bench: models
 	$(BIN)/python benchmarks/loadtest_tool.py
 	$(BIN)/python benchmarks/hardening.py
 	$(BIN)/python benchmarks/ocr.py
+	$(BIN)/python benchmarks/engines.py
 	$(BIN)/python benchmarks/report.py
 
 # tuneserve against LitServe, Ray Serve and plain FastAPI on the same models (benchmarks/peers/); the

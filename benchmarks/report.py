@@ -1095,6 +1095,47 @@ def imagenet_int8(d: dict) -> list[str]:
     ]
 
 
+def engines(d: dict) -> list[str]:
+    lines = [
+        "Each default model's engine in fp32 and static INT8, exported by the TorchScript-based exporter "
+        "(shipped) and by torch.export's (`dynamo=True`), quantised the build's way, on the recipe's "
+        "validation examples; differences are from the shipped fp32 graph's outputs.",
+    ]
+    for name, m in d["models"].items():
+        first = m["engines"][0]["engine"]
+        larger = [r for r in m["engines"] if r["engine"] == first][-1]["batch"]
+        speed = {(r["engine"], r["batch"]): r["item_per_s"] for r in m["engines"]}
+        rows = [
+            [
+                engine,
+                *[num(speed.get((engine, b))) for b in d["batches"]],
+                f"{q['max_abs_diff']:.2e}",
+                "—" if q["argmax_agreement"] is None else f"{q['argmax_agreement'] * 100:.1f}%",
+            ]
+            for engine, q in m["quality"].items()
+        ]
+        lines += [
+            "",
+            f"**{name}** ({m['task']}; the server runs `{m['served_cpu']}` on the CPU)",
+            "",
+            *table(
+                ["engine", *[f"batch {b} items/s" for b in d["batches"]], "max abs diff", "argmax agreement"],
+                rows,
+            ),
+        ]
+        for precision in ("fp32", "int8"):
+            new, old = f"{precision}, dynamo exporter", f"{precision}, TorchScript-based exporter"
+            if (new, larger) in speed and (old, larger) in speed:
+                lines.append(
+                    f"- {precision}: dynamo exporter {speed[(new, larger)] / speed[(old, larger)]:.2f}× the shipped "
+                    f"graph at batch {larger}"
+                )
+        lines += [f"- {engine}: not built ({why})" for engine, why in m["problems"].items()]
+    if d["not_built"]:
+        lines += ["", "Not built when this ran: " + ", ".join(d["not_built"]) + "."]
+    return lines
+
+
 # (file name, title, renderer), in page order; other results files follow with `generic`.
 BENCHMARKS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("text_classify", "Text classification", text_classify),
@@ -1106,6 +1147,7 @@ BENCHMARKS: list[tuple[str, str, Callable[[dict], list[str]]]] = [
     ("forecast_zero_shot", "Zero-shot forecasting", forecast_zero_shot),
     ("transformer_fusion", "Transformer fusions and INT8 formats", transformer_fusion),
     ("imagenet_int8", "ImageNet INT8", imagenet_int8),
+    ("engines", "Engines: exporters, fp32 and INT8", engines),
     ("table_explain", "Table explanations and card fraud", table_explain),
     ("route_styles", "Route styles", route_styles),
     ("overload", "Overload", overload),

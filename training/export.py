@@ -70,8 +70,15 @@ def static_same_padding(model: nn.Module, example: dict[str, torch.Tensor]) -> I
 
 
 def export_onnx(
-    model: nn.Module, task: Task, example: dict[str, torch.Tensor], path: Path, opset: int
+    model: nn.Module,
+    task: Task,
+    example: dict[str, torch.Tensor],
+    path: Path,
+    opset: int,
+    dynamo: bool = False,
 ) -> Path:
+    """fp32 ONNX with the task's dynamic axes. `dynamo` uses torch.export's exporter (opset 18 at
+    least) instead of the TorchScript-based one the build uses (benchmarks/engines.py compares them)."""
     model.eval()
     with warnings.catch_warnings(), torch.no_grad(), static_same_padding(model, example):
         warnings.simplefilter("ignore")  # tracer warnings about python control flow in transformers
@@ -82,9 +89,11 @@ def export_onnx(
             input_names=task.input_names,
             output_names=task.output_names,
             dynamic_axes=task.dynamic_axes,
-            opset_version=opset,
+            opset_version=max(opset, 18) if dynamo else opset,
             do_constant_folding=True,
-            dynamo=False,
+            dynamo=dynamo,
+            verbose=False,
+            external_data=False,  # one file, as the repository lists it (the models are far below 2 GB)
         )
     return path
 
