@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,6 +22,22 @@ from training.tasks.base import Batch, Task
 
 class ParityError(RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def quiet_tracing() -> Iterator[None]:
+    """Tracers read every attribute of the modules they walk. On a transformers model that includes
+    `loss_function`, whose getter logs a warning about a loss the export never uses: silenced, along
+    with the tracers' own warnings (python control flow in transformers)."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _padded_conv(conv: nn.Conv2d, pad: tuple[int, int, int, int], x: torch.Tensor) -> torch.Tensor:
@@ -80,8 +97,7 @@ def export_onnx(
     """fp32 ONNX with the task's dynamic axes. `dynamo` uses torch.export's exporter (opset 18 at
     least) instead of the TorchScript-based one the build uses (benchmarks/engines.py compares them)."""
     model.eval()
-    with warnings.catch_warnings(), torch.no_grad(), static_same_padding(model, example):
-        warnings.simplefilter("ignore")  # tracer warnings about python control flow in transformers
+    with quiet_tracing(), torch.no_grad(), static_same_padding(model, example):
         torch.onnx.export(
             model,
             tuple(example.values()),
@@ -100,8 +116,7 @@ def export_onnx(
 
 def export_torchscript(model: nn.Module, example: dict[str, torch.Tensor], path: Path) -> Path:
     model.eval()
-    with warnings.catch_warnings(), torch.no_grad(), static_same_padding(model, example):
-        warnings.simplefilter("ignore")
+    with quiet_tracing(), torch.no_grad(), static_same_padding(model, example):
         traced = torch.jit.trace(model, tuple(example.values()), check_trace=False)
     traced.save(str(path))
     return path
@@ -118,8 +133,7 @@ def export_program(model: nn.Module, task: Task, example: dict[str, torch.Tensor
     if tensors[0].shape[0] < 2:  # a batch of one would be specialised to one
         tensors = tuple(torch.cat([t, t]) for t in tensors)
     shapes = tuple({axis: Dim.AUTO for axis in task.dynamic_axes.get(name, {})} for name in task.input_names)
-    with warnings.catch_warnings(), torch.no_grad(), static_same_padding(model, example):
-        warnings.simplefilter("ignore")
+    with quiet_tracing(), torch.no_grad(), static_same_padding(model, example):
         program = torch.export.export(model, tensors, dynamic_shapes=shapes)
     torch.export.save(program, str(path))
     return path
