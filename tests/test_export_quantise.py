@@ -184,3 +184,14 @@ def test_a_program_that_cannot_ship_is_left_out_with_the_reason(tmp_path, model,
     report = export_and_check_program(model, TASK, example, tmp_path / "m.pt2", reference, batches, 1e-4)
     assert report["file"] is None and report["problem"].startswith(says), report
     assert not (tmp_path / "m.pt2").exists()
+
+
+def test_dynamo_exporter_writes_one_file_with_the_dynamic_batch(tmp_path):
+    model = SameNet().eval()
+    example = {"images": torch.from_numpy(_images(2, 0))}
+    path = export_onnx(model, TASK, example, tmp_path / "m.onnx", opset=17, dynamo=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no external .onnx.data beside it
+    assert "Shape" not in _ops(path)
+    images = _images(5, 1)
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(path, images), model(torch.from_numpy(images)).numpy(), atol=1e-5)
