@@ -12,8 +12,10 @@ photos drawn with another seed, so no calibration image is among them. For each 
 - images/s of the engine at batch 8 and 32 (2 threads).
 
 Variants: the graph as exported before padding was constant (the padding arithmetic quantised with
-the rest: the old build), MinMax (what the build does), entropy and percentile calibration, the first
-convolution and the classifier left in float, and the stem with the first three stages in float.
+the rest, no bias correction: the old build); MinMax without bias correction; MinMax with the
+convolutions' biases corrected for their weights' rounding (what the build does); and, each on top
+of the build's recipe, entropy and percentile calibration, the first convolution and the classifier
+left in float, and the stem with the first three stages in float.
 Writes benchmarks/results/imagenet_int8.{json,md}.
 Run: `python benchmarks/imagenet_int8.py` (after `make models` has built `imagenet`).
 """
@@ -42,7 +44,14 @@ from serving.manifest import load_manifest
 from serving.processing import ImagePreprocessor, decode_image
 from serving.sessions import create_session
 from training.data.images import generate_photo_crops, read_class_folder
-from training.quantise import _Calibration, _prepared, quantise_static_int8, shape_arithmetic
+from training.quantise import (
+    _Calibration,
+    _int8_per_channel,
+    _prepared,
+    correct_conv_bias,
+    quantise_static_int8,
+    shape_arithmetic,
+)
 
 CONFIDENT = 0.3
 STAGES_IN_FLOAT = ("conv_stem", "/backbone/bn1/", "blocks.0/", "blocks.1/", "blocks.2/")
@@ -90,6 +99,9 @@ def quantise(fp32: Path, out: Path, calibration: list[dict[str, np.ndarray]], **
         graph = onnx.load(str(prepared))
         excluded = [] if quantise_shapes else shape_arithmetic(graph)
         excluded += [n.name for n in graph.graph.node if any(f in n.name for f in fragments)]
+        if options.pop("correct_bias", True):
+            correct_conv_bias(graph, calibration)
+            onnx.save(graph, str(prepared))
         settings: dict[str, Any] = {
             "quant_format": QuantFormat.QDQ,
             "per_channel": True,
@@ -100,14 +112,6 @@ def quantise(fp32: Path, out: Path, calibration: list[dict[str, np.ndarray]], **
         }
         quantize_static(str(prepared), str(out), _Calibration(calibration), **(settings | options))
     return out
-
-
-def per_channel_int8(weights: np.ndarray) -> np.ndarray:
-    """Symmetric per-output-channel INT8 rounding of a weight tensor, back in float."""
-    rows = weights.reshape(weights.shape[0], -1)
-    scale = np.abs(rows).max(1, keepdims=True) / 127
-    scale[scale == 0] = 1
-    return (np.round(rows / scale).clip(-127, 127) * scale).reshape(weights.shape).astype(np.float32)
 
 
 def weight_sensitivity(fp32: Path, images: np.ndarray, work: Path, top: int = 6) -> list[dict[str, Any]]:
@@ -126,7 +130,7 @@ def weight_sensitivity(fp32: Path, images: np.ndarray, work: Path, top: int = 6)
     rows = []
     for node, name in layers:
         original = numpy_helper.to_array(weights[name])
-        weights[name].CopyFrom(numpy_helper.from_array(per_channel_int8(original), name))
+        weights[name].CopyFrom(numpy_helper.from_array(_int8_per_channel(original), name))
         onnx.save(graph, str(work / "one-layer.onnx"))
         weights[name].CopyFrom(numpy_helper.from_array(original, name))
         out = create_session(work / "one-layer.onnx", 2, ["CPUExecutionProvider"])[0].run(
@@ -166,9 +170,16 @@ def main() -> None:
             print(f"quantising: {name}", flush=True)
             variants[name] = (quantise(source, work / f"{len(variants)}.onnx", calibration, **options), why)
 
-        add("before: padding arithmetic quantised", dynamic, "the old build's graph", shapes_too=True)
+        add(
+            "before: padding arithmetic quantised",
+            dynamic,
+            "the graph and recipe of the build before",
+            shapes_too=True,
+            correct_bias=False,
+        )
+        add("MinMax, no bias correction", fp32, "constant padding only", correct_bias=False)
         built = quantise_static_int8(fp32, work / "built.onnx", calibration)
-        variants["MinMax (the build)"] = (built, "the build's recipe")
+        variants["MinMax + bias correction (the build)"] = (built, "the build's recipe")
         add("entropy", fp32, "calibration method", calibrate_method=CalibrationMethod.Entropy)
         add("percentile 99.999", fp32, "calibration method", calibrate_method=CalibrationMethod.Percentile)
         add(

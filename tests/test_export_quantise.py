@@ -195,3 +195,46 @@ def test_dynamo_exporter_writes_one_file_with_the_dynamic_batch(tmp_path):
     images = _images(5, 1)
     with torch.no_grad():
         np.testing.assert_allclose(_run(path, images), model(torch.from_numpy(images)).numpy(), atol=1e-5)
+
+
+def _conv_graph(weights: np.ndarray, bias: np.ndarray, group: int) -> onnx.ModelProto:
+    from onnx import TensorProto, helper, numpy_helper
+
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], group=group)  # unpadded: every output sees data
+    graph = helper.make_graph(
+        [node],
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", weights.shape[1] * group, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("group", [1, 4])  # a plain and a depthwise convolution
+def test_bias_correction_removes_the_mean_shift_of_rounded_weights(group):
+    from onnx import numpy_helper
+
+    from training.quantise import _int8_per_channel, correct_conv_bias
+
+    rng = np.random.default_rng(group)
+    weights = rng.normal(0, 1, (4, 4 // group, 3, 3)).astype(np.float32)
+    weights[:, :, 1, 1] *= 40  # a large centre tap: the small ones round coarsely
+    bias = rng.normal(0, 1, 4).astype(np.float32)
+    model = _conv_graph(weights, bias, group)
+    calibration = [{"x": rng.uniform(0, 6, (8, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
+    assert correct_conv_bias(model, calibration) == 1
+    corrected = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "b"))
+
+    def outputs(w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        session = ort.InferenceSession(
+            _conv_graph(w.astype(np.float32), b, group).SerializeToString(),
+            providers=["CPUExecutionProvider"],
+        )
+        return np.concatenate([session.run(None, c)[0] for c in calibration])
+
+    reference = outputs(weights, bias)
+    rounded = _int8_per_channel(weights.astype(np.float64))
+    before = np.abs((outputs(rounded, bias) - reference).mean((0, 2, 3))).max()
+    after = np.abs((outputs(rounded, corrected) - reference).mean((0, 2, 3))).max()
+    assert after < 0.1 * before, (before, after)
