@@ -1089,7 +1089,8 @@ def imagenet_int8(d: dict) -> list[str]:
         "",
         *table(header, rows, ["l", "l"] + ["r"] * 7),
         "",
-        "Where the noise comes from: one layer's weights at a time in INT8 (per channel), the rest fp32:",
+        "Where the noise comes from: one layer's weights at a time rounded to INT8 (per channel, without bias "
+        "correction), the rest fp32:",
         "",
         *table(["layer", "weights", "logits SNR dB"], layers, ["l", "l", "r"]),
     ]
@@ -1097,9 +1098,9 @@ def imagenet_int8(d: dict) -> list[str]:
 
 def engines(d: dict) -> list[str]:
     lines = [
-        "Each default model's engine in fp32 and static INT8, exported by the TorchScript-based exporter "
-        "(shipped) and by torch.export's (`dynamo=True`), quantised the build's way, on the recipe's "
-        "validation examples; differences are from the shipped fp32 graph's outputs.",
+        "Each default model's weights exported by torch.onnx's TorchScript-based exporter and by "
+        "torch.export's (`dynamo=True`), in fp32 and in static INT8 quantised the build's way, on the "
+        "recipe's validation examples; differences are from the shipped fp32 graph's outputs.",
     ]
     for name, m in d["models"].items():
         first = m["engines"][0]["engine"]
@@ -1116,7 +1117,8 @@ def engines(d: dict) -> list[str]:
         ]
         lines += [
             "",
-            f"**{name}** ({m['task']}; the server runs `{m['served_cpu']}` on the CPU)",
+            f"**{name}** ({m['task']}; the server runs `{m['served_cpu']}` on the CPU, exported by the "
+            f"{m.get('shipped_exporter', 'TorchScript-based exporter')})",
             "",
             *table(
                 ["engine", *[f"batch {b} items/s" for b in d["batches"]], "max abs diff", "argmax agreement"],
@@ -1127,8 +1129,8 @@ def engines(d: dict) -> list[str]:
             new, old = f"{precision}, dynamo exporter", f"{precision}, TorchScript-based exporter"
             if (new, larger) in speed and (old, larger) in speed:
                 lines.append(
-                    f"- {precision}: dynamo exporter {speed[(new, larger)] / speed[(old, larger)]:.2f}× the shipped "
-                    f"graph at batch {larger}"
+                    f"- {precision}: dynamo exporter {speed[(new, larger)] / speed[(old, larger)]:.2f}× the "
+                    f"TorchScript-based one at batch {larger}"
                 )
         lines += [f"- {engine}: not built ({why})" for engine, why in m["problems"].items()]
     if d["not_built"]:

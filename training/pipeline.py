@@ -199,8 +199,9 @@ def _build_recipe(recipe: Recipe, repository: Path | None, quiet: bool, resume: 
     staging.mkdir(parents=True)
     try:
         example = task.example_inputs(splits.val)
-        log.info("%s: exporting ONNX (opset %d) and TorchScript", recipe.name, recipe.export.opset)
-        export_onnx(model, task, example, staging / "model.onnx", recipe.export.opset)
+        dynamo = recipe.export.exporter == "dynamo"
+        log.info("%s: exporting ONNX (%s exporter) and TorchScript", recipe.name, recipe.export.exporter)
+        export_onnx(model, task, example, staging / "model.onnx", recipe.export.opset, dynamo=dynamo)
         export_torchscript(model, example, staging / "model.ts")
         for file in ("model.onnx", "model.ts"):
             log.debug("%s: %s, %.2f MB", recipe.name, file, (staging / file).stat().st_size / 1e6)
@@ -226,7 +227,10 @@ def _build_recipe(recipe: Recipe, repository: Path | None, quiet: bool, resume: 
         else:
             log.info("%s: ExportedProgram model.pt2 parity ok", recipe.name)
         exports = {
-            "onnx": {"file": "model.onnx", "exporter": "torch.onnx.export (TorchScript-based, dynamo=False)"},
+            "onnx": {
+                "file": "model.onnx",
+                "exporter": f"torch.onnx.export ({'dynamo=True' if dynamo else 'TorchScript-based, dynamo=False'})",
+            },
             "torchscript": {"file": "model.ts", "exporter": "torch.jit.trace"},
             "exported_program": {"exporter": "torch.export.export", **program},
         }

@@ -61,6 +61,13 @@ class PretrainConfig(TrainConfig):
 class ExportConfig(_Strict):
     opset: int = 17
     parity_atol: float = 1e-4
+    exporter: Literal["torchscript", "dynamo"] = Field(
+        "torchscript",
+        description=(
+            "ONNX exporter: torch.onnx's TorchScript-based one, or torch.export's (dynamo=True, opset 18 "
+            "at least); benchmarks/engines.py measures both for every default model"
+        ),
+    )
     fp16: bool = Field(
         True, description="also write model.fp16.onnx for GPUs, served there when it matches fp32"
     )
