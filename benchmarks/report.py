@@ -1110,7 +1110,7 @@ def engines(d: dict) -> list[str]:
             [
                 engine,
                 *[num(speed.get((engine, b))) for b in d["batches"]],
-                f"{q['max_abs_diff']:.2e}",
+                f"{q['max_abs_diff']:.6f}",
                 "—" if q["argmax_agreement"] is None else f"{q['argmax_agreement'] * 100:.1f}%",
             ]
             for engine, q in m["quality"].items()
