@@ -46,7 +46,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from training.backbones import SmallCNN
-from training.recipe import PruneConfig
+from training.recipe import ExportConfig, PruneConfig
 
 if TYPE_CHECKING:
     from timm.models._efficientnet_blocks import InvertedResidual
@@ -331,10 +331,11 @@ def _first_examples(loader, count: int):
         yield inputs, targets
 
 
-def _onnx_stats(model: nn.Module, task, example, path: Path, opset: int) -> dict[str, Any]:
+def _onnx_stats(model: nn.Module, task, example, path: Path, export: ExportConfig) -> dict[str, Any]:
+    """Size of the graph the build would ship: the recipe's opset and exporter."""
     from training.export import export_onnx
 
-    export_onnx(model, task, example, path, opset)
+    export_onnx(model, task, example, path, export.opset, dynamo=export.exporter == "dynamo")
     data = path.read_bytes()
     return {"onnx_bytes": len(data), "onnx_deflate_bytes": len(zlib.compress(data, 6))}
 
@@ -471,8 +472,8 @@ def prune_and_recover(
     threads = max(1, torch.get_num_threads())
     with tempfile.TemporaryDirectory(prefix="tuneserve-prune-") as tmp:
         paths = [Path(tmp) / "before.onnx", Path(tmp) / "after.onnx"]
-        before |= _onnx_stats(model, task, example, paths[0], recipe.export.opset)
-        after |= _onnx_stats(pruned, task, example, paths[1], recipe.export.opset)
+        before |= _onnx_stats(model, task, example, paths[0], recipe.export)
+        after |= _onnx_stats(pruned, task, example, paths[1], recipe.export)
         before["ms_per_batch8"], after["ms_per_batch8"] = _time_pair(paths, feeds, threads)
     batch = next(iter(feeds.values())).shape[0]
     if batch != 8:
