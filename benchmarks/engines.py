@@ -33,7 +33,7 @@ from benchmarks.report import engines as section
 from serving.manifest import load_manifest
 from serving.sessions import create_session
 from training.backbones import get_backbone
-from training.export import export_onnx
+from training.export import export_onnx, first_line
 from training.quantise import quantise_static_int8
 from training.recipe import Recipe, list_recipes, load_recipe
 from training.tasks import get_task
@@ -110,7 +110,7 @@ def measure(name: str, repository: Path, seconds: float, threads: int, work: Pat
             export_seconds[exporter] = time.perf_counter() - started
             paths[f"fp32, {label}"] = fp32
         except Exception as exc:  # a model the exporter cannot take: recorded, not timed
-            problems[f"fp32, {label}"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:240]}"
+            problems[f"fp32, {label}"] = first_line(exc)
             continue
         if "int8" in manifest.variants and recipe.quantise.mode == "static":
             try:
@@ -124,7 +124,7 @@ def measure(name: str, repository: Path, seconds: float, threads: int, work: Pat
                 )
                 paths[f"int8, {label}"] = work / f"{name}.{exporter}.int8.onnx"
             except Exception as exc:
-                problems[f"int8, {label}"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:240]}"
+                problems[f"int8, {label}"] = first_line(exc)
 
     sessions = {k: create_session(p, threads, ["CPUExecutionProvider"])[0] for k, p in paths.items()}
     quality = {}

@@ -94,8 +94,9 @@ def export_onnx(
     opset: int,
     dynamo: bool = False,
 ) -> Path:
-    """fp32 ONNX with the task's dynamic axes. `dynamo` uses torch.export's exporter (opset 18 at
-    least) instead of the TorchScript-based one the build uses (benchmarks/engines.py compares them)."""
+    """fp32 ONNX with the task's dynamic axes, by torch.onnx's TorchScript-based exporter or, with
+    `dynamo` (the recipe's `export.exporter: dynamo`), by torch.export's (opset 18 at least);
+    benchmarks/engines.py compares them."""
     model.eval()
     with quiet_tracing(), torch.no_grad(), static_same_padding(model, example):
         torch.onnx.export(
@@ -152,16 +153,15 @@ def torchscript_runner(path: Path):
         warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=FutureWarning)
         module = torch.jit.load(str(path))
     module.eval()
-
-    def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
-        with torch.no_grad():
-            return module(*(torch.from_numpy(v) for v in feeds.values())).numpy()
-
-    return run
+    return _numpy_runner(module)
 
 
 def program_runner(path: Path):
-    module = torch.export.load(str(path)).module()
+    return _numpy_runner(torch.export.load(str(path)).module())
+
+
+def _numpy_runner(module):
+    """numpy feeds (in input order) → the module's output as numpy, without gradients."""
 
     def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
         with torch.no_grad():
@@ -179,12 +179,13 @@ def check_program(
     try:
         report = task.parity(reference, run_batches(program_runner(path), task, list(batches)))
     except Exception as exc:  # any failure to run is a parity failure, reported
-        return {"problem": f"cannot run the test batches: {_first_line(exc)}"}
+        return {"problem": f"cannot run the test batches: {first_line(exc)}"}
     problem = task.parity_problem(report, atol)
     return report if problem is None else {**report, "problem": f"output differs from PyTorch: {problem}"}
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line for a manifest or a report: its type and first line."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
@@ -204,7 +205,7 @@ def export_and_check_program(
     try:
         export_program(model, task, example, path)
     except Exception as exc:  # recorded in the manifest, the build goes on
-        return {"file": None, "problem": f"torch.export failed: {_first_line(exc)}"}
+        return {"file": None, "problem": f"torch.export failed: {first_line(exc)}"}
     report = check_program(task, reference, batches, path, atol)
     if "problem" in report:
         path.unlink(missing_ok=True)
