@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pytest
 
@@ -155,6 +157,64 @@ def test_read_series_csv_fills_short_gaps_and_refuses_long_ones(tmp_path):
     path.write_text("\n".join(long_gap) + "\n")
     with pytest.raises(ValueError, match="a gap of 6 hours"):
         read_series_csv(path)
+
+
+def _csv(tmp_path, stamps, values):
+    path = tmp_path / "s.csv"
+    path.write_text("timestamp,value\n" + "".join(f"{t},{v}\n" for t, v in zip(stamps, values)))
+    return path
+
+
+def test_read_series_csv_reads_every_frequency_and_refuses_the_wrong_one(tmp_path):
+    months = [f"{2000 + i // 12}-{i % 12 + 1:02d}-01" for i in range(36) if i != 7]  # August 2000 missing
+    path = _csv(tmp_path, months, [float(i) for i in range(36) if i != 7])
+    series = read_series_csv(path, frequency="monthly")
+    assert len(series) == 36 and series[7] == pytest.approx(7.0)
+    with pytest.raises(ValueError, match=r"spaced like a monthly series.*--frequency monthly"):
+        read_series_csv(path)  # hourly by default
+    sundays = [(dt.date(2024, 1, 7) + dt.timedelta(weeks=i)).isoformat() for i in range(60)]
+    assert len(read_series_csv(_csv(tmp_path, sundays, range(60)), frequency="weekly")) == 60
+    years = [f"{1900 + i}-07-01" for i in range(30)]
+    assert read_series_csv(_csv(tmp_path, years, range(30)), frequency="yearly")[-1] == 29
+    quarters = [f"{2000 + i // 4}-{3 * (i % 4) + 1:02d}-15" for i in range(20) if i not in (4, 5, 6, 7, 8)]
+    with pytest.raises(ValueError, match="a gap of 5 quarters"):
+        read_series_csv(_csv(tmp_path, quarters, range(15)), frequency="quarterly")
+    # hours in UTC: the autumn DST change repeats no hour and leaves no gap
+    start = dt.datetime(2024, 10, 27, 0, tzinfo=dt.UTC)
+    stamps = [
+        (start + dt.timedelta(hours=h)).astimezone(dt.timezone(dt.timedelta(hours=2 if h < 1 else 1)))
+        for h in range(6)
+    ]
+    assert len(read_series_csv(_csv(tmp_path, [s.isoformat() for s in stamps], range(6)))) == 6
+    minutes = [f"2024-01-01T00:{m:02d}:00" for m in range(0, 60, 5)]
+    with pytest.raises(ValueError, match="no frequency served"):
+        read_series_csv(_csv(tmp_path, minutes, range(12)))
+
+
+def test_forecasting_splits_a_short_monthly_series_without_leaking_the_future(tmp_path):
+    from training.backbones import get_backbone
+    from training.recipe import load_recipe
+    from training.tasks.forecasting import ForecastingTask
+
+    months = [f"{1949 + i // 12}-{i % 12 + 1:02d}-01" for i in range(144)]
+    values = 100 + 10 * np.sin(np.arange(144) * 2 * np.pi / 12) + np.arange(144)
+    path = _csv(tmp_path, months, values)
+    recipe = load_recipe("energy-demand").with_overrides(
+        {"data.source": str(path), "preprocessing.frequency": "monthly"}
+    )
+    task = ForecastingTask(recipe, get_backbone(recipe.backbone))
+    splits = task.load_data()
+    horizon = FREQUENCIES["monthly"].horizon
+    assert len(splits.test) >= 3 and len(splits.val) >= 3 and len(splits.train) >= 10
+    assert task.strides() == (horizon, 1, 1)
+    # a training window's known future ends where validation begins: the last origin sees horizon steps
+    last = splits.train.targets["weight"][-1]
+    assert (last[:horizon] > 0).all() and (last[horizon:] == 0).all()
+    assert task.preprocessing_config()["frequency"] == "monthly"
+    short = _csv(tmp_path, months[:40], values[:40])
+    task = ForecastingTask(recipe.with_overrides({"data.source": str(short)}), get_backbone(recipe.backbone))
+    with pytest.raises(ValueError, match="40 months is too short"):
+        task.load_data()
 
 
 def test_generators_are_deterministic_and_shaped_like_load():

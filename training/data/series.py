@@ -13,13 +13,14 @@ synthetic city load, and CSV files.
   temperature (heating below 15 °C, cooling above 22 °C), with weekday/weekend profiles, public
   holidays, weather fronts lasting days, growth and noise. Written as CSV (timestamp, load_mw,
   temperature_c) under runs/data/ by `resolve_series`.
-- Users' data: a CSV with a timestamp column and a value column (`read_series_csv`).
+- Users' data: a CSV with a timestamp column and a value column, hourly to yearly (`read_series_csv`).
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -371,9 +372,70 @@ def resolve_series(source: str, seed: int) -> tuple[Path, str]:
     return Path(source).expanduser(), "value"
 
 
-def read_series_csv(path: Path, value_column: str = "value", time_column: str = "timestamp") -> np.ndarray:
-    """A CSV of (timestamp, value) rows → an hourly float64 series in time order. Missing hours and
-    empty cells become gaps; gaps of at most MAX_GAP hours are interpolated, longer ones refused."""
+# what a period of each frequency is called in messages, and the spacing (days) of its timestamps
+UNITS = {
+    "hourly": "hour",
+    "daily": "day",
+    "weekly": "week",
+    "monthly": "month",
+    "quarterly": "quarter",
+    "yearly": "year",
+}
+SPACING_DAYS = {
+    "hourly": 1 / 24,
+    "daily": 1.0,
+    "weekly": 7.0,
+    "monthly": 30.44,
+    "quarterly": 91.3,
+    "yearly": 365.25,
+}
+
+
+def period_index(stamp: dt.datetime, frequency: str) -> int:
+    """The number of the period (hour, day, week, month, quarter, year) a timestamp falls in.
+    Hours are counted in UTC where the timestamp has an offset (a DST change neither repeats nor
+    skips an hour); longer periods use the timestamp's own calendar date."""
+    if frequency == "hourly":
+        if stamp.tzinfo is not None:
+            stamp = stamp.astimezone(dt.UTC).replace(tzinfo=None)
+        return int((stamp - dt.datetime(1970, 1, 1)).total_seconds() // 3600)
+    day = stamp.date()
+    if frequency == "daily":
+        return day.toordinal()
+    if frequency == "weekly":
+        return (day.toordinal() - 1) // 7  # weeks from a Monday: any one weekday per week lines up
+    if frequency == "monthly":
+        return day.year * 12 + day.month - 1
+    if frequency == "quarterly":
+        return day.year * 4 + (day.month - 1) // 3
+    if frequency == "yearly":
+        return day.year
+    raise ValueError(f"unknown frequency {frequency!r}; known: {', '.join(UNITS)}")
+
+
+def detect_frequency(stamps: list[dt.datetime]) -> str | None:
+    """The frequency whose spacing is nearest the median spacing of distinct timestamps (None when
+    that is under half an hour or over two years: no frequency served fits)."""
+    ordered = sorted({s.astimezone(dt.UTC).replace(tzinfo=None) if s.tzinfo else s for s in stamps})
+    if len(ordered) < 2:
+        return None
+    gaps = [(b - a).total_seconds() / 86400 for a, b in itertools.pairwise(ordered)]
+    median = float(np.median(gaps))
+    if not 1 / 48 <= median <= 730:
+        return None
+    return min(SPACING_DAYS, key=lambda f: abs(np.log(median / SPACING_DAYS[f])))
+
+
+def read_series_csv(
+    path: Path, value_column: str = "value", time_column: str = "timestamp", frequency: str = "hourly"
+) -> np.ndarray:
+    """A CSV of (timestamp, value) rows → a float64 series of `frequency` (one value per hour, day,
+    week, month, quarter or year) in time order. Rows in the same period: the last one counts.
+    Missing periods and empty cells become gaps; gaps of at most MAX_GAP periods are interpolated,
+    longer ones refused. Timestamps spaced for another frequency are refused, naming it."""
+    if frequency not in UNITS:
+        raise ValueError(f"unknown frequency {frequency!r}; known: {', '.join(UNITS)}")
+    unit = UNITS[frequency]
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
     with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -384,29 +446,38 @@ def read_series_csv(path: Path, value_column: str = "value", time_column: str = 
         missing = {time_column, value_column} - set(header)
         if missing:
             raise ValueError(f"{path}: CSV header lacks column(s) {sorted(missing)} (has {header})")
-        points: dict[dt.datetime, float] = {}
+        stamps: list[dt.datetime] = []
+        points: dict[int, float] = {}
         for n, row in enumerate(reader, 2):
             try:
-                stamp = dt.datetime.fromisoformat(row[time_column].strip())
+                stamp = dt.datetime.fromisoformat((row[time_column] or "").strip())
             except ValueError:
                 raise ValueError(
                     f"{path}:{n}: {time_column} {row[time_column]!r} is not an ISO 8601 timestamp"
                 ) from None
             cell = (row[value_column] or "").strip()
             try:
-                points[stamp.replace(minute=0, second=0, microsecond=0)] = float(cell) if cell else np.nan
+                value = float(cell) if cell else np.nan
             except ValueError:
                 raise ValueError(f"{path}:{n}: {value_column} {cell!r} is not a number") from None
-    if len(points) < 2:
+            stamps.append(stamp)
+            points[period_index(stamp, frequency)] = value
+    if len(stamps) < 2:
         raise ValueError(f"{path}: fewer than two rows")
+    detected = detect_frequency(stamps)
+    if detected != frequency:
+        looks = f"a {detected} series" if detected else "no frequency served (hourly to yearly)"
+        raise ValueError(
+            f"{path}: the timestamps are spaced like {looks}, but the {frequency} series is asked for"
+            + (f"; pass --frequency {detected} (or set preprocessing.frequency)" if detected else "")
+        )
     first, last = min(points), max(points)
-    hours = int((last - first).total_seconds() // 3600) + 1
-    series = np.array([points.get(first + dt.timedelta(hours=h), np.nan) for h in range(hours)])
+    series = np.array([points.get(i, np.nan) for i in range(first, last + 1)])
     gaps = np.isnan(series)
     longest = max((end - start for start, end in missing_runs(gaps)), default=0)
     if longest > MAX_GAP:
         raise ValueError(
-            f"{path}: a gap of {longest} hours; at most {MAX_GAP} are interpolated (fill or cut the series)"
+            f"{path}: a gap of {longest} {unit}s; at most {MAX_GAP} are interpolated (fill or cut the series)"
         )
     interpolate(series, gaps)
     return series

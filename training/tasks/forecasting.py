@@ -8,9 +8,10 @@ flagged where the history is shorter), scaled by the recent level and spread, an
 ahead the values at the same phase of the last seasons of the frequency's two periods, with a few
 diagnostics of how the history behaved. A 1-D CNN and a linear map of the whole context make a
 summary; a per-step MLP reads a projection of it, the step's seasonal lags and a learned step
-embedding, a linear readout of the summary adds a correction of its own per step, and the sum
-corrects the seasonal-naive forecast (one of the lags), with the outer quantiles kept ordered by
-construction. Each example's loss is divided by the seasonal-naive error of its own history
+embedding. It weighs (softmax) classical forecasts made of the lags (`candidates`: per period the
+last season and the mean of the last two or three, the last value, the recent level), as
+feature-based forecast averaging does, and corrects the blend; a linear readout of the summary adds
+a correction of its own per step. The outer quantiles are kept ordered by construction. Each example's loss is divided by the seasonal-naive error of its own history
 (MASE's denominator), so smooth and noisy series weigh alike.
 
 The recipe's series splits in time order: training windows from the start, validation origins
@@ -27,7 +28,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -40,12 +41,13 @@ from serving.processing.series import (
     FREQUENCIES,
     LAG_FEATURES,
     MAX_GAP,
+    SEASONS,
     Frequency,
     manifest_frequencies,
     series_features,
 )
 from training.data.arrays import ArrayExamples, array_loader
-from training.data.series import corpus, read_series_csv, resolve_series
+from training.data.series import UNITS, corpus, read_series_csv, resolve_series
 from training.evaluate import max_abs_diff, torch_outputs
 from training.recipe import RecipeError
 from training.tasks.base import Preprocessing, Splits, Task
@@ -94,11 +96,14 @@ class SeasonalNet(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden, hidden),
             nn.GELU(),
-            nn.Linear(hidden, len(QUANTILES)),
+            nn.Linear(hidden, len(QUANTILES) + CANDIDATES),  # quantile corrections, candidates' logits
         )
-        for layer in (self.head[-1], self.direct):
-            nn.init.zeros_(layer.weight)  # type: ignore[arg-type]
-            nn.init.zeros_(layer.bias)  # type: ignore[arg-type]
+        last = cast(nn.Linear, self.head[-1])
+        for layer in (last, self.direct):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        with torch.no_grad():  # start near seasonal-naive, with room for the other candidates to gain weight
+            last.bias[len(QUANTILES)] = 2.0
 
     def forward(self, history: torch.Tensor, observed: torch.Tensor, lags: torch.Tensor) -> torch.Tensor:
         conv = self.backbone(torch.stack([history, observed], dim=1)).flatten(1)
@@ -113,11 +118,31 @@ class SeasonalNet(nn.Module):
             ],
             dim=-1,
         )
-        out = self.head(per_step) + self.direct(wide).view(n, self.horizon, len(QUANTILES))
-        median = lags[..., 0] + out[..., 1]
+        head = self.head(per_step)
+        out = head[..., : len(QUANTILES)] + self.direct(wide).view(n, self.horizon, len(QUANTILES))
+        weights = torch.softmax(head[..., len(QUANTILES) :], dim=-1)
+        median = (weights * candidates(history, lags)).sum(-1) + out[..., 1]
         low = median - nn.functional.softplus(out[..., 0])
         high = median + nn.functional.softplus(out[..., 2])
         return torch.stack([low, median, high], dim=-1)
+
+
+CANDIDATES = 7
+
+
+def candidates(history: torch.Tensor, lags: torch.Tensor) -> torch.Tensor:
+    """(n, horizon, CANDIDATES) classical forecasts made of the seasonal lags (serving/processing/
+    series.py `seasonal_lags`), in scaled units: per period, the last season and the mean of the last
+    two and three (of those the history reaches); the last value; the recent level (0)."""
+    out = []
+    for base in (0, 2 * SEASONS):
+        values = lags[..., base : base + 2 * SEASONS : 2]
+        seen = lags[..., base + 1 : base + 2 * SEASONS : 2]
+        out.append(values[..., 0])
+        for k in (2, 3):
+            out.append((values[..., :k] * seen[..., :k]).sum(-1) / seen[..., :k].sum(-1).clamp_min(1.0))
+    last = history[:, -1:].expand(lags.shape[0], lags.shape[1])
+    return torch.stack([*out[:3], out[3], out[5], last, torch.zeros_like(last)], dim=-1)
 
 
 def pinball(pred: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -200,9 +225,17 @@ class ForecastingPreprocessing(Preprocessing):
         "hourly", description="the recipe's series: one of serving/processing/series.py FREQUENCIES"
     )
     train_stride: int = Field(1, ge=1, description="points between training origins")
-    origin_stride: int = Field(24, ge=1, description="points between backtest origins")
-    val_stride: int = Field(6, ge=1, description="points between validation origins (early stopping)")
-    backtest_horizon: int = Field(24, ge=1, description="steps scored by the backtest")
+    origin_stride: int | None = Field(
+        None,
+        ge=1,
+        description="points between backtest origins (default: a day of hourly data, a week of daily, else 1)",
+    )
+    val_stride: int | None = Field(
+        None, ge=1, description="points between validation origins (default: 6 for hourly data, else 1)"
+    )
+    backtest_horizon: int | None = Field(
+        None, ge=1, description="steps scored by the backtest (default: the frequency's usual horizon)"
+    )
     replay: float = Field(
         1.0, ge=0, description="corpus windows replayed in fine-tuning, per window of the recipe's series"
     )
@@ -239,28 +272,48 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
         self.test_origins: np.ndarray | None = None
         self.pretrained: nn.Module | None = None
 
+    def strides(self) -> tuple[int, int, int]:
+        """(backtest horizon, backtest origin stride, validation stride) for the recipe's frequency."""
+        o, name = self.options, self.frequency.name
+        horizon = min(o.backtest_horizon or self.frequency.horizon, self.horizon)
+        origin = o.origin_stride or {"hourly": 24, "daily": 7}.get(name, 1)
+        val = o.val_stride or (6 if name == "hourly" else 1)
+        return horizon, origin, val
+
     def load_data(self) -> Splits:
+        """Training origins from the start (their futures end before validation), validation origins
+        next (futures before the test split), the test split last; each split holds at least three
+        origins, so short monthly or yearly series split too."""
         d, o = self.recipe.data, self.options
         path, column = resolve_series(d.source, d.seed)
-        series = read_series_csv(path, value_column=column)
+        series = read_series_csv(path, value_column=column, frequency=self.frequency.name)
+        steps, origin_stride, val_stride = self.strides()
         n = len(series)
-        test_len, val_len = int(n * d.test_fraction), int(n * d.val_fraction)
+        test_len = max(int(n * d.test_fraction), steps + 2 * origin_stride)
+        val_len = max(int(n * d.val_fraction), steps + 2 * val_stride)
         train_end = n - test_len - val_len
         first = self.frequency.min_history
-        if train_end - first - self.horizon < 10 * self.frequency.periods[0]:
+        train_origins = np.arange(first, train_end - self.frequency.horizon + 1, o.train_stride)
+        if len(train_origins) < 10:
+            unit = UNITS[self.frequency.name]
             raise ValueError(
-                f"{path}: {n} points is too short for a {self.frequency.name} history of {first}, horizon {self.horizon} and the splits"
+                f"{path}: {n} {unit}s is too short: the {self.frequency.name} history needs {first}, "
+                f"then at least 10 training origins {self.frequency.horizon} {unit}s ahead, "
+                f"{val_len} for validation and {test_len} for the backtest"
             )
         self.series, self.train_end = series, train_end
-        train_origins = np.arange(first, train_end - self.horizon + 1, o.train_stride)
         if d.limit is not None:
             train_origins = train_origins[-d.limit :]
-        val_origins = np.arange(train_end, n - test_len - o.backtest_horizon + 1, o.val_stride)
-        test_origins = np.arange(n - test_len, n - o.backtest_horizon + 1, o.origin_stride)
+        val_origins = np.arange(train_end, n - test_len - steps + 1, val_stride)
+        test_origins = np.arange(n - test_len, n - steps + 1, origin_stride)
         self.test_origins = test_origins
-        make = lambda origins: windows(series, origins, self.frequency, self.context, self.horizon)  # noqa: E731
-        train, val = make(train_origins)[0], make(val_origins)[0]
-        test, self.test_loc, self.test_scale = make(test_origins)
+
+        def make(values: np.ndarray, origins: np.ndarray) -> tuple[ArrayExamples, np.ndarray, np.ndarray]:
+            return windows(values, origins, self.frequency, self.context, self.horizon)
+
+        train = make(series[:train_end], train_origins)[0]
+        val = make(series[: n - test_len], val_origins)[0]
+        test, self.test_loc, self.test_scale = make(series, test_origins)
         return Splits(train, val, test, [f"p{round(q * 100)}" for q in QUANTILES])
 
     def build_model(self, label_names: list[str]) -> nn.Module:
@@ -343,7 +396,7 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
         `backtest_horizon` steps (reported, decides nothing)."""
         if self.series is None:
             return
-        steps, period = self.options.backtest_horizon, self.frequency.periods[0]
+        steps, period = self.strides()[0], self.frequency.periods[0]
         train = self.series[: self.train_end]
         scale = float(np.abs(train[period:] - train[:-period]).mean())  # MASE's denominator
         loc, spread = self.test_loc[:, None], self.test_scale[:, None]
@@ -401,7 +454,7 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
         assert self.test_origins is not None  # load_data sets it with the series
         from training import figures
 
-        steps = self.options.backtest_horizon
+        steps = self.strides()[0]
         loc, spread = self.test_loc[:, None], self.test_scale[:, None]
         path = figures.backtest(
             folder / "backtest.png",
