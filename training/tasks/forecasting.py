@@ -11,8 +11,9 @@ summary; a per-step MLP reads a projection of it, the step's seasonal lags and a
 embedding. It weighs (softmax) classical forecasts made of the lags (`candidates`: per period the
 last season and the mean of the last two or three, the last value, the recent level), as
 feature-based forecast averaging does, and corrects the blend; a linear readout of the summary adds
-a correction of its own per step. The outer quantiles are kept ordered by construction. Each example's loss is divided by the seasonal-naive error of its own history
-(MASE's denominator), so smooth and noisy series weigh alike.
+a correction of its own per step. The outer quantiles are kept ordered by construction. Each
+example's loss is divided by the seasonal-naive error of its own history (MASE's denominator), so
+smooth and noisy series weigh alike.
 
 The recipe's series splits in time order: training windows from the start, validation origins
 next, and the held-out tail as a rolling-origin backtest (one forecast per `origin_stride` points).
