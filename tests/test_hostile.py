@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.data.make_hostile import HOSTILE, all_cases, make_corpus
+from tests.data.make_hostile import corpus as corpus_in_memory
 
 # An error names what is wrong; it does not echo megabytes of the request back.
 MAX_MESSAGE_CHARS = 4096
@@ -19,10 +20,26 @@ MAX_MESSAGE_CHARS = 4096
 CASE_IDS = [case.id for case in all_cases()]
 
 
+def test_committed_corpus_is_what_the_generator_makes():
+    """The committed index and bodies are checked before anything is written, so a generator that
+    no longer makes them (or makes them differently here) fails instead of rewriting them."""
+    index, bodies = corpus_in_memory()
+    stale = "is stale: run `python tests/data/make_hostile.py` and commit tests/data/hostile"
+    assert index == json.loads((HOSTILE / "cases.json").read_text()), f"cases.json {stale}"
+    changed = [
+        name
+        for name, data in bodies.items()
+        if name.startswith("cases/")
+        and (not (HOSTILE / name).is_file() or (HOSTILE / name).read_bytes() != data)
+    ]
+    assert not changed, f"{len(changed)} bodies ({', '.join(changed[:5])}) {stale}"
+    committed = {f"cases/{p.name}" for p in (HOSTILE / "cases").glob("*.body")}
+    assert committed == {name for name in bodies if name.startswith("cases/")}
+
+
 @pytest.fixture(scope="module")
 def corpus() -> dict[str, dict]:
-    index = make_corpus()
-    assert index == json.loads((HOSTILE / "cases.json").read_text())
+    index = make_corpus()  # the generated (git-ignored) bodies
     return {entry["id"]: entry for entry in index}
 
 

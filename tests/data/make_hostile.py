@@ -5,8 +5,9 @@
 Every case is one raw HTTP request: a route, a method, a content-type header (or none) and a body
 file. Small bodies go to `hostile/cases/`, bodies over 64 KiB (10 MB strings, 100k-deep nesting,
 oversized uploads) to the git-ignored `hostile/generated/`; `hostile/cases.json` indexes them all.
-The output depends on nothing but this file (no randomness, no clock), and running it again
-rewrites only what changed and removes bodies of cases that no longer exist.
+The output depends on nothing but this file (no randomness, no clock; one JPEG comes from OpenCV's
+encoder, and tests/test_hostile.py fails where the committed bodies differ from what this makes),
+and running it again rewrites only what changed and removes bodies of cases that no longer exist.
 """
 
 from __future__ import annotations
@@ -586,9 +587,8 @@ def file_cases() -> list[Case]:
     cases = []
     for route, key in FILE_ROUTES.items():
         slug = slug_of(route)
-        good = {IMAGE: png(16, 16), AUDIO: wav()}.get(route) or task_for_route(route).samples(1)[0].files[0][
-            1
-        ]
+        # made here, not by an encoder library, so that the bodies are byte-stable across versions
+        good = wav() if route == AUDIO else png(16, 16)
 
         def add(name, what, body, ctype=MULTIPART, slug=slug, route=route):
             return cases.append(Case(f"{slug}-{name}", route, "form", what, body, ctype))
@@ -1134,19 +1134,26 @@ def _write(path: Path, data: bytes) -> None:
         path.write_bytes(data)
 
 
-def make_corpus(out: Path = HOSTILE) -> list[dict]:
-    """Write every case's body and `cases.json`; returns the index entries."""
-    index, kept = [], set()
+def corpus() -> tuple[list[dict], dict[str, bytes]]:
+    """(the index entries, body file name → bytes), written nowhere."""
+    index, bodies = [], {}
     for case in all_cases():
         where = "generated" if len(case.body) > BIG else "cases"
         name = f"{where}/{case.id}.body"
-        _write(out / name, case.body)
-        kept.add(name)
+        bodies[name] = case.body
         entry = {k: v for k, v in asdict(case).items() if k != "body" and not (k == "headers" and not v)}
         index.append({**entry, "body": name, "bytes": len(case.body), "generated": where == "generated"})
+    return index, bodies
+
+
+def make_corpus(out: Path = HOSTILE) -> list[dict]:
+    """Write every case's body and `cases.json`; returns the index entries."""
+    index, bodies = corpus()
+    for name, data in bodies.items():
+        _write(out / name, data)
     for folder in ("cases", "generated"):
         for stale in sorted((out / folder).glob("*.body")):
-            if f"{folder}/{stale.name}" not in kept:
+            if f"{folder}/{stale.name}" not in bodies:
                 stale.unlink()
     _write(out / "cases.json", (json.dumps(index, indent=1, ensure_ascii=True) + "\n").encode())
     return index
