@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import tiny_defects_overrides
 from training.backbones import get_backbone
+from training.data.surface_defects import generate_surface_defects
 from training.loop import fit
 from training.recipe import load_recipe
 from training.tasks import get_task
@@ -68,3 +70,24 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_ends(tmp_p
     torch.testing.assert_close(_params(whole), _params(resumed))
     events = list((tmp_path / "a" / "tensorboard").iterdir())
     assert events and events[0].stat().st_size > 0
+
+
+def test_image_training_runs_channels_last_and_hands_back_the_usual_layout(tmp_path):
+    images = generate_surface_defects(tmp_path, per_class=10, size=72, seed=3)
+    recipe = load_recipe("surface-defects").with_overrides(tiny_defects_overrides(images))
+    task = get_task(recipe.task)(recipe, get_backbone(recipe.backbone))
+    task.progress = False
+    splits = task.load_data()
+    model = task.build_model(splits.label_names)
+    layouts: list[tuple[bool, bool]] = []  # (training, input in channels-last memory) per forward
+    model.register_forward_pre_hook(
+        lambda m, args: layouts.append(
+            (
+                m.training,
+                args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous(),
+            )
+        )
+    )
+    fit(model, task, splits, recipe.train, progress=False)
+    assert [cl for training, cl in layouts if training] == [True, True]  # the two training steps
+    assert all(p.is_contiguous() for p in model.parameters())  # what export and parity see

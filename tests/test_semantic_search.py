@@ -261,3 +261,22 @@ def test_v2_answers_embeddings_as_one_fp32_matrix(tmp_path) -> None:
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert metadata.json()["outputs"][0] == {"name": "embeddings", "datatype": "FP32", "shape": [-1, -1]}
     shutil.rmtree(repository)
+
+
+def test_training_forward_by_length_gives_the_plain_forward_embeddings() -> None:
+    """Training pads the shorter half of a batch only to its own longest row; the embeddings are
+    those of the one padded batch (dropout off, to compare)."""
+    import torch
+
+    from serving.processing.text import TextPreprocessor
+    from training.backbones import get_backbone
+    from training.tasks.semantic_search import SentenceEncoder
+
+    backbone = get_backbone("minilm-l6")
+    model = SentenceEncoder(backbone.load()).eval()
+    texts = ["card lost", "how do I reset the PIN of my debit card after three wrong tries at an ATM"] * 3
+    batch = TextPreprocessor(backbone.assets()["tokenizer.json"], 128).encode(texts[:5])
+    ids, mask = torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)
+    with torch.no_grad():
+        plain, by_length = model(ids, mask), model.by_length(ids, mask)
+    torch.testing.assert_close(by_length, plain, rtol=1e-4, atol=1e-5)

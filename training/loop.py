@@ -165,6 +165,8 @@ def fit(
     )
     if device.type != "cpu":
         model.to(device)
+    if task.channels_last:
+        model.to(memory_format=torch.channels_last)
     train_loader = task.loader(splits.train, shuffle=True, batch_size=cfg.batch_size)
     if distributed:
         train_loader = _sharded(train_loader, cfg.seed)
@@ -256,6 +258,8 @@ def fit(
                     {k: v.to(device) for k, v in inputs.items()},
                     task.targets_to(targets, device),
                 )
+            if task.channels_last:
+                inputs = {k: _channels_last(v) for k, v in inputs.items()}
             last_of_step = (i + 1) % accum == 0 or i + 1 == len(train_loader)
             # under DDP, gradients are averaged across processes only on the step's last micro-batch
             sync = ddp.no_sync() if ddp is not None and not last_of_step else contextlib.nullcontext()
@@ -342,7 +346,13 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.cpu().eval()
+    if task.channels_last:  # export and parity see the usual layout
+        model.to(memory_format=torch.contiguous_format)
     return result
+
+
+def _channels_last(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor
 
 
 def _save_checkpoint(

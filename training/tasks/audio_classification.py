@@ -67,6 +67,7 @@ class AudioClassificationTask(DecodedClassificationTask[AudioPreprocessing]):
     name = "audio-classification"
     modality = "audio"
     input_names: ClassVar[list[str]] = ["features"]
+    channels_last = True
     dynamic_axes: ClassVar[dict[str, dict[int, str]]] = {"features": {0: "batch"}, "logits": {0: "batch"}}
     preprocessing_model = AudioPreprocessing
 

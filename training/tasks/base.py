@@ -79,6 +79,9 @@ class Task(ABC, Generic[P]):
     output_names: ClassVar[list[str]]
     # A type variable cannot be a ClassVar's type; subclasses still assign it in the class body.
     preprocessing_model: type[P]
+    # Train in channels-last memory (4-D inputs and conv weights): PyTorch's CPU convolutions,
+    # depthwise ones above all, run much faster so; the exported graphs are the same.
+    channels_last: ClassVar[bool] = False
 
     if TYPE_CHECKING:
         # The ONNX inputs and their dynamic axes: class attributes in most tasks, properties where

@@ -159,6 +159,7 @@ class DenseImageTask(Task[DensePreprocessing]):
 
     modality = "image"
     input_names: ClassVar[list[str]] = ["images"]
+    channels_last = True
     preprocessing_model = DensePreprocessing
     label_kind: ClassVar[str]
     # the symbolic shape pass cannot follow the FPN's Resize (scale) nodes; ONNX shape inference can

@@ -50,6 +50,7 @@ class ImageClassificationTask(DecodedClassificationTask[ImagePreprocessing]):
     name = "image-classification"
     modality = "image"
     input_names: ClassVar[list[str]] = ["images"]
+    channels_last = True
     dynamic_axes: ClassVar[dict[str, dict[int, str]]] = {"images": {0: "batch"}, "logits": {0: "batch"}}
     preprocessing_model = ImagePreprocessing
 

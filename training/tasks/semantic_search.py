@@ -58,6 +58,23 @@ class SentenceEncoder(nn.Module):
         self.backbone = backbone
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.training and input_ids.shape[0] > 1:
+            return self.by_length(input_ids, attention_mask)
+        return self.forward_rows(input_ids, attention_mask)
+
+    def by_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The same embeddings, the shorter half of the rows padded only to its own longest: a
+        training batch holds short questions beside long documents. (Training only: the exported
+        graph is the plain forward.)"""
+        lengths = attention_mask.sum(dim=1)
+        order = torch.argsort(lengths)
+        parts = []
+        for rows in (order[: len(order) // 2], order[len(order) // 2 :]):
+            width = max(1, int(lengths[rows].max()))
+            parts.append(self.forward_rows(input_ids[rows, :width], attention_mask[rows, :width]))
+        return torch.cat(parts)[torch.argsort(order)]
+
+    def forward_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
         ).last_hidden_state
