@@ -79,3 +79,24 @@ def test_models_built_in_the_background_are_served_as_they_land(tiny_repository,
         assert {m["name"] for m in listing["models"]} == {"credit-risk", "diagnosis", "card-fraud"}
         assert listing["building"] is None and listing["refused"] == {}
         assert httpx.get(server.url + "/readyz").status_code == 200
+
+
+def test_several_models_build_in_processes_of_their_own_and_a_failed_one_stops_none(tmp_path, caplog):
+    repo, status = tmp_path / "exported", tmp_path / "status.json"
+    code = main(
+        [
+            "build",
+            "--models",
+            "no-such-recipe,diagnosis",
+            "--repository",
+            str(repo),
+            "--status-file",
+            str(status),
+            "-q",
+        ]
+    )
+    assert code == 1  # one failed
+    assert (repo / "diagnosis" / "manifest.json").is_file() and not status.exists()
+    failures = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("building no-such-recipe failed" in m for m in failures), failures
+    assert "the build process of no-such-recipe exited with status" in caplog.text
