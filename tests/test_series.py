@@ -25,7 +25,7 @@ from training.data.series import (
     read_series_csv,
     synthetic_corpus,
 )
-from training.tasks.forecasting import WEEK, windows
+from training.tasks.forecasting import CANDIDATES, WEEK, candidates, seasonal_profile, windows
 
 
 def test_short_gaps_are_interpolated_and_counted():
@@ -251,3 +251,20 @@ def test_forecast_parity_is_a_tolerance_not_an_argmax():
     text = load_recipe("intent")
     classifier = TextClassificationTask(text, get_backbone(text.backbone))
     assert classifier.parity_problem(classifier.parity(reference, close), atol=1e-4) == "the argmax differs"
+
+
+@pytest.mark.parametrize("name,length", [("monthly", 100), ("daily", 40), ("yearly", 30), ("hourly", 700)])
+def test_seasonal_profile_is_the_mean_of_every_season_in_the_context(name, length):
+    import torch
+
+    frequency = FREQUENCIES[name]
+    values = 50 + np.random.default_rng(1).normal(0, 5, length) + np.arange(length) * 0.3
+    history, observed, lags, _, _ = series_features(values, frequency, 512, 20)
+    tensors = [torch.from_numpy(x)[None] for x in (history, observed, lags)]
+    profile, adjusted = (x[0].numpy() for x in seasonal_profile(*tensors))
+    scaled = history[observed > 0]
+    n, p = len(scaled), frequency.periods[0]
+    expected = np.array([scaled[[i for i in range(n) if (i - n) % p == h % p]].mean() for h in range(20)])
+    np.testing.assert_allclose(profile, expected, atol=1e-5)
+    np.testing.assert_allclose(adjusted, expected + scaled[-p:].mean() - scaled.mean(), atol=1e-5)
+    assert candidates(*tensors).shape == (1, 20, CANDIDATES)

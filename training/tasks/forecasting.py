@@ -8,9 +8,10 @@ flagged where the history is shorter), scaled by the recent level and spread, an
 ahead the values at the same phase of the last seasons of the frequency's two periods, with a few
 diagnostics of how the history behaved. A 1-D CNN and a linear map of the whole context make a
 summary; a per-step MLP reads a projection of it, the step's seasonal lags and a learned step
-embedding. It weighs (softmax) classical forecasts made of the lags (`candidates`: per period the
-last season and the mean of the last two or three, the last value, the recent level), as
-feature-based forecast averaging does, and corrects the blend; a linear readout of the summary adds
+embedding. It weighs (softmax) classical forecasts made of the lags and the context (`candidates`:
+per period the last season and the mean of the last two or three, the last value, the recent level,
+and the first period's seasonal profile over the whole context, as is and at the last season's
+level), as feature-based forecast averaging does, and corrects the blend; a linear readout of the summary adds
 a correction of its own per step. The outer quantiles are kept ordered by construction. Each
 example's loss is divided by the seasonal-naive error of its own history (MASE's denominator), so
 smooth and noisy series weigh alike.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
@@ -122,19 +124,23 @@ class SeasonalNet(nn.Module):
         head = self.head(per_step)
         out = head[..., : len(QUANTILES)] + self.direct(wide).view(n, self.horizon, len(QUANTILES))
         weights = torch.softmax(head[..., len(QUANTILES) :], dim=-1)
-        median = (weights * candidates(history, lags)).sum(-1) + out[..., 1]
+        median = (weights * candidates(history, observed, lags)).sum(-1) + out[..., 1]
         low = median - nn.functional.softplus(out[..., 0])
         high = median + nn.functional.softplus(out[..., 2])
         return torch.stack([low, median, high], dim=-1)
 
 
-CANDIDATES = 7
+CANDIDATES = 9
+PERIOD_FEATURE = 4 * SEASONS  # lags' column of log1p(first period) / log1p(168) (seasonal_lags)
 
 
-def candidates(history: torch.Tensor, lags: torch.Tensor) -> torch.Tensor:
+def candidates(history: torch.Tensor, observed: torch.Tensor, lags: torch.Tensor) -> torch.Tensor:
     """(n, horizon, CANDIDATES) classical forecasts made of the seasonal lags (serving/processing/
-    series.py `seasonal_lags`), in scaled units: per period, the last season and the mean of the last
-    two and three (of those the history reaches); the last value; the recent level (0)."""
+    series.py `seasonal_lags`) and the context, in scaled units: per period, the last season and the
+    mean of the last two and three (of those the history reaches); the last value; the recent level
+    (0); and, for the first period, the mean of every season the context holds at the step's phase,
+    as is and moved to the last season's level (a seasonal profile that noise and outages in any one
+    season hardly move)."""
     out = []
     for base in (0, 2 * SEASONS):
         values = lags[..., base : base + 2 * SEASONS : 2]
@@ -143,7 +149,28 @@ def candidates(history: torch.Tensor, lags: torch.Tensor) -> torch.Tensor:
         for k in (2, 3):
             out.append((values[..., :k] * seen[..., :k]).sum(-1) / seen[..., :k].sum(-1).clamp_min(1.0))
     last = history[:, -1:].expand(lags.shape[0], lags.shape[1])
-    return torch.stack([*out[:3], out[3], out[5], last, torch.zeros_like(last)], dim=-1)
+    profile, adjusted = seasonal_profile(history, observed, lags)
+    return torch.stack([*out[:3], out[3], out[5], last, torch.zeros_like(last), profile, adjusted], dim=-1)
+
+
+def seasonal_profile(
+    history: torch.Tensor, observed: torch.Tensor, lags: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, horizon) twice: the mean of the observed context points at each step's phase of the first
+    period, and that profile less the context's mean plus the last season's mean."""
+    context, horizon = history.shape[1], lags.shape[1]
+    period = torch.round(torch.exp(lags[:, 0, PERIOD_FEATURE] * math.log1p(WEEK)) - 1).to(torch.int64)
+    period = period.clamp_min(1).view(-1, 1, 1)
+    t = torch.arange(context, dtype=torch.int64).view(1, 1, context)
+    h = torch.arange(horizon, dtype=torch.int64).view(1, horizon, 1)
+    # (t - context) mod period, kept non-negative before the modulo
+    same_phase = ((t + (period - 1) * context) % period) == (h % period)
+    weight = same_phase.to(history.dtype) * observed.unsqueeze(1)
+    profile = (weight * history.unsqueeze(1)).sum(-1) / weight.sum(-1).clamp_min(1.0)
+    recent = (t.view(1, context) >= context - period.view(-1, 1)).to(history.dtype) * observed
+    level = (recent * history).sum(-1) / recent.sum(-1).clamp_min(1.0)
+    mean = (observed * history).sum(-1) / observed.sum(-1).clamp_min(1.0)
+    return profile, profile + (level - mean).unsqueeze(1)
 
 
 def pinball(pred: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
