@@ -100,3 +100,9 @@ def test_several_models_build_in_processes_of_their_own_and_a_failed_one_stops_n
     failures = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert any("building no-such-recipe failed" in m for m in failures), failures
     assert "the build process of no-such-recipe exited with status" in caplog.text
+
+
+def test_a_failed_model_stops_a_foreground_build_with_status_1(tmp_path, caplog):
+    code = main(["build", "--models", "no-such-recipe,diagnosis", "--repository", str(tmp_path), "-q"])
+    assert code == 1 and (tmp_path / "diagnosis" / "manifest.json").is_file()  # built first (cheapest)
+    assert "the build process of no-such-recipe exited with status" in caplog.text

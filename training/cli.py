@@ -164,6 +164,10 @@ def write_status(path: Path, status: dict | None) -> None:
     temporary.replace(path)  # readers see the old status or the new one, never half of one
 
 
+class ChildFailed(RuntimeError):
+    """A model's build process failed; it has logged why."""
+
+
 def build_in_child(name: str, repo: Path, args: argparse.Namespace) -> None:
     """One model built by a `tuneserve build` process of its own. Training in a process that has
     already built other models ran up to twice as slow (the same recipe, alone or after others), and
@@ -183,7 +187,7 @@ def build_in_child(name: str, repo: Path, args: argparse.Namespace) -> None:
     command += ["-q"] if args.quiet else ["-v"] if args.verbose else []
     code = subprocess.run(command, check=False).returncode
     if code:
-        raise RuntimeError(f"the build process of {name} exited with status {code} (its log is above)")
+        raise ChildFailed(f"the build process of {name} exited with status {code} (its log is above)")
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -222,6 +226,9 @@ def cmd_build(args: argparse.Namespace) -> int:
                 done.append(name)
             except Exception as exc:
                 if not status_file:  # in the foreground a failed build stops the rest
+                    if isinstance(exc, ChildFailed):  # its process has said why: no second traceback
+                        log.error("%s", exc)
+                        return 1
                     raise
                 # in the background (the server is up), one failed model does not stop the others
                 log.exception("building %s failed", name)
