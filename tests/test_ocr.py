@@ -12,7 +12,15 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.processing.ocr import OcrConfig, ctc_decode, dictionary, reading_order, straighten, text_boxes
+from serving.processing.ocr import (
+    OcrConfig,
+    TextReader,
+    ctc_decode,
+    dictionary,
+    reading_order,
+    straighten,
+    text_boxes,
+)
 from serving.runtime import Runtime
 from serving.settings import Settings
 from serving.tasks import FileRequest, Upload
@@ -38,6 +46,37 @@ def test_ctc_decoding_merges_repeats_and_drops_blanks() -> None:
     assert dictionary({"character": "x\ny"}) == ["x", "y", " "]
     with pytest.raises(ValueError, match="character"):
         dictionary({})
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("shape", [(1, 1), (1, 2000), (2000, 1), (3, 700), (900, 7), (40, 640), (2000, 2000)])
+def test_the_detector_input_is_bounded_whatever_the_image_shape(shape: tuple[int, int]) -> None:
+    """A sliver (1 pixel wide, or tall) is scaled up by the shorter-side rule, but the detector never
+    sees a side longer than `det_max_side`, nor a shorter side below `det_min_side` unless the longer
+    side is already at the bound; the map's boxes come back inside the image."""
+    config = OcrConfig()
+    seen: list[tuple[int, ...]] = []
+
+    def detector(batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.shape)
+        probability = np.zeros((1, 1, *batch.shape[2:]), np.float32)
+        probability[0, 0, 8:24, 8:-8] = 0.9  # one band of text along the top
+        return probability
+
+    no_text = np.zeros((1, 40, 5), np.float32)  # every step blank: nothing is read
+    reader = TextReader(
+        detector,
+        lambda b: np.tile([[0.9, 0.1]], (len(b), 1)),
+        lambda b: no_text.repeat(len(b), 0),
+        ["a"],
+        config,
+    )
+    image = np.full((*shape, 3), 255, np.uint8)
+    assert reader.read(image) == []
+    ((_, channels, h, w),) = seen
+    assert channels == 3 and h % 32 == 0 and w % 32 == 0
+    assert max(h, w) <= config.det_max_side
+    assert min(h, w) >= config.det_min_side or max(h, w) > config.det_max_side - 32
 
 
 @pytest.mark.fast

@@ -38,6 +38,8 @@ class OcrConfig:
     min_height: int = 30  # shorter images, and ones wider than `letterbox_ratio`, get bands above and below
     letterbox_ratio: float = 8.0
     det_min_side: int = 736  # the detector sees the shorter side at least this long, multiples of 32
+    det_max_side: int = 4000  # ... and the longer side at most this long (a 1-pixel-wide image
+    # scaled by the rule above alone would be tens of millions of pixels)
     det_thresh: float = 0.3  # a pixel is text above this probability
     box_thresh: float = 0.5  # a region is kept when its mean probability reaches this
     unclip_ratio: float = 1.6
@@ -77,10 +79,11 @@ def normalise(bgr: np.ndarray) -> np.ndarray:
     return (bgr.astype(np.float32) * (2 / 255) - 1).transpose(2, 0, 1)
 
 
-def detector_input(bgr: np.ndarray, min_side: int) -> np.ndarray:
-    """Scaled so the shorter side is at least `min_side`, both sides multiples of 32."""
+def detector_input(bgr: np.ndarray, min_side: int, max_side: int) -> np.ndarray:
+    """Scaled so the shorter side is at least `min_side` but the longer one at most `max_side`
+    (never scaled down), both sides multiples of 32."""
     h, w = bgr.shape[:2]
-    ratio = max(1.0, min_side / min(h, w))
+    ratio = max(1.0, min(min_side / min(h, w), max_side / max(h, w)))
     size = (max(32, round(int(w * ratio) / 32) * 32), max(32, round(int(h * ratio) / 32) * 32))
     return normalise(cv2.resize(bgr, size))[None]
 
@@ -224,7 +227,7 @@ class TextReader:
         if bgr.shape[0] <= c.min_height or bgr.shape[1] / bgr.shape[0] > c.letterbox_ratio:
             band = abs(max(int(bgr.shape[1] / c.letterbox_ratio), c.min_height) * 2 - bgr.shape[0]) // 2
             bgr = cv2.copyMakeBorder(bgr, band, band, 0, 0, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-        probability = self.detector(detector_input(bgr, c.det_min_side))[0, 0]
+        probability = self.detector(detector_input(bgr, c.det_min_side, c.det_max_side))[0, 0]
         ph, pw = probability.shape
         sh, sw = bgr.shape[0] / ph, bgr.shape[1] / pw
         boxes = []
