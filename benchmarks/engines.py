@@ -10,13 +10,15 @@ files are timed and the reason recorded. Inputs are the recipe's own validation 
 1/8/32. Each engine's largest difference from the shipped fp32 graph and (classifiers) its argmax
 agreement are recorded beside its speed; a graph that cannot be made is recorded with the reason.
 Writes benchmarks/results/engines.{json,md}.
-Run: `python benchmarks/engines.py [--models a,b]` (after `make models`).
+Run: `python benchmarks/engines.py [--models a,b] [--merge]` (after `make models`); `--merge` keeps
+the models already in the results that this run does not measure (e.g. to add a non-default model).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 import tempfile
 import time
@@ -160,16 +162,20 @@ def main() -> None:
     ap.add_argument("--models", default="", help="comma-separated; default: every built default recipe")
     ap.add_argument("--seconds", type=float, default=1.0, help="timing per engine and batch size")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--merge", action="store_true", help="keep the other models of the existing results")
     args = ap.parse_args()
     names = args.models.split(",") if args.models else [n for n in list_recipes() if load_recipe(n).default]
     built = [n for n in names if (args.repository / n / "manifest.json").exists()]
     models: dict[str, Any] = {}
+    if args.merge:
+        earlier = json.loads((ROOT / "benchmarks" / "results" / "engines.json").read_text())
+        models = {n: m for n, m in earlier["models"].items() if n not in built}
     with tempfile.TemporaryDirectory() as tmp:
         for name in built:
             print(f"{name}:", flush=True)
             models[name] = measure(name, args.repository, args.seconds, args.threads, Path(tmp))
     report = {
-        "models": models,
+        "models": dict(sorted(models.items())),
         "not_built": sorted(set(names) - set(built)),
         "batches": list(BATCHES),
         "config": {"threads": args.threads, "seconds": args.seconds},
@@ -179,7 +185,7 @@ def main() -> None:
     write_results(
         "engines",
         report,
-        ["# Engines: exporters, fp32 and INT8, every default model", "", *section(report), ""],
+        ["# Engines: exporters, fp32 and INT8, per model", "", *section(report), ""],
     )
 
 

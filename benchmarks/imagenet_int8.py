@@ -15,7 +15,8 @@ Variants: the graph as exported before padding was constant (the padding arithme
 the rest, no bias correction: the old build); MinMax without bias correction; MinMax with the
 convolutions' biases corrected for their weights' rounding (what the build does); and, each on top
 of the build's recipe, entropy and percentile calibration, the first convolution and the classifier
-left in float, and the stem with the first three stages in float.
+left in float, the same with the first depthwise convolution too, and the stem with the first three
+stages in float.
 Writes benchmarks/results/imagenet_int8.{json,md}.
 Run: `python benchmarks/imagenet_int8.py` (after `make models` has built `imagenet`).
 """
@@ -54,7 +55,9 @@ from training.quantise import (
 )
 
 CONFIDENT = 0.3
-STAGES_IN_FLOAT = ("conv_stem", "/backbone/bn1/", "blocks.0/", "blocks.1/", "blocks.2/")
+# Layers are named by their weights (the names are the PyTorch module's, whichever exporter made the graph).
+STEM, FIRST_DEPTHWISE, CLASSIFIER = "backbone.conv_stem.", "backbone.blocks.0.0.conv_dw.", "head."
+STAGES_IN_FLOAT = (STEM, "backbone.blocks.0.", "backbone.blocks.1.", "backbone.blocks.2.")
 
 
 def images(folder: Path, pre: ImagePreprocessor, count: int) -> np.ndarray:
@@ -92,15 +95,20 @@ def dynamic_padding_graph(path: Path) -> Path:
 
 def quantise(fp32: Path, out: Path, calibration: list[dict[str, np.ndarray]], **options: Any) -> Path:
     """quantize_static with the build's settings, changed by `options`; `exclude` is a list of
-    node-name fragments kept in float, beside the shape arithmetic (unless `shapes_too`)."""
+    fragments of node or weight names whose nodes stay in float, beside the shape arithmetic (unless
+    `shapes_too`). Bias correction leaves the float nodes' biases alone."""
     fragments = options.pop("exclude", ())
     quantise_shapes = options.pop("shapes_too", False)
     with _prepared(fp32, symbolic_shapes=True) as prepared:
         graph = onnx.load(str(prepared))
         excluded = [] if quantise_shapes else shape_arithmetic(graph)
-        excluded += [n.name for n in graph.graph.node if any(f in n.name for f in fragments)]
+        excluded += [
+            n.name
+            for n in graph.graph.node
+            if any(f in name for f in fragments for name in (n.name, *n.input))
+        ]
         if options.pop("correct_bias", True):
-            correct_conv_bias(graph, calibration)
+            correct_conv_bias(graph, calibration, set(excluded))
             onnx.save(graph, str(prepared))
         settings: dict[str, Any] = {
             "quant_format": QuantFormat.QDQ,
@@ -121,14 +129,10 @@ def weight_sensitivity(fp32: Path, images: np.ndarray, work: Path, top: int = 6)
 
     graph = onnx.load(str(fp32))
     weights = {i.name: i for i in graph.graph.initializer}
-    layers = [
-        (n.name, n.input[1])
-        for n in graph.graph.node
-        if n.op_type in ("Conv", "Gemm") and n.input[1] in weights
-    ]
+    layers = [n.input[1] for n in graph.graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] in weights]
     reference = create_session(fp32, 2, ["CPUExecutionProvider"])[0].run(None, {"images": images})[0]
     rows = []
-    for node, name in layers:
+    for name in layers:
         original = numpy_helper.to_array(weights[name])
         weights[name].CopyFrom(numpy_helper.from_array(_int8_per_channel(original), name))
         onnx.save(graph, str(work / "one-layer.onnx"))
@@ -136,7 +140,7 @@ def weight_sensitivity(fp32: Path, images: np.ndarray, work: Path, top: int = 6)
         out = create_session(work / "one-layer.onnx", 2, ["CPUExecutionProvider"])[0].run(
             None, {"images": images}
         )[0]
-        rows.append({"layer": node, "shape": list(original.shape), "snr_db": float(snr(reference, out))})
+        rows.append({"layer": name, "shape": list(original.shape), "snr_db": float(snr(reference, out))})
     return sorted(rows, key=lambda r: r["snr_db"])[:top]
 
 
@@ -182,11 +186,12 @@ def main() -> None:
         variants["MinMax + bias correction (the build)"] = (built, "the build's recipe")
         add("entropy", fp32, "calibration method", calibrate_method=CalibrationMethod.Entropy)
         add("percentile 99.999", fp32, "calibration method", calibrate_method=CalibrationMethod.Percentile)
+        add("MinMax, first conv + classifier float", fp32, "layers left in float", exclude=(STEM, CLASSIFIER))
         add(
-            "MinMax, first conv + classifier float",
+            "MinMax, first conv + first depthwise + classifier float",
             fp32,
             "layers left in float",
-            exclude=("conv_stem/Conv", "/head/"),
+            exclude=(STEM, FIRST_DEPTHWISE, CLASSIFIER),
         )
         add("MinMax, stem + stages 0-2 float", fp32, "layers left in float", exclude=STAGES_IN_FLOAT)
 

@@ -1098,7 +1098,7 @@ def imagenet_int8(d: dict) -> list[str]:
 
 def engines(d: dict) -> list[str]:
     lines = [
-        "Each default model's weights exported by torch.onnx's TorchScript-based exporter and by "
+        "Each model's weights (the default models, and others added with `--merge`) exported by torch.onnx's TorchScript-based exporter and by "
         "torch.export's (`dynamo=True`), in fp32 and in static INT8 quantised the build's way, on the "
         "recipe's validation examples; differences are from the shipped fp32 graph's outputs.",
     ]

@@ -200,7 +200,8 @@ def test_dynamo_exporter_writes_one_file_with_the_dynamic_batch(tmp_path):
 def _conv_graph(weights: np.ndarray, bias: np.ndarray, group: int) -> onnx.ModelProto:
     from onnx import TensorProto, helper, numpy_helper
 
-    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], group=group)  # unpadded: every output sees data
+    # unpadded: every output sees data
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", group=group)
     graph = helper.make_graph(
         [node],
         "conv",
@@ -223,6 +224,9 @@ def test_bias_correction_removes_the_mean_shift_of_rounded_weights(group):
     bias = rng.normal(0, 1, 4).astype(np.float32)
     model = _conv_graph(weights, bias, group)
     calibration = [{"x": rng.uniform(0, 6, (8, 4, 8, 8)).astype(np.float32)} for _ in range(4)]
+    kept_in_float = _conv_graph(weights, bias, group)  # its weights are not rounded: nothing to correct
+    assert correct_conv_bias(kept_in_float, calibration, excluded={"conv"}) == 0
+    assert kept_in_float == _conv_graph(weights, bias, group)
     assert correct_conv_bias(model, calibration) == 1
     corrected = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "b"))
 
