@@ -13,10 +13,9 @@ photos drawn with another seed, so no calibration image is among them. For each 
 
 Variants: the graph as exported before padding was constant (the padding arithmetic quantised with
 the rest, no bias correction: the old build); MinMax without bias correction; MinMax with the
-convolutions' biases corrected for their weights' rounding (what the build does); and, each on top
-of the build's recipe, entropy and percentile calibration, the first convolution and the classifier
-left in float, the same with the first depthwise convolution too, and the stem with the first three
-stages in float.
+convolutions' biases corrected for their weights' rounding; the build (that, with the recipe's
+`quantise.float_layers` left in float); entropy and percentile calibration; the first convolution
+and the classifier left in float, and the stem with the first three stages in float.
 Writes benchmarks/results/imagenet_int8.{json,md}.
 Run: `python benchmarks/imagenet_int8.py` (after `make models` has built `imagenet`).
 """
@@ -50,13 +49,14 @@ from training.quantise import (
     _int8_per_channel,
     _prepared,
     correct_conv_bias,
+    nodes_named,
     quantise_static_int8,
     shape_arithmetic,
 )
 
 CONFIDENT = 0.3
 # Layers are named by their weights (the names are the PyTorch module's, whichever exporter made the graph).
-STEM, FIRST_DEPTHWISE, CLASSIFIER = "backbone.conv_stem.", "backbone.blocks.0.0.conv_dw.", "head."
+STEM, CLASSIFIER = "backbone.conv_stem.", "head."
 STAGES_IN_FLOAT = (STEM, "backbone.blocks.0.", "backbone.blocks.1.", "backbone.blocks.2.")
 
 
@@ -102,11 +102,7 @@ def quantise(fp32: Path, out: Path, calibration: list[dict[str, np.ndarray]], **
     with _prepared(fp32, symbolic_shapes=True) as prepared:
         graph = onnx.load(str(prepared))
         excluded = [] if quantise_shapes else shape_arithmetic(graph)
-        excluded += [
-            n.name
-            for n in graph.graph.node
-            if any(f in name for f in fragments for name in (n.name, *n.input))
-        ]
+        excluded += nodes_named(graph, fragments)
         if options.pop("correct_bias", True):
             correct_conv_bias(graph, calibration, set(excluded))
             onnx.save(graph, str(prepared))
@@ -182,17 +178,26 @@ def main() -> None:
             correct_bias=False,
         )
         add("MinMax, no bias correction", fp32, "constant padding only", correct_bias=False)
-        built = quantise_static_int8(fp32, work / "built.onnx", calibration)
-        variants["MinMax + bias correction (the build)"] = (built, "the build's recipe")
-        add("entropy", fp32, "calibration method", calibrate_method=CalibrationMethod.Entropy)
-        add("percentile 99.999", fp32, "calibration method", calibrate_method=CalibrationMethod.Percentile)
-        add("MinMax, first conv + classifier float", fp32, "layers left in float", exclude=(STEM, CLASSIFIER))
-        add(
-            "MinMax, first conv + first depthwise + classifier float",
-            fp32,
-            "layers left in float",
-            exclude=(STEM, FIRST_DEPTHWISE, CLASSIFIER),
+        add("MinMax + bias correction, every layer INT8", fp32, "bias correction")
+        float_layers = manifest.recipe["quantise"].get("float_layers", [])
+        built = quantise_static_int8(fp32, work / "built.onnx", calibration, float_layers=float_layers)
+        variants["the build"] = (
+            built,
+            "the recipe's layers in float: " + (", ".join(float_layers) or "none"),
         )
+        add(
+            "entropy",
+            fp32,
+            "calibration method, every layer INT8",
+            calibrate_method=CalibrationMethod.Entropy,
+        )
+        add(
+            "percentile 99.999",
+            fp32,
+            "calibration method, every layer INT8",
+            calibrate_method=CalibrationMethod.Percentile,
+        )
+        add("MinMax, first conv + classifier float", fp32, "layers left in float", exclude=(STEM, CLASSIFIER))
         add("MinMax, stem + stages 0-2 float", fp32, "layers left in float", exclude=STAGES_IN_FLOAT)
 
         sessions = {"fp32": create_session(fp32, args.threads, ["CPUExecutionProvider"])[0]}

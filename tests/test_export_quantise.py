@@ -242,3 +242,29 @@ def test_bias_correction_removes_the_mean_shift_of_rounded_weights(group):
     before = np.abs((outputs(rounded, bias) - reference).mean((0, 2, 3))).max()
     after = np.abs((outputs(rounded, corrected) - reference).mean((0, 2, 3))).max()
     assert after < 0.1 * before, (before, after)
+
+
+def test_float_layers_stay_in_float_and_must_name_a_layer(tmp_path):
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    onnx.save(
+        _conv_graph(rng.normal(0, 1, (4, 4, 3, 3)).astype(np.float32), np.zeros(4, np.float32), 1),
+        tmp_path / "conv.onnx",
+    )
+    calibration = [{"x": rng.uniform(0, 6, (8, 4, 8, 8)).astype(np.float32)}]
+
+    def conv_weights(float_layers: list[str]) -> str:
+        out = quantise_static_int8(
+            tmp_path / "conv.onnx", tmp_path / "q.onnx", calibration, float_layers=float_layers
+        )
+        model = onnx.load(str(out))
+        conv = next(n for n in model.graph.node if n.op_type == "Conv")
+        producers = {o: n.op_type for n in model.graph.node for o in n.output}
+        initializers = {i.name: numpy_helper.to_array(i).dtype for i in model.graph.initializer}
+        return producers.get(conv.input[1]) or str(initializers[conv.input[1]])
+
+    assert conv_weights([]) == "DequantizeLinear"  # INT8 weights, dequantised for the fused kernel
+    assert conv_weights(["w"]) == "float32"
+    with pytest.raises(ValueError, match="name no layer"):
+        conv_weights(["backbone.nothing."])

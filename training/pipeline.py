@@ -456,6 +456,7 @@ def quantise_and_gate(
             symbolic_shapes=task.quantise_symbolic_shapes,
             op_types=task.quantise_op_types,
             float_outputs=task.quantise_float_outputs,
+            float_layers=q.float_layers,
         )
     int8 = onnx_runner(int8_path)
     val_metrics = _scalars(

@@ -148,6 +148,16 @@ class _Calibration(CalibrationDataReader):
         return next(self._batches, None)
 
 
+def nodes_named(model: onnx.ModelProto, fragments: Collection[str]) -> list[str]:
+    """Names of the nodes whose name or one of whose inputs (a layer's weights: `backbone.conv_stem.weight`,
+    the module's name whichever exporter made the graph) contains one of the fragments."""
+    return [
+        n.name
+        for n in model.graph.node
+        if n.name and any(f in name for f in fragments for name in (n.name, *n.input))
+    ]
+
+
 def quantise_static_int8(
     fp32_path: Path,
     out_path: Path,
@@ -156,6 +166,7 @@ def quantise_static_int8(
     op_types: list[str] | None = None,
     float_outputs: list[str] | None = None,
     correct_bias: bool = True,
+    float_layers: Collection[str] = (),
 ) -> Path:
     """Static INT8 in QDQ format, per-channel weights, activation ranges from calibration inputs
     (MinMax over what the server would feed). The ranges are fixed in the graph, so an input's
@@ -163,11 +174,15 @@ def quantise_static_int8(
     do). `op_types` limits what is quantised (transformers: the matrix products and embeddings);
     the outputs of the `float_outputs` operator types stay float. Arithmetic on tensor shapes is never
     quantised (`shape_arithmetic`), and convolutions' biases absorb the mean shift their weights'
-    rounding causes (`correct_conv_bias`; `correct_bias=False` leaves them)."""
+    rounding causes (`correct_conv_bias`; `correct_bias=False` leaves them). The layers named by
+    `float_layers` (`nodes_named`) stay in float."""
     out_path = Path(out_path).resolve()
     with _prepared(fp32_path, symbolic_shapes=symbolic_shapes) as prepared:
         graph = onnx.load(str(prepared))
-        excluded = shape_arithmetic(graph)
+        in_float = nodes_named(graph, float_layers)
+        if float_layers and not in_float:
+            raise ValueError(f"quantise.float_layers {list(float_layers)} name no layer of {fp32_path.name}")
+        excluded = shape_arithmetic(graph) + in_float
         if correct_bias and correct_conv_bias(graph, calibration, set(excluded)):
             onnx.save(graph, str(prepared))
         quantize_static(

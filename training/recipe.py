@@ -90,6 +90,11 @@ class QuantiseConfig(_Strict):
         False, description="serve INT8 only if it is also faster than fp32 on this machine"
     )
     calibration_size: int = Field(256, ge=1)
+    float_layers: list[str] = Field(
+        default_factory=list,
+        description="static mode: layers left in float, named by a fragment of their weights' names "
+        "(e.g. `backbone.conv_stem.`): the few whose rounding costs most (benchmarks/imagenet_int8.py)",
+    )
 
 
 class PruneConfig(_Strict):
