@@ -118,6 +118,35 @@ def test_fp16_graph_keeps_float32_io_halves_the_weights_and_matches_fp32_on_the_
     assert 0 < parity["max_abs_diff_vs_fp32"] < 0.01 and parity["limit"] == 0.01
 
 
+def test_fp16_graph_of_resizes_sharing_their_scales_loads(tmp_path):
+    """torch.export shares one `scales` constant between upsampling Resize nodes; the converter keeps
+    it float32 and casts it once per Resize under one name. The variant must still load and match."""
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Resize", ["r", "", "scales"], ["up1"], mode="nearest"),
+        helper.make_node("Resize", ["r", "", "scales"], ["up2"], mode="nearest"),
+        helper.make_node("Add", ["up1", "up2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "up",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2, 8, 8])],
+        [scales],
+        value_info=[
+            helper.make_tensor_value_info("scales", TensorProto.FLOAT, [4])
+        ],  # as torch.export writes
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.save(model, tmp_path / "up.onnx")
+    convert_fp16(tmp_path / "up.onnx", tmp_path / FP16_FILE)
+    x = np.random.default_rng(0).normal(size=(3, 2, 4, 4)).astype(np.float32)
+    (fp32,) = cpu_session(tmp_path / "up.onnx").run(None, {"x": x})
+    (fp16,) = cpu_session(tmp_path / FP16_FILE).run(None, {"x": x})
+    np.testing.assert_allclose(fp16, fp32, atol=1e-2)
+
+
 def test_fp16_gate_fails_on_a_changed_label_a_large_difference_or_a_nan():
     ref = np.array([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]], dtype=np.float32)
     near = ref + np.float32(1e-3)

@@ -41,8 +41,26 @@ def convert_fp16(fp32_path: Path, out_path: Path) -> Path:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     half = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    _drop_repeated_nodes(half.graph)
     onnx.save(half, str(out_path))
     return Path(out_path)
+
+
+def _drop_repeated_nodes(graph: Any) -> None:
+    """The converter keeps some inputs float32 (Resize's scales) and casts them back once per
+    consumer, under one name: a constant shared by several Resize nodes (torch.export shares them)
+    gets identical Cast nodes, which ONNX Runtime refuses. The first of identical nodes comes before
+    every consumer, so the others are dropped."""
+    seen: set[bytes] = set()
+    kept = []
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            kept.append(node)
+    if len(kept) < len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
 
 
 def fp16_gate(
