@@ -36,6 +36,9 @@ def test_recipe_rejects_unknown_fields_and_bad_values():
         Recipe.model_validate({**data, "epochz": 3})
     with pytest.raises(ValidationError):
         Recipe.model_validate({**data, "train": {**data["train"], "lr": -1}})
+    dynamic = {**data["quantise"], "mode": "dynamic", "float_layers": ["head."]}
+    with pytest.raises(ValidationError, match="float_layers applies to mode: static only"):
+        Recipe.model_validate({**data, "quantise": dynamic})
     with pytest.raises(RecipeError, match="known recipes"):
         load_recipe("no-such-recipe")
 

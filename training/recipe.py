@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
@@ -95,6 +95,12 @@ class QuantiseConfig(_Strict):
         description="static mode: layers left in float, named by a fragment of their weights' names "
         "(e.g. `backbone.conv_stem.`): the few whose rounding costs most (benchmarks/imagenet_int8.py)",
     )
+
+    @model_validator(mode="after")
+    def _float_layers_need_static(self) -> QuantiseConfig:
+        if self.float_layers and self.mode != "static":
+            raise ValueError(f"float_layers applies to mode: static only (this recipe's mode is {self.mode})")
+        return self
 
 
 class PruneConfig(_Strict):
