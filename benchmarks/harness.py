@@ -234,6 +234,21 @@ def time_engines(runs: dict, batch: int, seconds: float, unit: str) -> list[dict
     return rows
 
 
+class UnflushedThread:
+    """A thread made before anything in this process sets flush-to-zero and denormals-are-zero (new
+    threads inherit them): an engine opened (`session_options(..., flush=False)`) and timed on it runs
+    as ONNX Runtime does by default, before `serving.sessions.flush_denormals`. Create it first."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="unflushed")
+        self._pool.submit(lambda: None).result()
+
+    def call(self, fn, *args, **kwargs):
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+
 def timed(fn, seconds: float, min_iters: int = 5) -> float:
     """Mean seconds per call over at least `min_iters` calls and `seconds` of wall time (after 2 warm-ups)."""
     fn(), fn()

@@ -7,8 +7,11 @@ On the same pre-tokenised batches of the recipe's own texts (batch 1/8/32), ONNX
 - the same graph after onnxruntime.transformers' optimizer (training/fusion.py), with every fusion
   (EmbedLayerNormalization, Attention, SkipLayerNormalization, BiasGelu) and with all but Attention;
 - static INT8 (QDQ, per-channel, MinMax calibration on the texts, the matrix products' outputs left
-  float: the served variant's recipe) of the exported graph and of each fused graph, and of the
-  exported graph with those outputs requantised to UINT8 (the build's recipe before);
+  float: the served variant's recipe) of the exported graph and of each fused graph;
+- the engine before: the exported graph's static INT8 with those outputs requantised to UINT8 (the
+  build's recipe before), and the served INT8, each run as ONNX Runtime runs by default, with
+  denormals computed (not flushed to zero) on the thread that calls it (serving/sessions.py
+  flush_denormals: the masked softmax of a padded batch makes them);
 - dynamic INT8 of the exported graph, for reference only: its activation ranges are measured per call,
   so a text's scores depend on the batch it shares, which is why the server does not use it.
 
@@ -27,14 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import machine_info, time_engines, write_results
+from benchmarks.harness import UnflushedThread, machine_info, time_engines, write_results
 from serving.manifest import load_manifest
 from serving.processing import TextPreprocessor
-from serving.sessions import create_session
+from serving.sessions import CPU, create_session, session_options
 from training.backbones import get_backbone
 from training.data.text import read_labelled_texts, resolve_source
 from training.fusion import CANDIDATES, fuse_transformer
@@ -45,7 +49,8 @@ from training.tasks.text_classification import TextClassificationTask
 # what the text tasks quantise, and whose outputs they keep float (training/tasks/text_classification.py)
 OP_TYPES = TextClassificationTask.quantise_op_types
 FLOAT_OUTPUTS = TextClassificationTask.quantise_float_outputs
-REQUANTISED = "int8 static, matrix products' outputs requantised"
+REQUANTISED = "before: int8 static, matrix products' outputs requantised, denormals kept"
+UNFLUSHED = "int8 static, denormals kept"
 
 
 def main() -> None:
@@ -57,6 +62,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calibration", type=int, default=256, help="texts for static calibration")
     args = ap.parse_args()
+    # every engine runs on a thread of its own, as the server's do; the engines before run on one
+    # that never flushes denormals (made before any session sets the flags)
+    unflushed, worker = UnflushedThread(), UnflushedThread()
 
     model_dir = args.repository / args.model
     manifest = load_manifest(model_dir)
@@ -109,14 +117,23 @@ def main() -> None:
         quantise_dynamic_int8(source, work / "dynamic.onnx")
         paths["int8 dynamic (batch-dependent)"] = work / "dynamic.onnx"
 
-        sessions = {
-            name: create_session(path, args.threads, ["CPUExecutionProvider"])[0]
-            for name, path in paths.items()
-        }
-        reference = [sessions["fp32"].run(None, f)[0] for f in checks]
+        before = {REQUANTISED: paths.pop(REQUANTISED), UNFLUSHED: paths["int8 static"]}
+        sessions = {name: create_session(path, args.threads, [CPU])[0] for name, path in paths.items()}
+        for name, path in before.items():  # opened on the thread that runs them: its pool inherits its flags
+            sessions[name] = unflushed.call(
+                ort.InferenceSession, str(path), session_options(args.threads, flush=False), providers=[CPU]
+            )
+
+        def thread(name: str) -> UnflushedThread:
+            return unflushed if name in before else worker
+
+        def run(name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+            return thread(name).call(sessions[name].run, None, feeds)[0]
+
+        reference = [run("fp32", f) for f in checks]
         agreement: dict[str, dict[str, float]] = {}
-        for name, session in sessions.items():
-            outputs = [session.run(None, f)[0] for f in checks]
+        for name in sessions:
+            outputs = [run(name, f) for f in checks]
             agreement[name] = {
                 "max_abs_diff_vs_fp32": float(max(np.abs(o - r).max() for o, r in zip(outputs, reference))),
                 "argmax_agreement_vs_fp32": float(
@@ -134,9 +151,10 @@ def main() -> None:
                 it["i"] = (it["i"] + 1) % len(fs)
                 return session.run(None, fs[it["i"]])
 
-            rows += time_engines(
-                {name: (lambda s=s: step(s)) for name, s in sessions.items()}, batch, args.seconds, "seq"
-            )
+            for name, s in sessions.items():
+                rows += thread(name).call(
+                    time_engines, {name: (lambda s=s: step(s))}, batch, args.seconds, "seq"
+                )
 
     def rate(engine: str, batch: int) -> float | None:
         return next((r["seq_per_s"] for r in rows if r["engine"] == engine and r["batch"] == batch), None)
@@ -145,12 +163,13 @@ def main() -> None:
     ratios = {}
     for name in sessions:
         base = "fp32" if name.startswith("fp32") else "int8 static"
-        if name != base and rate(name, top) and rate(base, top):
+        if name != base and name not in (UNFLUSHED, REQUANTISED) and rate(name, top) and rate(base, top):
             ratios[f"{name} vs {base}, batch {top}"] = rate(name, top) / rate(base, top)
-    if rate("int8 static", top) and rate(REQUANTISED, top):
-        ratios[f"int8 static (served) vs {REQUANTISED} (the build before), batch {top}"] = rate(
-            "int8 static", top
-        ) / rate(REQUANTISED, top)
+    for base in (UNFLUSHED, REQUANTISED):
+        if rate("int8 static", top) and rate(base, top):
+            ratios[f"int8 static (served) vs {base}, batch {top}"] = rate("int8 static", top) / rate(
+                base, top
+            )
     report = {
         "model": args.model,
         "served_variant": manifest.default_variant["cpu"],

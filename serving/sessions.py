@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import logging
+import platform
 import re
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -53,7 +57,9 @@ def why_cpu(device: str) -> list[str]:
     return []  # GPU providers known to fail: create_session says why it skips each
 
 
-def session_options(threads: int, cpu_arena: bool = True) -> ort.SessionOptions:
+def session_options(threads: int, cpu_arena: bool = True, flush: bool = True) -> ort.SessionOptions:
+    """The server's session options; `flush=False` leaves denormals to the pool threads as ONNX
+    Runtime's defaults do (benchmarks time the engine before `flush_denormals` with it)."""
     options = ort.SessionOptions()
     # The arena keeps the buffers of the largest run for reuse; without it they are freed after each
     # run, so a burst of large requests does not leave the worker at its high-water mark.
@@ -65,6 +71,13 @@ def session_options(threads: int, cpu_arena: bool = True) -> ort.SessionOptions:
     # Spinning threads burn the cores the HTTP workers and other models need between batches.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # The graphs' float layers are float on purpose (quantise.float_layers): ORT's
+    # WeightBiasQuantization would round their weights to INT8 per tensor whenever their input comes
+    # from a DequantizeLinear, and a depthwise convolution quantised per tensor loses most of its
+    # signal (tests/test_export_quantise.py).
+    options.add_session_config_entry("optimization.disable_specified_optimizers", "WeightBiasQuantization")
+    if flush:  # on the pool threads; the calling thread's: flush_denormals
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
     options.log_severity_level = 3
     return options
 
@@ -144,6 +157,56 @@ def provider_chain(
     return [*chain, CPU]
 
 
+_MXCSR_OFFSET = 28  # glibc's fenv_t on x86-64: the x87 environment (28 bytes), then MXCSR
+_FLUSH_TO_ZERO, _DENORMALS_ARE_ZERO = 0x8000, 0x0040
+_thread_state = threading.local()
+
+
+def flush_denormals() -> bool:
+    """Flush-to-zero and denormals-are-zero on the calling thread (x86-64 Linux), once per thread;
+    whether they are on. ONNX Runtime sets them on its own pool threads (`session.set_denormal_as_zero`)
+    but not on the thread that calls `run`, which computes its share of every operator. A softmax over
+    masked positions (exp of about -1e4) makes denormals there, and each costs a slow microcode path:
+    the masked softmax of a padded text batch ran five times slower than one without padding. Answers
+    change only where a value is below 1.2e-38, which is 0 for any purpose here."""
+    done = getattr(_thread_state, "flushed", None)
+    if done is not None:
+        return bool(done)
+    _thread_state.flushed = False
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+        env = (ctypes.c_uint8 * 32)()
+        if libm.fegetenv(env) != 0:
+            return False
+        saved = bytes(env)
+        mxcsr = int.from_bytes(saved[_MXCSR_OFFSET:], "little") | _FLUSH_TO_ZERO | _DENORMALS_ARE_ZERO
+        env[_MXCSR_OFFSET:] = list(mxcsr.to_bytes(4, "little"))
+        libm.fesetenv(env)
+        tiny = np.array([1e-39], np.float32)  # a denormal: read as zero once the flags hold
+        if float((tiny * np.float32(1.0))[0]) != 0.0:
+            libm.fesetenv((ctypes.c_uint8 * 32)(*saved))  # not the layout assumed: leave the thread as it was
+            return False
+    except (OSError, AttributeError):
+        return False
+    _thread_state.flushed = True
+    return True
+
+
+class CpuSession(ort.InferenceSession):
+    """An `InferenceSession` whose `run` first flushes denormals on the calling thread (`flush_denormals`)."""
+
+    def run(
+        self,
+        output_names: Sequence[str] | None,
+        input_feed: Mapping[str, Any],
+        run_options: ort.RunOptions | None = None,
+    ) -> Any:
+        flush_denormals()
+        return super().run(output_names, input_feed, run_options)
+
+
 class BoundSession:
     """A session on a GPU provider, run through I/O binding: each input is copied to the device once
     from its numpy array, and the outputs, left on the device by the run, are copied back once after
@@ -166,6 +229,7 @@ class BoundSession:
         input_feed: Mapping[str, np.ndarray],
         run_options: ort.RunOptions | None = None,
     ) -> list[np.ndarray]:
+        flush_denormals()  # for the operators a GPU provider leaves on the CPU
         binding = self.session.io_binding()
         for name, value in input_feed.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
@@ -236,7 +300,7 @@ def create_session(
 ) -> tuple[Any, SessionInfo]:
     """Open `model_path` on the best provider that initialises; every failed try is recorded.
     `cache_dir` (TensorRT engines) is only touched when a GPU provider is tried. On a GPU provider the
-    session comes back as a `BoundSession`, on the CPU as the `InferenceSession` itself; both answer
+    session comes back as a `BoundSession`, on the CPU as a `CpuSession` (an `InferenceSession`); both answer
     `run(output_names, feeds)`. `fp16` and `trt_profile`: see `provider_options`."""
     providers = providers or candidate_providers()
     cache_dir = cache_dir or Path.home() / ".cache" / "tuneserve"
@@ -278,7 +342,5 @@ def create_session(
             _unusable[provider] = f"did not initialise: {detail or 'no usable device or libraries'}"
     if fallbacks:  # the runtime logs them with the model's name
         log.debug("%s: serving on the CPU; %s", Path(model_path).name, "; ".join(fallbacks))
-    session = ort.InferenceSession(
-        str(model_path), sess_options=session_options(threads, cpu_arena), providers=[CPU]
-    )
+    session = CpuSession(str(model_path), sess_options=session_options(threads, cpu_arena), providers=[CPU])
     return session, SessionInfo(CPU, fallbacks)

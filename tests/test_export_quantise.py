@@ -268,3 +268,58 @@ def test_float_layers_stay_in_float_and_must_name_a_layer(tmp_path):
     assert conv_weights(["w"]) == "float32"
     with pytest.raises(ValueError, match="name no layer"):
         conv_weights(["backbone.nothing."])
+
+
+def test_float_layers_stay_float_when_onnx_runtime_opens_the_graph(tmp_path):
+    """ONNX Runtime's WeightBiasQuantization would round a float convolution fed by a
+    DequantizeLinear to INT8 per tensor when the session opens the graph: a depthwise convolution
+    whose channels differ in scale loses its small channels. The server's sessions keep it float."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from serving.sessions import create_session
+
+    rng = np.random.default_rng(3)
+    depthwise = rng.normal(0, 1, (4, 1, 3, 3)).astype(np.float32)
+    depthwise[0] *= 100  # one large channel: a per-tensor scale rounds the others' weights to 0
+    depthwise[1:] *= 0.01  # the small channels alone reach the output
+    pointwise = rng.normal(0, 0.5, (4, 4, 1, 1))
+    pointwise[0] *= 1e-4  # the large channel's input is small, so every channel's output is alike
+    initializers = {
+        "w1": pointwise,
+        "b1": rng.normal(0, 0.1, 4),
+        "dw": depthwise,
+        "bdw": rng.normal(0, 0.01, 4),
+        "w3": np.concatenate([np.zeros((4, 1, 1, 1)), rng.normal(0, 0.5, (4, 3, 1, 1))], 1),
+        "b3": rng.normal(0, 0.1, 4),
+        "low": np.array(0.0),
+        "high": np.array(6.0),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="pw1"),
+        helper.make_node("Conv", ["a", "dw", "bdw"], ["d"], name="dw", group=4, pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["d", "low", "high"], ["r"], name="relu6"),
+        helper.make_node("Conv", ["r", "w3", "b3"], ["y"], name="pw3"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in initializers.items()],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+        tmp_path / "g.onnx",
+    )
+    x = rng.uniform(0, 1, (8, 4, 8, 8)).astype(np.float32)
+    quantised = quantise_static_int8(
+        tmp_path / "g.onnx", tmp_path / "q.onnx", [{"x": x}], float_layers=["dw"], correct_bias=False
+    )
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    as_written = ort.InferenceSession(str(quantised), plain, providers=["CPUExecutionProvider"])
+    served, _ = create_session(quantised, 1, ["CPUExecutionProvider"])
+    expected = as_written.run(None, {"x": x})[0]
+    got = served.run(None, {"x": x})[0]
+    # the QDQ graph's own rounding is the same either way; only the float layer's weights could differ
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()

@@ -140,3 +140,59 @@ def test_image_models_on_the_cpu_run_two_calls_at_once(monkeypatch):
     assert settings.slots("image", "gpu") == 1 and settings.slots("text", "cpu") == 1
     monkeypatch.setenv("TUNESERVE_IMAGE_SLOTS", "1")
     assert Settings().slots("image", "cpu") == 1
+
+
+FLUSH_SCRIPT = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnxruntime as ort
+
+# both threads exist before anything sets a floating-point flag, so neither inherits one
+ours, plain = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+ours.submit(lambda: None).result(), plain.submit(lambda: None).result()
+x = {"x": np.array([1e-39, 1.0], np.float32)}  # made before a session sets the flags on this thread
+assert x["x"][0] > 0
+from serving.sessions import CPU, create_session
+
+path = sys.argv[1]
+session, _ = create_session(path, 1, [CPU])
+bare = ort.InferenceSession(path, providers=[CPU])
+print(ours.submit(lambda: float(session.run(None, x)[0][0])).result())
+print(plain.submit(lambda: float(bare.run(None, x)[0][0])).result())
+"""
+
+
+def test_sessions_flush_denormals_on_the_thread_that_runs_them(tmp_path):
+    """A denormal input reads as zero in a session's run on any thread (tuneserve's sessions set
+    flush-to-zero and denormals-are-zero there); a bare ONNX Runtime session on another thread keeps it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "one"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [numpy_helper.from_array(np.array(1.0, np.float32), "one")],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+        tmp_path / "m.onnx",
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", FLUSH_SCRIPT, str(tmp_path / "m.onnx")],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=120,
+        check=True,
+    ).stdout.split()
+    assert float(out[0]) == 0.0
+    assert float(out[1]) == np.float32(1e-39)
