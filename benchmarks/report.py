@@ -1046,7 +1046,7 @@ def transformer_fusion(d: dict) -> list[str]:
         "after onnxruntime.transformers' fusions (every fusion; all but Attention), static INT8 (the "
         f"served `{d['served_variant']}` variant's recipe) of each, and dynamic INT8 for reference (its "
         "ranges are measured per call, so a text's scores depend on its batch; the server does not use it). "
-        "The engines before (\"denormals kept\") run as ONNX Runtime does by default, computing the "
+        'The engines before ("denormals kept") run as ONNX Runtime does by default, computing the '
         "denormals a padded batch's masked softmax makes; the others flush them to zero on every thread "
         "that runs them, as the server does.",
         "",

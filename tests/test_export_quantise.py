@@ -323,3 +323,49 @@ def test_float_layers_stay_float_when_onnx_runtime_opens_the_graph(tmp_path):
     got = served.run(None, {"x": x})[0]
     # the QDQ graph's own rounding is the same either way; only the float layer's weights could differ
     assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+
+
+def test_attention_products_can_stay_float(tmp_path):
+    """A product of two activations (attention's scores) is left float when asked; the product with
+    weights is quantised either way."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from training.quantise import activation_products
+
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="dense"),
+        helper.make_node("Transpose", ["h"], ["ht"], name="t", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["h", "ht"], ["y"], name="scores"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(rng.normal(0, 1, (8, 8)).astype(np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, tmp_path / "g.onnx")
+    assert activation_products(model) == ["scores"]
+    calibration = [{"x": rng.normal(0, 1, (8, 4, 8)).astype(np.float32)}]
+
+    def dequantised_inputs(quantise_products: bool) -> dict[str, int]:
+        out = quantise_static_int8(
+            tmp_path / "g.onnx",
+            tmp_path / "q.onnx",
+            calibration,
+            op_types=["MatMul"],
+            float_outputs=["MatMul"],  # as the text tasks do
+            quantise_activation_products=quantise_products,
+        )
+        q = onnx.load(str(out))
+        producers = {o: n.op_type for n in q.graph.node for o in n.output}
+        return {
+            n.name: sum(producers.get(i) == "DequantizeLinear" for i in n.input)
+            for n in q.graph.node
+            if n.op_type == "MatMul"
+        }
+
+    assert dequantised_inputs(True) == {"dense": 2, "scores": 2}
+    assert dequantised_inputs(False) == {"dense": 2, "scores": 0}

@@ -158,6 +158,18 @@ def nodes_named(model: onnx.ModelProto, fragments: Collection[str]) -> list[str]
     ]
 
 
+def activation_products(model: onnx.ModelProto) -> list[str]:
+    """Names of the matrix products of two computed tensors, no weights among their inputs (a
+    transformer's attention scores and their weighted sum of values)."""
+    constant = {i.name for i in model.graph.initializer}
+    constant.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul" and n.name and not any(i in constant for i in n.input)
+    ]
+
+
 def quantise_static_int8(
     fp32_path: Path,
     out_path: Path,
@@ -167,6 +179,7 @@ def quantise_static_int8(
     float_outputs: list[str] | None = None,
     correct_bias: bool = True,
     float_layers: Collection[str] = (),
+    quantise_activation_products: bool = True,
 ) -> Path:
     """Static INT8 in QDQ format, per-channel weights, activation ranges from calibration inputs
     (MinMax over what the server would feed). The ranges are fixed in the graph, so an input's
@@ -175,7 +188,8 @@ def quantise_static_int8(
     the outputs of the `float_outputs` operator types stay float. Arithmetic on tensor shapes is never
     quantised (`shape_arithmetic`), and convolutions' biases absorb the mean shift their weights'
     rounding causes (`correct_conv_bias`; `correct_bias=False` leaves them). The layers named by
-    `float_layers` (`nodes_named`) stay in float."""
+    `float_layers` (`nodes_named`) stay in float, and so do the products of two activations
+    (`activation_products`) unless `quantise_activation_products`."""
     out_path = Path(out_path).resolve()
     with _prepared(fp32_path, symbolic_shapes=symbolic_shapes) as prepared:
         graph = onnx.load(str(prepared))
@@ -183,6 +197,8 @@ def quantise_static_int8(
         if float_layers and not in_float:
             raise ValueError(f"quantise.float_layers {list(float_layers)} name no layer of {fp32_path.name}")
         excluded = shape_arithmetic(graph) + in_float
+        if not quantise_activation_products:
+            excluded += activation_products(graph)
         if correct_bias and correct_conv_bias(graph, calibration, set(excluded)):
             onnx.save(graph, str(prepared))
         quantize_static(

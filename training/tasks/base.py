@@ -173,6 +173,8 @@ class Task(ABC, Generic[P]):
     # → float in one kernel (MatMulIntegerToFloat) instead of requantising every output to UINT8 and
     # dequantising it again for the float operators that follow.
     quantise_float_outputs: ClassVar[list[str]] = []
+    # Whether products of two activations (attention) are quantised too, or stay float.
+    quantise_activation_products: ClassVar[bool] = True
 
     def calibration_inputs(self, splits: Splits, count: int) -> list[dict[str, np.ndarray]]:
         """Model inputs for static quantisation's calibration; tasks that support it override this."""

@@ -77,6 +77,9 @@ class TextEncoderTask(Task[TextPreprocessing], Generic[S, E]):
     quantise_op_types: ClassVar[list[str]] = ["MatMul", "Gemm", "Gather"]
     # every matrix product feeds a float bias add, GELU or layer norm (benchmarks/transformer_fusion.py)
     quantise_float_outputs: ClassVar[list[str]] = ["MatMul", "Gemm"]
+    # Attention's two products (scores, weighted values) in float: no quantise and dequantise around
+    # the softmax, so the engine is a little faster and closer to fp32 (benchmarks/transformer_fusion.py)
+    quantise_activation_products = False
     preprocessing_model = TextPreprocessing
 
     def __init__(self, recipe: Recipe, backbone: Backbone) -> None:
