@@ -234,15 +234,16 @@ def time_engines(runs: dict, batch: int, seconds: float, unit: str) -> list[dict
     return rows
 
 
-class UnflushedThread:
-    """A thread made before anything in this process sets flush-to-zero and denormals-are-zero (new
-    threads inherit them): an engine opened (`session_options(..., flush=False)`) and timed on it runs
-    as ONNX Runtime does by default, before `serving.sessions.flush_denormals`. Create it first."""
+class EngineThread:
+    """A thread of its own to open and time engines on, as the server's inference threads are.
+    tuneserve's sessions flush denormals only while they run and then restore the thread's state
+    (`serving.sessions.denormals_flushed`), so a bare ONNX Runtime session opened with
+    `session_options(..., flush=False)` and timed here runs as ONNX Runtime does by default."""
 
     def __init__(self) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="unflushed")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="engine")
         self._pool.submit(lambda: None).result()
 
     def call(self, fn, *args, **kwargs):

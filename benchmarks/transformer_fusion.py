@@ -13,7 +13,7 @@ On the same pre-tokenised batches of the recipe's own texts (batch 1/8/32), ONNX
   products' outputs requantised to UINT8 (the build's recipe before), and the served INT8, each
   run as ONNX Runtime runs by default, with
   denormals computed (not flushed to zero) on the thread that calls it (serving/sessions.py
-  flush_denormals: the masked softmax of a padded batch makes them);
+  denormals_flushed: the masked softmax of a padded batch makes them);
 - dynamic INT8 of the exported graph, for reference only: its activation ranges are measured per call,
   so a text's scores depend on the batch it shares, which is why the server does not use it.
 
@@ -37,7 +37,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.harness import UnflushedThread, machine_info, time_engines, write_results
+from benchmarks.harness import EngineThread, machine_info, time_engines, write_results
 from serving.manifest import load_manifest
 from serving.processing import TextPreprocessor
 from serving.sessions import CPU, create_session, session_options
@@ -65,9 +65,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calibration", type=int, default=256, help="texts for static calibration")
     args = ap.parse_args()
-    # every engine runs on a thread of its own, as the server's do; the engines before run on one
-    # that never flushes denormals (made before any session sets the flags)
-    unflushed, worker = UnflushedThread(), UnflushedThread()
+    worker = EngineThread()  # every engine runs on a thread of its own, as the server's do
 
     model_dir = args.repository / args.model
     manifest = load_manifest(model_dir)
@@ -136,16 +134,16 @@ def main() -> None:
 
         before = {REQUANTISED: paths.pop(REQUANTISED), UNFLUSHED: paths["int8 static"]}
         sessions = {name: create_session(path, args.threads, [CPU])[0] for name, path in paths.items()}
-        for name, path in before.items():  # opened on the thread that runs them: its pool inherits its flags
-            sessions[name] = unflushed.call(
-                ort.InferenceSession, str(path), session_options(args.threads, flush=False), providers=[CPU]
+        for name, path in before.items():  # bare sessions: nothing flushes denormals on their threads
+            sessions[name] = worker.call(
+                ort.InferenceSession,
+                str(path),
+                session_options(args.threads, flush=False, fuse_skip_layernorm=True),
+                providers=[CPU],
             )
 
-        def thread(name: str) -> UnflushedThread:
-            return unflushed if name in before else worker
-
         def run(name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
-            return thread(name).call(sessions[name].run, None, feeds)[0]
+            return worker.call(sessions[name].run, None, feeds)[0]
 
         reference = [run("fp32", f) for f in checks]
         agreement: dict[str, dict[str, float]] = {}
@@ -169,9 +167,7 @@ def main() -> None:
                 return session.run(None, fs[it["i"]])
 
             for name, s in sessions.items():
-                rows += thread(name).call(
-                    time_engines, {name: (lambda s=s: step(s))}, batch, args.seconds, "seq"
-                )
+                rows += worker.call(time_engines, {name: (lambda s=s: step(s))}, batch, args.seconds, "seq")
 
     def rate(engine: str, batch: int) -> float | None:
         return next((r["seq_per_s"] for r in rows if r["engine"] == engine and r["batch"] == batch), None)

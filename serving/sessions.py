@@ -12,7 +12,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,9 +57,13 @@ def why_cpu(device: str) -> list[str]:
     return []  # GPU providers known to fail: create_session says why it skips each
 
 
-def session_options(threads: int, cpu_arena: bool = True, flush: bool = True) -> ort.SessionOptions:
+def session_options(
+    threads: int, cpu_arena: bool = True, flush: bool = True, fuse_skip_layernorm: bool = False
+) -> ort.SessionOptions:
     """The server's session options; `flush=False` leaves denormals to the pool threads as ONNX
-    Runtime's defaults do (benchmarks time the engine before `flush_denormals` with it)."""
+    Runtime's defaults do, and `fuse_skip_layernorm=True` lets ONNX Runtime fuse a residual add into
+    the LayerNormalization after it, which GPU providers want (benchmarks time the engine before
+    with both)."""
     options = ort.SessionOptions()
     # The arena keeps the buffers of the largest run for reuse; without it they are freed after each
     # run, so a burst of large requests does not leave the worker at its high-water mark.
@@ -75,8 +79,13 @@ def session_options(threads: int, cpu_arena: bool = True, flush: bool = True) ->
     # WeightBiasQuantization would round their weights to INT8 per tensor whenever their input comes
     # from a DequantizeLinear, and a depthwise convolution quantised per tensor loses most of its
     # signal (tests/test_export_quantise.py).
-    options.add_session_config_entry("optimization.disable_specified_optimizers", "WeightBiasQuantization")
-    if flush:  # on the pool threads; the calling thread's: flush_denormals
+    #
+    # SkipLayerNormalization, the fused residual add and LayerNormalization, is fast on CUDA but its
+    # CPU kernel took 0.88 ms where the LayerNormalization it replaces takes 0.14 ms on a batch of
+    # 32 texts (a transformer encoder runs two per layer), so a CPU session keeps the two nodes.
+    disabled = ["WeightBiasQuantization"] + ([] if fuse_skip_layernorm else ["SkipLayerNormFusion"])
+    options.add_session_config_entry("optimization.disable_specified_optimizers", ";".join(disabled))
+    if flush:  # on the pool threads; the calling thread's: denormals_flushed
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
     options.log_severity_level = 3
     return options
@@ -159,43 +168,84 @@ def provider_chain(
 
 _MXCSR_OFFSET = 28  # glibc's fenv_t on x86-64: the x87 environment (28 bytes), then MXCSR
 _FLUSH_TO_ZERO, _DENORMALS_ARE_ZERO = 0x8000, 0x0040
-_thread_state = threading.local()
+_FENV_BYTES = 32
 
 
-def flush_denormals() -> bool:
-    """Flush-to-zero and denormals-are-zero on the calling thread (x86-64 Linux), once per thread;
-    whether they are on. ONNX Runtime sets them on its own pool threads (`session.set_denormal_as_zero`)
-    but not on the thread that calls `run`, which computes its share of every operator. A softmax over
-    masked positions (exp of about -1e4) makes denormals there, and each costs a slow microcode path:
-    the masked softmax of a padded text batch ran five times slower than one without padding. Answers
-    change only where a value is below 1.2e-38, which is 0 for any purpose here."""
-    done = getattr(_thread_state, "flushed", None)
-    if done is not None:
-        return bool(done)
-    _thread_state.flushed = False
-    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return False
+class _Fenv:
+    """The calling thread's floating-point environment through libm's `fegetenv`/`fesetenv`, on
+    x86-64 Linux; `usable` is settled on first use (the layout is checked by reading a denormal back)."""
+
+    def __init__(self) -> None:
+        self.libm: Any = None
+        self.usable: bool | None = None
+        self._lock = threading.Lock()
+
+    def check(self) -> bool:
+        if self.usable is not None:
+            return self.usable
+        with self._lock:
+            if self.usable is None:
+                self.usable = self._probe()
+        return self.usable
+
+    def _probe(self) -> bool:
+        if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+            return False
+        try:
+            self.libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+            saved = self.flush()  # None: already on here, or no environment to read
+            try:
+                tiny = np.array([1e-39], np.float32)  # a denormal: read as zero while the flags hold
+                return float((tiny * np.float32(1.0))[0]) == 0.0
+            finally:
+                if saved is not None:
+                    self.libm.fesetenv(saved)
+        except (OSError, AttributeError):
+            return False
+
+    def flush(self) -> Any:
+        """Set flush-to-zero and denormals-are-zero; the environment to restore, or None where both
+        were already on (or `fegetenv` failed)."""
+        saved = (ctypes.c_uint8 * _FENV_BYTES)()
+        if self.libm.fegetenv(saved) != 0:
+            return None
+        mxcsr = int.from_bytes(bytes(saved[_MXCSR_OFFSET:]), "little")
+        flushed = mxcsr | _FLUSH_TO_ZERO | _DENORMALS_ARE_ZERO
+        if flushed == mxcsr:
+            return None
+        env = (ctypes.c_uint8 * _FENV_BYTES).from_buffer_copy(saved)
+        env[_MXCSR_OFFSET:] = list(flushed.to_bytes(4, "little"))
+        self.libm.fesetenv(env)
+        return saved
+
+
+_FENV = _Fenv()
+
+
+@contextlib.contextmanager
+def denormals_flushed() -> Iterator[bool]:
+    """Flush-to-zero and denormals-are-zero on the calling thread for the block (x86-64 Linux), then
+    the thread's own environment back; yields whether they hold. ONNX Runtime sets them on its own
+    pool threads (`session.set_denormal_as_zero`) but not on the thread that calls `run`, which
+    computes its share of every operator. A softmax over masked positions (exp of about -1e4) makes
+    denormals there, and each costs a slow microcode path: the masked softmax of a padded text batch
+    ran five times slower than one without padding. Answers change only where a value is below
+    1.2e-38, which is 0 for any purpose here. The caller's state is restored because it is the
+    caller's: numpy, or a property-testing library, on that thread must see IEEE arithmetic."""
+    if not _FENV.check():
+        yield False
+        return
+    saved = _FENV.flush()
     try:
-        libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
-        env = (ctypes.c_uint8 * 32)()
-        if libm.fegetenv(env) != 0:
-            return False
-        saved = bytes(env)
-        mxcsr = int.from_bytes(saved[_MXCSR_OFFSET:], "little") | _FLUSH_TO_ZERO | _DENORMALS_ARE_ZERO
-        env[_MXCSR_OFFSET:] = list(mxcsr.to_bytes(4, "little"))
-        libm.fesetenv(env)
-        tiny = np.array([1e-39], np.float32)  # a denormal: read as zero once the flags hold
-        if float((tiny * np.float32(1.0))[0]) != 0.0:
-            libm.fesetenv((ctypes.c_uint8 * 32)(*saved))  # not the layout assumed: leave the thread as it was
-            return False
-    except (OSError, AttributeError):
-        return False
-    _thread_state.flushed = True
-    return True
+        yield True
+    finally:
+        if saved is not None:
+            _FENV.libm.fesetenv(saved)
 
 
 class CpuSession(ort.InferenceSession):
-    """An `InferenceSession` whose `run` first flushes denormals on the calling thread (`flush_denormals`)."""
+    """An `InferenceSession` whose `run` flushes denormals on the calling thread while it runs
+    (`denormals_flushed`)."""
 
     def run(
         self,
@@ -203,8 +253,8 @@ class CpuSession(ort.InferenceSession):
         input_feed: Mapping[str, Any],
         run_options: ort.RunOptions | None = None,
     ) -> Any:
-        flush_denormals()
-        return super().run(output_names, input_feed, run_options)
+        with denormals_flushed():
+            return super().run(output_names, input_feed, run_options)
 
 
 class BoundSession:
@@ -229,14 +279,14 @@ class BoundSession:
         input_feed: Mapping[str, np.ndarray],
         run_options: ort.RunOptions | None = None,
     ) -> list[np.ndarray]:
-        flush_denormals()  # for the operators a GPU provider leaves on the CPU
         binding = self.session.io_binding()
         for name, value in input_feed.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in output_names or self.output_names:
             binding.bind_output(name, self.device_type, self.device_id)
         started = time.perf_counter()
-        self.session.run_with_iobinding(binding, run_options)
+        with denormals_flushed():  # for the operators a GPU provider leaves on the CPU
+            self.session.run_with_iobinding(binding, run_options)
         outputs = binding.copy_outputs_to_cpu()
         if self._first_run:
             self._first_run = False
@@ -321,7 +371,9 @@ def create_session(
                 started = time.perf_counter()
                 with _quiet_probe() if not known_good else contextlib.nullcontext(io.StringIO()) as said:
                     session = ort.InferenceSession(
-                        str(model_path), sess_options=session_options(threads, cpu_arena), providers=chain
+                        str(model_path),
+                        sess_options=session_options(threads, cpu_arena, fuse_skip_layernorm=True),
+                        providers=chain,
                     )
             except Exception as exc:  # a provider that fails to initialise must not stop serving
                 fallbacks.append(f"{provider}: {type(exc).__name__}: {exc}")

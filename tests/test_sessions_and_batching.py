@@ -149,7 +149,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnxruntime as ort
 
-# both threads exist before anything sets a floating-point flag, so neither inherits one
+# threads made before any session runs: none may be left flushing denormals by one
 ours, plain = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
 ours.submit(lambda: None).result(), plain.submit(lambda: None).result()
 x = {"x": np.array([1e-39, 1.0], np.float32)}  # made before a session sets the flags on this thread
@@ -161,12 +161,16 @@ session, _ = create_session(path, 1, [CPU])
 bare = ort.InferenceSession(path, providers=[CPU])
 print(ours.submit(lambda: float(session.run(None, x)[0][0])).result())
 print(plain.submit(lambda: float(bare.run(None, x)[0][0])).result())
+print(float(session.run(None, x)[0][0]))  # on this thread too, while it runs
+print(float((x["x"] * np.float32(1.0))[0]))  # and after it, this thread computes denormals again
+print(ours.submit(lambda: float((x["x"] * np.float32(1.0))[0])).result())
 """
 
 
 def test_sessions_flush_denormals_on_the_thread_that_runs_them(tmp_path):
     """A denormal input reads as zero in a session's run on any thread (tuneserve's sessions set
-    flush-to-zero and denormals-are-zero there); a bare ONNX Runtime session on another thread keeps it."""
+    flush-to-zero and denormals-are-zero there while they run); a bare ONNX Runtime session on another
+    thread keeps it, and so does the caller's own arithmetic after the run."""
     import subprocess
     import sys
     from pathlib import Path
@@ -196,3 +200,52 @@ def test_sessions_flush_denormals_on_the_thread_that_runs_them(tmp_path):
     ).stdout.split()
     assert float(out[0]) == 0.0
     assert float(out[1]) == np.float32(1e-39)
+    assert float(out[2]) == 0.0
+    assert float(out[3]) == np.float32(1e-39), "a session's run left the caller's thread flushing denormals"
+    assert float(out[4]) == np.float32(1e-39)
+
+
+@pytest.mark.fast
+def test_cpu_sessions_keep_the_residual_add_and_layer_norm_apart(tmp_path):
+    """ONNX Runtime fuses a residual Add and the LayerNormalization after it into
+    SkipLayerNormalization, whose CPU kernel is slower than the two nodes; the server's CPU sessions
+    keep them apart (GPU chains fuse), with the same answer."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from serving.sessions import session_options
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["x", "residual"], ["s"]),
+            helper.make_node("LayerNormalization", ["s", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-5),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", 16]),
+            helper.make_tensor_value_info("residual", TensorProto.FLOAT, ["b", "t", 16]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t", 16])],
+        [
+            numpy_helper.from_array(rng.normal(1, 0.1, 16).astype(np.float32), "gamma"),
+            numpy_helper.from_array(rng.normal(0, 0.1, 16).astype(np.float32), "beta"),
+        ],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+        tmp_path / "g.onnx",
+    )
+    feeds = {n: rng.normal(0, 1, (2, 5, 16)).astype(np.float32) for n in ("x", "residual")}
+
+    def optimised(fuse: bool) -> tuple[set[str], np.ndarray]:
+        options = session_options(1, fuse_skip_layernorm=fuse)
+        options.optimized_model_filepath = str(tmp_path / f"optimised-{fuse}.onnx")
+        y = ort.InferenceSession(str(tmp_path / "g.onnx"), options, providers=[CPU]).run(None, feeds)[0]
+        return {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}, y
+
+    served, y_served = optimised(False)
+    fused, y_fused = optimised(True)
+    assert "SkipLayerNormalization" in fused
+    assert "SkipLayerNormalization" not in served and "LayerNormalization" in served
+    np.testing.assert_allclose(y_served, y_fused, atol=1e-5)
