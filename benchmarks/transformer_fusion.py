@@ -9,11 +9,13 @@ On the same pre-tokenised batches of the recipe's own texts (batch 1/8/32), ONNX
 - static INT8 (QDQ, per-channel, MinMax calibration on the texts, the matrix products' outputs left
   float, attention's products of two activations in float: the served variant's recipe) of the
   exported graph and of each fused graph, and of the exported graph with attention quantised too;
+- the served INT8 with one of the server's session choices undone: denormals computed (not
+  flushed to zero) on the thread that calls it (serving/sessions.py denormals_flushed: the masked
+  softmax of a padded batch makes them), or a residual add and the LayerNormalization after it
+  fused into ONNX Runtime's SkipLayerNormalization (on by default; its CPU kernel is slower);
 - the engine before: the exported graph's static INT8 with attention quantised and the matrix
-  products' outputs requantised to UINT8 (the build's recipe before), and the served INT8, each
-  run as ONNX Runtime runs by default, with
-  denormals computed (not flushed to zero) on the thread that calls it (serving/sessions.py
-  denormals_flushed: the masked softmax of a padded batch makes them);
+  products' outputs requantised to UINT8 (the build's recipe before), run as ONNX Runtime runs by
+  default (denormals kept, SkipLayerNormalization fused);
 - dynamic INT8 of the exported graph, for reference only: its activation ranges are measured per call,
   so a text's scores depend on the batch it shares, which is why the server does not use it.
 
@@ -40,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.harness import EngineThread, machine_info, time_engines, write_results
 from serving.manifest import load_manifest
 from serving.processing import TextPreprocessor
-from serving.sessions import CPU, create_session, session_options
+from serving.sessions import CPU, CpuSession, create_session, session_options
 from training.backbones import get_backbone
 from training.data.text import read_labelled_texts, resolve_source
 from training.fusion import CANDIDATES, fuse_transformer
@@ -51,8 +53,12 @@ from training.tasks.text_classification import TextClassificationTask
 # what the text tasks quantise, and whose outputs they keep float (training/tasks/text_classification.py)
 OP_TYPES = TextClassificationTask.quantise_op_types
 FLOAT_OUTPUTS = TextClassificationTask.quantise_float_outputs
-REQUANTISED = "before: int8 static, matrix products' outputs requantised, attention quantised, denormals kept"
+REQUANTISED = (
+    "before: int8 static, matrix products' outputs requantised, attention quantised, denormals kept, "
+    "residual add + LayerNorm fused"
+)
 UNFLUSHED = "int8 static, denormals kept"
+SKIP_LN = "int8 static, residual add + LayerNorm fused"
 ATTENTION = "int8 static, attention quantised"
 
 
@@ -132,15 +138,27 @@ def main() -> None:
         quantise_dynamic_int8(source, work / "dynamic.onnx")
         paths["int8 dynamic (batch-dependent)"] = work / "dynamic.onnx"
 
-        before = {REQUANTISED: paths.pop(REQUANTISED), UNFLUSHED: paths["int8 static"]}
+        requantised = paths.pop(REQUANTISED)
         sessions = {name: create_session(path, args.threads, [CPU])[0] for name, path in paths.items()}
-        for name, path in before.items():  # bare sessions: nothing flushes denormals on their threads
-            sessions[name] = worker.call(
-                ort.InferenceSession,
-                str(path),
-                session_options(args.threads, flush=False, fuse_skip_layernorm=True),
-                providers=[CPU],
-            )
+        # the served INT8 with one of the server's session choices undone; then the engine before,
+        # with both undone (bare sessions: nothing flushes denormals on their threads)
+        sessions[UNFLUSHED] = worker.call(
+            ort.InferenceSession,
+            str(paths["int8 static"]),
+            session_options(args.threads, flush=False),
+            providers=[CPU],
+        )
+        sessions[SKIP_LN] = CpuSession(
+            str(paths["int8 static"]),
+            session_options(args.threads, fuse_skip_layernorm=True),
+            providers=[CPU],
+        )
+        sessions[REQUANTISED] = worker.call(
+            ort.InferenceSession,
+            str(requantised),
+            session_options(args.threads, flush=False, fuse_skip_layernorm=True),
+            providers=[CPU],
+        )
 
         def run(name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
             return worker.call(sessions[name].run, None, feeds)[0]
@@ -176,9 +194,14 @@ def main() -> None:
     ratios = {}
     for name in sessions:
         base = "fp32" if name.startswith("fp32") else "int8 static"
-        if name != base and name not in (UNFLUSHED, REQUANTISED) and rate(name, top) and rate(base, top):
+        if (
+            name != base
+            and name not in (UNFLUSHED, SKIP_LN, REQUANTISED)
+            and rate(name, top)
+            and rate(base, top)
+        ):
             ratios[f"{name} vs {base}, batch {top}"] = rate(name, top) / rate(base, top)
-    for base in (UNFLUSHED, REQUANTISED):
+    for base in (UNFLUSHED, SKIP_LN, REQUANTISED):
         if rate("int8 static", top) and rate(base, top):
             ratios[f"int8 static (served) vs {base}, batch {top}"] = rate("int8 static", top) / rate(
                 base, top
