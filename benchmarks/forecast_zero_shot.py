@@ -15,8 +15,9 @@ MASE (MAE over the in-sample seasonal-naive MAE of the history before the first 
 scaled quantile loss (mean pinball over p10/p50/p90 on the same scale); seasonal-naive's quantiles
 come from its own in-sample errors, AutoETS's from its 80% prediction interval (statsmodels
 ETSModel, the best of additive/multiplicative error, none/damped trend and none/additive/
-multiplicative season by AICc). The forecaster runs through ONNX Runtime on the same inputs the
-server makes (serving/processing/series.py).
+multiplicative season by AICc). The forecaster runs through ONNX Runtime in the server's own
+forecasting task (serving/tasks/forecasting.py): its network's forecast combined with
+seasonal-naive's by their errors on the history's last windows, as served; the network alone beside it.
 
 Writes benchmarks/results/forecast_zero_shot.{json,md}. Run: `python benchmarks/forecast_zero_shot.py`
 (after `make models` has built `energy-demand`).
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import machine_info, write_results
 from serving.manifest import load_manifest
-from serving.processing.series import FREQUENCIES, Frequency, series_features
+from serving.processing.series import FREQUENCIES, Frequency
 
 QUANTILES = np.array([0.1, 0.5, 0.9])
 ORIGINS = 3
@@ -186,26 +187,37 @@ def auto_ets(history: np.ndarray, period: int, horizon: int) -> np.ndarray:
 
 
 class Forecaster:
-    """The exported model through ONNX Runtime, fed as the server feeds it."""
+    """The exported model through ONNX Runtime, run by the server's own forecasting task
+    (serving/tasks/forecasting.py: the same features, and the same combination with seasonal-naive
+    by each one's error on the history's last windows); `combined=False` answers with the network's
+    forecast alone."""
 
     def __init__(self, folder: Path, variant: str | None) -> None:
         from serving.sessions import create_session
+        from serving.settings import Settings
+        from serving.tasks.forecasting import Forecasting
 
         self.manifest = load_manifest(folder)
         self.variant = variant or self.manifest.default_variant["cpu"]
         p = self.manifest.preprocessing
         if "frequencies" not in p:
             raise SystemExit(f"{folder}: built before forecasters served several frequencies; rebuild it")
-        self.context, self.max_horizon = int(p["window"]), int(p["horizon"])
+        self.max_horizon = int(p["horizon"])
         self.frequencies = list(p["frequencies"])
-        self.session, _ = create_session(folder / self.manifest.variants[self.variant].file, threads=1)
-        self.names = [i.name for i in self.session.get_inputs()]
+        session, _ = create_session(folder / self.manifest.variants[self.variant].file, threads=1)
+        self.task = Forecasting(folder, self.manifest, session, Settings())
+        self.windows = self.task.combine_windows
 
-    def __call__(self, history: np.ndarray, frequency: Frequency, horizon: int) -> np.ndarray:
-        h, o, lags, loc, scale = series_features(history, frequency, self.context, self.max_horizon)
-        feeds = dict(zip(("history", "observed", "lags"), (h[None], o[None], lags[None])))
-        (out,) = self.session.run(None, {n: feeds[n] for n in self.names})
-        return out[0, :horizon].astype(np.float64) * scale + loc
+    def __call__(
+        self, history: np.ndarray, frequency: Frequency, horizon: int, combined: bool = True
+    ) -> np.ndarray:
+        from serving.tasks.forecasting import ForecastRequest
+
+        self.task.combine_windows = self.windows if combined else 0
+        request = ForecastRequest(history=history.tolist(), horizon=horizon, frequency=frequency.name)
+        prepared = self.task.prepare(request)
+        answer = self.task.answer(request, prepared, self.task.run(self.task.items(prepared)))
+        return np.stack([answer["quantiles"][name] for name in self.task.quantile_names], axis=1)
 
 
 def evaluate(series: Series, forecaster: Forecaster, with_ets: bool) -> dict[str, Any] | None:
@@ -219,12 +231,17 @@ def evaluate(series: Series, forecaster: Forecaster, with_ets: bool) -> dict[str
     scale = float(np.abs(before[period:] - before[:-period]).mean()) if len(before) > period else 0.0
     if scale <= 0:
         scale = float(np.abs(np.diff(before)).mean()) or 1.0
-    methods: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"model": [], "seasonal_naive": []}
+    methods: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {
+        "model": [],
+        "network": [],
+        "seasonal_naive": [],
+    }
     if with_ets:
         methods["auto_ets"] = []
     for cut in cuts:
         history, truth = series.values[:cut], series.values[cut : cut + horizon]
         methods["model"].append((forecaster(history, frequency, horizon), truth))
+        methods["network"].append((forecaster(history, frequency, horizon, combined=False), truth))
         methods["seasonal_naive"].append((seasonal_naive(history, period, horizon), truth))
         if with_ets:
             methods["auto_ets"].append((auto_ets(history, period, horizon), truth))
@@ -262,8 +279,13 @@ def summary(rows: list[dict[str, Any]], method: str = "model") -> dict[str, Any]
 
 def markdown(report: dict[str, Any]) -> list[str]:
     with_ets = report["auto_ets"]
-    methods = ["model", "seasonal_naive"] + (["auto_ets"] if with_ets else [])
-    label = {"model": "forecaster", "seasonal_naive": "seasonal-naive", "auto_ets": "AutoETS"}
+    methods = ["model", "network", "seasonal_naive"] + (["auto_ets"] if with_ets else [])
+    label = {
+        "model": "forecaster (served)",
+        "network": "its network alone",
+        "seasonal_naive": "seasonal-naive",
+        "auto_ets": "AutoETS",
+    }
 
     def summary_table(title: str, groups: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         lines = [
@@ -285,7 +307,10 @@ def markdown(report: dict[str, Any]) -> list[str]:
         "# Zero-shot forecasting — `energy-demand` on series it never saw",
         "",
         f"Model `{report['model']}` variant `{report['variant']}`; {ORIGINS} origins per series, each "
-        "forecasting the frequency's usual horizon from the history before it. MASE and quantile loss "
+        "forecasting the frequency's usual horizon from the history before it. The forecaster as served "
+        "combines its network's forecast with seasonal-naive's, weighted by each one's error on the "
+        f"history's last {report.get('combine_windows', 0)} horizons (serving/processing/series.py "
+        "`combine`); its network alone is shown beside it. MASE and quantile loss "
         "are scaled by the in-sample seasonal-naive MAE; ratios are per series, then the geometric mean. "
         f"Generated by `benchmarks/forecast_zero_shot.py` in {report['seconds']:.0f} s.",
         "",
@@ -333,7 +358,7 @@ def main() -> None:
             rows.append(row)
         print(f"\r{i}/{len(series)} series", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    methods = ["model"] + (["auto_ets"] if not args.no_ets else [])
+    methods = ["model", "network"] + (["auto_ets"] if not args.no_ets else [])
     heldout = [r for r in rows if r["group"] != "real"]
 
     def by(key: str, subset: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -345,6 +370,7 @@ def main() -> None:
         "variant": forecaster.variant,
         "auto_ets": not args.no_ets,
         "origins": ORIGINS,
+        "combine_windows": forecaster.windows,
         "summary": {
             "held-out families": {m: summary(heldout, m) for m in methods},
             "real series": {m: summary([r for r in rows if r["group"] == "real"], m) for m in methods},

@@ -995,7 +995,7 @@ def generic(d: dict) -> list[str]:
 
 
 def forecast_zero_shot(d: dict) -> list[str]:
-    label = {"model": "forecaster", "auto_ets": "AutoETS"}
+    label = {"model": "forecaster (served)", "network": "its network alone", "auto_ets": "AutoETS"}
 
     def rows(groups: dict[str, dict[str, dict[str, Any]]]) -> list[list[str]]:
         return [
@@ -1026,7 +1026,13 @@ def forecast_zero_shot(d: dict) -> list[str]:
         f"{d['origins']} origins of each: real series bundled with statsmodels and sktime, and series "
         "from generator families the pretraining never used, at every frequency it serves; per-series "
         "ratios to seasonal-naive, then the geometric mean"
-        + (", with a per-series AutoETS beside it." if d["auto_ets"] else "."),
+        + (", with a per-series AutoETS beside it." if d["auto_ets"] else ".")
+        + (
+            f" As served, the network's forecast is combined with seasonal-naive's by each one's error "
+            f"on the history's last {d['combine_windows']} horizons; the network alone is shown too."
+            if d.get("combine_windows")
+            else ""
+        ),
         "",
         *table(header, rows(d["summary"]), ["l", "l"] + ["r"] * 5),
         "",
@@ -1046,9 +1052,11 @@ def transformer_fusion(d: dict) -> list[str]:
         "after onnxruntime.transformers' fusions (every fusion; all but Attention), static INT8 (the "
         f"served `{d['served_variant']}` variant's recipe) of each, and dynamic INT8 for reference (its "
         "ranges are measured per call, so a text's scores depend on its batch; the server does not use it). "
-        'The engines before ("denormals kept") run as ONNX Runtime does by default, computing the '
-        "denormals a padded batch's masked softmax makes; the others flush them to zero on every thread "
-        "that runs them, as the server does.",
+        'Engines with "denormals kept" run as ONNX Runtime does by default, computing the denormals a '
+        'padded batch\'s masked softmax makes; with "residual add + LayerNorm fused", ONNX Runtime fuses '
+        "each residual add and the LayerNormalization after it into SkipLayerNormalization (its default; "
+        "the server's CPU sessions keep the pair apart). The others flush denormals to zero on every "
+        "thread that runs them and keep the pair apart, as the server does.",
         "",
         *engines_table(d["engines"]),
         "",

@@ -268,3 +268,118 @@ def test_seasonal_profile_is_the_mean_of_every_season_in_the_context(name, lengt
     np.testing.assert_allclose(profile, expected, atol=1e-5)
     np.testing.assert_allclose(adjusted, expected + scaled[-p:].mean() - scaled.mean(), atol=1e-5)
     assert candidates(*tensors).shape == (1, 20, CANDIDATES)
+
+
+@pytest.mark.fast
+def test_combination_weighs_the_network_by_its_error_on_the_last_windows():
+    from serving.processing.series import combination_weight, validation_origins
+
+    daily = FREQUENCIES["daily"]
+    rng = np.random.default_rng(0)
+    values = 100 + 10 * np.sin(2 * np.pi * np.arange(120) / 7) + rng.normal(0, 1, 120)
+    origins = validation_origins(len(values), daily, 14)
+    assert origins == [106, 92, 78, 64]
+    truth = [values[o : o + 14] for o in origins]
+    naive = [values[o - 7 + np.arange(14) % 7] for o in origins]
+    assert combination_weight(values, origins, truth, daily, 14) == 1.0  # the network was right
+    assert combination_weight(values, origins, [t + 100 for t in truth], daily, 14) < 1e-4
+    # as far off as repeating the last week: half each
+    off = [t + np.abs(n - t).mean() for t, n in zip(truth, naive)]
+    assert combination_weight(values, origins, off, daily, 14) == pytest.approx(0.5, abs=0.02)
+    # a history too short to hold a window before its last horizon: the network alone
+    assert (
+        validation_origins(35, daily, 14) == [] and combination_weight(values[:35], [], [], daily, 14) == 1.0
+    )
+
+
+@pytest.mark.fast
+def test_seasonal_naive_quantiles_stay_ordered_on_a_trending_series():
+    from serving.processing.series import combine, seasonal_naive
+
+    levels = np.array([0.1, 0.5, 0.9])
+    trend = np.arange(60, dtype=float) * 3.0  # every seasonal error is +21: all of one sign
+    naive = seasonal_naive(trend, 7, 10, levels)
+    assert (naive[:, 0] <= naive[:, 1]).all() and (naive[:, 1] <= naive[:, 2]).all()
+    np.testing.assert_array_equal(naive[:, 1], trend[53 + np.arange(10) % 7])
+    network = np.stack([naive[:, 1] + d for d in (-5.0, 10.0, 20.0)], axis=1)
+    np.testing.assert_array_equal(combine(network, trend, FREQUENCIES["daily"], 1.0, levels), network)
+    np.testing.assert_allclose(combine(network, trend, FREQUENCIES["daily"], 0.0, levels), naive)
+    half = combine(network, trend, FREQUENCIES["daily"], 0.5, levels)
+    np.testing.assert_allclose(half, (network + naive) / 2)
+
+
+@pytest.mark.fast
+def test_served_forecast_follows_seasonal_naive_where_the_network_missed_the_season(tmp_path):
+    """A network that forecasts the recent level flat, on a series that repeats its week exactly:
+    on the history's last windows repeating the week had no error, so the served forecast is the
+    week repeated; with the combination off it is the network's flat line."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from serving.manifest import Manifest, Signature, TensorSpec, Variant
+    from serving.processing.series import manifest_frequencies
+    from serving.settings import Settings
+    from serving.tasks.forecasting import Forecasting, ForecastRequest
+
+    window, horizon = 64, 24
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["lags", "axes"], ["total"], keepdims=1),
+            helper.make_node("Mul", ["total", "zero"], ["flat"]),
+            helper.make_node("Add", ["flat", "spread"], ["quantiles"]),
+        ],
+        "flat",
+        [
+            helper.make_tensor_value_info("history", TensorProto.FLOAT, ["batch", window]),
+            helper.make_tensor_value_info("observed", TensorProto.FLOAT, ["batch", window]),
+            helper.make_tensor_value_info("lags", TensorProto.FLOAT, ["batch", horizon, LAG_FEATURES]),
+        ],
+        [helper.make_tensor_value_info("quantiles", TensorProto.FLOAT, ["batch", horizon, 3])],
+        [
+            numpy_helper.from_array(np.array([2], np.int64), "axes"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            numpy_helper.from_array(np.array([-1.0, 0.0, 1.0], np.float32), "spread"),
+        ],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+        tmp_path / "m.onnx",
+    )
+    manifest = Manifest(
+        name="flat",
+        version="1",
+        task="forecasting",
+        modality="series",
+        base_model="test",
+        labels=["p10", "p50", "p90"],
+        signature=Signature(
+            inputs=[TensorSpec(name="history", dtype="float32", shape=["batch", window])],
+            outputs=[TensorSpec(name="quantiles", dtype="float32", shape=["batch", horizon, 3])],
+        ),
+        preprocessing={
+            "kind": "series",
+            "window": window,
+            "horizon": horizon,
+            "quantiles": [0.1, 0.5, 0.9],
+            "frequency": "daily",
+            "frequencies": manifest_frequencies(),
+        },
+        variants={"fp32": Variant(file="m.onnx", precision="fp32")},
+        default_variant={"cpu": "fp32", "gpu": "fp32"},
+    )
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    task = Forecasting(tmp_path, manifest, session, Settings())
+    week = [50.0, 80.0, 95.0, 90.0, 85.0, 30.0, 20.0]
+    history = week * 12
+
+    def forecast() -> np.ndarray:
+        request = ForecastRequest(history=history, frequency="daily")
+        prepared = task.prepare(request)
+        return np.array(task.answer(request, prepared, task.run(task.items(prepared)))["forecast"])
+
+    served = forecast()
+    np.testing.assert_allclose(served, (week * 2)[:14], atol=1e-6)
+    task.combine_windows = 0
+    alone = forecast()
+    assert np.ptp(alone) < 1e-6 and not np.allclose(alone, served)

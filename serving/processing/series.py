@@ -246,3 +246,64 @@ def standardise(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     loc = windows.mean(axis=-1, keepdims=True)
     scale = np.maximum(windows.std(axis=-1, keepdims=True), 1e-6 * np.maximum(1.0, np.abs(loc)))
     return ((windows - loc) / scale).astype(np.float32), loc, scale
+
+
+# The served forecast combines the network's with seasonal-naive's, weighted by how each did on the
+# series' own most recent stretches: the network forecasts from the history before each of the last
+# COMBINE_WINDOWS horizons and is scored against what followed. The weights go as the inverse of each
+# one's error to the power COMBINE_POWER (Bates and Granger's inverse squared error, sharpened: a
+# network twice as accurate there keeps 94% of the weight, so a fine-tuned model that is better on
+# its own series is left nearly alone, while on a series where repeating the last season works the
+# forecast leans that way). Chosen by benchmarks/forecast_zero_shot.py and the energy-demand backtest.
+COMBINE_WINDOWS = 4
+COMBINE_POWER = 4
+
+
+def validation_origins(
+    n: int, frequency: Frequency, horizon: int, windows: int = COMBINE_WINDOWS
+) -> list[int]:
+    """The origins, `horizon` apart and the last `horizon` before the end of a history of `n`
+    points, whose history before them is at least the frequency's minimum."""
+    return [o for o in (n - k * horizon for k in range(1, windows + 1)) if o >= frequency.min_history]
+
+
+def seasonal_naive(values: np.ndarray, period: int, horizon: int, levels: np.ndarray) -> np.ndarray:
+    """(horizon, len(levels)): the last season repeated as the median, and for the other quantile
+    levels the same quantiles of its in-sample errors added to it (on their side of the median: a
+    trending series' errors may all have one sign)."""
+    point = values[len(values) - period + np.arange(horizon) % period]
+    errors = values[period:] - values[:-period]
+    offsets = np.quantile(errors, levels) if len(errors) else np.zeros(len(levels))
+    offsets = np.where(levels < 0.5, np.minimum(offsets, 0.0), np.maximum(offsets, 0.0))
+    offsets = np.where(np.isclose(levels, 0.5), 0.0, offsets)
+    return point[:, None] + offsets[None, :]
+
+
+def combination_weight(
+    values: np.ndarray, origins: list[int], medians: list[np.ndarray], frequency: Frequency, horizon: int
+) -> float:
+    """The network's weight in the served forecast: e_naive^k / (e_net^k + e_naive^k) with k =
+    COMBINE_POWER, e being each one's mean absolute error over the `horizon` steps after each origin
+    (`medians[k]`: the network's p50 from the history before `origins[k]`, in the series' units);
+    1 without origins."""
+    if not origins:
+        return 1.0
+    period = frequency.periods[0]
+    steps = np.arange(horizon)
+    net = np.mean([np.abs(m[:horizon] - values[o : o + horizon]).mean() for o, m in zip(origins, medians)])
+    naive = np.mean(
+        [np.abs(values[o - period + steps % period] - values[o : o + horizon]).mean() for o in origins]
+    )
+    total = net**COMBINE_POWER + naive**COMBINE_POWER
+    return float(naive**COMBINE_POWER / total) if total > 0 else 1.0
+
+
+def combine(
+    quantiles: np.ndarray, values: np.ndarray, frequency: Frequency, weight: float, levels: np.ndarray
+) -> np.ndarray:
+    """The served (horizon, quantiles): `weight` of the network's, the rest seasonal-naive's, level
+    by level."""
+    if weight >= 1.0:
+        return quantiles
+    naive = seasonal_naive(values, frequency.periods[0], len(quantiles), levels)
+    return weight * quantiles + (1.0 - weight) * naive

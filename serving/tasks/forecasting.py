@@ -21,12 +21,16 @@ from pydantic import Field, StrictInt, StrictStr
 from serving.errors import InputError
 from serving.manifest import Manifest
 from serving.processing.series import (
+    COMBINE_WINDOWS,
     Frequency,
     clean_history,
+    combination_weight,
+    combine,
     frequency_named,
     not_served,
     series_features,
     standardise,
+    validation_origins,
 )
 from serving.settings import Settings
 from serving.tasks.base import Answer, Option, Sample, ServingTask, TaskRequest
@@ -61,6 +65,12 @@ class SeriesInput:
     horizon: int
     interpolated: int
     frequency: str
+    # what the combination with seasonal-naive needs (serving/processing/series.py `combine`)
+    values: np.ndarray | None = None
+    spec: Frequency | None = None
+    origins: tuple[int, ...] = ()  # validation origins in `values`, each one row after `feeds`
+    checks: tuple[tuple[tuple[np.ndarray, ...], float, float], ...] = ()  # (feeds, loc, scale)
+    check_horizon: int = 0
 
 
 class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
@@ -94,6 +104,10 @@ class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
             name: frequency_named(name, self.frequency, listed) for name in listed
         }
         self.quantile_names = list(manifest.labels)
+        self.levels = np.asarray(p.get("quantiles") or [int(q[1:]) / 100 for q in self.quantile_names], float)
+        # absent from models built before it: they get the server's default
+        self.combine_windows = int(p.get("combine_windows", COMBINE_WINDOWS))
+        self.median = int(np.argmin(np.abs(self.levels - 0.5)))
         self.input_names = [i.name for i in session.get_inputs()]
 
     def describe(self) -> dict[str, Any]:
@@ -116,17 +130,40 @@ class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
         frequency = self.frequencies.get(key)
         if frequency is None:
             raise not_served(key, self.frequencies)
-        horizon = self._horizon(request.horizon, min(frequency.horizon, self.max_horizon))
+        usual = min(frequency.horizon, self.max_horizon)
+        horizon = self._horizon(request.horizon, usual)
+        # the window read, and before it room for the validation windows of the combination
         values, interpolated = clean_history(
-            request.history, self.window, self.max_gap, minimum=frequency.min_history, series=frequency.name
+            request.history,
+            self.window + self.combine_windows * usual,
+            self.max_gap,
+            minimum=frequency.min_history,
+            series=frequency.name,
         )
+        feeds, loc, scale = self._features(values, frequency)
+        origins = validation_origins(len(values), frequency, usual, self.combine_windows)
+        return SeriesInput(
+            feeds,
+            loc,
+            scale,
+            horizon,
+            interpolated,
+            frequency.name,
+            values=values,
+            spec=frequency,
+            origins=tuple(origins),
+            checks=tuple(self._features(values[:o], frequency) for o in origins),
+            check_horizon=usual,
+        )
+
+    def _features(
+        self, values: np.ndarray, frequency: Frequency
+    ) -> tuple[tuple[np.ndarray, ...], float, float]:
         history, observed, lags, loc, scale = series_features(
             values, frequency, self.window, self.max_horizon
         )
         feeds = {"history": history, "observed": observed, "lags": lags}
-        return SeriesInput(
-            tuple(feeds[name] for name in self.input_names), loc, scale, horizon, interpolated, frequency.name
-        )
+        return tuple(feeds[name] for name in self.input_names), loc, scale
 
     def _horizon(self, asked: int | None, default: int) -> int:
         horizon = default if asked is None else asked
@@ -147,7 +184,7 @@ class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
         return SeriesInput((window,), float(loc[0]), float(scale[0]), horizon, interpolated, self.frequency)
 
     def items(self, prepared: SeriesInput) -> list[tuple[np.ndarray, ...]]:
-        return [prepared.feeds]
+        return [prepared.feeds, *(feeds for feeds, _, _ in prepared.checks)]
 
     def run(self, items: list[tuple[np.ndarray, ...]]) -> list[np.ndarray]:
         feeds = {name: np.stack([item[i] for item in items]) for i, name in enumerate(self.input_names)}
@@ -158,6 +195,15 @@ class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
         self, request: ForecastRequest, prepared: SeriesInput, outputs: list[np.ndarray]
     ) -> dict[str, Any]:
         values = outputs[0][: prepared.horizon].astype(np.float64) * prepared.scale + prepared.loc
+        if prepared.spec is not None and prepared.values is not None:
+            medians = [
+                out[:, self.median].astype(np.float64) * s + loc
+                for out, (_, loc, s) in zip(outputs[1:], prepared.checks)
+            ]
+            weight = combination_weight(
+                prepared.values, list(prepared.origins), medians, prepared.spec, prepared.check_horizon
+            )
+            values = combine(values, prepared.values, prepared.spec, weight, self.levels)
         quantiles = {name: values[:, i].tolist() for i, name in enumerate(self.quantile_names)}
         median = quantiles.get("p50", values[:, len(self.quantile_names) // 2].tolist())
         return {
