@@ -216,3 +216,25 @@ def server(tiny_repository, tmp_path_factory):
     """`bentoml serve` on a free local port, serving the tiny repository (shared by the session)."""
     with start_server(tiny_repository, tmp_path_factory.mktemp("server")) as running:
         yield running.url
+
+
+def series_manifest(name: str, window: int, horizon: int, preprocessing: dict, **variants: str):
+    """A forecaster's manifest for a hand-made graph: `history` [batch, window] → `quantiles`
+    [batch, horizon, 3]; `variants`: precision → file (fp32 first; a GPU gets fp16 where listed)."""
+    from serving.manifest import Manifest, Signature, TensorSpec, Variant
+
+    return Manifest(
+        name=name,
+        version="1",
+        task="forecasting",
+        modality="series",
+        base_model="test",
+        labels=["p10", "p50", "p90"],
+        signature=Signature(
+            inputs=[TensorSpec(name="history", dtype="float32", shape=["batch", window])],
+            outputs=[TensorSpec(name="quantiles", dtype="float32", shape=["batch", horizon, 3])],
+        ),
+        preprocessing=preprocessing,
+        variants={p: Variant(file=f, precision=p) for p, f in variants.items()},
+        default_variant={"cpu": "fp32", "gpu": "fp16" if "fp16" in variants else "fp32"},
+    )

@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from serving import sessions
-from serving.manifest import Manifest, Signature, TensorSpec, Variant, load_manifest, write_manifest
+from serving.manifest import Signature, TensorSpec, load_manifest, write_manifest
 from serving.runtime import Runtime
 from serving.sessions import (
     CPU,
@@ -26,6 +26,7 @@ from serving.sessions import (
     trt_profile,
 )
 from serving.settings import Settings
+from tests.conftest import series_manifest
 from training.fp16 import FP16_FILE, convert_fp16, fp16_gate, fp16_variant
 from training.tasks.base import Task
 
@@ -377,23 +378,13 @@ def repository_with_fp16(root: Path) -> Path:
     model.ir_version = 8
     onnx.save(model, folder / "model.onnx")
     convert_fp16(folder / "model.onnx", folder / FP16_FILE)
-    manifest = Manifest(
-        name=folder.name,
-        version="1",
-        task="forecasting",
-        modality="series",
-        base_model="test",
-        labels=["p10", "p50", "p90"],
-        signature=Signature(
-            inputs=[TensorSpec(name="history", dtype="float32", shape=["batch", window])],
-            outputs=[TensorSpec(name="quantiles", dtype="float32", shape=["batch", horizon, 3])],
-        ),
-        preprocessing={"kind": "series", "window": window, "horizon": horizon, "max_gap": 3},
-        variants={
-            "fp32": Variant(file="model.onnx", precision="fp32"),
-            "fp16": Variant(file=FP16_FILE, precision="fp16"),
-        },
-        default_variant={"cpu": "fp32", "gpu": "fp16"},
+    manifest = series_manifest(
+        folder.name,
+        window,
+        horizon,
+        {"kind": "series", "window": window, "horizon": horizon, "max_gap": 3},
+        fp32="model.onnx",
+        fp16=FP16_FILE,
     )
     write_manifest(folder, manifest)
     load_manifest(folder, verify=True)

@@ -317,10 +317,10 @@ def test_served_forecast_follows_seasonal_naive_where_the_network_missed_the_sea
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from serving.manifest import Manifest, Signature, TensorSpec, Variant
     from serving.processing.series import manifest_frequencies
     from serving.settings import Settings
     from serving.tasks.forecasting import Forecasting, ForecastRequest
+    from tests.conftest import series_manifest
 
     window, horizon = 64, 24
     graph = helper.make_graph(
@@ -346,18 +346,11 @@ def test_served_forecast_follows_seasonal_naive_where_the_network_missed_the_sea
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
         tmp_path / "m.onnx",
     )
-    manifest = Manifest(
-        name="flat",
-        version="1",
-        task="forecasting",
-        modality="series",
-        base_model="test",
-        labels=["p10", "p50", "p90"],
-        signature=Signature(
-            inputs=[TensorSpec(name="history", dtype="float32", shape=["batch", window])],
-            outputs=[TensorSpec(name="quantiles", dtype="float32", shape=["batch", horizon, 3])],
-        ),
-        preprocessing={
+    manifest = series_manifest(
+        "flat",
+        window,
+        horizon,
+        {
             "kind": "series",
             "window": window,
             "horizon": horizon,
@@ -365,8 +358,7 @@ def test_served_forecast_follows_seasonal_naive_where_the_network_missed_the_sea
             "frequency": "daily",
             "frequencies": manifest_frequencies(),
         },
-        variants={"fp32": Variant(file="m.onnx", precision="fp32")},
-        default_variant={"cpu": "fp32", "gpu": "fp32"},
+        fp32="m.onnx",
     )
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     task = Forecasting(tmp_path, manifest, session, Settings())
