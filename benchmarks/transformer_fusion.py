@@ -9,7 +9,9 @@ On the same pre-tokenised batches of the recipe's own texts (batch 1/8/32), ONNX
 - static INT8 (QDQ, per-channel, MinMax calibration on the texts, the matrix products' outputs left
   float, attention's products of two activations in float: the served variant's recipe) of the
   exported graph and of each fused graph, and of the exported graph with attention quantised too;
-- the served INT8 with one of the server's session choices undone: denormals computed (not
+- the served INT8 with one of its choices undone: the matrix products by weights left as the
+  quantiser writes them (DequantizeLinear pairs, the bias added by a separate Add; training/quantise.py
+  fold_integer_matmuls makes each one MatMulIntegerToFloat with its bias), denormals computed (not
   flushed to zero) on the thread that calls it (serving/sessions.py denormals_flushed: the masked
   softmax of a padded batch makes them), or a residual add and the LayerNormalization after it
   fused into ONNX Runtime's SkipLayerNormalization (on by default; its CPU kernel is slower);
@@ -59,6 +61,7 @@ REQUANTISED = (
 )
 UNFLUSHED = "int8 static, denormals kept"
 SKIP_LN = "int8 static, residual add + LayerNorm fused"
+BIAS_APART = "int8 static, QDQ matrix products, bias added apart"
 ATTENTION = "int8 static, attention quantised"
 
 
@@ -124,6 +127,17 @@ def main() -> None:
                         float_outputs=FLOAT_OUTPUTS,
                     )
                     paths[ATTENTION] = work / "attention.onnx"
+                    quantise_static_int8(
+                        source,
+                        work / "bias-apart.onnx",
+                        calibration,
+                        symbolic_shapes=False,
+                        op_types=OP_TYPES,
+                        float_outputs=FLOAT_OUTPUTS,
+                        quantise_activation_products=TextClassificationTask.quantise_activation_products,
+                        integer_matmuls=False,
+                    )
+                    paths[BIAS_APART] = work / "bias-apart.onnx"
                     # the build's INT8 before: outputs requantised, attention quantised
                     quantise_static_int8(
                         source,
@@ -201,7 +215,7 @@ def main() -> None:
             and rate(base, top)
         ):
             ratios[f"{name} vs {base}, batch {top}"] = rate(name, top) / rate(base, top)
-    for base in (UNFLUSHED, SKIP_LN, REQUANTISED):
+    for base in (UNFLUSHED, SKIP_LN, BIAS_APART, REQUANTISED):
         if rate("int8 static", top) and rate(base, top):
             ratios[f"int8 static (served) vs {base}, batch {top}"] = rate("int8 static", top) / rate(
                 base, top

@@ -358,6 +358,7 @@ def test_attention_products_can_stay_float(tmp_path):
             op_types=["MatMul"],
             float_outputs=["MatMul"],  # as the text tasks do
             quantise_activation_products=quantise_products,
+            integer_matmuls=False,  # the QDQ pairs as the quantiser writes them
         )
         q = onnx.load(str(out))
         producers = {o: n.op_type for n in q.graph.node for o in n.output}
@@ -369,3 +370,60 @@ def test_attention_products_can_stay_float(tmp_path):
 
     assert dequantised_inputs(True) == {"dense": 2, "scores": 2}
     assert dequantised_inputs(False) == {"dense": 2, "scores": 0}
+
+
+def test_matrix_products_by_weights_become_integer_products_with_their_bias(tmp_path):
+    """A QDQ product by a constant weight whose output stays float, and the bias added after it,
+    become one MatMulIntegerToFloat; a product of two activations stays a MatMul; the answers are
+    those of the graph as the quantiser wrote it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="dense"),
+        helper.make_node("Add", ["h", "b"], ["hb"], name="bias"),
+        helper.make_node("Transpose", ["hb"], ["ht"], name="t", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["hb", "ht"], ["scores"], name="scores"),
+        helper.make_node("MatMul", ["scores", "hb"], ["mixed"], name="mix"),
+        helper.make_node("MatMul", ["mixed", "w2"], ["y"], name="out"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            numpy_helper.from_array(
+                rng.normal(0, 1, (8, 8)).astype(np.float32) * np.linspace(0.1, 2, 8).astype(np.float32), "w"
+            ),
+            numpy_helper.from_array(rng.normal(0, 1, 8).astype(np.float32), "b"),
+            numpy_helper.from_array(rng.normal(0, 1, (8, 3)).astype(np.float32), "w2"),
+        ],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+        tmp_path / "g.onnx",
+    )
+    calibration = [{"x": rng.normal(0, 1, (8, 4, 8)).astype(np.float32)}]
+
+    def quantised(fold: bool) -> Path:
+        return quantise_static_int8(
+            tmp_path / "g.onnx",
+            tmp_path / f"q-{fold}.onnx",
+            calibration,
+            op_types=["MatMul"],
+            float_outputs=["MatMul"],
+            quantise_activation_products=False,
+            integer_matmuls=fold,
+        )
+
+    folded, written = onnx.load(str(quantised(True))), quantised(False)
+    ops = [n.op_type for n in folded.graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 2 and ops.count("MatMul") == 2 and "Add" not in ops
+    dense = next(n for n in folded.graph.node if n.name == "dense_integer")
+    assert dense.input[-1] == "b" and dense.domain == "com.microsoft"
+    x = {"x": rng.normal(0, 1, (5, 4, 8)).astype(np.float32)}
+    cpu = ["CPUExecutionProvider"]
+    expected = ort.InferenceSession(str(written), providers=cpu).run(None, x)[0]
+    got = ort.InferenceSession(str(tmp_path / "q-True.onnx"), providers=cpu).run(None, x)[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
