@@ -375,7 +375,8 @@ def test_attention_products_can_stay_float(tmp_path):
 def test_matrix_products_by_weights_become_integer_products_with_their_bias(tmp_path):
     """A QDQ product by a constant weight whose output stays float, and the bias added after it,
     become one MatMulIntegerToFloat; a product of two activations stays a MatMul; the answers are
-    those of the graph as the quantiser wrote it."""
+    those of the graph as the quantiser wrote it, except that a float reader of the product's input
+    (a residual add) reads the float tensor instead of its rounded copy."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(7)
@@ -386,18 +387,23 @@ def test_matrix_products_by_weights_become_integer_products_with_their_bias(tmp_
         helper.make_node("MatMul", ["hb", "ht"], ["scores"], name="scores"),
         helper.make_node("MatMul", ["scores", "hb"], ["mixed"], name="mix"),
         helper.make_node("MatMul", ["mixed", "w2"], ["y"], name="out"),
+        helper.make_node("Add", ["x", "shift"], ["residual"], name="residual"),
     ]
     graph = helper.make_graph(
         nodes,
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("residual", TensorProto.FLOAT, None),
+        ],
         [
             numpy_helper.from_array(
                 rng.normal(0, 1, (8, 8)).astype(np.float32) * np.linspace(0.1, 2, 8).astype(np.float32), "w"
             ),
             numpy_helper.from_array(rng.normal(0, 1, 8).astype(np.float32), "b"),
             numpy_helper.from_array(rng.normal(0, 1, (8, 3)).astype(np.float32), "w2"),
+            numpy_helper.from_array(np.full((4, 8), 0.5, np.float32), "shift"),
         ],
     )
     onnx.save(
@@ -419,11 +425,16 @@ def test_matrix_products_by_weights_become_integer_products_with_their_bias(tmp_
 
     folded, written = onnx.load(str(quantised(True))), quantised(False)
     ops = [n.op_type for n in folded.graph.node]
-    assert ops.count("MatMulIntegerToFloat") == 2 and ops.count("MatMul") == 2 and "Add" not in ops
+    assert ops.count("MatMulIntegerToFloat") == 2 and ops.count("MatMul") == 2 and ops.count("Add") == 1
+    residual = next(n for n in folded.graph.node if n.op_type == "Add")
+    assert list(residual.input) == ["x", "shift"]
     dense = next(n for n in folded.graph.node if n.name == "dense_integer")
     assert dense.input[-1] == "b" and dense.domain == "com.microsoft"
     x = {"x": rng.normal(0, 1, (5, 4, 8)).astype(np.float32)}
     cpu = ["CPUExecutionProvider"]
-    expected = ort.InferenceSession(str(written), providers=cpu).run(None, x)[0]
-    got = ort.InferenceSession(str(tmp_path / "q-True.onnx"), providers=cpu).run(None, x)[0]
+    expected, rounded = ort.InferenceSession(str(written), providers=cpu).run(None, x)
+    got, exact = ort.InferenceSession(str(tmp_path / "q-True.onnx"), providers=cpu).run(None, x)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    reference = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=cpu).run(None, x)[1]
+    np.testing.assert_allclose(exact, reference, atol=1e-6)
+    assert np.abs(rounded - reference).max() > 1e-3  # what reading the rounded copy cost
