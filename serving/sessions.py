@@ -203,6 +203,11 @@ class _Fenv:
         except (OSError, AttributeError):
             return False
 
+    def save(self) -> Any:
+        """The calling thread's environment (None where `fegetenv` failed)."""
+        saved = (ctypes.c_uint8 * _FENV_BYTES)()
+        return saved if self.libm.fegetenv(saved) == 0 else None
+
     def flush(self) -> Any:
         """Set flush-to-zero and denormals-are-zero; the environment to restore, or None where both
         were already on (or `fegetenv` failed)."""
@@ -243,9 +248,29 @@ def denormals_flushed() -> Iterator[bool]:
             _FENV.libm.fesetenv(saved)
 
 
+@contextlib.contextmanager
+def fenv_kept() -> Iterator[None]:
+    """The calling thread's floating-point environment restored after the block. ONNX Runtime sets
+    flush-to-zero and denormals-are-zero on the thread that opens the process's first session when
+    its options ask for them on the pool threads (`session.set_denormal_as_zero`), and leaves them
+    there: in the server's main thread, a test runner's or a notebook's, where arithmetic must stay
+    IEEE."""
+    saved = _FENV.save() if _FENV.check() else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            _FENV.libm.fesetenv(saved)
+
+
 class CpuSession(ort.InferenceSession):
     """An `InferenceSession` whose `run` flushes denormals on the calling thread while it runs
-    (`denormals_flushed`)."""
+    (`denormals_flushed`); opening it leaves the opening thread's floating-point state as it was
+    (`fenv_kept`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        with fenv_kept():
+            super().__init__(*args, **kwargs)
 
     def run(
         self,
@@ -369,7 +394,10 @@ def create_session(
                 cache_dir.mkdir(parents=True, exist_ok=True)
                 chain = provider_chain(provider, cache_dir, cuda_device, fp16, trt_profile)
                 started = time.perf_counter()
-                with _quiet_probe() if not known_good else contextlib.nullcontext(io.StringIO()) as said:
+                with (
+                    _quiet_probe() if not known_good else contextlib.nullcontext(io.StringIO()) as said,
+                    fenv_kept(),
+                ):
                     session = ort.InferenceSession(
                         str(model_path),
                         sess_options=session_options(threads, cpu_arena, fuse_skip_layernorm=True),
