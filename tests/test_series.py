@@ -372,6 +372,12 @@ def test_served_forecast_follows_seasonal_naive_where_the_network_missed_the_sea
 
     served = forecast()
     np.testing.assert_allclose(served, (week * 2)[:14], atol=1e-6)
+    # a long gap before the window, where only the combination reads: the window alone is read
+    gappy = week * 30
+    gappy[100:106] = [None] * 6
+    request = ForecastRequest(history=gappy, frequency="daily")
+    prepared = task.prepare(request)
+    assert len(prepared.values) == window and prepared.interpolated == 0
     task.combine_windows = 0
     alone = forecast()
     assert np.ptp(alone) < 1e-6 and not np.allclose(alone, served)

@@ -23,6 +23,7 @@ from serving.manifest import Manifest
 from serving.processing.series import (
     COMBINE_WINDOWS,
     Frequency,
+    SeriesError,
     clean_history,
     combination_weight,
     combine,
@@ -132,14 +133,24 @@ class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
             raise not_served(key, self.frequencies)
         usual = min(frequency.horizon, self.max_horizon)
         horizon = self._horizon(request.horizon, usual)
-        # the window read, and before it room for the validation windows of the combination
-        values, interpolated = clean_history(
-            request.history,
-            self.window + self.combine_windows * usual,
-            self.max_gap,
-            minimum=frequency.min_history,
-            series=frequency.name,
-        )
+        # the window read, and before it room for the validation windows of the combination; a
+        # history that cannot be read that far back (a long gap there) is read as far as the window
+        try:
+            values, interpolated = clean_history(
+                request.history,
+                self.window + self.combine_windows * usual,
+                self.max_gap,
+                minimum=frequency.min_history,
+                series=frequency.name,
+            )
+        except SeriesError:
+            values, interpolated = clean_history(
+                request.history,
+                self.window,
+                self.max_gap,
+                minimum=frequency.min_history,
+                series=frequency.name,
+            )
         feeds, loc, scale = self._features(values, frequency)
         origins = validation_origins(len(values), frequency, usual, self.combine_windows)
         return SeriesInput(
