@@ -306,6 +306,8 @@ def test_seasonal_naive_quantiles_stay_ordered_on_a_trending_series():
     np.testing.assert_allclose(combine(network, trend, FREQUENCIES["daily"], 0.0, levels), naive)
     half = combine(network, trend, FREQUENCIES["daily"], 0.5, levels)
     np.testing.assert_allclose(half, (network + naive) / 2)
+    # shorter than one season (a manifest may list such a frequency): nothing to repeat
+    np.testing.assert_array_equal(combine(network, trend[:5], FREQUENCIES["daily"], 0.0, levels), network)
 
 
 @pytest.mark.fast

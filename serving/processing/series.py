@@ -263,8 +263,9 @@ def validation_origins(
     n: int, frequency: Frequency, horizon: int, windows: int = COMBINE_WINDOWS
 ) -> list[int]:
     """The origins, `horizon` apart and the last `horizon` before the end of a history of `n`
-    points, whose history before them is at least the frequency's minimum."""
-    return [o for o in (n - k * horizon for k in range(1, windows + 1)) if o >= frequency.min_history]
+    points, whose history before them is at least the frequency's minimum and one season."""
+    least = max(frequency.min_history, frequency.periods[0])  # seasonal-naive needs a season before it
+    return [o for o in (n - k * horizon for k in range(1, windows + 1)) if o >= least]
 
 
 def seasonal_naive(values: np.ndarray, period: int, horizon: int, levels: np.ndarray) -> np.ndarray:
@@ -303,7 +304,7 @@ def combine(
 ) -> np.ndarray:
     """The served (horizon, quantiles): `weight` of the network's, the rest seasonal-naive's, level
     by level."""
-    if weight >= 1.0:
+    if weight >= 1.0 or len(values) < frequency.periods[0]:  # no season to repeat
         return quantiles
     naive = seasonal_naive(values, frequency.periods[0], len(quantiles), levels)
     return weight * quantiles + (1.0 - weight) * naive
