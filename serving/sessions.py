@@ -211,8 +211,8 @@ class _Fenv:
     def flush(self) -> Any:
         """Set flush-to-zero and denormals-are-zero; the environment to restore, or None where both
         were already on (or `fegetenv` failed)."""
-        saved = (ctypes.c_uint8 * _FENV_BYTES)()
-        if self.libm.fegetenv(saved) != 0:
+        saved = self.save()
+        if saved is None:
             return None
         mxcsr = int.from_bytes(bytes(saved[_MXCSR_OFFSET:]), "little")
         flushed = mxcsr | _FLUSH_TO_ZERO | _DENORMALS_ARE_ZERO

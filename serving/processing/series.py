@@ -268,11 +268,16 @@ def validation_origins(
     return [o for o in (n - k * horizon for k in range(1, windows + 1)) if o >= least]
 
 
+def repeat_season(values: np.ndarray, period: int, horizon: int) -> np.ndarray:
+    """(horizon,): the last `period` values repeated (at least one season of `values`)."""
+    return values[len(values) - period + np.arange(horizon) % period]
+
+
 def seasonal_naive(values: np.ndarray, period: int, horizon: int, levels: np.ndarray) -> np.ndarray:
     """(horizon, len(levels)): the last season repeated as the median, and for the other quantile
     levels the same quantiles of its in-sample errors added to it (on their side of the median: a
     trending series' errors may all have one sign)."""
-    point = values[len(values) - period + np.arange(horizon) % period]
+    point = repeat_season(values, period, horizon)
     errors = values[period:] - values[:-period]
     offsets = np.quantile(errors, levels) if len(errors) else np.zeros(len(levels))
     offsets = np.where(levels < 0.5, np.minimum(offsets, 0.0), np.maximum(offsets, 0.0))
@@ -290,10 +295,9 @@ def combination_weight(
     if not origins:
         return 1.0
     period = frequency.periods[0]
-    steps = np.arange(horizon)
     net = np.mean([np.abs(m[:horizon] - values[o : o + horizon]).mean() for o, m in zip(origins, medians)])
     naive = np.mean(
-        [np.abs(values[o - period + steps % period] - values[o : o + horizon]).mean() for o in origins]
+        [np.abs(repeat_season(values[:o], period, horizon) - values[o : o + horizon]).mean() for o in origins]
     )
     total = net**COMBINE_POWER + naive**COMBINE_POWER
     return float(naive**COMBINE_POWER / total) if total > 0 else 1.0

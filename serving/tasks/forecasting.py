@@ -66,12 +66,11 @@ class SeriesInput:
     horizon: int
     interpolated: int
     frequency: str
-    # what the combination with seasonal-naive needs (serving/processing/series.py `combine`)
+    # what the combination with seasonal-naive needs (serving/processing/series.py `combine`);
+    # None for fixed-window models
     values: np.ndarray | None = None
-    spec: Frequency | None = None
     origins: tuple[int, ...] = ()  # validation origins in `values`, each one row after `feeds`
     checks: tuple[tuple[tuple[np.ndarray, ...], float, float], ...] = ()  # (feeds, loc, scale)
-    check_horizon: int = 0
 
 
 class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
@@ -161,10 +160,8 @@ class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
             interpolated,
             frequency.name,
             values=values,
-            spec=frequency,
             origins=tuple(origins),
             checks=tuple(self._features(values[:o], frequency) for o in origins),
-            check_horizon=usual,
         )
 
     def _features(
@@ -206,15 +203,15 @@ class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
         self, request: ForecastRequest, prepared: SeriesInput, outputs: list[np.ndarray]
     ) -> dict[str, Any]:
         values = outputs[0][: prepared.horizon].astype(np.float64) * prepared.scale + prepared.loc
-        if prepared.spec is not None and prepared.values is not None:
+        if prepared.values is not None:
+            frequency = self.frequencies[prepared.frequency]
             medians = [
                 out[:, self.median].astype(np.float64) * s + loc
                 for out, (_, loc, s) in zip(outputs[1:], prepared.checks)
             ]
-            weight = combination_weight(
-                prepared.values, list(prepared.origins), medians, prepared.spec, prepared.check_horizon
-            )
-            values = combine(values, prepared.values, prepared.spec, weight, self.levels)
+            usual = min(frequency.horizon, self.max_horizon)
+            weight = combination_weight(prepared.values, list(prepared.origins), medians, frequency, usual)
+            values = combine(values, prepared.values, frequency, weight, self.levels)
         quantiles = {name: values[:, i].tolist() for i, name in enumerate(self.quantile_names)}
         median = quantiles.get("p50", values[:, len(self.quantile_names) // 2].tolist())
         return {
