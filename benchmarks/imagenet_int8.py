@@ -13,9 +13,11 @@ photos drawn with another seed, so no calibration image is among them. For each 
 
 Variants: the graph as exported before padding was constant (the padding arithmetic quantised with
 the rest, no bias correction: the old build); MinMax without bias correction; MinMax with the
-convolutions' biases corrected for their weights' rounding; the build (that, with the recipe's
-`quantise.float_layers` left in float); entropy and percentile calibration; the first convolution
-and the classifier left in float, and the stem with the first three stages in float.
+convolutions' biases corrected for their weights' rounding; the recipe's `quantise.float_layers`
+left in float, with the weights rounded to nearest, then rounded to the data (GPTQ), then with the
+recipe's activation ranges (the build); the last two's weights alone, activations in float; entropy
+and percentile calibration; the first convolution and the classifier left in float, and the stem
+with the first three stages in float.
 Writes benchmarks/results/imagenet_int8.{json,md}.
 Run: `python benchmarks/imagenet_int8.py` (after `make models` has built `imagenet`).
 """
@@ -48,10 +50,13 @@ from training.quantise import (
     _Calibration,
     _int8_per_channel,
     _prepared,
+    conv_input_statistics,
     correct_conv_bias,
     nodes_named,
     quantise_static_int8,
+    round_to_data,
     shape_arithmetic,
+    weighted_convs,
 )
 
 CONFIDENT = 0.3
@@ -140,6 +145,31 @@ def weight_sensitivity(fp32: Path, images: np.ndarray, work: Path, top: int = 6)
     return sorted(rows, key=lambda r: r["snr_db"])[:top]
 
 
+def rounded_weights_graph(
+    fp32: Path, out: Path, calibration: list[dict[str, np.ndarray]], float_layers: list[str], to_data: bool
+) -> Path:
+    """The fp32 graph with only its convolutions' weights rounded as the build rounds them (to the
+    data, or each to its nearest INT8 value) and their biases corrected; activations stay float: how
+    much of INT8's noise the weights alone make."""
+    from onnx import numpy_helper
+
+    with _prepared(fp32, symbolic_shapes=True) as prepared:
+        graph = onnx.load(str(prepared))
+    excluded = set(nodes_named(graph, float_layers))
+    convs = weighted_convs(graph, excluded)
+    means, moments = conv_input_statistics(graph, calibration, convs, hessians=to_data)
+    weights = {i.name: i for i in graph.graph.initializer}
+    rounded = {}
+    for node in convs:
+        w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float64)
+        rounded[node.input[1]] = round_to_data(w, moments[node.name]) if to_data else _int8_per_channel(w)
+    correct_conv_bias(graph, calibration, excluded, rounded, means)
+    for name, values in rounded.items():
+        weights[name].CopyFrom(numpy_helper.from_array(values.astype(np.float32), name))
+    onnx.save(graph, str(out))
+    return out
+
+
 def snr(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(20 * np.log10(np.linalg.norm(reference) / max(np.linalg.norm(reference - candidate), 1e-12)))
 
@@ -148,7 +178,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repository", type=Path, default=ROOT / "exported")
     ap.add_argument("--calibration", type=int, default=240, help="calibration crops (the recipe's size)")
-    ap.add_argument("--held-out", type=int, default=400, help="held-out crops")
+    ap.add_argument("--held-out", type=int, default=1000, help="held-out crops")
     ap.add_argument("--seconds", type=float, default=2.0, help="timing per engine and batch size")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -179,12 +209,31 @@ def main() -> None:
         )
         add("MinMax, no bias correction", fp32, "constant padding only", correct_bias=False)
         add("MinMax + bias correction, every layer INT8", fp32, "bias correction")
-        float_layers = manifest.recipe["quantise"].get("float_layers", [])
-        built = quantise_static_int8(fp32, work / "built.onnx", calibration, float_layers=float_layers)
-        variants["the build"] = (
-            built,
-            "the recipe's layers in float: " + (", ".join(float_layers) or "none"),
-        )
+        recipe = manifest.recipe["quantise"]
+        float_layers = recipe.get("float_layers", [])
+        method = recipe.get("calibration_method", "minmax")
+        in_float = "the recipe's layers in float: " + (", ".join(float_layers) or "none")
+        for name, why, options in (
+            ("layers in float, nearest weights", in_float, {"round_weights_to_data": False}),
+            (
+                "+ weights rounded to the data",
+                "each convolution's weights rounded for the least output error (GPTQ)",
+                {"calibration_method": "minmax"},
+            ),
+            ("the build", f"+ activation ranges: {method}", {"calibration_method": method}),
+        ):
+            print(f"quantising: {name}", flush=True)
+            path = quantise_static_int8(
+                fp32, work / f"{len(variants)}.onnx", calibration, float_layers=float_layers, **options
+            )
+            variants[name] = (path, why)
+        for name, to_data in (("weights only, nearest", False), ("weights only, rounded to the data", True)):
+            variants[name] = (
+                rounded_weights_graph(
+                    fp32, work / f"{len(variants)}.onnx", calibration, float_layers, to_data
+                ),
+                "activations float: " + ("the build's weights" if to_data else "weights rounded to nearest"),
+            )
         add(
             "entropy",
             fp32,

@@ -39,6 +39,11 @@ def test_recipe_rejects_unknown_fields_and_bad_values():
     dynamic = {**data["quantise"], "mode": "dynamic", "float_layers": ["head."]}
     with pytest.raises(ValidationError, match="float_layers applies to mode: static only"):
         Recipe.model_validate({**data, "quantise": dynamic})
+    ranges = {**data["quantise"], "mode": "dynamic", "calibration_method": "least-error"}
+    with pytest.raises(ValidationError, match="calibration_method applies to mode: static only"):
+        Recipe.model_validate({**data, "quantise": ranges})
+    with pytest.raises(ValidationError, match="calibration_method"):
+        Recipe.model_validate({**data, "quantise": {**data["quantise"], "calibration_method": "mse"}})
     with pytest.raises(RecipeError, match="known recipes"):
         load_recipe("no-such-recipe")
 

@@ -438,3 +438,146 @@ def test_matrix_products_by_weights_become_integer_products_with_their_bias(tmp_
     reference = ort.InferenceSession(str(tmp_path / "g.onnx"), providers=cpu).run(None, x)[1]
     np.testing.assert_allclose(exact, reference, atol=1e-6)
     assert np.abs(rounded - reference).max() > 1e-3  # what reading the rounded copy cost
+
+
+def _conv_node(group: int, **attributes) -> onnx.NodeProto:
+    return onnx.helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", group=group, **attributes)
+
+
+@pytest.mark.parametrize(
+    "group, attributes",
+    [
+        (1, {"pads": [0, 0, 1, 1], "strides": [2, 2]}),  # TF-"same" at stride 2: asymmetric padding
+        (4, {"pads": [1, 1, 1, 1]}),  # depthwise
+        (2, {"dilations": [2, 2], "pads": [2, 1, 2, 1]}),  # grouped, dilated
+    ],
+)
+def test_conv_windows_times_the_weights_are_the_convolution(group, attributes):
+    from onnx import helper, numpy_helper
+
+    from training.quantise import conv_patches
+
+    rng = np.random.default_rng(group)
+    weights = rng.normal(0, 1, (4, 4 // group, 3, 3)).astype(np.float32)
+    x = rng.normal(0, 1, (2, 4, 9, 9)).astype(np.float32)
+    node = _conv_node(group, **attributes)
+    model = helper.make_model(
+        helper.make_graph(
+            [node],
+            "conv",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.zeros(4, np.float32), "b")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=8,
+    )
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )[0]
+    patches = conv_patches(x, node, (3, 3))  # (groups, windows, in/group·9)
+    rows = weights.reshape(group, 4 // group, -1)
+    product = np.matmul(patches, rows.transpose(0, 2, 1))  # (groups, b·oh·ow, out/group)
+    b, oh, ow = y.shape[0], y.shape[2], y.shape[3]
+    expected = product.reshape(group, b, oh, ow, 4 // group).transpose(1, 0, 4, 2, 3).reshape(y.shape)
+    np.testing.assert_allclose(expected, y, atol=1e-4)
+
+
+@pytest.mark.parametrize("group", [1, 8])
+def test_weights_rounded_to_the_data_reach_the_output_with_less_error(group):
+    from training.quantise import _int8_per_channel, round_to_data
+
+    rng = np.random.default_rng(0)
+    n = 8 // group * 9
+    mix = rng.normal(0, 1, (group, n, n))  # correlated inputs, as neighbouring pixels are
+    x = np.matmul(rng.normal(0, 1, (group, 4000, n)), mix)
+    moment = np.matmul(x.transpose(0, 2, 1), x)
+    weights = rng.normal(0, 0.1, (8, 8 // group, 3, 3))
+    weights[:, :, 1, 1] *= 30  # a large centre tap: the others round coarsely
+    rounded = round_to_data(weights, moment)
+
+    scale = np.abs(weights.reshape(8, -1)).max(1) / 127
+    steps = rounded.reshape(8, -1) / scale[:, None]
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-6)  # on the quantiser's grid
+    assert np.abs(steps).max() <= 127 + 1e-9
+
+    def output_error(w: np.ndarray) -> float:
+        delta = (w - weights).reshape(group, 8 // group, -1)
+        return float(np.linalg.norm(np.matmul(x, delta.transpose(0, 2, 1))))
+
+    nearest = _int8_per_channel(weights)
+    assert output_error(rounded) < 0.8 * output_error(nearest), (output_error(rounded), output_error(nearest))
+
+
+def test_least_error_ranges_clip_long_tails_and_keep_zero():
+    from training.quantise import least_error_range
+
+    rng = np.random.default_rng(0)
+
+    def error(values: np.ndarray, lo: float, hi: float) -> float:
+        step = (hi - lo) / 255
+        zero = np.round(-lo / step)
+        return float(np.mean(((np.clip(np.round(values / step) + zero, 0, 255) - zero) * step - values) ** 2))
+
+    tail = rng.exponential(1, 200_000)  # a long tail: MinMax's step is set by a few values
+    lo, hi = least_error_range(*np.histogram(tail, bins=2048), zeros=0)
+    assert lo == 0 and hi < 0.95 * tail.max()
+    assert error(tail, lo, hi) < 0.9 * error(tail, 0, tail.max())
+    spread = rng.uniform(-3, 5, 100_000)  # no tail: the extremes stay
+    lo, hi = least_error_range(*np.histogram(spread, bins=2048), zeros=0)
+    assert lo == pytest.approx(-3, abs=0.05) and hi == pytest.approx(5, abs=0.05)
+    lo, hi = least_error_range(*np.histogram(rng.uniform(1, 2, 1000), bins=64), zeros=0)
+    assert lo <= 0 <= hi  # ranges always hold 0: zero padding and ReLU's zeros are exact
+
+
+@pytest.mark.parametrize("method", ["least-error", "minmax"])
+def test_static_int8_places_the_data_rounded_weights(tmp_path, method):
+    from onnx import numpy_helper
+
+    from training.quantise import (
+        _prepared,
+        conv_input_statistics,
+        round_to_data,
+        weighted_convs,
+    )
+
+    rng = np.random.default_rng(0)
+    weights = rng.normal(0, 0.1, (8, 8, 3, 3)).astype(np.float32)
+    weights[:, :, 1, 1] *= 30
+    onnx.save(_conv_graph(weights, np.zeros(8, np.float32), 1), tmp_path / "conv.onnx")
+    smooth = rng.uniform(0, 6, (64, 8, 1, 1)) + rng.normal(0, 0.3, (64, 8, 8, 8))  # correlated pixels
+    calibration = [{"x": smooth[i : i + 16].astype(np.float32)} for i in range(0, 64, 16)]
+
+    def quantised(to_data: bool) -> onnx.ModelProto:
+        out = tmp_path / f"q{to_data}.onnx"
+        quantise_static_int8(
+            tmp_path / "conv.onnx",
+            out,
+            calibration,
+            round_weights_to_data=to_data,
+            calibration_method=method,
+            integer_matmuls=False,
+        )
+        return onnx.load(str(out))
+
+    model = quantised(True)
+    tensors = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    with _prepared(tmp_path / "conv.onnx", symbolic_shapes=True) as prepared:
+        graph = onnx.load(str(prepared))
+    node = weighted_convs(graph)[0]
+    _, moments = conv_input_statistics(graph, calibration, [node], hessians=True)
+    expected = round_to_data(weights.astype(np.float64), moments["conv"])
+    placed = tensors["w_quantized"] * tensors["w_scale"].reshape(-1, 1, 1, 1)
+    np.testing.assert_allclose(placed, expected, rtol=1e-6, atol=1e-7)
+
+    x = calibration[0]["x"]
+
+    def error(m: onnx.ModelProto) -> float:
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        reference = ort.InferenceSession(
+            _conv_graph(weights, np.zeros(8, np.float32), 1).SerializeToString(),
+            providers=["CPUExecutionProvider"],
+        )
+        return float(np.linalg.norm(session.run(None, {"x": x})[0] - reference.run(None, {"x": x})[0]))
+
+    assert error(model) < error(quantised(False))

@@ -457,6 +457,7 @@ def quantise_and_gate(
             op_types=task.quantise_op_types,
             float_outputs=task.quantise_float_outputs,
             float_layers=q.float_layers,
+            calibration_method=q.calibration_method,
             quantise_activation_products=task.quantise_activation_products,
         )
     int8 = onnx_runner(int8_path)

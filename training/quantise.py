@@ -8,6 +8,7 @@ import tempfile
 import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -86,30 +87,53 @@ def _int8_per_channel(weights: np.ndarray) -> np.ndarray:
     return (np.round(rows / scale).clip(-127, 127) * scale).reshape(weights.shape)
 
 
-def correct_conv_bias(
-    model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], excluded: Collection[str] = ()
-) -> int:
-    """Bias correction (Nagel et al., "Data-Free Quantization", 2019, with measured input means):
-    rounding a convolution's weights W to INT8 changes its output by ΔW·x, whose mean over the data,
-    ΔW·E[x], is a per-channel shift that the layers after it amplify (on imagenet, the first depthwise
-    convolution's rounding alone took the logits to 17 dB SNR; corrected, 31 dB). Each convolution's
-    bias is lowered by that shift, with E[x] the mean of its input over the calibration inputs, so
-    the quantised layer's output keeps fp32's mean. The `excluded` nodes stay in float, so their
-    biases are left as they are. Edits `model` in place; returns how many biases it corrected."""
-    from onnx import helper, numpy_helper
+def _attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
+
+def weighted_convs(model: onnx.ModelProto, excluded: Collection[str] = ()) -> list[onnx.NodeProto]:
+    """The 2-D convolutions whose weights are constants, except the `excluded` nodes (those stay float)."""
     weights = {i.name: i for i in model.graph.initializer}
-    convs = [
+    return [
         n
         for n in model.graph.node
         if n.op_type == "Conv"
         and n.name not in excluded
-        and len(n.input) > 2
         and n.input[1] in weights
-        and n.input[2] in weights
+        and len(weights[n.input[1]].dims) == 4
     ]
-    if not convs:
-        return 0
+
+
+def conv_patches(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, int]) -> np.ndarray:
+    """The windows a 2-D convolution of `kernel` size multiplies its weights with, (groups, windows,
+    in/group·kh·kw), in the order of the weights' flattened rows."""
+    b, c, _, _ = x.shape
+    group = _attribute(node, "group", 1)
+    kh, kw = kernel
+    top, left, bottom, right = _attribute(node, "pads", [0, 0, 0, 0])
+    sh, sw = _attribute(node, "strides", [1, 1])
+    dh, dw = _attribute(node, "dilations", [1, 1])
+    if _attribute(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise ValueError(f"{node.name}: auto_pad is not supported here")
+    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    windows = np.lib.stride_tricks.sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]  # (b, c, oh, ow, kh, kw)
+    oh, ow = windows.shape[2:4]
+    windows = windows.reshape(b, group, c // group, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
+    return windows.reshape(group, b * oh * ow, (c // group) * kh * kw)
+
+
+def conv_input_statistics(
+    model: onnx.ModelProto,
+    calibration: list[dict[str, np.ndarray]],
+    convs: list[onnx.NodeProto],
+    hessians: bool,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Over the calibration inputs: the mean of each convolution's input per channel (by input name),
+    and, with `hessians`, each convolution's second moment of its windows Σ x·xᵀ per group
+    (groups, n, n) (by node name): how much each weight's error reaches the output."""
+    from onnx import helper
+
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     outputs = {o.name for o in probe.graph.output}
@@ -120,24 +144,186 @@ def correct_conv_bias(
 
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
+    dims = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    kernels = {n.name: dims[n.input[1]][2:] for n in convs}
     totals: dict[str, np.ndarray] = {}
+    moments: dict[str, np.ndarray] = {}
     count = 0
     for feeds in calibration:
-        for name, value in zip(names, session.run(None, feeds)):
+        values = dict(zip(names, session.run(None, feeds)))
+        for node in convs:
+            value = values[node.input[0]]
+            if hessians:
+                # a few images at a time, so that their windows stay within ~128 MB
+                size = int(np.prod(kernels[node.name])) * value[:1].size
+                step = max(1, 32_000_000 // max(size, 1))
+                for start in range(0, len(value), step):
+                    patches = conv_patches(value[start : start + step], node, kernels[node.name])
+                    # float32 products (a float64 product of float32 windows is ten times slower), summed in float64
+                    product = np.matmul(patches.transpose(0, 2, 1), patches).astype(np.float64)
+                    moments[node.name] = moments[node.name] + product if node.name in moments else product
+        for name, value in values.items():
             if value.ndim >= 3:  # a convolution's input: (batch, channels, spatial...)
                 axes = (0, *range(2, value.ndim))
                 totals[name] = totals.get(name, 0) + value.mean(axes, dtype=np.float64) * value.shape[0]
         count += next(iter(feeds.values())).shape[0]
+    return {name: total / count for name, total in totals.items()}, moments
+
+
+def round_to_data(weights: np.ndarray, moment: np.ndarray, damping: float = 0.01) -> np.ndarray:
+    """A convolution's weights (out, in/group, kh, kw) on the INT8 grid the quantiser uses (per output
+    channel, symmetric, scale max|w|/127), rounded so that the output error on the calibration data,
+    ΔW·x, is least rather than each weight's own: one input column at a time, the rounding error of
+    the column is spread over the columns not yet rounded through the inverse of the windows' second
+    moment `moment` (groups, n, n) (GPTQ: Frantar et al., 2023). Returns the rounded weights in float."""
+    out = weights.shape[0]
+    group = moment.shape[0]
+    rows = weights.reshape(group, out // group, -1).astype(np.float64)
+    scale = np.abs(weights.reshape(out, -1)).max(1) / 127
+    scale[scale == 0] = 1
+    scale = scale.reshape(group, out // group)
+    n = rows.shape[2]
+    h = moment.astype(np.float64, copy=True)
+    diagonal = h[:, np.arange(n), np.arange(n)]
+    dead = diagonal == 0  # inputs that are always zero: their weights never matter
+    h[:, np.arange(n), np.arange(n)] += damping * diagonal.mean(1, keepdims=True) + dead
+    upper = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)
+    rounded = np.empty_like(rows)
+    for i in range(n):
+        column = rows[:, :, i]
+        q = np.clip(np.round(column / scale), -127, 127) * scale
+        error = (column - q) / upper[:, i, i][:, None]
+        rows[:, :, i:] -= error[:, :, None] * upper[:, None, i, i:]
+        rounded[:, :, i] = q
+    return rounded.reshape(weights.shape)
+
+
+def correct_conv_bias(
+    model: onnx.ModelProto,
+    calibration: list[dict[str, np.ndarray]],
+    excluded: Collection[str] = (),
+    rounded: dict[str, np.ndarray] | None = None,
+    means: dict[str, np.ndarray] | None = None,
+) -> int:
+    """Bias correction (Nagel et al., "Data-Free Quantization", 2019, with measured input means):
+    rounding a convolution's weights W to INT8 changes its output by ΔW·x, whose mean over the data,
+    ΔW·E[x], is a per-channel shift that the layers after it amplify (on imagenet, the first depthwise
+    convolution's rounding alone took the logits to 17 dB SNR; corrected, 31 dB). Each convolution's
+    bias is lowered by that shift, with E[x] the mean of its input over the calibration inputs, so
+    the quantised layer's output keeps fp32's mean. The `excluded` nodes stay in float, so their
+    biases are left as they are. `rounded` gives the rounded weights by name where they are not the
+    nearest INT8 values, `means` the input means when they are already measured. Edits `model` in
+    place; returns how many biases it corrected."""
+    from onnx import numpy_helper
+
+    weights = {i.name: i for i in model.graph.initializer}
+    convs = [n for n in weighted_convs(model, excluded) if len(n.input) > 2 and n.input[2] in weights]
+    if not convs:
+        return 0
+    if means is None:
+        means, _ = conv_input_statistics(model, calibration, convs, hessians=False)
+    rounded = rounded or {}
     for node in convs:
         w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float64)
-        mean = totals[node.input[0]] / count
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        shift = (_int8_per_channel(w) - w).reshape(w.shape[0], w.shape[1], -1).sum(-1)  # (out, in / group)
+        mean = means[node.input[0]]
+        group = _attribute(node, "group", 1)
+        q = rounded.get(node.input[1])
+        delta = (_int8_per_channel(w) if q is None else q) - w
+        shift = delta.reshape(w.shape[0], w.shape[1], -1).sum(-1)  # (out, in / group)
         per_group = mean.reshape(group, -1)[np.arange(w.shape[0]) // (w.shape[0] // group)]
         bias = numpy_helper.to_array(weights[node.input[2]]).astype(np.float64)
         corrected = (bias - (shift * per_group).sum(1)).astype(np.float32)
         weights[node.input[2]].CopyFrom(numpy_helper.from_array(corrected, node.input[2]))
     return len(convs)
+
+
+def place_rounded_weights(model: onnx.ModelProto, rounded: dict[str, np.ndarray]) -> int:
+    """In place: the INT8 weights of a QDQ graph (`<name>_quantized`, beside its `<name>_scale`) set to
+    `rounded` (weights by name, in float, on the grid of those scales); returns how many."""
+    from onnx import numpy_helper
+
+    tensors = {i.name: i for i in model.graph.initializer}
+    placed = 0
+    for name, values in rounded.items():
+        integers, scales = tensors.get(f"{name}_quantized"), tensors.get(f"{name}_scale")
+        if integers is None or scales is None:
+            continue
+        scale = numpy_helper.to_array(scales).astype(np.float64).reshape(-1, *[1] * (values.ndim - 1))
+        q = np.clip(np.round(values / scale), -127, 127).astype(np.int8)
+        integers.CopyFrom(numpy_helper.from_array(q, integers.name))
+        placed += 1
+    return placed
+
+
+def _probe(model: onnx.ModelProto, tensors: Collection[str]) -> Any:
+    """A session of `model` that also answers the given intermediate tensors."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output}
+    for name in dict.fromkeys(tensors):
+        if name not in outputs:
+            probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def least_error_range(
+    counts: np.ndarray, edges: np.ndarray, zeros: int, levels: int = 256
+) -> tuple[float, float]:
+    """The range [lo, hi] (0 inside it) of an asymmetric `levels`-step quantiser with the least mean
+    squared error over a histogram of values (`zeros` of them exactly 0, which 0 always represents):
+    values inside are rounded (error step²/12 each), values outside are clipped to the range's ends.
+    Searched over each end shrunk towards 0 from the histogram's extremes."""
+    centres = (edges[:-1] + edges[1:]) / 2
+    counts = counts.astype(np.float64)
+    low, high = min(float(edges[0]), 0.0), max(float(edges[-1]), 0.0)
+    shrink = np.linspace(0.2, 1.0, 81)
+    los = low * shrink if low < 0 else np.zeros(1)
+    his = high * shrink if high > 0 else np.zeros(1)
+    lo, hi = los[:, None, None], his[None, :, None]
+    step = np.maximum(hi - lo, 1e-12) / (levels - 1)
+    x, c = centres[None, None, :], counts[None, None, :]
+    clipped = np.where(x > hi, (x - hi) ** 2, 0) + np.where(x < lo, (lo - x) ** 2, 0)
+    inside = ((x >= lo) & (x <= hi)) * c
+    error = (c * clipped).sum(-1) + step[..., 0] ** 2 / 12 * np.maximum(inside.sum(-1) - zeros, 0)
+    i, j = np.unravel_index(np.argmin(error), error.shape)
+    return float(los[i]), float(his[j])
+
+
+def activation_ranges(
+    model: onnx.ModelProto,
+    calibration: list[dict[str, np.ndarray]],
+    tensors: Collection[str],
+    bins: int = 2048,
+) -> dict[str, tuple[float, float]]:
+    """Each of the `tensors`' quantisation range with the least squared rounding and clipping error over
+    the calibration inputs (`least_error_range`): the extremes of a few outliers no longer set the
+    step for every other value, as MinMax's do. Two passes: the extremes, then a histogram between
+    them (of at most about a million values of each tensor per batch)."""
+    session = _probe(model, tensors)
+    names = [o.name for o in session.get_outputs()]
+    wanted = set(tensors)
+    extremes: dict[str, tuple[float, float]] = {}
+    for feeds in calibration:
+        for name, value in zip(names, session.run(None, feeds)):
+            if name in wanted and value.size and value.dtype == np.float32:
+                lo, hi = float(value.min()), float(value.max())
+                old = extremes.get(name, (lo, hi))
+                extremes[name] = (min(lo, old[0]), max(hi, old[1]))
+    histograms: dict[str, list[Any]] = {}
+    for feeds in calibration:
+        for name, value in zip(names, session.run(None, feeds)):
+            if name not in extremes:
+                continue
+            lo, hi = extremes[name]
+            sample = value.ravel()[:: max(1, value.size // 1_000_000)]
+            counts, edges = np.histogram(sample, bins=bins, range=(lo, hi if hi > lo else lo + 1))
+            entry = histograms.setdefault(name, [0, edges, 0])
+            entry[0] = entry[0] + counts
+            entry[2] += int(np.count_nonzero(sample == 0))
+    return {name: least_error_range(*histograms[name]) for name in histograms}
 
 
 class _Calibration(CalibrationDataReader):
@@ -170,6 +356,16 @@ def activation_products(model: onnx.ModelProto) -> list[str]:
     ]
 
 
+# how activation ranges are read from the calibration inputs: their extremes, the 99.999th percentile
+# of their magnitudes (a few outliers no longer widen the range for every other value), or the range
+# that keeps the distribution's entropy; "least-error" (`activation_ranges`) is the project's own
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "percentile": CalibrationMethod.Percentile,
+    "entropy": CalibrationMethod.Entropy,
+}
+
+
 def quantise_static_int8(
     fp32_path: Path,
     out_path: Path,
@@ -181,6 +377,8 @@ def quantise_static_int8(
     float_layers: Collection[str] = (),
     quantise_activation_products: bool = True,
     integer_matmuls: bool = True,
+    round_weights_to_data: bool = True,
+    calibration_method: str = "minmax",
 ) -> Path:
     """Static INT8 in QDQ format, per-channel weights, activation ranges from calibration inputs
     (MinMax over what the server would feed). The ranges are fixed in the graph, so an input's
@@ -192,7 +390,9 @@ def quantise_static_int8(
     `float_layers` (`nodes_named`) stay in float, and so do the products of two activations
     (`activation_products`) unless `quantise_activation_products`. Matrix products by weights whose
     output stays float become MatMulIntegerToFloat nodes with their bias (`fold_integer_matmuls`;
-    not with `integer_matmuls=False`)."""
+    not with `integer_matmuls=False`). Convolutions' weights are rounded for the least output error
+    on the calibration inputs (`round_to_data`), not each to its nearest INT8 value (with
+    `round_weights_to_data=False`)."""
     out_path = Path(out_path).resolve()
     with _prepared(fp32_path, symbolic_shapes=symbolic_shapes) as prepared:
         graph = onnx.load(str(prepared))
@@ -202,8 +402,32 @@ def quantise_static_int8(
         excluded = shape_arithmetic(graph) + in_float
         if not quantise_activation_products:
             excluded += activation_products(graph)
-        if correct_bias and correct_conv_bias(graph, calibration, set(excluded)):
-            onnx.save(graph, str(prepared))
+        convs = weighted_convs(graph, set(excluded)) if op_types is None or "Conv" in op_types else []
+        rounded: dict[str, np.ndarray] = {}
+        if convs and (correct_bias or round_weights_to_data):
+            from onnx import numpy_helper
+
+            means, moments = conv_input_statistics(graph, calibration, convs, hessians=round_weights_to_data)
+            weights = {i.name: i for i in graph.graph.initializer}
+            for node in convs if round_weights_to_data else ():
+                w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float64)
+                rounded[node.input[1]] = round_to_data(w, moments[node.name])
+            if correct_bias and correct_conv_bias(graph, calibration, set(excluded), rounded, means):
+                onnx.save(graph, str(prepared))
+        options: dict[str, Any] = {}
+        if float_outputs:
+            options["OpTypesToExcludeOutputQuantization"] = float_outputs
+        if calibration_method == "least-error":
+            shapes = {o for n in graph.graph.node if n.name in set(shape_arithmetic(graph)) for o in n.output}
+            floats = [
+                v.name
+                for v in [*graph.graph.input, *graph.graph.value_info]
+                if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and v.name not in shapes
+            ]
+            ranges = activation_ranges(graph, calibration, floats)
+            options["TensorQuantOverrides"] = {
+                name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for name, (lo, hi) in ranges.items()
+            }
         quantize_static(
             str(prepared),
             str(out_path),
@@ -212,14 +436,16 @@ def quantise_static_int8(
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=CALIBRATION_METHODS.get(calibration_method, CalibrationMethod.MinMax),
             op_types_to_quantize=op_types,
             nodes_to_exclude=excluded,
-            extra_options={"OpTypesToExcludeOutputQuantization": float_outputs} if float_outputs else None,
+            extra_options=options or None,
         )
-    if integer_matmuls:
+    if integer_matmuls or rounded:
         quantised = onnx.load(str(out_path))
-        if fold_integer_matmuls(quantised):
+        changed = place_rounded_weights(quantised, rounded) if rounded else 0
+        changed += fold_integer_matmuls(quantised) if integer_matmuls else 0
+        if changed:
             onnx.save(quantised, str(out_path))
     return out_path
 

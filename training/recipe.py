@@ -90,6 +90,12 @@ class QuantiseConfig(_Strict):
         False, description="serve INT8 only if it is also faster than fp32 on this machine"
     )
     calibration_size: int = Field(256, ge=1)
+    calibration_method: Literal["minmax", "percentile", "entropy", "least-error"] = Field(
+        "minmax",
+        description="static mode: how activation ranges are read from the calibration inputs: their "
+        "extremes; the 99.999th percentile; ONNX Runtime's entropy method; or, per tensor, the range "
+        "with the least squared rounding and clipping error (training/quantise.py activation_ranges)",
+    )
     float_layers: list[str] = Field(
         default_factory=list,
         description="static mode: layers left in float, named by a fragment of their weights' names "
@@ -100,6 +106,10 @@ class QuantiseConfig(_Strict):
     def _float_layers_need_static(self) -> QuantiseConfig:
         if self.float_layers and self.mode != "static":
             raise ValueError(f"float_layers applies to mode: static only (this recipe's mode is {self.mode})")
+        if self.calibration_method != "minmax" and self.mode != "static":
+            raise ValueError(
+                f"calibration_method applies to mode: static only (this recipe's mode is {self.mode})"
+            )
         return self
 
 
