@@ -581,3 +581,29 @@ def test_static_int8_places_the_data_rounded_weights(tmp_path, method):
         return float(np.linalg.norm(session.run(None, {"x": x})[0] - reference.run(None, {"x": x})[0]))
 
     assert error(model) < error(quantised(False))
+
+
+def test_convolutions_padded_by_auto_pad_keep_nearest_rounding(tmp_path):
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = rng.normal(0, 1, (4, 4, 3, 3)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", auto_pad="SAME_UPPER")
+    model = helper.make_model(
+        helper.make_graph(
+            [node],
+            "conv",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 4, 8, 8])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.zeros(4, np.float32), "b")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+        ir_version=8,
+    )
+    onnx.save(model, tmp_path / "same.onnx")
+    calibration = [{"x": rng.uniform(0, 6, (8, 4, 8, 8)).astype(np.float32)}]
+    out = onnx.load(str(quantise_static_int8(tmp_path / "same.onnx", tmp_path / "q.onnx", calibration)))
+    tensors = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    scale = np.abs(weights.reshape(4, -1)).max(1) / 127
+    nearest = np.round(weights / scale.reshape(-1, 1, 1, 1))
+    np.testing.assert_array_equal(tensors["w_quantized"], nearest)

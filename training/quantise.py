@@ -113,14 +113,26 @@ def conv_patches(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, int]) -
     top, left, bottom, right = _attribute(node, "pads", [0, 0, 0, 0])
     sh, sw = _attribute(node, "strides", [1, 1])
     dh, dw = _attribute(node, "dilations", [1, 1])
-    if _attribute(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-        raise ValueError(f"{node.name}: auto_pad is not supported here")
     x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     windows = np.lib.stride_tricks.sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
     windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]  # (b, c, oh, ow, kh, kw)
     oh, ow = windows.shape[2:4]
     windows = windows.reshape(b, group, c // group, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
     return windows.reshape(group, b * oh * ow, (c // group) * kh * kw)
+
+
+def _probe(model: onnx.ModelProto, tensors: Collection[str]) -> Any:
+    """A session of `model` that also answers the given intermediate tensors."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output}
+    for name in dict.fromkeys(tensors):
+        if name not in outputs:
+            probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def conv_input_statistics(
@@ -131,18 +143,9 @@ def conv_input_statistics(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Over the calibration inputs: the mean of each convolution's input per channel (by input name),
     and, with `hessians`, each convolution's second moment of its windows Σ x·xᵀ per group
-    (groups, n, n) (by node name): how much each weight's error reaches the output."""
-    from onnx import helper
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    outputs = {o.name for o in probe.graph.output}
-    for name in dict.fromkeys(n.input[0] for n in convs):
-        if name not in outputs:
-            probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    (groups, n, n) (by node name; none for a convolution padded by auto_pad): how much each weight's
+    error reaches the output."""
+    session = _probe(model, [n.input[0] for n in convs])
     names = [o.name for o in session.get_outputs()]
     dims = {i.name: tuple(i.dims) for i in model.graph.initializer}
     kernels = {n.name: dims[n.input[1]][2:] for n in convs}
@@ -153,8 +156,8 @@ def conv_input_statistics(
         values = dict(zip(names, session.run(None, feeds)))
         for node in convs:
             value = values[node.input[0]]
-            if hessians:
-                # a few images at a time, so that their windows stay within ~128 MB
+            if hessians and _attribute(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"):
+                # (padding given by auto_pad is left to the nearest rounding); a few images at a time, so that their windows stay within ~128 MB
                 size = int(np.prod(kernels[node.name])) * value[:1].size
                 step = max(1, 32_000_000 // max(size, 1))
                 for start in range(0, len(value), step):
@@ -253,20 +256,6 @@ def place_rounded_weights(model: onnx.ModelProto, rounded: dict[str, np.ndarray]
         integers.CopyFrom(numpy_helper.from_array(q, integers.name))
         placed += 1
     return placed
-
-
-def _probe(model: onnx.ModelProto, tensors: Collection[str]) -> Any:
-    """A session of `model` that also answers the given intermediate tensors."""
-    import onnxruntime as ort
-    from onnx import helper
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    outputs = {o.name for o in probe.graph.output}
-    for name in dict.fromkeys(tensors):
-        if name not in outputs:
-            probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    return ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def least_error_range(
@@ -410,6 +399,8 @@ def quantise_static_int8(
             means, moments = conv_input_statistics(graph, calibration, convs, hessians=round_weights_to_data)
             weights = {i.name: i for i in graph.graph.initializer}
             for node in convs if round_weights_to_data else ():
+                if node.name not in moments:
+                    continue
                 w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float64)
                 rounded[node.input[1]] = round_to_data(w, moments[node.name])
             if correct_bias and correct_conv_bias(graph, calibration, set(excluded), rounded, means):
