@@ -1073,6 +1073,7 @@ def imagenet_int8(d: dict) -> list[str]:
         speed.setdefault(r["engine"], []).append(r)
     small, large = speed["fp32"][0]["batch"], speed["fp32"][-1]["batch"]
     base = speed["fp32"][-1]["img_per_s"]
+    built = d["quality"].get("the build", d["quality"]["fp32"])["agreement"]
     rows = [
         [
             name,
@@ -1097,8 +1098,8 @@ def imagenet_int8(d: dict) -> list[str]:
         f"threads. {d['held_out']} held-out photo crops; {d['confident']} of them have an fp32 top-1 "
         f'probability ≥ {d["confident_threshold"]} ("confident"). Calibration: {d["calibration"]} crops '
         f"drawn with the recipe's seed. Served CPU variant: `{d['served_variant']}`. One crop is "
-        f"{100 / d['held_out']:.2f} points of agreement; near 97% the 95% interval of a measured "
-        f"agreement is ±{196 * (0.97 * 0.03 / d['held_out']) ** 0.5:.1f} points.",
+        f"{100 / d['held_out']:.2f} points of agreement, and the standard error of the build's agreement "
+        f"from the sample is ±{100 * (abs(built * (1 - built)) / d['held_out']) ** 0.5:.1f} points.",
         "",
         *table(header, rows, ["l", "l"] + ["r"] * 7),
         "",
