@@ -607,3 +607,13 @@ def test_convolutions_padded_by_auto_pad_keep_nearest_rounding(tmp_path):
     scale = np.abs(weights.reshape(4, -1)).max(1) / 127
     nearest = np.round(weights / scale.reshape(-1, 1, 1, 1))
     np.testing.assert_array_equal(tensors["w_quantized"], nearest)
+
+
+def test_an_unknown_calibration_method_is_named(tmp_path):
+    rng = np.random.default_rng(0)
+    onnx.save(
+        _conv_graph(rng.normal(0, 1, (4, 4, 3, 3)).astype(np.float32), np.zeros(4, np.float32), 1),
+        tmp_path / "c.onnx",
+    )
+    with pytest.raises(ValueError, match="unknown calibration_method 'mse'; known: minmax, percentile"):
+        quantise_static_int8(tmp_path / "c.onnx", tmp_path / "q.onnx", [], calibration_method="mse")

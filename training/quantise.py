@@ -157,7 +157,8 @@ def conv_input_statistics(
         for node in convs:
             value = values[node.input[0]]
             if hessians and _attribute(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"):
-                # (padding given by auto_pad is left to the nearest rounding); a few images at a time, so that their windows stay within ~128 MB
+                # (convolutions padded by auto_pad keep nearest rounding); a few images at a time, so
+                # that their windows stay within ~128 MB
                 size = int(np.prod(kernels[node.name])) * value[:1].size
                 step = max(1, 32_000_000 // max(size, 1))
                 for start in range(0, len(value), step):
@@ -382,6 +383,9 @@ def quantise_static_int8(
     not with `integer_matmuls=False`). Convolutions' weights are rounded for the least output error
     on the calibration inputs (`round_to_data`), not each to its nearest INT8 value (with
     `round_weights_to_data=False`)."""
+    if calibration_method not in (*CALIBRATION_METHODS, "least-error"):
+        known = ", ".join([*CALIBRATION_METHODS, "least-error"])
+        raise ValueError(f"unknown calibration_method {calibration_method!r}; known: {known}")
     out_path = Path(out_path).resolve()
     with _prepared(fp32_path, symbolic_shapes=symbolic_shapes) as prepared:
         graph = onnx.load(str(prepared))
@@ -409,7 +413,8 @@ def quantise_static_int8(
         if float_outputs:
             options["OpTypesToExcludeOutputQuantization"] = float_outputs
         if calibration_method == "least-error":
-            shapes = {o for n in graph.graph.node if n.name in set(shape_arithmetic(graph)) for o in n.output}
+            arithmetic = set(shape_arithmetic(graph))
+            shapes = {o for n in graph.graph.node if n.name in arithmetic for o in n.output}
             floats = [
                 v.name
                 for v in [*graph.graph.input, *graph.graph.value_info]
@@ -427,6 +432,7 @@ def quantise_static_int8(
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            # least-error's ranges override the calibrated ones for every float tensor it measured
             calibrate_method=CALIBRATION_METHODS.get(calibration_method, CalibrationMethod.MinMax),
             op_types_to_quantize=op_types,
             nodes_to_exclude=excluded,
