@@ -15,9 +15,9 @@ Variants: the graph as exported before padding was constant (the padding arithme
 the rest, no bias correction: the old build); MinMax without bias correction; MinMax with the
 convolutions' biases corrected for their weights' rounding; the recipe's `quantise.float_layers`
 left in float, with the weights rounded to nearest, then rounded to the data (GPTQ), then with the
-recipe's activation ranges (the build); the last two's weights alone, activations in float; entropy
-and percentile calibration; the first convolution and the classifier left in float, and the stem
-with the first three stages in float.
+recipe's activation ranges, then with each convolution's output mean matched to fp32's (the build);
+the weights of the first two alone, activations in float; entropy and percentile calibration; the
+first convolution and the classifier left in float, and the stem with the first three stages in float.
 Writes benchmarks/results/imagenet_int8.{json,md}.
 Run: `python benchmarks/imagenet_int8.py` (after `make models` has built `imagenet`).
 """
@@ -214,13 +214,26 @@ def main() -> None:
         method = recipe.get("calibration_method", "minmax")
         in_float = "the recipe's layers in float: " + (", ".join(float_layers) or "none")
         for name, why, options in (
-            ("layers in float, nearest weights", in_float, {"round_weights_to_data": False}),
+            (
+                "layers in float, nearest weights",
+                in_float,
+                {"round_weights_to_data": False, "match_means": False},
+            ),
             (
                 "+ weights rounded to the data",
                 "each convolution's weights rounded for the least output error (GPTQ)",
-                {"calibration_method": "minmax"},
+                {"calibration_method": "minmax", "match_means": False},
             ),
-            ("the build", f"+ activation ranges: {method}", {"calibration_method": method}),
+            (
+                "+ activation ranges",
+                f"activation ranges: {method}",
+                {"calibration_method": method, "match_means": False},
+            ),
+            (
+                "the build",
+                "+ each convolution's quantised output keeps fp32's mean per channel",
+                {"calibration_method": method},
+            ),
         ):
             print(f"quantising: {name}", flush=True)
             path = quantise_static_int8(

@@ -617,3 +617,61 @@ def test_an_unknown_calibration_method_is_named(tmp_path):
     )
     with pytest.raises(ValueError, match="unknown calibration_method 'mse'; known: minmax, percentile"):
         quantise_static_int8(tmp_path / "c.onnx", tmp_path / "q.onnx", [], calibration_method="mse")
+
+
+def _two_conv_graph(first: np.ndarray, second: np.ndarray) -> onnx.ModelProto:
+    """conv → ReLU6 → conv, unpadded, biases zero."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="first"),
+        helper.make_node("Clip", ["h", "lo", "hi"], ["r"], name="relu6"),
+        helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="second"),
+    ]
+    constants = {
+        "w1": first,
+        "b1": np.zeros(first.shape[0], np.float32),
+        "w2": second,
+        "b2": np.zeros(second.shape[0], np.float32),
+        "lo": np.array(0, np.float32),
+        "hi": np.array(6, np.float32),
+    }
+    graph = helper.make_graph(
+        nodes,
+        "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", first.shape[1], 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in constants.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_output_means_match_fp32_after_the_activations_are_rounded(tmp_path):
+    from training.quantise import channel_means, match_output_means
+
+    rng = np.random.default_rng(0)
+    first = rng.normal(0, 0.3, (8, 4, 3, 3)).astype(np.float32)
+    second = rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32)
+    reference = _two_conv_graph(first, second)
+    onnx.save(reference, tmp_path / "two.onnx")
+    # a long tail: least-error clips it, and the clipping shifts the means
+    calibration = [{"x": rng.exponential(1.0, (16, 4, 12, 12)).astype(np.float32)} for _ in range(4)]
+
+    def quantised(match: bool) -> onnx.ModelProto:
+        out = tmp_path / f"q{match}.onnx"
+        quantise_static_int8(
+            tmp_path / "two.onnx", out, calibration, calibration_method="least-error", match_means=match
+        )
+        return onnx.load(str(out))
+
+    def shift(model: onnx.ModelProto) -> float:
+        return float(np.abs(channel_means(model, calibration, ["y"])["y"] - targets["y"]).max())
+
+    targets = channel_means(reference, calibration, ["y"])
+    unmatched = quantised(False)
+    before = shift(unmatched)
+    assert before > 1e-3  # rounding and clipping the activations did shift the means
+    matched = quantised(True)
+    assert shift(matched) < 0.2 * before, (shift(matched), before)
+    assert match_output_means(unmatched, reference, calibration) == 2  # both convolutions' biases
+    assert shift(unmatched) < 0.2 * before

@@ -121,13 +121,16 @@ def conv_patches(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, int]) -
     return windows.reshape(group, b * oh * ow, (c // group) * kh * kw)
 
 
-def _probe(model: onnx.ModelProto, tensors: Collection[str]) -> Any:
-    """A session of `model` that also answers the given intermediate tensors."""
+def _probe(model: onnx.ModelProto, tensors: Collection[str], only: bool = False) -> Any:
+    """A session of `model` that also answers the given intermediate tensors (`only` them: ONNX
+    Runtime then leaves out the nodes they do not need)."""
     import onnxruntime as ort
     from onnx import helper
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
+    if only:
+        del probe.graph.output[:]
     outputs = {o.name for o in probe.graph.output}
     for name in dict.fromkeys(tensors):
         if name not in outputs:
@@ -239,6 +242,77 @@ def correct_conv_bias(
         corrected = (bias - (shift * per_group).sum(1)).astype(np.float32)
         weights[node.input[2]].CopyFrom(numpy_helper.from_array(corrected, node.input[2]))
     return len(convs)
+
+
+def channel_means(
+    model: onnx.ModelProto, calibration: list[dict[str, np.ndarray]], tensors: Collection[str]
+) -> dict[str, np.ndarray]:
+    """The mean of each of `tensors` (batch, channels, ...) per channel over the calibration inputs."""
+    session = _probe(model, tensors, only=True)
+    names = [o.name for o in session.get_outputs()]
+    totals: dict[str, np.ndarray] = {}
+    count = 0
+    for feeds in calibration:
+        for name, value in zip(names, session.run(None, feeds)):
+            axes = (0, *range(2, value.ndim))
+            totals[name] = totals.get(name, 0) + value.mean(axes, dtype=np.float64) * value.shape[0]
+        count += next(iter(feeds.values())).shape[0]
+    return {name: total / count for name, total in totals.items()}
+
+
+def match_output_means(
+    quantised: onnx.ModelProto, reference: onnx.ModelProto, calibration: list[dict[str, np.ndarray]]
+) -> int:
+    """Empirical bias correction: in place, each quantised convolution's INT32 bias is moved so that
+    what the next layer reads — the convolution's output after its QuantizeLinear/DequantizeLinear
+    pair, which also holds the activation it absorbed (ReLU6's Clip becomes the pair's range) — keeps
+    the per-channel mean of the same tensor in the float `reference` over the calibration inputs.
+    `correct_conv_bias` removes the shift that the weights' rounding makes; this one also removes the
+    shifts of rounding and clipping the activations, which no formula gives. One convolution at a
+    time in graph order, each measured with the ones before it corrected (corrected all at once, each
+    one would also take out the shift its inputs carry, which the corrections before it already
+    remove). Returns how many biases it moved."""
+    from onnx import numpy_helper
+
+    tensors = {i.name: i for i in quantised.graph.initializer}
+    producer = {o: n for n in quantised.graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in quantised.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def after(name: str, op_type: str) -> str | None:
+        return next((n.output[0] for n in readers.get(name, []) if n.op_type == op_type), None)
+
+    known = {o for n in reference.graph.node for o in n.output}
+    layers: list[
+        tuple[str, str, onnx.TensorProto, onnx.TensorProto]
+    ] = []  # (output, what is read, bias, scale)
+    for node in quantised.graph.node:
+        bias = producer.get(node.input[2]) if node.op_type == "Conv" and len(node.input) > 2 else None
+        if bias is None or bias.op_type != "DequantizeLinear":
+            continue
+        integers, scales = tensors.get(bias.input[0]), tensors.get(bias.input[1])
+        if integers is None or scales is None or integers.data_type != onnx.TensorProto.INT32:
+            continue
+        quantise = after(node.output[0], "QuantizeLinear")
+        read = (after(quantise, "DequantizeLinear") if quantise else None) or node.output[0]
+        # the float graph's name: the convolution's, or the pair's where the convolution makes a graph output
+        name = next((n for n in (node.output[0], read) if n in known), None)
+        if name is not None:
+            layers.append((name, read, integers, scales))
+    if not layers:
+        return 0
+    targets = channel_means(reference, calibration, [out for out, *_ in layers])
+    for out, read, integers, scales in layers:
+        shift = channel_means(quantised, calibration, [read])[read] - targets[out]
+        step = numpy_helper.to_array(scales).astype(np.float64)
+        moved = numpy_helper.to_array(integers).astype(np.int64) - np.round(shift / step).astype(np.int64)
+        limit = np.iinfo(np.int32)
+        integers.CopyFrom(
+            numpy_helper.from_array(np.clip(moved, limit.min, limit.max).astype(np.int32), integers.name)
+        )
+    return len(layers)
 
 
 def place_rounded_weights(model: onnx.ModelProto, rounded: dict[str, np.ndarray]) -> int:
@@ -369,6 +443,7 @@ def quantise_static_int8(
     integer_matmuls: bool = True,
     round_weights_to_data: bool = True,
     calibration_method: str = "minmax",
+    match_means: bool = True,
 ) -> Path:
     """Static INT8 in QDQ format, per-channel weights, activation ranges from calibration inputs
     (MinMax over what the server would feed). The ranges are fixed in the graph, so an input's
@@ -382,13 +457,17 @@ def quantise_static_int8(
     output stays float become MatMulIntegerToFloat nodes with their bias (`fold_integer_matmuls`;
     not with `integer_matmuls=False`). Convolutions' weights are rounded for the least output error
     on the calibration inputs (`round_to_data`), not each to its nearest INT8 value (with
-    `round_weights_to_data=False`)."""
+    `round_weights_to_data=False`), and their biases then moved so that each one's quantised output
+    keeps fp32's mean per channel on the calibration inputs (`match_output_means`; not with
+    `match_means=False`)."""
     if calibration_method not in (*CALIBRATION_METHODS, "least-error"):
         known = ", ".join([*CALIBRATION_METHODS, "least-error"])
         raise ValueError(f"unknown calibration_method {calibration_method!r}; known: {known}")
     out_path = Path(out_path).resolve()
     with _prepared(fp32_path, symbolic_shapes=symbolic_shapes) as prepared:
         graph = onnx.load(str(prepared))
+        reference = onnx.ModelProto()
+        reference.CopyFrom(graph)  # before bias correction edits `graph`
         in_float = nodes_named(graph, float_layers)
         if float_layers and not in_float:
             raise ValueError(f"quantise.float_layers {list(float_layers)} name no layer of {fp32_path.name}")
@@ -438,9 +517,11 @@ def quantise_static_int8(
             nodes_to_exclude=excluded,
             extra_options=options or None,
         )
-    if integer_matmuls or rounded:
+    match_means = match_means and bool(convs)
+    if integer_matmuls or rounded or match_means:
         quantised = onnx.load(str(out_path))
         changed = place_rounded_weights(quantised, rounded) if rounded else 0
+        changed += match_output_means(quantised, reference, calibration) if match_means else 0
         changed += fold_integer_matmuls(quantised) if integer_matmuls else 0
         if changed:
             onnx.save(quantised, str(out_path))
