@@ -447,14 +447,20 @@ def tabular_predict(d: dict) -> list[str]:
         bt = q["energy-demand"]
         named = [(k, v) for k, v in bt.items() if isinstance(v, dict) and "mase" in v]
         lines += [
-            f"`energy-demand` rolling-origin backtest: {bt['origins']} origins, {bt['horizon']} steps ahead.",
+            f"`energy-demand` rolling-origin backtest: {bt['origins']} origins, {bt['horizon']} steps ahead"
+            + (
+                " (± the standard error of MASE over the origins)."
+                if any("mase_standard_error" in v for _, v in named)
+                else "."
+            ),
             "",
             *table(
                 ["forecaster", "MASE", "MAE", "p10–p90 coverage"],
                 [
                     [
                         k.replace("_", " "),
-                        f"{v['mase']:.3f}",
+                        f"{v['mase']:.3f}"
+                        + (f" ± {v['mase_standard_error']:.3f}" if "mase_standard_error" in v else ""),
                         num(v.get("mae")),
                         pct(v.get("coverage_p10_p90")),
                     ]

@@ -198,6 +198,8 @@ def test_built_manifests_record_baseline_calibration_and_backtest(tiny_repositor
     backtest = m.metrics["backtest"]
     assert {"fine_tuned", "pretrained_only", "seasonal_naive"} <= set(backtest) and backtest["origins"] > 10
     assert 0 <= backtest["fine_tuned"]["coverage_p10_p90"] <= 1 and m.labels == ["p10", "p50", "p90"]
+    tuned = backtest["fine_tuned"]
+    assert 0 < tuned["mase_standard_error"] < tuned["mase"]
 
 
 def test_train_a_users_csv_with_target_flag(tmp_path):

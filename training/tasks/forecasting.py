@@ -436,9 +436,12 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
         naive = (splits.test.targets["naive"] * spread + loc)[:, :steps]
 
         def score(outputs: np.ndarray | None, median: np.ndarray) -> dict[str, float]:
+            per_origin = np.abs(median - truth).mean(1)
             out = {
-                "mase": float(np.abs(median - truth).mean() / scale),
-                "mae": float(np.abs(median - truth).mean()),
+                "mase": float(per_origin.mean() / scale),
+                # over the origins: how far the backtest's few dozen days can be trusted to tell two models apart
+                "mase_standard_error": float(per_origin.std(ddof=1) / np.sqrt(len(per_origin)) / scale),
+                "mae": float(per_origin.mean()),
             }
             if outputs is not None:
                 out["coverage_p10_p90"] = float(
