@@ -323,7 +323,10 @@ def match_output_means(
     for out, read, integers, scales in layers:
         shift = channel_means(quantised, calibration, [read])[read] - targets[out]
         step = numpy_helper.to_array(scales).astype(np.float64)
-        moved = numpy_helper.to_array(integers).astype(np.int64) - np.round(shift / step).astype(np.int64)
+        steps = np.where(
+            step > 0, np.round(shift / np.where(step > 0, step, 1)), 0
+        )  # all-zero weights: no scale
+        moved = numpy_helper.to_array(integers).astype(np.int64) - steps.astype(np.int64)
         limit = np.iinfo(np.int32)
         integers.CopyFrom(
             numpy_helper.from_array(np.clip(moved, limit.min, limit.max).astype(np.int32), integers.name)
