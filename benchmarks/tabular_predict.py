@@ -216,7 +216,13 @@ def main() -> None:
             bt = q["energy-demand"]
             lines += [
                 "",
-                f"energy-demand backtest ({bt['origins']} daily origins, 24 h ahead): MASE fine-tuned **{bt['fine_tuned']['mase']:.3f}**, "
+                f"energy-demand backtest ({bt['origins']} daily origins, 24 h ahead): MASE fine-tuned **{bt['fine_tuned']['mase']:.3f}**"
+                + (
+                    f" with its covariates, {bt['without_covariates']['mase']:.3f} without"
+                    if "without_covariates" in bt
+                    else ""
+                )
+                + ", "
                 f"pretrained-only {bt['pretrained_only']['mase']:.3f}, seasonal-naive {bt['seasonal_naive']['mase']:.3f}; "
                 f"p10-p90 coverage **{bt['fine_tuned']['coverage_p10_p90']:.1%}** (pretrained-only {bt['pretrained_only']['coverage_p10_p90']:.1%}).",
             ]

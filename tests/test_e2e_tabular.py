@@ -13,6 +13,7 @@ import pytest
 from serving.manifest import load_manifest
 from serving.tasks.forecasting import sample_histories as _series
 from serving.tasks.tabular import sample_rows as _rows
+from training.data.series import city_load
 
 
 def _post(server, route, body, raw: bytes | None = None):
@@ -212,9 +213,80 @@ def test_forecast_interpolates_short_gaps_and_says_so(server):
     assert _post(server, "/v1/forecast", None, raw=raw).json()["interpolated"] == 1
 
 
+def test_forecast_reads_known_covariates_and_does_without_them(server, tiny_repository):
+    listed = load_manifest(tiny_repository / "energy-demand").preprocessing["covariates"]
+    models = {m["name"]: m for m in httpx.get(f"{server}/v1/models", timeout=30).json()["models"]}
+    assert (
+        set(models["energy-demand"]["covariates"])
+        == {c["name"] for c in listed}
+        == {"temperature_c", "holiday"}
+    )
+    city = city_load(hours=24 * 30, seed=5)
+    n, horizon = 24 * 21, 24
+    history = city["load_mw"][:n]
+    covariates = {
+        "temperature_c": city["temperature_c"][: n + horizon],
+        "holiday": city["holiday"][: n + horizon],
+    }
+    plain = _post(server, "/v1/forecast", {"history": history, "horizon": horizon})
+    given = _post(server, "/v1/forecast", {"history": history, "horizon": horizon, "covariates": covariates})
+    assert plain.status_code == given.status_code == 200, given.text
+    # the covariates move the forecast; one of them alone is read too
+    assert given.json()["forecast"] != plain.json()["forecast"]
+    only = {"temperature_c": covariates["temperature_c"]}
+    one = _post(server, "/v1/forecast", {"history": history, "horizon": horizon, "covariates": only})
+    assert one.status_code == 200 and one.json()["forecast"] not in (
+        plain.json()["forecast"],
+        given.json()["forecast"],
+    )
+    # a longer history is read at its end: the covariates align with it
+    longer = _post(
+        server,
+        "/v1/forecast",
+        {
+            "history": city["load_mw"][: n + 48][-n:],
+            "horizon": horizon,
+            "covariates": {k: v[48 : n + 48 + horizon] for k, v in city.items() if k in covariates},
+        },
+    )
+    assert longer.status_code == 200, longer.text
+
+
 @pytest.mark.parametrize(
     "body, status, message",
     [
+        (
+            {"history": [1.0] * 200, "covariates": {"temperature_c": [1.0] * 200}},
+            400,
+            "covariates.temperature_c: 200 values; expected 224 (one per history point, 200, then one per step ahead, 24)",
+        ),
+        (
+            {"history": [1.0] * 200, "covariates": {"wind": [1.0] * 224}},
+            400,
+            "covariates: unknown ['wind']; this model reads ['temperature_c', 'holiday']",
+        ),
+        (
+            {"history": [1.0] * 200, "covariates": {"holiday": [0] * 100 + ["x"] + [0] * 123}},
+            400,
+            "covariates.holiday[100]: expected a number or null, got str",
+        ),
+        (
+            {"history": [1.0] * 200, "covariates": {"holiday": [0] * 100 + [None] * 5 + [0] * 119}},
+            400,
+            "covariates.holiday[100..104]: 5 missing points in a row",
+        ),
+        (
+            {
+                "history": [1.0] * 40,
+                "frequency": "monthly",
+                "horizon": 12,
+                "covariates": {"holiday": [0] * 52},
+            },
+            400,
+            "covariates: learned on hourly series",
+        ),
+        ({"history": [1.0] * 200, "covariates": [1.0] * 224}, 400, "covariates"),
+        ({"history": [1.0] * 200, "covariates": {"holiday": 3}}, 400, "covariates"),
         (
             {"history": [1.0] * 100},
             400,

@@ -32,8 +32,10 @@ def save(path: Path, nodes: list, inputs: list, outputs: list, params: dict[str,
     return path
 
 
-def mlp(path: Path) -> Path:
-    """features float32 [batch, 8] → hidden (tanh) → scores [batch, 3]; and counts int64 [batch] → twice."""
+def mlp(path: Path, seed: int = 11) -> Path:
+    """features float32 [batch, 8] → hidden (tanh) → scores [batch, 3]; and counts int64 [batch] → twice.
+    Weights of its own generator: a test's model does not depend on which tests ran before it."""
+    weights = np.random.default_rng(seed)
     nodes = [
         helper.make_node("MatMul", ["features", "w1"], ["h"]),
         helper.make_node("Add", ["h", "b1"], ["hb"]),
@@ -50,9 +52,9 @@ def mlp(path: Path) -> Path:
         helper.make_tensor_value_info("doubled", TensorProto.INT64, ["batch"]),
     ]
     params = {
-        "w1": rng.normal(0, 1, (8, 16)).astype(np.float32),
-        "b1": rng.normal(0, 1, 16).astype(np.float32),
-        "w2": rng.normal(0, 1, (16, 3)).astype(np.float32),
+        "w1": weights.normal(0, 1, (8, 16)).astype(np.float32),
+        "b1": weights.normal(0, 1, 16).astype(np.float32),
+        "w2": weights.normal(0, 1, (16, 3)).astype(np.float32),
     }
     return save(path, nodes, inputs, outputs, params)
 
@@ -381,7 +383,7 @@ def test_round_trip_through_a_real_server(repository: Path, tmp_path: Path) -> N
 def test_static_int8_from_calibration_inputs_is_gated_against_fp32(tmp_path: Path) -> None:
     mlp(tmp_path / "mlp.onnx")
     calibration = {
-        "features": rng.normal(0, 1, (32, 8)).astype(np.float32),
+        "features": np.random.default_rng(12).normal(0, 1, (32, 8)).astype(np.float32),
         "counts": np.arange(32, dtype=np.int64),
     }
     np.savez(tmp_path / "calibration.npz", **calibration)

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 
 from serving.processing.series import (
+    COVARIATE_FEATURES,
     FREQUENCIES,
     LAG_FEATURES,
+    Covariate,
     SeriesError,
     clean_history,
+    covariate_features,
     frequency_named,
     robust_scale,
     series_features,
@@ -23,6 +26,7 @@ from training.data.series import (
     city_load,
     corpus,
     read_series_csv,
+    read_series_table,
     synthetic_corpus,
 )
 from training.tasks.forecasting import CANDIDATES, WEEK, candidates, seasonal_profile, windows
@@ -101,6 +105,28 @@ def test_seasonal_lags_are_the_same_phase_of_earlier_seasons_and_short_histories
     assert (lags[:, 1] == 1).all() and (lags[:, 3] == 1).all()
 
 
+def test_covariate_features_read_the_step_its_seasonal_lags_and_the_recent_level():
+    hourly = FREQUENCIES["hourly"]  # periods (168, 24)
+    n, horizon = 600, 30
+    known = [Covariate("t", 100.0, 20.0), Covariate("h", 0.0, 1.0)]
+    row = np.arange(n + horizon, dtype=np.float64)  # the covariate is its own index
+    out = covariate_features([row, None], known, hourly, n, horizon, scale=4.0, reference_scale=8.0)
+    assert out.shape == (horizon, 2 * COVARIATE_FEATURES + 1)
+    back = out[:, :COVARIATE_FEATURES] * 20.0 + 100.0
+    steps = np.arange(horizon)
+    np.testing.assert_allclose(back[:, 0], n + steps)  # the value at the step
+    # then as seasonal_lags reads the history: a week back 1..3 times, then a day back 1..3 times
+    for j, (period, season) in enumerate([(168, 1), (168, 2), (168, 3), (24, 1), (24, 2), (24, 3)]):
+        np.testing.assert_allclose(back[:, 1 + j], n - season * period + steps % period)
+    np.testing.assert_allclose(back[:, 7], np.arange(n - 24, n).mean())  # the recent level's window
+    assert (out[:, 8] == 1).all()  # given
+    assert (out[:, COVARIATE_FEATURES:-1] == 0).all()  # the second was left out
+    assert (out[:, -1] == 2.0).all()  # the recipe's scale over this window's
+    # a short history: lags it does not reach read 0; steps beyond those given repeat the last
+    short = covariate_features([row[: 200 + 5], None], known, hourly, 200, horizon, 4.0, 8.0)
+    assert (short[:, 3] == 0).all() and (short[5:, 0] == short[4, 0]).all()
+
+
 def test_robust_scale_ignores_a_level_shift_long_before_the_origin():
     rng = np.random.default_rng(0)
     hourly = FREQUENCIES["hourly"]
@@ -157,6 +183,21 @@ def test_read_series_csv_fills_short_gaps_and_refuses_long_ones(tmp_path):
     path.write_text("\n".join(long_gap) + "\n")
     with pytest.raises(ValueError, match="a gap of 6 hours"):
         read_series_csv(path)
+
+
+def test_read_series_table_reads_covariates_beside_the_series_and_names_their_gaps(tmp_path):
+    rows = ["timestamp,load,temp"] + [f"2024-01-01T{h:02d}:00:00,{h},{20 + h}" for h in range(24)]
+    rows[4] = "2024-01-01T03:00:00,3,"  # a short gap in the covariate
+    path = tmp_path / "s.csv"
+    path.write_text("\n".join(rows) + "\n")
+    table = read_series_table(path, ["load", "temp"])
+    assert table.shape == (2, 24) and table[1, 3] == pytest.approx(23) and table[0, 3] == 3
+    rows[5:12] = [f"2024-01-01T{h:02d}:00:00,{h}," for h in range(4, 11)]
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match="a gap of 8 hours in temp"):
+        read_series_table(path, ["load", "temp"])
+    with pytest.raises(ValueError, match="lacks column"):
+        read_series_table(path, ["load", "wind"])
 
 
 def _csv(tmp_path, stamps, values):

@@ -11,6 +11,13 @@ the history moves neither), and, for each forecast step, the values at the same 
 forecast is one of them, and the network learns what to make of the rest. One model serves every
 frequency in `FREQUENCIES`; its quantile outputs are mapped back as `y * scale + loc`.
 
+A forecaster may also read known covariates (`covariate_features`): series such as temperature or a
+holiday flag that the client knows for the history and for the steps ahead (observed, or forecast by
+someone else). For each step it reads each covariate there, at the positions of the step's seasonal
+lags and over the recent level's window, standardised by the recipe series' own mean and spread; a
+flag says whether the request gave it. The network's correction from them is learned in units of the
+recipe series' typical scale (`reference_scale`), so a window's own scale maps it back.
+
 Models built before frequencies existed read `window` points standardised by the window's mean and
 standard deviation (`standardise`) and nothing else; the server still serves them.
 """
@@ -69,7 +76,7 @@ def robust_scale(values: np.ndarray, frequency: Frequency) -> tuple[float, float
     deviation of the last four of them, floored by the whole history's median absolute deviation
     (and, for series that are mostly one value, its mean absolute deviation), so that neither a level
     shift nor a flat stretch earlier in the history moves them much."""
-    recent = max(8, min(frequency.periods))
+    recent = recent_points(frequency)
     loc = float(values[-recent:].mean())
     spread = float(values[-4 * recent :].std())
     deviation = np.abs(values - np.median(values))
@@ -122,6 +129,65 @@ def diagnostics(scaled: np.ndarray, frequency: Frequency) -> np.ndarray:
     if n > 1:
         out[-1] = np.abs(np.diff(scaled)).mean()
     return np.clip(out, -CLIP, CLIP)
+
+
+def recent_points(frequency: Frequency) -> int:
+    """How many of the last points make the recent level (`robust_scale`'s loc)."""
+    return max(8, min(frequency.periods))
+
+
+@dataclass(frozen=True)
+class Covariate:
+    """A known covariate a forecaster reads, as the manifest's `preprocessing.covariates` lists it."""
+
+    name: str
+    mean: float  # of the recipe's series: values are read as (x - mean) / std
+    std: float
+    description: str = ""
+
+
+# per covariate and step: the value at the step, at each seasonal lag's position and over the recent
+# level's window, and a flag saying the request gave it; then one column for all of them: the recipe
+# series' typical scale over this window's (the network's correction is learned in the former)
+COVARIATE_LAGS = 2 * SEASONS
+COVARIATE_FEATURES = COVARIATE_LAGS + 3
+
+
+def covariate_width(count: int) -> int:
+    """Columns of `covariate_features` for `count` covariates."""
+    return count * COVARIATE_FEATURES + 1
+
+
+def covariate_features(
+    rows: list[np.ndarray | None],
+    known: list[Covariate],
+    frequency: Frequency,
+    history: int,
+    horizon: int,
+    scale: float,
+    reference_scale: float,
+) -> np.ndarray:
+    """(horizon, covariate_width(len(known))): `rows[i]` holds covariate `known[i]` over the last
+    `history` points of a history and at least one step ahead (None: not given; steps beyond those
+    given repeat the last), aligned at the history's end as `seasonal_lags` reads it."""
+    out = np.zeros((horizon, covariate_width(len(known))), dtype=np.float32)
+    steps = np.arange(horizon)
+    recent = recent_points(frequency)
+    for i, (row, spec) in enumerate(zip(rows, known)):
+        if row is None:
+            continue
+        z = np.clip((np.asarray(row, dtype=np.float64) - spec.mean) / spec.std, -CLIP, CLIP)
+        past = z[:history]
+        ahead = z[history:] if len(z) > history else past[-1:]
+        col = i * COVARIATE_FEATURES
+        out[:, col] = ahead[np.minimum(steps, len(ahead) - 1)]
+        for j, (p, season) in enumerate((p, s) for p in frequency.periods for s in range(1, SEASONS + 1)):
+            idx = history - season * p + steps % p
+            out[:, col + 1 + j] = np.where(idx >= 0, past[np.clip(idx, 0, history - 1)], 0.0)
+        out[:, col + 1 + COVARIATE_LAGS] = past[-recent:].mean()
+        out[:, col + 2 + COVARIATE_LAGS] = 1.0
+    out[:, -1] = np.clip(reference_scale / scale, 1e-2, 1e2)
+    return out
 
 
 def series_features(
@@ -177,24 +243,30 @@ def frequency_named(name: str | None, default: str, served: dict[str, Any]) -> F
 
 
 def clean_history(
-    history: Any, window: int, max_gap: int = MAX_GAP, minimum: int | None = None, series: str = ""
+    history: Any,
+    window: int,
+    max_gap: int = MAX_GAP,
+    minimum: int | None = None,
+    series: str = "",
+    field: str = "history",
 ) -> tuple[np.ndarray, int]:
     """The last `window` points (or all, when fewer but at least `minimum`) as float64, gaps
-    interpolated; returns (values, points interpolated). `series` names the frequency in errors."""
+    interpolated; returns (values, points interpolated). `series` names the frequency in errors,
+    `field` the request's field."""
     if not isinstance(history, list):
-        raise SeriesError(f"history: expected an array of numbers, got {type(history).__name__}")
+        raise SeriesError(f"{field}: expected an array of numbers, got {type(history).__name__}")
     need = window if minimum is None else minimum
     if len(history) < need:
         raise SeriesError(
-            f"history: {len(history)} points; the model needs at least {need}{f' for {series} series' if series else ''}"
+            f"{field}: {len(history)} points; the model needs at least {need}{f' for {series} series' if series else ''}"
         )
     if len(history) > MAX_HISTORY:
-        raise SeriesError(f"history: {len(history)} points; at most {MAX_HISTORY}")
+        raise SeriesError(f"{field}: {len(history)} points; at most {MAX_HISTORY}")
     bad = next((i for i, v in enumerate(history) if v is not None and type(v) not in (int, float)), None)
     if bad is not None:  # only the last `window` points are used, but a non-number anywhere is a mistake
         v = history[bad]
         raise SeriesError(
-            f"history[{bad}]: expected a number or null, got {type(v).__name__} {str(v)[:30]!r}"
+            f"{field}[{bad}]: expected a number or null, got {type(v).__name__} {str(v)[:30]!r}"
         )
     window = min(window, len(history))
     offset = len(history) - window
@@ -203,24 +275,24 @@ def clean_history(
     for i, v in enumerate(history[offset:]):
         if type(v) is int:
             if abs(v) > 1e30:
-                raise SeriesError(f"history[{offset + i}]: integer out of range (|x| ≤ 1e30)")
+                raise SeriesError(f"{field}[{offset + i}]: integer out of range (|x| ≤ 1e30)")
             values[i] = v
         elif type(v) is float:
             if math.isnan(v):
                 missing[i] = True
             elif math.isinf(v) or abs(v) > 1e30:
-                raise SeriesError(f"history[{offset + i}]: {v} is not a usable number")
+                raise SeriesError(f"{field}[{offset + i}]: {v} is not a usable number")
             else:
                 values[i] = v
         else:  # None
             missing[i] = True
     count = int(missing.sum())
     if count == window:
-        raise SeriesError(f"history: the last {window} points are all missing")
+        raise SeriesError(f"{field}: the last {window} points are all missing")
     for start, end in missing_runs(missing):
         if end - start > max_gap:
             raise SeriesError(
-                f"history[{offset + start}..{offset + end - 1}]: {end - start} missing points in a row; at most {max_gap} are interpolated"
+                f"{field}[{offset + start}..{offset + end - 1}]: {end - start} missing points in a row; at most {max_gap} are interpolated"
             )
     interpolate(values, missing)
     return values, count

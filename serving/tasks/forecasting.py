@@ -5,8 +5,10 @@ series' units and cut to the requested horizon.
 
 A model's manifest lists the frequencies it serves (`preprocessing.frequencies`: seasonal periods,
 the minimum history and the usual horizon of each); a request may name one (`frequency`), else the
-model's own. Models built before frequencies existed read one standardised window of a fixed
-length and serve their own frequency only."""
+model's own. A model that learned known covariates (`preprocessing.covariates`, e.g. temperature and
+a holiday flag) reads them from `covariates`, each covering the history and the steps ahead; without
+them it forecasts from the history alone. Models built before frequencies existed read one
+standardised window of a fixed length and serve their own frequency only."""
 
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ from serving.errors import InputError
 from serving.manifest import Manifest
 from serving.processing.series import (
     COMBINE_WINDOWS,
+    Covariate,
     Frequency,
     SeriesError,
     clean_history,
     combination_weight,
     combine,
+    covariate_features,
     frequency_named,
     not_served,
     series_features,
@@ -47,6 +51,13 @@ class ForecastRequest(TaskRequest):
     frequency: StrictStr | None = Field(
         None,
         description="hourly, daily, weekly, monthly, quarterly or yearly (those the model's manifest lists); default: the model's own",
+    )
+    # v1 only: a v2 request's parameters are scalars
+    covariates: dict[str, list[Any]] | None = Field(
+        None,
+        description="known covariates the model lists (name → numbers or null), each one value per history point, "
+        "then one per step ahead",
+        json_schema_extra={"tensor": False},
     )
 
 
@@ -109,9 +120,15 @@ class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
         self.combine_windows = int(p.get("combine_windows", COMBINE_WINDOWS))
         self.median = int(np.argmin(np.abs(self.levels - 0.5)))
         self.input_names = [i.name for i in session.get_inputs()]
+        self.covariates = [
+            Covariate(str(c["name"]), float(c["mean"]), float(c["std"]), str(c.get("description", "")))
+            for c in p.get("covariates") or []
+        ]
+        self.reference_scale = float(p.get("reference_scale", 1.0))
 
     def describe(self) -> dict[str, Any]:
-        """What `/v1/models` says besides the manifest: the frequencies served and their minimum history."""
+        """What `/v1/models` says besides the manifest: the frequencies served and their minimum
+        history, and the covariates the model reads."""
         if not self.frequencies:
             return {
                 "frequencies": {self.frequency: {"min_history": self.window, "horizon": self.max_horizon}}
@@ -120,7 +137,17 @@ class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
             "frequencies": {
                 f.name: {"min_history": f.min_history, "horizon": min(f.horizon, self.max_horizon)}
                 for f in self.frequencies.values()
-            }
+            },
+            **(
+                {
+                    "covariates": {
+                        c.name: {"description": c.description, "frequency": self.frequency}
+                        for c in self.covariates
+                    }
+                }
+                if self.covariates
+                else {}
+            ),
         }
 
     def prepare(self, request: ForecastRequest) -> SeriesInput:
@@ -150,7 +177,8 @@ class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
                 minimum=frequency.min_history,
                 series=frequency.name,
             )
-        feeds, loc, scale = self._features(values, frequency)
+        rows = self._covariates(request, frequency, horizon, len(values))
+        feeds, loc, scale = self._features(values, frequency, rows)
         origins = validation_origins(len(values), frequency, usual, self.combine_windows)
         return SeriesInput(
             feeds,
@@ -161,16 +189,63 @@ class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
             frequency.name,
             values=values,
             origins=tuple(origins),
-            checks=tuple(self._features(values[:o], frequency) for o in origins),
+            checks=tuple(
+                self._features(values[:o], frequency, tuple(r if r is None else r[: o + usual] for r in rows))
+                for o in origins
+            ),
         )
 
+    def _covariates(
+        self, request: ForecastRequest, frequency: Frequency, horizon: int, read: int
+    ) -> tuple[np.ndarray | None, ...]:
+        """Each covariate the model lists over the last `read` history points and the `horizon`
+        steps ahead (gaps interpolated as the history's), None where the request leaves it out."""
+        given = request.covariates or {}
+        if not given:
+            return (None,) * len(self.covariates)
+        names = [c.name for c in self.covariates]
+        if not names:
+            raise InputError("covariates: this model reads none; leave the field out")
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise InputError(f"covariates: unknown {unknown}; this model reads {names}")
+        if frequency.name != self.frequency:
+            raise InputError(
+                f"covariates: learned on {self.frequency} series; a {frequency.name} forecast reads the history alone"
+            )
+        expected = len(request.history) + horizon
+        rows: list[np.ndarray | None] = []
+        for name in names:
+            raw = given.get(name)
+            if raw is None:
+                rows.append(None)
+                continue
+            if isinstance(raw, list) and len(raw) != expected:
+                raise InputError(
+                    f"covariates.{name}: {len(raw)} values; expected {expected} (one per history point, "
+                    f"{len(request.history)}, then one per step ahead, {horizon})"
+                )
+            values, _ = clean_history(raw, expected, self.max_gap, field=f"covariates.{name}")
+            rows.append(values[len(values) - read - horizon :])
+        return tuple(rows)
+
     def _features(
-        self, values: np.ndarray, frequency: Frequency
+        self, values: np.ndarray, frequency: Frequency, rows: tuple[np.ndarray | None, ...] = ()
     ) -> tuple[tuple[np.ndarray, ...], float, float]:
         history, observed, lags, loc, scale = series_features(
             values, frequency, self.window, self.max_horizon
         )
         feeds = {"history": history, "observed": observed, "lags": lags}
+        if "covariates" in self.input_names:
+            feeds["covariates"] = covariate_features(
+                list(rows) or [None] * len(self.covariates),
+                self.covariates,
+                frequency,
+                len(values),
+                self.max_horizon,
+                scale,
+                self.reference_scale,
+            )
         return tuple(feeds[name] for name in self.input_names), loc, scale
 
     def _horizon(self, asked: int | None, default: int) -> int:
@@ -187,6 +262,8 @@ class Forecasting(ServingTask[SeriesInput, tuple[np.ndarray, ...], np.ndarray]):
                 f"frequency: {request.frequency!r} is not served by this model; it serves {self.frequency}"
             )
         horizon = self._horizon(request.horizon, self.max_horizon)
+        if request.covariates:
+            raise InputError("covariates: this model reads none; leave the field out")
         values, interpolated = clean_history(request.history, self.window, self.max_gap)
         window, loc, scale = standardise(values)
         return SeriesInput((window,), float(loc[0]), float(scale[0]), horizon, interpolated, self.frequency)

@@ -12,8 +12,9 @@ synthetic city load, and CSV files.
 - `city_load`: the fine-tuning target, an hourly electricity load whose seasonality is driven by
   temperature (heating below 15 °C, cooling above 22 °C), with weekday/weekend profiles, public
   holidays, weather fronts lasting days, growth and noise. Written as CSV (timestamp, load_mw,
-  temperature_c) under runs/data/ by `resolve_series`.
-- Users' data: a CSV with a timestamp column and a value column, hourly to yearly (`read_series_csv`).
+  temperature_c, holiday) under runs/data/ by `resolve_series`.
+- Users' data: a CSV with a timestamp column and a value column, hourly to yearly (`read_series_csv`),
+  and columns of known covariates beside it (`read_series_table`).
 """
 
 from __future__ import annotations
@@ -319,7 +320,8 @@ def _holidays(years: range) -> set[dt.date]:
 def city_load(
     start: dt.datetime = dt.datetime(2023, 1, 1), hours: int = 3 * 365 * 24, seed: int = 21
 ) -> dict[str, list]:
-    """Hourly load (MW) of a synthetic city of ~1 GW and its temperature (°C)."""
+    """Hourly load (MW) of a synthetic city of ~1 GW, its temperature (°C) and whether the day is a
+    public holiday (1/0; weekends are not flagged: the weekly season says those)."""
     rng = np.random.default_rng(seed)
     stamps = [start + dt.timedelta(hours=h) for h in range(hours)]
     t = np.arange(hours)
@@ -359,13 +361,14 @@ def city_load(
         "timestamp": [s.isoformat() for s in stamps],
         "load_mw": load.round(1).tolist(),
         "temperature_c": temperature.round(2).tolist(),
+        "holiday": [int(s.date() in holidays) for s in stamps],
     }
 
 
 def resolve_series(source: str, seed: int) -> tuple[Path, str]:
     """(CSV path, value column) for a series source; `generated:city-load` is written once."""
     if source == "generated:city-load":
-        path = data_cache() / f"city-load-seed{seed}.csv"
+        path = data_cache() / f"city-load-holidays-seed{seed}.csv"  # the holiday column came later
         return (path if path.is_file() else write_csv(path, city_load(seed=seed))), "load_mw"
     if source.startswith(("generated:", "builtin:")):
         raise ValueError(f"unknown series source {source!r}; known: generated:city-load, or a CSV path")
@@ -426,6 +429,14 @@ def detect_frequency(stamps: list[dt.datetime]) -> str | None:
     return min(SPACING_DAYS, key=lambda f: abs(np.log(median / SPACING_DAYS[f])))
 
 
+def csv_header(path: Path) -> list[str]:
+    """A CSV file's column names (none for a missing or empty file: reading it says what is wrong)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return next(csv.reader(fh), [])
+
+
 def read_series_csv(
     path: Path, value_column: str = "value", time_column: str = "timestamp", frequency: str = "hourly"
 ) -> np.ndarray:
@@ -433,6 +444,14 @@ def read_series_csv(
     week, month, quarter or year) in time order. Rows in the same period: the last one counts.
     Missing periods and empty cells become gaps; gaps of at most MAX_GAP periods are interpolated,
     longer ones refused. Timestamps spaced for another frequency are refused, naming it."""
+    return read_series_table(path, [value_column], time_column, frequency)[0]
+
+
+def read_series_table(
+    path: Path, columns: list[str], time_column: str = "timestamp", frequency: str = "hourly"
+) -> np.ndarray:
+    """(len(columns), periods): `read_series_csv` for several columns of one CSV (the first is the
+    value column, read as `value` where the CSV has that instead; the rest are covariates)."""
     if frequency not in UNITS:
         raise ValueError(f"unknown frequency {frequency!r}; known: {', '.join(UNITS)}")
     unit = UNITS[frequency]
@@ -441,13 +460,14 @@ def read_series_csv(
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
-        if value_column not in header and "value" in header:
-            value_column = "value"
-        missing = {time_column, value_column} - set(header)
+        columns = list(columns)
+        if columns[0] not in header and "value" in header:
+            columns[0] = "value"
+        missing = {time_column, *columns} - set(header)
         if missing:
             raise ValueError(f"{path}: CSV header lacks column(s) {sorted(missing)} (has {header})")
         stamps: list[dt.datetime] = []
-        points: dict[int, float] = {}
+        points: dict[int, list[float]] = {}
         for n, row in enumerate(reader, 2):
             try:
                 stamp = dt.datetime.fromisoformat((row[time_column] or "").strip())
@@ -455,13 +475,15 @@ def read_series_csv(
                 raise ValueError(
                     f"{path}:{n}: {time_column} {row[time_column]!r} is not an ISO 8601 timestamp"
                 ) from None
-            cell = (row[value_column] or "").strip()
-            try:
-                value = float(cell) if cell else np.nan
-            except ValueError:
-                raise ValueError(f"{path}:{n}: {value_column} {cell!r} is not a number") from None
+            values = []
+            for column in columns:
+                cell = (row[column] or "").strip()
+                try:
+                    values.append(float(cell) if cell else np.nan)
+                except ValueError:
+                    raise ValueError(f"{path}:{n}: {column} {cell!r} is not a number") from None
             stamps.append(stamp)
-            points[period_index(stamp, frequency)] = value
+            points[period_index(stamp, frequency)] = values
     if len(stamps) < 2:
         raise ValueError(f"{path}: fewer than two rows")
     detected = detect_frequency(stamps)
@@ -472,12 +494,15 @@ def read_series_csv(
             + (f"; pass --frequency {detected} (or set preprocessing.frequency)" if detected else "")
         )
     first, last = min(points), max(points)
-    series = np.array([points.get(i, np.nan) for i in range(first, last + 1)])
-    gaps = np.isnan(series)
-    longest = max((end - start for start, end in missing_runs(gaps)), default=0)
-    if longest > MAX_GAP:
-        raise ValueError(
-            f"{path}: a gap of {longest} {unit}s; at most {MAX_GAP} are interpolated (fill or cut the series)"
-        )
-    interpolate(series, gaps)
-    return series
+    empty = [np.nan] * len(columns)
+    table = np.array([points.get(i, empty) for i in range(first, last + 1)]).T
+    for column, series in zip(columns, table):
+        gaps = np.isnan(series)
+        longest = max((end - start for start, end in missing_runs(gaps)), default=0)
+        if longest > MAX_GAP:
+            raise ValueError(
+                f"{path}: a gap of {longest} {unit}s in {column}; at most {MAX_GAP} are interpolated "
+                "(fill or cut the series)"
+            )
+        interpolate(series, gaps)
+    return table

@@ -16,6 +16,12 @@ a correction of its own per step. The outer quantiles are kept ordered by constr
 example's loss is divided by the seasonal-naive error of its own history (MASE's denominator), so
 smooth and noisy series weigh alike.
 
+A recipe may name known covariates (`preprocessing.covariates`: further columns of its CSV, such as
+temperature and a holiday flag): the network then also reads what serving/processing/series.py
+`covariate_features` makes of them and adds a correction of its own to each step (zero at the start,
+and nothing at all when a request gives none). Fine-tuning hides each covariate from a share of the
+windows (`covariate_drop`), so the model forecasts without them too; the backtest is scored both ways.
+
 The recipe's series splits in time order: training windows from the start, validation origins
 next, and the held-out tail as a rolling-origin backtest (one forecast per `origin_stride` points).
 The manifest's report has MASE and p10-p90 coverage in the series' units for the fine-tuned model,
@@ -42,19 +48,24 @@ from torch.utils.data import DataLoader
 from serving.processing.series import (
     CLIP,
     COMBINE_WINDOWS,
+    COVARIATE_FEATURES,
     FREQUENCIES,
     LAG_FEATURES,
     MAX_GAP,
     SEASONS,
+    Covariate,
     Frequency,
     combination_weight,
     combine,
+    covariate_features,
+    covariate_width,
     manifest_frequencies,
+    robust_scale,
     series_features,
     validation_origins,
 )
 from training.data.arrays import ArrayExamples, array_loader
-from training.data.series import UNITS, corpus, read_series_csv, resolve_series
+from training.data.series import UNITS, corpus, csv_header, read_series_table, resolve_series
 from training.evaluate import max_abs_diff, torch_outputs
 from training.recipe import RecipeError
 from training.tasks.base import Preprocessing, Splits, Task
@@ -68,6 +79,8 @@ STEP_DIM = 16
 
 
 class SeasonalNet(nn.Module):
+    band: torch.Tensor
+
     def __init__(
         self,
         context: int,
@@ -77,6 +90,7 @@ class SeasonalNet(nn.Module):
         hidden: int = 128,
         wide: int = 256,
         dropout: float = 0.1,
+        covariates: int = 0,
     ) -> None:
         super().__init__()
         if context % 64:
@@ -111,8 +125,32 @@ class SeasonalNet(nn.Module):
             nn.init.zeros_(layer.bias)
         with torch.no_grad():  # start near seasonal-naive, with room for the other candidates to gain weight
             last.bias[len(QUANTILES)] = 2.0
+        # the bands' width, set after fine-tuning so that p10-p90 holds 80% of the validation split
+        # (`calibrate_bands`): a quantile loss fitted on the training windows leaves them too wide
+        self.register_buffer("band", torch.ones(()))
+        self.covariates = covariates
+        if covariates:
+            # reads the covariates' columns, the log of the scale ratio and what the head reads (the
+            # step's lags, the summary, the step); answers a shift of the median (in the recipe
+            # series' typical scale) and of both bands
+            self.covariate_head = nn.Sequential(
+                nn.Linear(covariate_width(covariates) + LAG_FEATURES + embed + STEP_DIM, hidden),
+                nn.GELU(),
+                nn.Linear(hidden, hidden),
+                nn.GELU(),
+                nn.Linear(hidden, len(QUANTILES)),
+            )
+            end = cast(nn.Linear, self.covariate_head[-1])
+            nn.init.zeros_(end.weight)
+            nn.init.zeros_(end.bias)
 
-    def forward(self, history: torch.Tensor, observed: torch.Tensor, lags: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        history: torch.Tensor,
+        observed: torch.Tensor,
+        lags: torch.Tensor,
+        covariates: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         conv = self.backbone(torch.stack([history, observed], dim=1)).flatten(1)
         wide = self.summary(torch.cat([conv, history], dim=1))
         summary = self.project(wide)
@@ -127,11 +165,22 @@ class SeasonalNet(nn.Module):
         )
         head = self.head(per_step)
         out = head[..., : len(QUANTILES)] + self.direct(wide).view(n, self.horizon, len(QUANTILES))
+        if covariates is not None and self.covariates:
+            out = out + self.covariate_shift(covariates, per_step)
         weights = torch.softmax(head[..., len(QUANTILES) :], dim=-1)
         median = (weights * candidates(history, observed, lags)).sum(-1) + out[..., 1]
-        low = median - nn.functional.softplus(out[..., 0])
-        high = median + nn.functional.softplus(out[..., 2])
+        low = median - self.band * nn.functional.softplus(out[..., 0])
+        high = median + self.band * nn.functional.softplus(out[..., 2])
         return torch.stack([low, median, high], dim=-1)
+
+    def covariate_shift(self, covariates: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """(n, horizon, quantiles) added to the network's corrections: 0 where no covariate is given."""
+        ratio = covariates[..., -1:]
+        flags = covariates[..., COVARIATE_FEATURES - 1 : -1 : COVARIATE_FEATURES]
+        given = flags.amax(-1, keepdim=True)
+        shift = self.covariate_head(torch.cat([covariates[..., :-1], torch.log(ratio), context], dim=-1))
+        scaled = torch.cat([shift[..., :1], shift[..., 1:2] * ratio, shift[..., 2:]], dim=-1)
+        return scaled * given
 
 
 CANDIDATES = 9
@@ -198,9 +247,11 @@ def windows(
     context: int,
     horizon: int,
     starts: np.ndarray | None = None,
+    known: CovariateData | None = None,
 ) -> tuple[ArrayExamples, np.ndarray, np.ndarray]:
     """Examples for forecast origins (index of the first forecast point) of one series; histories
-    begin at `starts` (default: as far back as the context reaches). Also returns loc and scale."""
+    begin at `starts` (default: as far back as the context reaches). Also returns loc and scale.
+    With `known`, the examples also hold its covariates' features (zero where it has no values)."""
     n = len(origins)
     history = np.empty((n, context), np.float32)
     observed = np.empty((n, context), np.float32)
@@ -218,16 +269,66 @@ def windows(
         future[i, : len(ahead)] = np.clip((ahead - loc[i]) / scale[i], -CLIP, CLIP)
         kept = history[i][observed[i] > 0]
         weight[i, : len(ahead)] = step_weight[: len(ahead)] / naive_error(kept, frequency.periods[0])
-    examples = ArrayExamples(
-        {"history": history, "observed": observed, "lags": lags},
-        {"future": future, "naive": lags[..., 0].copy(), "weight": weight},
-    )
+    inputs = {"history": history, "observed": observed, "lags": lags}
+    if known is not None:
+        inputs["covariates"] = known.features(origins, starts, frequency, context, horizon, scale)
+    examples = ArrayExamples(inputs, {"future": future, "naive": lags[..., 0].copy(), "weight": weight})
     return examples, loc, scale
 
 
-def corpus_windows(count: int, seed: int, per_series: int, context: int, horizon: int) -> ArrayExamples:
+class CovariateData:
+    """A recipe's covariates: their values beside its series (None: none, as for the corpus), the
+    statistics the features are read with, and the series' typical scale."""
+
+    def __init__(self, specs: list[Covariate], values: np.ndarray | None, reference_scale: float) -> None:
+        self.specs, self.values, self.reference_scale = specs, values, reference_scale
+
+    def features(
+        self,
+        origins: np.ndarray,
+        starts: np.ndarray | None,
+        frequency: Frequency,
+        context: int,
+        horizon: int,
+        scales: np.ndarray,
+    ) -> np.ndarray:
+        out = np.zeros((len(origins), horizon, covariate_width(len(self.specs))), np.float32)
+        for i, origin in enumerate(origins):
+            begin = max(0, origin - context) if starts is None else starts[i]
+            end = min(origin + horizon, len(self.values[0])) if self.values is not None else origin
+            rows: list[np.ndarray | None] = (
+                [row[begin:end] for row in self.values]
+                if self.values is not None
+                else [None] * len(self.specs)
+            )
+            out[i] = covariate_features(
+                rows, self.specs, frequency, origin - begin, horizon, float(scales[i]), self.reference_scale
+            )
+        return out
+
+    def hidden(self, examples: ArrayExamples) -> ArrayExamples:
+        """The same examples with every covariate left out (as a request without them)."""
+        inputs = dict(examples.inputs)
+        inputs["covariates"] = hide_covariates(
+            inputs["covariates"], np.ones((len(examples), len(self.specs)), bool)
+        )
+        return ArrayExamples(inputs, examples.targets)
+
+
+def hide_covariates(features: np.ndarray, hide: np.ndarray) -> np.ndarray:
+    """`features` (n, horizon, width) with covariate k of example i zeroed where hide[i, k]."""
+    out = features.copy()
+    for k in range(hide.shape[1]):
+        out[hide[:, k], :, k * COVARIATE_FEATURES : (k + 1) * COVARIATE_FEATURES] = 0.0
+    return out
+
+
+def corpus_windows(
+    count: int, seed: int, per_series: int, context: int, horizon: int, covariates: int = 0
+) -> ArrayExamples:
     """Windows of a generated corpus of every frequency: random origins, and one history in three
-    cut short (down to the frequency's minimum)."""
+    cut short (down to the frequency's minimum); with `covariates`, their features are all absent."""
+    none = CovariateData([Covariate(str(k), 0.0, 1.0) for k in range(covariates)], None, 1.0)
     rng = np.random.default_rng(seed)
     parts = []
     for _, name, values in corpus(count, seed):
@@ -242,7 +343,9 @@ def corpus_windows(count: int, seed: int, per_series: int, context: int, horizon
             origins - rng.integers(low, np.minimum(origins, context) + 1),
             np.maximum(0, origins - context),
         )
-        parts.append(windows(values, origins, frequency, context, horizon, starts)[0])
+        parts.append(
+            windows(values, origins, frequency, context, horizon, starts, none if covariates else None)[0]
+        )
     return ArrayExamples.concatenate(parts)
 
 
@@ -271,20 +374,24 @@ class ForecastingPreprocessing(Preprocessing):
     replay: float = Field(
         1.0, ge=0, description="corpus windows replayed in fine-tuning, per window of the recipe's series"
     )
+    covariates: dict[str, str] = Field(
+        {},
+        description="known covariates: CSV column → what it is (the client sends them for the history and the steps ahead)",
+    )
+    covariate_drop: float = Field(
+        0.4,
+        ge=0,
+        le=1,
+        description="share of training windows that read no covariate; each of the rest hides each covariate "
+        "half as often (requests may send some, all or none)",
+    )
 
 
 class ForecastingTask(Task[ForecastingPreprocessing]):
     name = "forecasting"
     modality = "series"
     metric = "skill"  # 1 - MAE(p50) / MAE(seasonal naive), weighted as the loss, on scaled windows
-    input_names: ClassVar[list[str]] = ["history", "observed", "lags"]
     output_names: ClassVar[list[str]] = ["quantiles"]
-    dynamic_axes: ClassVar[dict[str, dict[int, str]]] = {
-        "history": {0: "batch"},
-        "observed": {0: "batch"},
-        "lags": {0: "batch"},
-        "quantiles": {0: "batch"},
-    }
     preprocessing_model = ForecastingPreprocessing
 
     def __init__(self, recipe, backbone) -> None:
@@ -303,6 +410,18 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
         self.series: np.ndarray | None = None
         self.test_origins: np.ndarray | None = None
         self.pretrained: nn.Module | None = None
+        # the covariates read: the recipe's, less those its CSV lacks (load_data), or the manifest's
+        # (restore); their statistics come from the training split
+        self.covariate_names: list[str] = list(o.covariates)
+        self.known: CovariateData | None = None
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["history", "observed", "lags", *(["covariates"] if self.covariate_names else [])]
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        return {name: {0: "batch"} for name in [*self.input_names, "quantiles"]}
 
     def strides(self) -> tuple[int, int, int]:
         """(backtest horizon, backtest origin stride, validation stride) for the recipe's frequency."""
@@ -318,7 +437,18 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
         origins, so short monthly or yearly series split too."""
         d, o = self.recipe.data, self.options
         path, column = resolve_series(d.source, d.seed)
-        series = read_series_csv(path, value_column=column, frequency=self.frequency.name)
+        header = csv_header(path)
+        lacking = [name for name in self.covariate_names if name not in header]
+        if lacking:
+            log.warning(
+                "%s: %s has no column(s) %s; the model is trained without those covariates",
+                self.recipe.name,
+                path,
+                lacking,
+            )
+        names = self.covariate_names = [name for name in self.covariate_names if name in header]
+        table = read_series_table(path, [column, *names], frequency=self.frequency.name)
+        series = table[0]
         steps, origin_stride, val_stride = self.strides()
         n = len(series)
         test_len = max(int(n * d.test_fraction), steps + 2 * origin_stride)
@@ -339,20 +469,49 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
         val_origins = np.arange(train_end, n - test_len - steps + 1, val_stride)
         test_origins = np.arange(n - test_len, n - steps + 1, origin_stride)
         self.test_origins = test_origins
+        if names:
+            self.known = self.covariate_data(table[1:], train_origins)
 
         def make(values: np.ndarray, origins: np.ndarray) -> tuple[ArrayExamples, np.ndarray, np.ndarray]:
-            return windows(values, origins, self.frequency, self.context, self.horizon)
+            return windows(values, origins, self.frequency, self.context, self.horizon, known=self.known)
 
         train = make(series[:train_end], train_origins)[0]
         val = make(series[: n - test_len], val_origins)[0]
         test, self.test_loc, self.test_scale = make(series, test_origins)
         return Splits(train, val, test, [f"p{round(q * 100)}" for q in QUANTILES])
 
+    def covariate_data(self, values: np.ndarray, train_origins: np.ndarray) -> CovariateData:
+        """The covariates' statistics over the training split, and the series' typical scale: the
+        median of the training windows' (every day's, for hourly data)."""
+        assert self.series is not None
+        train = values[:, : self.train_end]
+        specs = [
+            Covariate(name, float(row.mean()), max(float(row.std()), 1e-6), self.options.covariates[name])
+            for name, row in zip(self.covariate_names, train)
+        ]
+        reach = min(self.context, self.frequency.reach)
+        scales = [
+            robust_scale(self.series[max(0, o - reach) : o], self.frequency)[1]
+            for o in train_origins[:: self.frequency.periods[1] if self.frequency.name == "hourly" else 1]
+        ]
+        return CovariateData(specs, values, float(np.median(scales)))
+
     def build_model(self, label_names: list[str]) -> nn.Module:
-        return SeasonalNet(self.context, self.horizon, dropout=self.recipe.train.dropout)
+        return SeasonalNet(
+            self.context,
+            self.horizon,
+            dropout=self.recipe.train.dropout,
+            covariates=len(self.covariate_names),
+        )
 
     def restore(self, preprocessing: dict[str, Any]) -> None:
         self.context, self.horizon = int(preprocessing["window"]), int(preprocessing["horizon"])
+        listed = preprocessing.get("covariates") or []
+        self.covariate_names = []
+        if listed:
+            specs = [Covariate(c["name"], c["mean"], c["std"], c.get("description", "")) for c in listed]
+            self.covariate_names = [c.name for c in specs]
+            self.known = CovariateData(specs, None, float(preprocessing["reference_scale"]))
 
     def prepare(self, model: nn.Module, splits: Splits) -> None:
         """Pretrain on the generated corpus (the recipe's `pretrain` section), keep a copy for the
@@ -362,10 +521,10 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
             return
         from training.loop import fit
 
-        per_series = cfg.windows_per_series
-        corpus_train = corpus_windows(cfg.series, cfg.seed, per_series, self.context, self.horizon)
+        per_series, count = cfg.windows_per_series, len(self.covariate_names)
+        corpus_train = corpus_windows(cfg.series, cfg.seed, per_series, self.context, self.horizon, count)
         corpus_val = corpus_windows(
-            max(20, cfg.series // 20), cfg.seed + 1, per_series, self.context, self.horizon
+            max(20, cfg.series // 20), cfg.seed + 1, per_series, self.context, self.horizon, count
         )
         log.info(
             "%s: pretraining on %d generated series of every frequency (%d windows)",
@@ -394,9 +553,17 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
             splits.train = ArrayExamples.concatenate([splits.train, corpus_train.subset(np.sort(pick))])
 
     def loader(self, split: ArrayExamples, shuffle: bool, batch_size: int | None = None) -> DataLoader:
-        return array_loader(
-            split, batch_size or self.recipe.train.batch_size, shuffle, self.recipe.train.seed
-        )
+        seed = self.recipe.train.seed
+        transform = None
+        if shuffle and self.covariate_names and self.options.covariate_drop > 0:
+            rng, share = np.random.default_rng(seed), self.options.covariate_drop
+
+            def transform(inputs: dict[str, np.ndarray], targets: Any) -> tuple[dict[str, np.ndarray], Any]:
+                n = len(inputs["history"])
+                hide = (rng.random((n, 1)) < share) | (rng.random((n, len(self.covariate_names))) < share / 2)
+                return {**inputs, "covariates": hide_covariates(inputs["covariates"], hide)}, targets
+
+        return array_loader(split, batch_size or self.recipe.train.batch_size, shuffle, seed, transform)
 
     def loss(self, outputs: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
         return pinball(outputs, targets["future"], targets["weight"])
@@ -428,6 +595,7 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
         `backtest_horizon` steps (reported, decides nothing)."""
         if self.series is None:
             return
+        self.calibrate_bands(model, splits.val)
         steps, period = self.strides()[0], self.frequency.periods[0]
         train = self.series[: self.train_end]
         scale = float(np.abs(train[period:] - train[:-period]).mean())  # MASE's denominator
@@ -449,8 +617,8 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
                 )
             return out
 
-        def run(m: nn.Module) -> np.ndarray:
-            batches = list(self.loader(splits.test, shuffle=False, batch_size=256))
+        def run(m: nn.Module, test: ArrayExamples = splits.test) -> np.ndarray:
+            batches = list(self.loader(test, shuffle=False, batch_size=256))
             return (torch_outputs(m, self, batches)[0] * spread[..., None] + loc[..., None])[:, :steps]
 
         tuned = run(model)
@@ -463,23 +631,53 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
             "network_alone": score(tuned, tuned[..., 1]),
             "seasonal_naive": score(None, naive),
         }
+        if self.known is not None:  # the same model, asked without its covariates
+            plain = self.combined(model, run(model, self.known.hidden(splits.test)), covariates=False)
+            backtest["without_covariates"] = score(plain, plain[..., 1])
         if self.pretrained is not None:
             pre = self.combined(self.pretrained, run(self.pretrained))
             backtest["pretrained_only"] = score(pre, pre[..., 1])
         self.report["backtest"] = backtest
         log.info(
-            "%s: backtest MASE fine-tuned %.3f, pretrained-only %s, seasonal-naive %.3f; p10-p90 coverage %.1f%%",
+            "%s: backtest MASE fine-tuned %.3f (%s without covariates), pretrained-only %s, seasonal-naive %.3f; "
+            "p10-p90 coverage %.1f%%",
             self.recipe.name,
             backtest["fine_tuned"]["mase"],
+            f"{backtest['without_covariates']['mase']:.3f}" if "without_covariates" in backtest else "-",
             f"{backtest['pretrained_only']['mase']:.3f}" if "pretrained_only" in backtest else "-",
             backtest["seasonal_naive"]["mase"],
             backtest["fine_tuned"]["coverage_p10_p90"] * 100,
         )
 
-    def combined(self, model: nn.Module, forecasts: np.ndarray) -> np.ndarray:
+    def calibrate_bands(self, model: nn.Module, val: ArrayExamples) -> None:
+        """Scale both bands around the median so that p10-p90 holds 80% of the validation split's
+        points (each point needs the band scaled by its distance from the median over the band's
+        half-width on its side; the scale is the 80th percentile of that)."""
+        if not isinstance(model, SeasonalNet):
+            return
+        model.band.fill_(1.0)
+        batches = list(self.loader(val, shuffle=False, batch_size=256))
+        out = torch_outputs(model, self, batches)[0]
+        truth, present = val.targets["future"], val.targets["weight"] > 0
+        low, median, high = out[..., 0], out[..., 1], out[..., 2]
+        need = np.where(
+            truth >= median, (truth - median) / (high - median), (median - truth) / (median - low)
+        )
+        scale = float(np.quantile(need[present], QUANTILES[-1] - QUANTILES[0]))
+        model.band.fill_(scale)
+        self.report["bands"] = {
+            "scale": scale,
+            "validation_coverage_before": float((need[present] <= 1.0).mean()),
+        }
+        log.info(
+            "%s: p10-p90 bands scaled by %.3f to hold 80%% of the validation split", self.recipe.name, scale
+        )
+
+    def combined(self, model: nn.Module, forecasts: np.ndarray, covariates: bool = True) -> np.ndarray:
         """The backtest's forecasts (origins, steps, quantiles; the series' units) as the server
         answers them: combined with seasonal-naive by each one's error on the windows before the
-        origin, in the history a request would carry (serving/processing/series.py `combine`)."""
+        origin, in the history a request would carry (serving/processing/series.py `combine`); the
+        network reads those windows' covariates where `covariates` (and the recipe has them)."""
         assert self.series is not None and self.test_origins is not None
         usual = min(self.frequency.horizon, self.horizon)
         held = self.context + COMBINE_WINDOWS * usual
@@ -490,7 +688,12 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
         flat = np.array([b + c for b, cs in zip(starts, cuts) for c in cs], dtype=int)
         medians: list[np.ndarray] = []
         if len(flat):
-            examples, loc, spread = windows(self.series, flat, self.frequency, self.context, self.horizon)
+            known = self.known
+            if known is not None and not covariates:
+                known = CovariateData(known.specs, None, known.reference_scale)
+            examples, loc, spread = windows(
+                self.series, flat, self.frequency, self.context, self.horizon, known=known
+            )
             batches = list(self.loader(examples, shuffle=False, batch_size=256))
             medians = list(torch_outputs(model, self, batches)[0][..., 1] * spread[:, None] + loc[:, None])
         levels, out, k = np.asarray(QUANTILES), np.empty_like(forecasts), 0
@@ -540,6 +743,14 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
             "frequencies": manifest_frequencies(),
             "combine_windows": COMBINE_WINDOWS,
             "scaling": "recent level and spread (serving/processing/series.py robust_scale)",
+            **(
+                {
+                    "covariates": [vars(c) for c in self.known.specs],
+                    "reference_scale": self.known.reference_scale,
+                }
+                if self.known is not None
+                else {}
+            ),
         }
 
     def calibration_inputs(self, splits: Splits, count: int) -> list[dict[str, np.ndarray]]:
