@@ -453,6 +453,19 @@ def tabular_predict(d: dict) -> list[str]:
                 if any("mase_standard_error" in v for _, v in named)
                 else "."
             ),
+            *(
+                [
+                    "`fine tuned` reads its covariates ahead as observed, `with forecast covariates` with a "
+                    "forecast's error ("
+                    + ", ".join(
+                        f"{k} ± {v:g}"
+                        for k, v in bt.get("with_forecast_covariates", {}).get("errors", {}).items()
+                    )
+                    + "), `without covariates` the history alone.",
+                ]
+                if "without_covariates" in bt
+                else []
+            ),
             "",
             *table(
                 ["forecaster", "MASE", "MAE", "p10–p90 coverage"],

@@ -33,7 +33,13 @@ from benchmarks.harness import (
 )
 from serving.loadtest.payloads import json_payload
 from serving.manifest import load_manifest
-from serving.processing.series import FREQUENCIES, clean_history, series_features
+from serving.processing.series import (
+    FREQUENCIES,
+    Covariate,
+    clean_history,
+    covariate_features,
+    series_features,
+)
 from serving.processing.tabular import RowEncoder
 from serving.sessions import create_session
 from serving.tasks.forecasting import sample_histories as _series
@@ -158,6 +164,22 @@ def main() -> None:
         for h in histories
     ]
     feeds = {name: np.stack([r[i] for r in rows]) for i, name in enumerate(("history", "observed", "lags"))}
+    if p.get("covariates"):  # as the server reads a request that sends none (those below)
+        known = [Covariate(c["name"], c["mean"], c["std"]) for c in p["covariates"]]
+        feeds["covariates"] = np.stack(
+            [
+                covariate_features(
+                    [None] * len(known),
+                    known,
+                    FREQUENCIES["hourly"],
+                    1,
+                    p["horizon"],
+                    r[4],
+                    p["reference_scale"],
+                )
+                for r in rows
+            ]
+        )
     print("energy-demand engines:", flush=True)
     fc_engines = engines(
         fc_dir,

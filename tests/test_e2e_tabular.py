@@ -214,7 +214,12 @@ def test_forecast_interpolates_short_gaps_and_says_so(server):
 
 
 def test_forecast_reads_known_covariates_and_does_without_them(server, tiny_repository):
-    listed = load_manifest(tiny_repository / "energy-demand").preprocessing["covariates"]
+    manifest = load_manifest(tiny_repository / "energy-demand")
+    listed = manifest.preprocessing["covariates"]
+    # the backtest scored the model with the covariates, with them as forecast, and without them
+    assert {"fine_tuned", "with_forecast_covariates", "without_covariates"} <= set(
+        manifest.metrics["backtest"]
+    )
     models = {m["name"]: m for m in httpx.get(f"{server}/v1/models", timeout=30).json()["models"]}
     assert (
         set(models["energy-demand"]["covariates"])

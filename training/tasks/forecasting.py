@@ -125,8 +125,9 @@ class SeasonalNet(nn.Module):
             nn.init.zeros_(layer.bias)
         with torch.no_grad():  # start near seasonal-naive, with room for the other candidates to gain weight
             last.bias[len(QUANTILES)] = 2.0
-        # the bands' width, set after fine-tuning so that p10-p90 holds 80% of the validation split
-        # (`calibrate_bands`): a quantile loss fitted on the training windows leaves them too wide
+        # the bands' width where the request gives covariates (it is the recipe's own series), set
+        # after fine-tuning so that p10-p90 holds 80% of the validation split (`calibrate_bands`);
+        # other series keep the width the quantile loss gave them
         self.register_buffer("band", torch.ones(()))
         self.covariates = covariates
         if covariates:
@@ -165,22 +166,23 @@ class SeasonalNet(nn.Module):
         )
         head = self.head(per_step)
         out = head[..., : len(QUANTILES)] + self.direct(wide).view(n, self.horizon, len(QUANTILES))
+        band: torch.Tensor | float = 1.0
         if covariates is not None and self.covariates:
-            out = out + self.covariate_shift(covariates, per_step)
+            flags = covariates[..., COVARIATE_FEATURES - 1 : -1 : COVARIATE_FEATURES]
+            given = flags.amax(-1)  # (n, horizon): 1 where the request gave any covariate
+            out = out + self.covariate_shift(covariates, per_step) * given.unsqueeze(-1)
+            band = 1.0 + (self.band - 1.0) * given
         weights = torch.softmax(head[..., len(QUANTILES) :], dim=-1)
         median = (weights * candidates(history, observed, lags)).sum(-1) + out[..., 1]
-        low = median - self.band * nn.functional.softplus(out[..., 0])
-        high = median + self.band * nn.functional.softplus(out[..., 2])
+        low = median - band * nn.functional.softplus(out[..., 0])
+        high = median + band * nn.functional.softplus(out[..., 2])
         return torch.stack([low, median, high], dim=-1)
 
     def covariate_shift(self, covariates: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """(n, horizon, quantiles) added to the network's corrections: 0 where no covariate is given."""
+        """(n, horizon, quantiles) added to the network's corrections where covariates are given."""
         ratio = covariates[..., -1:]
-        flags = covariates[..., COVARIATE_FEATURES - 1 : -1 : COVARIATE_FEATURES]
-        given = flags.amax(-1, keepdim=True)
         shift = self.covariate_head(torch.cat([covariates[..., :-1], torch.log(ratio), context], dim=-1))
-        scaled = torch.cat([shift[..., :1], shift[..., 1:2] * ratio, shift[..., 2:]], dim=-1)
-        return scaled * given
+        return torch.cat([shift[..., :1], shift[..., 1:2] * ratio, shift[..., 2:]], dim=-1)
 
 
 CANDIDATES = 9
@@ -291,16 +293,26 @@ class CovariateData:
         context: int,
         horizon: int,
         scales: np.ndarray,
+        errors: dict[str, float] | None = None,
     ) -> np.ndarray:
+        """(origins, horizon, width); with `errors` (name → standard deviation), the steps ahead
+        read each such covariate as a forecast would give it: plus one error drawn per origin and a
+        third as much drawn per step (seeded: every build draws the same)."""
         out = np.zeros((len(origins), horizon, covariate_width(len(self.specs))), np.float32)
+        rng = np.random.default_rng(0)
         for i, origin in enumerate(origins):
             begin = max(0, origin - context) if starts is None else starts[i]
             end = min(origin + horizon, len(self.values[0])) if self.values is not None else origin
             rows: list[np.ndarray | None] = (
-                [row[begin:end] for row in self.values]
+                [row[begin:end].copy() for row in self.values]
                 if self.values is not None
                 else [None] * len(self.specs)
             )
+            for spec, row in zip(self.specs, rows):
+                sigma = (errors or {}).get(spec.name, 0.0)
+                if sigma > 0 and row is not None:
+                    ahead = len(row) - (origin - begin)
+                    row[origin - begin :] += rng.normal(0, sigma) + rng.normal(0, sigma / 3, ahead)
             out[i] = covariate_features(
                 rows, self.specs, frequency, origin - begin, horizon, float(scales[i]), self.reference_scale
             )
@@ -323,12 +335,10 @@ def hide_covariates(features: np.ndarray, hide: np.ndarray) -> np.ndarray:
     return out
 
 
-def corpus_windows(
-    count: int, seed: int, per_series: int, context: int, horizon: int, covariates: int = 0
-) -> ArrayExamples:
+def corpus_windows(count: int, seed: int, per_series: int, context: int, horizon: int) -> ArrayExamples:
     """Windows of a generated corpus of every frequency: random origins, and one history in three
-    cut short (down to the frequency's minimum); with `covariates`, their features are all absent."""
-    none = CovariateData([Covariate(str(k), 0.0, 1.0) for k in range(covariates)], None, 1.0)
+    cut short (down to the frequency's minimum). They hold no covariates: pretraining runs the
+    network without its covariates' head."""
     rng = np.random.default_rng(seed)
     parts = []
     for _, name, values in corpus(count, seed):
@@ -343,9 +353,7 @@ def corpus_windows(
             origins - rng.integers(low, np.minimum(origins, context) + 1),
             np.maximum(0, origins - context),
         )
-        parts.append(
-            windows(values, origins, frequency, context, horizon, starts, none if covariates else None)[0]
-        )
+        parts.append(windows(values, origins, frequency, context, horizon, starts)[0])
     return ArrayExamples.concatenate(parts)
 
 
@@ -377,6 +385,12 @@ class ForecastingPreprocessing(Preprocessing):
     covariates: dict[str, str] = Field(
         {},
         description="known covariates: CSV column → what it is (the client sends them for the history and the steps ahead)",
+    )
+    covariate_errors: dict[str, float] = Field(
+        {},
+        description="the standard deviation of the error of each covariate's forecast the model will be sent "
+        "(its units): training and a backtest read the steps ahead with such errors (one per window, a third as "
+        "much per step)",
     )
     covariate_drop: float = Field(
         0.4,
@@ -521,10 +535,10 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
             return
         from training.loop import fit
 
-        per_series, count = cfg.windows_per_series, len(self.covariate_names)
-        corpus_train = corpus_windows(cfg.series, cfg.seed, per_series, self.context, self.horizon, count)
+        per_series = cfg.windows_per_series
+        corpus_train = corpus_windows(cfg.series, cfg.seed, per_series, self.context, self.horizon)
         corpus_val = corpus_windows(
-            max(20, cfg.series // 20), cfg.seed + 1, per_series, self.context, self.horizon, count
+            max(20, cfg.series // 20), cfg.seed + 1, per_series, self.context, self.horizon
         )
         log.info(
             "%s: pretraining on %d generated series of every frequency (%d windows)",
@@ -550,18 +564,35 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
         replay = int(len(splits.train) * self.options.replay)
         if replay:
             pick = np.random.default_rng(cfg.seed).permutation(len(corpus_train))[:replay]
-            splits.train = ArrayExamples.concatenate([splits.train, corpus_train.subset(np.sort(pick))])
+            replayed = corpus_train.subset(np.sort(pick))
+            if "covariates" in splits.train.inputs:  # none given: the head adds nothing to these
+                absent = np.zeros(
+                    (len(replayed), self.horizon, covariate_width(len(self.covariate_names))), np.float32
+                )
+                absent[..., -1] = 1.0
+                replayed.inputs["covariates"] = absent
+            splits.train = ArrayExamples.concatenate([splits.train, replayed])
 
     def loader(self, split: ArrayExamples, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         seed = self.recipe.train.seed
         transform = None
-        if shuffle and self.covariate_names and self.options.covariate_drop > 0:
-            rng, share = np.random.default_rng(seed), self.options.covariate_drop
+        if shuffle and "covariates" in split.inputs and self.known is not None:
+            rng, share, known = np.random.default_rng(seed), self.options.covariate_drop, self.known
+            errors = self.options.covariate_errors
 
             def transform(inputs: dict[str, np.ndarray], targets: Any) -> tuple[dict[str, np.ndarray], Any]:
-                n = len(inputs["history"])
-                hide = (rng.random((n, 1)) < share) | (rng.random((n, len(self.covariate_names))) < share / 2)
-                return {**inputs, "covariates": hide_covariates(inputs["covariates"], hide)}, targets
+                """Covariates hidden (`covariate_drop`), and the steps ahead read with a forecast's
+                errors (`covariate_errors`, in standardised units) where given."""
+                n, horizon = inputs["covariates"].shape[:2]
+                features = inputs["covariates"].copy()
+                for k, spec in enumerate(known.specs):
+                    sigma = errors.get(spec.name, 0.0) / spec.std
+                    if sigma > 0:
+                        column = k * COVARIATE_FEATURES
+                        noise = rng.normal(0, sigma, (n, 1)) + rng.normal(0, sigma / 3, (n, horizon))
+                        features[..., column] += noise * features[..., column + COVARIATE_FEATURES - 1]
+                hide = (rng.random((n, 1)) < share) | (rng.random((n, len(known.specs))) < share / 2)
+                return {**inputs, "covariates": hide_covariates(features, hide)}, targets
 
         return array_loader(split, batch_size or self.recipe.train.batch_size, shuffle, seed, transform)
 
@@ -631,6 +662,16 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
             "network_alone": score(tuned, tuned[..., 1]),
             "seasonal_naive": score(None, naive),
         }
+        errors = {k: v for k, v in self.options.covariate_errors.items() if k in self.covariate_names}
+        if (
+            self.known is not None and errors and self.test_origins is not None
+        ):  # covariates ahead as forecast
+            noisy = ArrayExamples(dict(splits.test.inputs), splits.test.targets)
+            noisy.inputs["covariates"] = self.known.features(
+                self.test_origins, None, self.frequency, self.context, self.horizon, self.test_scale, errors
+            )
+            forecast = self.combined(model, run(model, noisy))
+            backtest["with_forecast_covariates"] = score(forecast, forecast[..., 1]) | {"errors": errors}
         if self.known is not None:  # the same model, asked without its covariates
             plain = self.combined(model, run(model, self.known.hidden(splits.test)), covariates=False)
             backtest["without_covariates"] = score(plain, plain[..., 1])
@@ -650,10 +691,11 @@ class ForecastingTask(Task[ForecastingPreprocessing]):
         )
 
     def calibrate_bands(self, model: nn.Module, val: ArrayExamples) -> None:
-        """Scale both bands around the median so that p10-p90 holds 80% of the validation split's
-        points (each point needs the band scaled by its distance from the median over the band's
-        half-width on its side; the scale is the 80th percentile of that)."""
-        if not isinstance(model, SeasonalNet):
+        """For a model with covariates: scale both bands around the median so that p10-p90 holds 80%
+        of the validation split's points, which all carry the covariates (each point needs the band
+        scaled by its distance from the median over the band's half-width on its side; the scale is
+        the 80th percentile of that)."""
+        if not isinstance(model, SeasonalNet) or not model.covariates:
             return
         model.band.fill_(1.0)
         batches = list(self.loader(val, shuffle=False, batch_size=256))
