@@ -19,8 +19,11 @@ smooth and noisy series weigh alike.
 A recipe may name known covariates (`preprocessing.covariates`: further columns of its CSV, such as
 temperature and a holiday flag): the network then also reads what serving/processing/series.py
 `covariate_features` makes of them and adds a correction of its own to each step (zero at the start,
-and nothing at all when a request gives none). Fine-tuning hides each covariate from a share of the
-windows (`covariate_drop`), so the model forecasts without them too; the backtest is scored both ways.
+and nothing at all when a request gives none). Fine-tuning hides the covariates from a share of the
+windows (`covariate_drop`), so the model forecasts without them too, and reads the steps ahead with a
+forecast's errors (`covariate_errors`); forecasts that read covariates get bands calibrated on the
+validation split (`calibrate_bands`). The backtest is scored with observed covariates, with forecast
+ones and without.
 
 The recipe's series splits in time order: training windows from the start, validation origins
 next, and the held-out tail as a rolling-origin backtest (one forecast per `origin_stride` points).
