@@ -7,6 +7,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
+from serving.errors import InputError
 from serving.processing.series import (
     COVARIATE_FEATURES,
     FREQUENCIES,
@@ -415,6 +416,9 @@ def test_served_forecast_follows_seasonal_naive_where_the_network_missed_the_sea
 
     served = forecast()
     np.testing.assert_allclose(served, (week * 2)[:14], atol=1e-6)
+    # a model that learned no covariates refuses them by name
+    with pytest.raises(InputError, match="covariates: this model reads none"):
+        task.prepare(ForecastRequest(history=history, frequency="daily", covariates={"t": [1.0] * 98}))
     # a long gap before the window, where only the combination reads: the window alone is read
     gappy = week * 30
     gappy[100:106] = [None] * 6
