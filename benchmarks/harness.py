@@ -56,12 +56,16 @@ def machine_info() -> dict:
     import onnxruntime
     import torch
 
+    from serving.sessions import cpu_int8_products
+
     return {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        # INT8 speed (and ONNX Runtime's kernel for it) depends on this CPU class
+        "int8_products": cpu_int8_products(),
     }
 
 

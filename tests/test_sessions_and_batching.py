@@ -251,3 +251,50 @@ def test_cpu_sessions_keep_the_residual_add_and_layer_norm_apart(tmp_path):
     assert "SkipLayerNormalization" in fused
     assert "SkipLayerNormalization" not in served and "LayerNormalization" in served
     np.testing.assert_allclose(y_served, y_fused, atol=1e-5)
+
+
+@pytest.mark.fast
+def test_int8_convolutions_are_exact_where_int8_products_would_saturate(tmp_path):
+    """A quantised 1×1 convolution whose UINT8 activations and INT8 weights are both near their
+    largest values: on x86 CPUs without VNNI, ONNX Runtime's default kernel adds pairs of such
+    products in 16 bits and clips them (about half the answer here). The server's sessions give the
+    exact integer result on every CPU (on VNNI CPUs the default kernel is exact too)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    channels, out = 64, 4
+    weights = np.full((out, channels, 1, 1), 127, np.int8)
+    weights[1] = -127
+    weights[2, ::2] = 100
+    initializers = [
+        numpy_helper.from_array(np.array(6 / 255, np.float32), "x_scale"),
+        numpy_helper.from_array(np.array(0, np.uint8), "x_zero"),
+        numpy_helper.from_array(weights, "w"),
+        numpy_helper.from_array(np.full(out, 0.01, np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(out, np.int8), "w_zero"),
+        numpy_helper.from_array(np.array(1200 / 255, np.float32), "y_scale"),
+        numpy_helper.from_array(np.array(128, np.uint8), "y_zero"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wd"], axis=0),
+        helper.make_node("Conv", ["xd", "wd"], ["c"]),
+        helper.make_node("QuantizeLinear", ["c", "y_scale", "y_zero"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zero"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out, 4, 4])],
+        initializers,
+    )
+    path = tmp_path / "conv.int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    x = np.full((1, channels, 4, 4), 6.0, np.float32)
+    session, _ = create_session(path, 1, [CPU])
+    y = session.run(None, {"x": x})[0]
+    exact = 6.0 * (weights.astype(np.float64) * 0.01).sum((1, 2, 3))  # 487.7, -487.7, 431.8, 487.7
+    step = 1200 / 255
+    assert np.abs(y - exact[None, :, None, None]).max() <= step / 2 + 1e-3, (y[0, :, 0, 0], exact)

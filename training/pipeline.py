@@ -19,6 +19,7 @@ import onnxruntime
 import torch
 
 from serving.manifest import Device, Manifest, Variant, write_manifest
+from serving.sessions import cpu_int8_products
 from serving.settings import Settings
 from training.backbones import count_parameters, get_backbone
 from training.evaluate import max_abs_diff, run_batches, torch_outputs
@@ -512,6 +513,8 @@ def _build_info(started: float, steps: int, train_size: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        # the INT8 gate's speed was measured on this CPU class (serving.sessions.cpu_int8_products)
+        "int8_products": cpu_int8_products(),
     }
 
 

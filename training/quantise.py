@@ -123,9 +123,13 @@ def conv_patches(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, int]) -
 
 def _probe(model: onnx.ModelProto, tensors: Collection[str], only: bool = False) -> Any:
     """A session of `model` that also answers the given intermediate tensors (`only` them: ONNX
-    Runtime then leaves out the nodes they do not need)."""
+    Runtime then leaves out the nodes they do not need). It has the server's session options, so
+    what the build measures of a quantised graph (`match_output_means`) is what the server computes,
+    on any CPU (without them, a CPU whose INT8 products saturate taught the corrections its errors)."""
     import onnxruntime as ort
     from onnx import helper
+
+    from serving.sessions import session_options
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -135,7 +139,9 @@ def _probe(model: onnx.ModelProto, tensors: Collection[str], only: bool = False)
     for name in dict.fromkeys(tensors):
         if name not in outputs:
             probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    return ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        probe.SerializeToString(), sess_options=session_options(0), providers=["CPUExecutionProvider"]
+    )
 
 
 def conv_input_statistics(
