@@ -11,6 +11,10 @@ photos drawn with another seed, so no calibration image is among them. For each 
 - whether fp32's top-1 is among the variant's top 5, and the logits' signal-to-noise ratio in dB;
 - images/s of the engine at batch 8 and 32 (2 threads).
 
+Every variant runs in the server's sessions (exact INT8 products on every CPU); the build's file also
+runs in a session with ONNX Runtime's default options, which on x86 CPUs without VNNI add pairs of
+UINT8×INT8 products in 16 bits with saturation.
+
 Variants: the graph as exported before padding was constant (the padding arithmetic quantised with
 the rest, no bias correction: the old build); MinMax without bias correction; MinMax with the
 convolutions' biases corrected for their weights' rounding; the recipe's `quantise.float_layers`
@@ -34,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,7 +49,7 @@ from benchmarks.harness import machine_info, time_engines, write_results
 from benchmarks.report import imagenet_int8 as section
 from serving.manifest import load_manifest
 from serving.processing import ImagePreprocessor, decode_image
-from serving.sessions import create_session
+from serving.sessions import cpu_int8_products, create_session
 from training.data.images import generate_photo_crops, read_class_folder
 from training.quantise import (
     _Calibration,
@@ -60,6 +65,7 @@ from training.quantise import (
 )
 
 CONFIDENT = 0.3
+DEFAULT_OPTIONS = "the build, default session options"
 # Layers are named by their weights (the names are the PyTorch module's, whichever exporter made the graph).
 STEM, CLASSIFIER = "backbone.conv_stem.", "head."
 STAGES_IN_FLOAT = (STEM, "backbone.blocks.0.", "backbone.blocks.1.", "backbone.blocks.2.")
@@ -268,6 +274,17 @@ def main() -> None:
         )[0]
         for name, (path, _) in variants.items():
             sessions[name] = create_session(path, args.threads, ["CPUExecutionProvider"])[0]
+        # the build's file in a session with ONNX Runtime's default options: on a CPU without VNNI its
+        # UINT8×INT8 products saturate (the server's sessions make them exact: session_options)
+        defaults = ort.SessionOptions()
+        defaults.intra_op_num_threads = args.threads
+        sessions[DEFAULT_OPTIONS] = ort.InferenceSession(
+            str(variants["the build"][0]), defaults, providers=["CPUExecutionProvider"]
+        )
+        variants[DEFAULT_OPTIONS] = (
+            variants["the build"][0],
+            f"the build in ONNX Runtime's default session (this CPU: {cpu_int8_products()})",
+        )
 
         def logits(session) -> np.ndarray:
             return np.concatenate(

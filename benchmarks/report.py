@@ -1113,7 +1113,8 @@ def imagenet_int8(d: dict) -> list[str]:
         [r["layer"], "×".join(map(str, r["shape"])), f"{r['snr_db']:.1f}"] for r in d["weight_sensitivity"]
     ]
     return [
-        f"{d['machine']['cores']} cores, ONNX Runtime {d['machine']['onnxruntime']}, {d['config']['threads']} "
+        f"{d['machine']['cores']} cores (INT8 products: {d['machine'].get('int8_products', 'not recorded')}), "
+        f"ONNX Runtime {d['machine']['onnxruntime']}, {d['config']['threads']} "
         f"threads. {d['held_out']} held-out photo crops; {d['confident']} of them have an fp32 top-1 "
         f'probability ≥ {d["confident_threshold"]} ("confident"). Calibration: {d["calibration"]} crops '
         f"drawn with the recipe's seed. Served CPU variant: `{d['served_variant']}`. One crop is "
